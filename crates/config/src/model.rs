@@ -1,0 +1,166 @@
+//! The validated configuration. Every value here has been checked: addresses parse, URLs are
+//! absolute http(s), route templates compile, references resolve.
+
+use ipnet::IpNet;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use time::OffsetDateTime;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and connection-level limits.
+    pub server: ServerConfig,
+    /// Where persistent state lives.
+    pub store: StoreConfig,
+    /// Log format, level and redaction lists.
+    pub logging: LoggingConfig,
+    /// Declared routes, in file order. Shared with the data plane without copying.
+    pub routes: Vec<Arc<RouteConfig>>,
+}
+
+/// `[server]`: listeners and connection-level limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data-plane listen address.
+    pub listen: SocketAddr,
+    /// TLS certificate and key for the data plane; plaintext when absent.
+    pub tls: Option<TlsFiles>,
+    /// Admin listener (health, readiness, metrics, inventory). Loopback unless
+    /// `dangerous_expose_admin` is set.
+    pub admin_listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Directory for the embedded database and other state; created 0700.
+    pub data_dir: PathBuf,
+    /// How long shutdown waits for in-flight requests before it gives up on them.
+    pub shutdown_grace: Duration,
+    /// How long a client may take to send its request head.
+    pub header_read_timeout: Duration,
+    /// Most request headers accepted (431 beyond).
+    pub max_header_count: usize,
+    /// Most bytes of request headers accepted, names and values together (431 beyond).
+    pub max_header_bytes: u64,
+    /// Longest request target accepted, path and query (414 beyond).
+    pub max_url_bytes: u64,
+    /// Admin listener may bind a non-loopback address.
+    pub dangerous_expose_admin: bool,
+}
+
+/// PEM files for a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[store]`: the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// A `sqlite://` URL. PostgreSQL arrives with the scale-out work.
+    pub url: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default; what log pipelines want).
+    Json,
+    /// Human-readable lines for a terminal.
+    Pretty,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// JSON or pretty.
+    pub format: LogFormat,
+    /// A tracing filter directive, such as `info` or `portcullis=debug`.
+    pub level: String,
+    /// One access-log line per request.
+    pub access_log: bool,
+    /// Header names (lower-case) redacted in addition to the built-in list.
+    pub redact_headers: Vec<String>,
+    /// JSON field names (lower-case) redacted wherever they appear in a log line.
+    pub redact_fields: Vec<String>,
+}
+
+/// One declared route: what it matches and where it goes.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Stable identifier, used in metrics, logs and the inventory.
+    pub id: String,
+    /// Methods this route answers.
+    pub methods: Vec<http::Method>,
+    /// Path template, such as `/orders/{id}` or `/files/{*rest}`.
+    pub path: String,
+    /// Where matched requests go.
+    pub upstream: Upstream,
+    /// Path template for the upstream request, using the route's parameters. When absent
+    /// the request path is forwarded as it came, under the upstream's base path.
+    pub rewrite: Option<String>,
+    /// Connect, read and total deadlines.
+    pub timeouts: Timeouts,
+    /// Largest request body accepted (413 beyond).
+    pub max_body: u64,
+    /// Free-form labels for the inventory.
+    pub tags: Vec<String>,
+    /// Deprecation and sunset; past the sunset the route answers 410.
+    pub deprecation: Option<Deprecation>,
+    /// Send the client's Host header upstream instead of the upstream's authority.
+    pub preserve_host: bool,
+    /// How upstream TLS is verified.
+    pub upstream_tls: UpstreamTls,
+}
+
+/// A parsed upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL as written, normalised.
+    pub url: url::Url,
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and port.
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash (empty for `/`).
+    pub base_path: String,
+}
+
+/// Deadlines for one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection establishment.
+    pub connect: Duration,
+    /// Longest wait for the upstream's response head, and between body chunks.
+    pub read: Duration,
+    /// The whole exchange, response body included.
+    pub total: Duration,
+}
+
+/// Deprecation metadata (RFC 9745 `Deprecation`, RFC 8594 `Sunset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecation {
+    /// When the route was deprecated; defaults to "deprecated now".
+    pub since: Option<OffsetDateTime>,
+    /// When the route stops answering (410 from then on).
+    pub sunset: OffsetDateTime,
+    /// Where callers read about the replacement.
+    pub link: Option<String>,
+}
+
+/// Upstream certificate verification.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct UpstreamTls {
+    /// Extra CA certificate (PEM) trusted for this upstream, beside the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// Skip certificate verification. Never do this outside a lab.
+    pub dangerous_skip_verify: bool,
+}
+
+impl RouteConfig {
+    /// True when `method` is one of the route's methods.
+    pub fn allows(&self, method: &http::Method) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}

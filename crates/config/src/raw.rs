@@ -1,0 +1,92 @@
+//! The configuration file exactly as written: serde types that reject unknown fields and keep
+//! source spans for the values that cross-field validation talks about. Only `validate` reads
+//! these; everything else uses the typed model.
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub admin_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub shutdown_grace: Option<HumanDuration>,
+    pub header_read_timeout: Option<HumanDuration>,
+    pub max_header_count: Option<Spanned<usize>>,
+    pub max_header_bytes: Option<Spanned<ByteSize>>,
+    pub max_url_bytes: Option<Spanned<ByteSize>>,
+    pub dangerous_expose_admin: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogging {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+    #[serde(default)]
+    pub redact_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub redact_fields: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub id: Spanned<String>,
+    pub methods: Spanned<Vec<Spanned<String>>>,
+    pub path: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub rewrite: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub read_timeout: Option<Spanned<HumanDuration>>,
+    pub max_body: Option<ByteSize>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub deprecated: Option<Spanned<RawDeprecation>>,
+    #[serde(default)]
+    pub preserve_host: bool,
+    pub upstream_ca: Option<Spanned<PathBuf>>,
+    pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeprecation {
+    pub since: Option<Spanned<String>>,
+    pub sunset: Spanned<String>,
+    pub link: Option<Spanned<String>>,
+}

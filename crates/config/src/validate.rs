@@ -1,0 +1,559 @@
+//! Raw model → typed model, collecting every error and lint on the way.
+
+use crate::{
+    diagnostic::{line_col, ConfigError, Diagnostic, Severity},
+    model::*,
+    raw::*,
+    Loaded,
+};
+use ipnet::IpNet;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use time::{format_description::well_known::Rfc3339, Date, OffsetDateTime};
+use toml::Spanned;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// Methods a route may declare. CONNECT and TRACE are left out on purpose: a gateway has no
+/// business tunnelling, and TRACE reflects credentials back (cross-site tracing).
+const ROUTE_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a str,
+    base: &'a Path,
+    found: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, severity: Severity, span: Option<Range<usize>>, message: String) {
+        let place = span.map(|s| line_col(self.text, s.start));
+        self.found.push(Diagnostic {
+            severity,
+            file: self.file.to_string(),
+            line: place.map(|p| p.0),
+            column: place.map(|p| p.1),
+            message,
+        });
+    }
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.push(Severity::Error, span, message.into());
+    }
+    fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.push(Severity::Warning, span, message.into());
+    }
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+pub(crate) fn validate(
+    raw: RawConfig,
+    text: &str,
+    file: &str,
+    base: &Path,
+) -> Result<Loaded, ConfigError> {
+    let mut c = Checker {
+        text,
+        file,
+        base,
+        found: Vec::new(),
+    };
+    let server = server(&mut c, raw.server);
+    let store = store(&mut c, raw.store, &server.data_dir);
+    let logging = logging(&mut c, raw.logging);
+    let mut spans: HashMap<String, Range<usize>> = HashMap::new();
+    for r in &raw.routes {
+        let id = r.get_ref().id.get_ref();
+        if spans.insert(id.clone(), r.span()).is_some() {
+            c.error(Some(r.get_ref().id.span()), format!("route id {id:?} is declared more than once"));
+        }
+    }
+    let routes: Vec<Arc<RouteConfig>> = raw
+        .routes
+        .into_iter()
+        .filter_map(|r| route(&mut c, r).map(Arc::new))
+        .collect();
+    if !c.found.iter().any(|d| d.severity == Severity::Error) {
+        overlaps(&mut c, &routes, &spans);
+    }
+    if c.found.iter().any(|d| d.severity == Severity::Error) {
+        return Err(ConfigError {
+            diagnostics: c.found,
+        });
+    }
+    Ok(Loaded {
+        config: Config {
+            server,
+            store,
+            logging,
+            routes,
+        },
+        warnings: c.found,
+    })
+}
+
+fn socket_addr(c: &mut Checker, v: Option<Spanned<String>>, default: &str, what: &str) -> SocketAddr {
+    let fallback: SocketAddr = default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let Some(v) = v else { return fallback };
+    match v.get_ref().parse() {
+        Ok(a) => a,
+        Err(_) => {
+            c.error(
+                Some(v.span()),
+                format!(
+                    "{what}: {:?} is not an address; expected IP:port, such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    v.get_ref()
+                ),
+            );
+            fallback
+        }
+    }
+}
+
+fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
+    let listen_span = raw.listen.as_ref().map(|s| s.span());
+    let admin_span = raw.admin_listen.as_ref().map(|s| s.span());
+    let listen = socket_addr(c, raw.listen, DEFAULT_LISTEN, "server.listen");
+    let admin_listen = socket_addr(c, raw.admin_listen, DEFAULT_ADMIN_LISTEN, "server.admin_listen");
+    let expose = raw.dangerous_expose_admin.as_ref().is_some_and(|b| *b.get_ref());
+
+    if listen.port() != 0 && listen == admin_listen {
+        c.error(admin_span.clone(), "server.admin_listen must differ from server.listen");
+    }
+    if !admin_listen.ip().is_loopback() {
+        if expose {
+            c.warn(
+                raw.dangerous_expose_admin.as_ref().map(|s| s.span()),
+                format!("dangerous_expose_admin: the admin listener binds {admin_listen}, reachable from other machines"),
+            );
+        } else {
+            c.error(
+                admin_span,
+                format!("server.admin_listen {admin_listen} is not a loopback address; the admin API stays on loopback unless dangerous_expose_admin = true"),
+            );
+        }
+    }
+
+    let tls = raw.tls.map(|t| {
+        let span = t.span();
+        let t = t.into_inner();
+        let files = TlsFiles {
+            cert: c.path(&t.cert),
+            key: c.path(&t.key),
+        };
+        for (what, p) in [("certificate", &files.cert), ("key", &files.key)] {
+            if !p.is_file() {
+                c.error(Some(span.clone()), format!("server.tls: {what} file {} does not exist", p.display()));
+            }
+        }
+        files
+    });
+    if tls.is_none() && !listen.ip().is_loopback() {
+        c.warn(
+            listen_span,
+            format!("server.listen {listen} serves plaintext HTTP beyond this machine; set server.tls or terminate TLS in front"),
+        );
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for p in raw.trusted_proxies {
+        let s = p.get_ref().trim();
+        let net = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(n) => {
+                if n.prefix_len() == 0 {
+                    c.warn(Some(p.span()), format!("server.trusted_proxies: {n} believes X-Forwarded-For from every peer, so any client can choose its own address"));
+                }
+                trusted_proxies.push(n.trunc());
+            }
+            Err(_) => c.error(
+                Some(p.span()),
+                format!("server.trusted_proxies: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+
+    let max_header_count = bounded(c, raw.max_header_count, 100, 1..=10_000, "server.max_header_count", |n| *n as u64);
+    let max_header_bytes = bounded(c, raw.max_header_bytes, 16 * 1024, 1024..=1024 * 1024, "server.max_header_bytes", |b| b.0);
+    let max_url_bytes = bounded(c, raw.max_url_bytes, 8 * 1024, 256..=1024 * 1024, "server.max_url_bytes", |b| b.0);
+
+    ServerConfig {
+        listen,
+        tls,
+        admin_listen,
+        trusted_proxies,
+        data_dir: c.path(&raw.data_dir.unwrap_or_else(|| PathBuf::from("portcullis-data"))),
+        shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        header_read_timeout: raw.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        max_header_count: max_header_count as usize,
+        max_header_bytes,
+        max_url_bytes,
+        dangerous_expose_admin: expose,
+    }
+}
+
+fn bounded<T>(
+    c: &mut Checker,
+    v: Option<Spanned<T>>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+    as_u64: impl Fn(&T) -> u64,
+) -> u64 {
+    let Some(v) = v else { return default };
+    let n = as_u64(v.get_ref());
+    if !range.contains(&n) {
+        c.error(
+            Some(v.span()),
+            format!("{what} is {n}; expected between {} and {}", range.start(), range.end()),
+        );
+        return default;
+    }
+    n
+}
+
+fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
+    let default = format!("sqlite://{}", data_dir.join("portcullis.db").display());
+    let Some(url) = raw.url else {
+        return StoreConfig { url: default };
+    };
+    let u = url.get_ref().trim();
+    if u == "sqlite::memory:" {
+        return StoreConfig { url: u.to_string() };
+    }
+    if let Some(rest) = u.strip_prefix("sqlite://") {
+        let path = c.path(Path::new(rest));
+        return StoreConfig {
+            url: format!("sqlite://{}", path.display()),
+        };
+    }
+    if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+        c.error(Some(url.span()), "store.url: PostgreSQL is not supported by this version yet; use a sqlite:// URL");
+    } else {
+        c.error(Some(url.span()), format!("store.url: {u:?} is not a store URL; expected sqlite://PATH"));
+    }
+    StoreConfig { url: default }
+}
+
+fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
+    let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("json") => LogFormat::Json,
+        Some("pretty") => LogFormat::Pretty,
+        Some(other) => {
+            c.error(raw.format.as_ref().map(|f| f.span()), format!("logging.format: {other:?} is not a format; expected \"json\" or \"pretty\""));
+            LogFormat::Json
+        }
+    };
+    let level = match raw.level {
+        None => "info".to_string(),
+        Some(l) if l.get_ref().trim().is_empty() => {
+            c.error(Some(l.span()), "logging.level is empty; expected a level such as \"info\" or a directive such as \"portcullis=debug\"");
+            "info".to_string()
+        }
+        Some(l) => l.into_inner(),
+    };
+    let mut names = |list: Vec<Spanned<String>>, what: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for n in list {
+            let lower = n.get_ref().trim().to_ascii_lowercase();
+            if lower.is_empty() || http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                c.error(Some(n.span()), format!("{what}: {:?} is not a valid name", n.get_ref()));
+            } else {
+                out.push(lower);
+            }
+        }
+        out
+    };
+    let redact_headers = names(raw.redact_headers, "logging.redact_headers");
+    let redact_fields = names(raw.redact_fields, "logging.redact_fields");
+    LoggingConfig {
+        format,
+        level,
+        access_log: raw.access_log.unwrap_or(true),
+        redact_headers,
+        redact_fields,
+    }
+}
+
+fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
+    let r = raw.into_inner();
+    let errors_before = c.found.len();
+    let id = r.id.get_ref().clone();
+    if !valid_id(&id) {
+        c.error(Some(r.id.span()), format!("route id {id:?} is not valid; expected 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"));
+    }
+    let ctx = format!("route {id:?}");
+
+    let methods = route_methods(c, &r.methods, &ctx);
+    let params = template_params(c, &r.path, &ctx, "path");
+    let upstream = upstream_url(c, &r.upstream, &ctx);
+    if let Some(rw) = &r.rewrite {
+        let rw_params = template_params(c, rw, &ctx, "rewrite");
+        for p in rw_params {
+            if !params.contains(&p) {
+                c.error(Some(rw.span()), format!("{ctx}: rewrite uses {{{}}}, which the path {:?} does not capture", p.trim_start_matches('*'), r.path.get_ref()));
+            }
+        }
+    }
+
+    let total = r.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0);
+    let connect = r.connect_timeout.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT.min(total), |t| t.get_ref().0);
+    let read = r.read_timeout.as_ref().map_or(total, |t| t.get_ref().0);
+    for (name, v, d) in [("timeout", &r.timeout, total), ("connect_timeout", &r.connect_timeout, connect), ("read_timeout", &r.read_timeout, read)] {
+        let span = v.as_ref().map(|s| s.span());
+        if d.is_zero() {
+            c.error(span, format!("{ctx}: {name} must be greater than zero"));
+        } else if d > total {
+            c.error(span, format!("{ctx}: {name} ({}) is longer than the route's total timeout ({})", humantime::format_duration(d), humantime::format_duration(total)));
+        }
+    }
+
+    let deprecation = r.deprecated.map(|d| deprecation(c, d, &ctx));
+
+    let ca = r.upstream_ca.map(|p| {
+        let path = c.path(p.get_ref());
+        if !path.is_file() {
+            c.error(Some(p.span()), format!("{ctx}: upstream_ca file {} does not exist", path.display()));
+        }
+        path
+    });
+    let skip_verify = r.dangerous_skip_upstream_tls_verify.as_ref().is_some_and(|b| *b.get_ref());
+    if let Some(up) = &upstream {
+        let https = up.scheme == http::uri::Scheme::HTTPS;
+        if skip_verify {
+            c.warn(
+                r.dangerous_skip_upstream_tls_verify.as_ref().map(|s| s.span()),
+                format!("{ctx}: dangerous_skip_upstream_tls_verify turns off certificate checks; anyone on the path can impersonate {}", up.authority),
+            );
+        }
+        if !https && (skip_verify || ca.is_some()) {
+            c.warn(Some(r.upstream.span()), format!("{ctx}: upstream TLS settings have no effect on a plain http:// upstream"));
+        }
+        if !https && !host_is_local(up.url.host()) {
+            c.warn(Some(r.upstream.span()), format!("{ctx}: upstream {} is plain http:// to another machine; requests travel unencrypted", up.url));
+        }
+    }
+
+    if c.found[errors_before..].iter().any(|d| d.severity == Severity::Error) {
+        return None;
+    }
+    Some(RouteConfig {
+        id,
+        methods,
+        path: r.path.into_inner(),
+        upstream: upstream?,
+        rewrite: r.rewrite.map(Spanned::into_inner),
+        timeouts: Timeouts { connect, read, total },
+        max_body: r.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
+        tags: r.tags,
+        deprecation: deprecation.flatten(),
+        preserve_host: r.preserve_host,
+        upstream_tls: UpstreamTls {
+            ca,
+            dangerous_skip_verify: skip_verify,
+        },
+    })
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn route_methods(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, ctx: &str) -> Vec<http::Method> {
+    if raw.get_ref().is_empty() {
+        c.error(Some(raw.span()), format!("{ctx}: methods is empty; expected at least one of {}", ROUTE_METHODS.join(", ")));
+    }
+    let mut out: Vec<http::Method> = Vec::new();
+    for m in raw.get_ref() {
+        let upper = m.get_ref().trim().to_ascii_uppercase();
+        if !ROUTE_METHODS.contains(&upper.as_str()) {
+            c.error(Some(m.span()), format!("{ctx}: method {:?} is not supported; expected one of {}", m.get_ref(), ROUTE_METHODS.join(", ")));
+            continue;
+        }
+        match http::Method::from_bytes(upper.as_bytes()) {
+            Ok(method) if out.contains(&method) => c.error(Some(m.span()), format!("{ctx}: method {upper} is listed twice")),
+            Ok(method) => out.push(method),
+            Err(_) => c.error(Some(m.span()), format!("{ctx}: method {:?} is not valid", m.get_ref())),
+        }
+    }
+    out
+}
+
+/// Checks a path template and returns its parameter names (catch-alls keep their `*`).
+fn template_params(c: &mut Checker, t: &Spanned<String>, ctx: &str, what: &str) -> Vec<String> {
+    let s = t.get_ref();
+    if !s.starts_with('/') {
+        c.error(Some(t.span()), format!("{ctx}: {what} {s:?} must start with '/'"));
+        return Vec::new();
+    }
+    if s.contains(['?', '#', ' ']) {
+        c.error(Some(t.span()), format!("{ctx}: {what} {s:?} may not contain '?', '#' or spaces; declare only the path"));
+        return Vec::new();
+    }
+    let mut probe = matchit::Router::new();
+    if let Err(e) = probe.insert(s.as_str(), ()) {
+        c.error(Some(t.span()), format!("{ctx}: {what} {s:?} is not a valid template ({e}); parameters look like {{id}}, and a final catch-all like {{*rest}}"));
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    let mut rest = s.as_str();
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        let name = &rest[open + 1..open + close];
+        if names.iter().any(|n: &String| n.trim_start_matches('*') == name.trim_start_matches('*')) {
+            c.error(Some(t.span()), format!("{ctx}: {what} {s:?} uses the parameter {{{name}}} twice"));
+        }
+        names.push(name.to_string());
+        rest = &rest[open + close + 1..];
+    }
+    names
+}
+
+fn upstream_url(c: &mut Checker, raw: &Spanned<String>, ctx: &str) -> Option<Upstream> {
+    let span = Some(raw.span());
+    let url = match url::Url::parse(raw.get_ref().trim()) {
+        Ok(u) => u,
+        Err(e) => {
+            c.error(span, format!("{ctx}: upstream {:?} is not a URL ({e}); expected such as \"http://127.0.0.1:7000\"", raw.get_ref()));
+            return None;
+        }
+    };
+    let scheme = match url.scheme() {
+        "http" => http::uri::Scheme::HTTP,
+        "https" => http::uri::Scheme::HTTPS,
+        other => {
+            c.error(span, format!("{ctx}: upstream scheme {other:?} is not supported; expected http or https"));
+            return None;
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        c.error(span, format!("{ctx}: upstream URL may not carry credentials; credentials never belong in config"));
+        return None;
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        c.error(span, format!("{ctx}: upstream URL may not have a query or fragment"));
+        return None;
+    }
+    let Some(host) = url.host_str() else {
+        c.error(span, format!("{ctx}: upstream URL has no host"));
+        return None;
+    };
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let Ok(authority) = authority.parse::<http::uri::Authority>() else {
+        c.error(span, format!("{ctx}: upstream host {host:?} is not valid"));
+        return None;
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+    Some(Upstream {
+        url,
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+fn host_is_local(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn deprecation(c: &mut Checker, raw: Spanned<RawDeprecation>, ctx: &str) -> Option<Deprecation> {
+    let span = raw.span();
+    let d = raw.into_inner();
+    let sunset = instant(c, &d.sunset, ctx, "deprecated.sunset")?;
+    let since = match &d.since {
+        Some(s) => Some(instant(c, s, ctx, "deprecated.since")?),
+        None => None,
+    };
+    if since.is_some_and(|s| s > sunset) {
+        c.error(Some(span.clone()), format!("{ctx}: deprecated.since is after deprecated.sunset"));
+    }
+    let link = match d.link {
+        Some(l) => match url::Url::parse(l.get_ref()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u.to_string()),
+            _ => {
+                c.error(Some(l.span()), format!("{ctx}: deprecated.link {:?} is not an http(s) URL", l.get_ref()));
+                None
+            }
+        },
+        None => None,
+    };
+    if sunset <= OffsetDateTime::now_utc() {
+        c.warn(Some(span), format!("{ctx}: the sunset date has passed; the route answers 410 Gone"));
+    }
+    Some(Deprecation { since, sunset, link })
+}
+
+/// A date ("2027-03-01", midnight UTC) or an RFC 3339 timestamp.
+fn instant(c: &mut Checker, raw: &Spanned<String>, ctx: &str, what: &str) -> Option<OffsetDateTime> {
+    let s = raw.get_ref().trim();
+    let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = Date::parse(s, &date_fmt) {
+        return Some(d.midnight().assume_utc());
+    }
+    match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            c.error(Some(raw.span()), format!("{ctx}: {what} {s:?} is not a date; expected \"2027-03-01\" or an RFC 3339 time"));
+            None
+        }
+    }
+}
+
+/// Two routes overlap when a request could match both: the same method on the same template,
+/// or templates the router cannot tell apart (`/a/{x}` and `/a/{y}`).
+fn overlaps(c: &mut Checker, routes: &[Arc<RouteConfig>], spans: &HashMap<String, Range<usize>>) {
+    let mut by_path: HashMap<&str, Vec<&RouteConfig>> = HashMap::new();
+    for r in routes {
+        by_path.entry(r.path.as_str()).or_default().push(r);
+    }
+    let mut router = matchit::Router::new();
+    let mut paths: Vec<&str> = Vec::new();
+    for r in routes {
+        if paths.contains(&r.path.as_str()) {
+            continue;
+        }
+        if let Err(matchit::InsertError::Conflict { with }) = router.insert(r.path.as_str(), r.id.as_str()) {
+            let other = by_path.get(with.as_str()).and_then(|v| v.first()).map_or(with.clone(), |o| o.id.clone());
+            c.error(spans.get(&r.id).cloned(), format!("route {:?} path {:?} overlaps route {other:?} path {with:?}; use the same parameter names or distinct paths", r.id, r.path));
+        }
+        paths.push(r.path.as_str());
+    }
+    let mut same_path: Vec<_> = by_path.into_iter().collect();
+    same_path.sort_by_key(|(p, _)| *p);
+    for (path, rs) in same_path {
+        for (i, a) in rs.iter().enumerate() {
+            for b in &rs[i + 1..] {
+                if let Some(m) = a.methods.iter().find(|m| b.methods.contains(m)) {
+                    c.error(spans.get(&b.id).cloned(), format!("routes {:?} and {:?} both answer {m} {path}", a.id, b.id));
+                }
+            }
+        }
+    }
+}
