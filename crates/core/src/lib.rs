@@ -1,1 +1,14 @@
-//! placeholder
+//! Types every layer of the gateway shares: the body type, the per-request context, request
+//! ids, and the one error type with its single mapping to RFC 9457 problem+json responses.
+
+mod body;
+mod context;
+mod error;
+mod problem;
+mod request_id;
+
+pub use body::{empty, full, Body, BoxError};
+pub use context::{RequestContext, RouteMatch};
+pub use error::{GatewayError, MalformedKind};
+pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};
+pub use request_id::{RequestId, REQUEST_ID_HEADER};

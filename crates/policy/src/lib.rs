@@ -1,1 +1,16 @@
-//! placeholder
+//! The per-route policy chain.
+//!
+//! A route is a [`Chain`]: an ordered list of [`Policy`] steps in front of a [`Terminal`] (the
+//! upstream forwarder). A request meets the policies in order; each may pass it on, answer it
+//! itself, or fail it. The response then travels back through the policies that passed the
+//! request on, in reverse order, error responses included. `build` in the proxy crate assembles
+//! the chain for a route in one function; a new policy is one module here with its config type
+//! in `portcullis-config`, plus one line there.
+
+mod body_limit;
+mod chain;
+mod deprecation;
+
+pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
+pub use chain::{Chain, Flow, Policy, Terminal};
+pub use deprecation::Deprecation;

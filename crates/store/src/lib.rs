@@ -1,1 +1,83 @@
-//! placeholder
+//! Persistence behind the [`Store`] trait.
+//!
+//! Callers hold an `Arc<dyn Store>` and never see SQL or a driver type, so the PostgreSQL
+//! backend (for several instances) plugs in as a second implementation chosen by URL in
+//! [`open`]. Each concern gets its own small group of methods; the vault, audit and outbox
+//! issues add theirs beside the inventory ones.
+
+mod fsperm;
+mod sqlite;
+
+use async_trait::async_trait;
+use std::{path::Path, sync::Arc};
+
+pub use fsperm::{create_private_dir, create_private_file};
+pub use sqlite::SqliteStore;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names a backend this build does not have.
+    #[error("unsupported store URL (expected sqlite://PATH or sqlite::memory:)")]
+    UnsupportedUrl,
+    /// Preparing the data directory or database file failed.
+    #[error("cannot prepare {path}: {source}")]
+    Filesystem {
+        /// The file or directory.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Schema migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database refused or failed an operation.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Hits on one undeclared endpoint shape, batched in memory before they are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndeclaredHit {
+    /// Request method.
+    pub method: String,
+    /// Normalised path shape, such as `/api/users/{id}`.
+    pub shape: String,
+    /// How many requests in this batch.
+    pub hits: u64,
+    /// First hit in this batch, Unix seconds.
+    pub first_seen: i64,
+    /// Last hit in this batch, Unix seconds.
+    pub last_seen: i64,
+}
+
+/// Everything the gateway persists. Implementations must be safe to share across tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip used by readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds a batch of undeclared-endpoint hits to the running totals.
+    async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError>;
+
+    /// Running totals of undeclared endpoints, most hit first.
+    async fn undeclared(&self) -> Result<Vec<UndeclaredHit>, StoreError>;
+}
+
+/// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created
+/// 0700 first; a SQLite file inside it is created 0600.
+pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    if url == "sqlite::memory:" {
+        return Ok(Arc::new(SqliteStore::memory().await?));
+    }
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Err(StoreError::UnsupportedUrl);
+    };
+    create_private_dir(data_dir)?;
+    let path = Path::new(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent)?;
+    }
+    Ok(Arc::new(SqliteStore::open(path).await?))
+}

@@ -1,0 +1,159 @@
+//! The gateway's one error type. Every layer returns it; [`GatewayError::status`] and
+//! [`crate::problem_response`] are the single place a cause becomes an HTTP answer. Internal
+//! causes (upstream error text, I/O errors) ride along for the log line and never reach the
+//! client.
+
+use crate::BoxError;
+use http::{Method, StatusCode};
+use std::time::Duration;
+
+/// Why a request could not be parsed or accepted as well-formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedKind {
+    /// The path has `.` or `..` segments, which different servers resolve differently.
+    DotSegments,
+    /// The path has an encoded `/` or `\`, a classic way to slip past path-based rules.
+    EncodedSeparator,
+    /// The path is not an absolute path (or has bytes that are not allowed).
+    InvalidPath,
+    /// A header value is not acceptable (control characters, bad Host).
+    InvalidHeader,
+    /// The body ended early or could not be read.
+    InvalidBody,
+}
+
+impl MalformedKind {
+    fn detail(self) -> &'static str {
+        match self {
+            Self::DotSegments => "The request path contains '.' or '..' segments.",
+            Self::EncodedSeparator => "The request path contains an encoded '/' or '\\'.",
+            Self::InvalidPath => "The request path is not valid.",
+            Self::InvalidHeader => "A request header is not valid.",
+            Self::InvalidBody => "The request body could not be read.",
+        }
+    }
+}
+
+/// Everything that can stop a request inside the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No declared route has this path.
+    #[error("no route matches")]
+    NotFound,
+    /// A route has this path but not this method.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the path does answer.
+        allow: Vec<Method>,
+    },
+    /// The route is past its sunset date.
+    #[error("route retired")]
+    Gone,
+    /// The body is larger than the route accepts.
+    #[error("request body too large")]
+    PayloadTooLarge {
+        /// The route's limit in bytes.
+        limit: u64,
+    },
+    /// The request target is too long.
+    #[error("request target too long")]
+    UriTooLong,
+    /// Too many request headers, or too many header bytes.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The request is malformed.
+    #[error("malformed request: {0:?}")]
+    Malformed(MalformedKind),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream could not be reached or answered with something unusable.
+    #[error("upstream failed")]
+    BadGateway(#[source] BoxError),
+    /// The gateway will not take this request now (draining, overloaded).
+    #[error("service unavailable")]
+    Unavailable {
+        /// Suggested wait before retrying.
+        retry_after: Option<Duration>,
+    },
+    /// A bug or an unexpected internal failure.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl GatewayError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Gone => StatusCode::GONE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable problem type slug; the `type` member is `urn:portcullis:problem:<slug>`.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::NotFound => "route-not-found",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::Gone => "route-retired",
+            Self::PayloadTooLarge { .. } => "body-too-large",
+            Self::UriTooLong => "uri-too-long",
+            Self::HeadersTooLarge => "headers-too-large",
+            Self::Malformed(_) => "malformed-request",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::BadGateway(_) => "upstream-unavailable",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal-error",
+        }
+    }
+
+    /// Short, fixed human summary.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Self::NotFound => "No route matches this request",
+            Self::MethodNotAllowed { .. } => "Method not allowed on this route",
+            Self::Gone => "This endpoint has been retired",
+            Self::PayloadTooLarge { .. } => "Request body too large",
+            Self::UriTooLong => "Request target too long",
+            Self::HeadersTooLarge => "Request headers too large",
+            Self::Malformed(_) => "Malformed request",
+            Self::UpstreamTimeout => "Upstream did not answer in time",
+            Self::BadGateway(_) => "Upstream unavailable",
+            Self::Unavailable { .. } => "Service unavailable",
+            Self::Internal(_) => "Internal error",
+        }
+    }
+
+    /// A client-safe explanation: fixed text and configured limits only, never a cause.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::PayloadTooLarge { limit } => Some(format!("This route accepts bodies of at most {limit} bytes.")),
+            Self::Malformed(kind) => Some(kind.detail().to_string()),
+            Self::Gone => Some("The endpoint passed its sunset date. See the deprecation link published for it.".into()),
+            _ => None,
+        }
+    }
+
+    /// The internal cause for the log line; `None` when the error is its own explanation.
+    pub fn cause(&self) -> Option<String> {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = match self {
+            Self::BadGateway(e) | Self::Internal(e) => Some(e.as_ref()),
+            _ => None,
+        };
+        let mut parts = Vec::new();
+        while let Some(e) = src {
+            parts.push(e.to_string());
+            src = e.source();
+        }
+        (!parts.is_empty()).then(|| parts.join(": "))
+    }
+}

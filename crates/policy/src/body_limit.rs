@@ -1,0 +1,142 @@
+//! Request body size limit. A declared `Content-Length` over the limit is refused before
+//! anything is read; a chunked body is counted as it streams, and the stream fails the moment
+//! it passes the limit, so an oversized body is never buffered and never fully forwarded.
+
+use crate::{Flow, Policy};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use portcullis_core::{Body, BoxError, GatewayError};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+/// The error a limited body stream fails with. The forwarder looks for it in an upstream
+/// error's source chain to answer 413 instead of 502.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit that was passed.
+    pub limit: u64,
+}
+
+/// The body-size policy for one route.
+pub struct BodyLimit {
+    limit: u64,
+}
+
+impl BodyLimit {
+    /// Refuses request bodies larger than `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        BodyLimit { limit }
+    }
+}
+
+#[async_trait]
+impl Policy for BodyLimit {
+    fn name(&self) -> &'static str {
+        "body_limit"
+    }
+
+    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+        let limit = self.limit;
+        if let Some(len) = req.headers().get(http::header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(GatewayError::Malformed(portcullis_core::MalformedKind::InvalidHeader))?;
+            if len > limit {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            // hyper enforces a declared length exactly, so nothing more to count.
+            return Ok(Flow::Continue(req));
+        }
+        if req.body().is_end_stream() {
+            return Ok(Flow::Continue(req));
+        }
+        Ok(Flow::Continue(req.map(|b| Limited { inner: b, remaining: limit, limit }.boxed_unsync())))
+    }
+}
+
+/// A body that fails with [`BodyTooLarge`] once more than `limit` bytes have passed.
+struct Limited {
+    inner: Body,
+    remaining: u64,
+    limit: u64,
+}
+
+impl http_body::Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a whole body into memory, refusing more than `limit` bytes. For policies that must
+/// see the body (schema validation, signatures); everything else streams.
+pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError> {
+    let limited = Limited { inner: body, remaining: limit, limit };
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(_) => Err(GatewayError::Malformed(portcullis_core::MalformedKind::InvalidBody)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+
+    fn chunked(chunks: &[&'static [u8]]) -> Body {
+        let frames = chunks.iter().map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c))));
+        StreamBody::new(stream::iter(frames.collect::<Vec<_>>())).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn streaming_body_fails_once_past_the_limit() {
+        let ok = read_limited(chunked(&[b"abc", b"def"]), 6).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"abcdef"[..]));
+        let too_big = read_limited(chunked(&[b"abc", b"defg"]), 6).await;
+        assert!(matches!(too_big, Err(GatewayError::PayloadTooLarge { limit: 6 })));
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_refused_before_reading() {
+        let req = Request::builder()
+            .header("content-length", "100")
+            .body(chunked(&[b"x"]))
+            .unwrap_or_default();
+        let r = BodyLimit::new(10).on_request(req).await;
+        assert!(matches!(r, Err(GatewayError::PayloadTooLarge { limit: 10 })));
+    }
+}

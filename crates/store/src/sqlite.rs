@@ -1,0 +1,142 @@
+//! The embedded SQLite backend: zero setup, one file, WAL mode.
+
+use crate::{create_private_file, Store, StoreError, UndeclaredHit};
+use async_trait::async_trait;
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Row, SqlitePool,
+};
+use std::{path::Path, str::FromStr, time::Duration};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A store in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating 0600 if needed) and migrates the database at `path`. SQLite gives its
+    /// WAL and shared-memory files the database file's mode, so they are 0600 too.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private_file(path)?;
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A private in-memory database, for tests and throwaway runs.
+    pub async fn memory() -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: every in-memory connection would otherwise be its own database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for h in batch {
+            sqlx::query(
+                "INSERT INTO undeclared_endpoints (method, shape, hits, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (method, shape) DO UPDATE SET
+                   hits = hits + excluded.hits,
+                   first_seen = MIN(first_seen, excluded.first_seen),
+                   last_seen = MAX(last_seen, excluded.last_seen)",
+            )
+            .bind(&h.method)
+            .bind(&h.shape)
+            .bind(i64::try_from(h.hits).unwrap_or(i64::MAX))
+            .bind(h.first_seen)
+            .bind(h.last_seen)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn undeclared(&self) -> Result<Vec<UndeclaredHit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT method, shape, hits, first_seen, last_seen FROM undeclared_endpoints
+             ORDER BY hits DESC, method, shape",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(UndeclaredHit {
+                    method: r.try_get("method")?,
+                    shape: r.try_get("shape")?,
+                    hits: u64::try_from(r.try_get::<i64, _>("hits")?).unwrap_or(0),
+                    first_seen: r.try_get("first_seen")?,
+                    last_seen: r.try_get("last_seen")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn hit(method: &str, shape: &str, hits: u64, t: i64) -> UndeclaredHit {
+        UndeclaredHit { method: method.into(), shape: shape.into(), hits, first_seen: t, last_seen: t }
+    }
+
+    #[tokio::test]
+    async fn undeclared_hits_accumulate() -> Result<(), StoreError> {
+        let s = SqliteStore::memory().await?;
+        s.record_undeclared(&[hit("GET", "/a/{id}", 2, 10), hit("POST", "/b", 1, 11)]).await?;
+        s.record_undeclared(&[hit("GET", "/a/{id}", 3, 20)]).await?;
+        let all = s.undeclared().await?;
+        assert_eq!(all[0], UndeclaredHit { method: "GET".into(), shape: "/a/{id}".into(), hits: 5, first_seen: 10, last_seen: 20 });
+        assert_eq!(all.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn files_are_private() -> Result<(), StoreError> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem { path: "tmp".into(), source: e })?;
+        let dir = tmp.path().join("state");
+        let store = crate::open(&format!("sqlite://{}", dir.join("p.db").display()), &dir).await?;
+        store.record_undeclared(&[hit("GET", "/x", 1, 1)]).await?;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        assert_eq!(mode(&dir), 0o700);
+        for f in ["p.db", "p.db-wal", "p.db-shm"] {
+            let p = dir.join(f);
+            assert!(p.exists(), "{f} missing");
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wide_permissions_on_existing_state_are_narrowed() -> Result<(), StoreError> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem { path: "tmp".into(), source: e })?;
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).map_err(|e| StoreError::Filesystem { path: "d".into(), source: e })?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| StoreError::Filesystem { path: "d".into(), source: e })?;
+        crate::open(&format!("sqlite://{}", dir.join("p.db").display()), &dir).await?;
+        assert_eq!(std::fs::metadata(&dir).map(|m| m.permissions().mode() & 0o777).unwrap_or(0), 0o700);
+        Ok(())
+    }
+}
