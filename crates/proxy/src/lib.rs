@@ -1,1 +1,23 @@
-//! placeholder
+//! The data plane.
+//!
+//! [`Gateway`] holds the running configuration (swapped atomically on reload) and answers one
+//! request at a time in [`Gateway::handle`], which reads top to bottom as the inbound stack.
+//! [`serve`] accepts connections (HTTP/1.1 and HTTP/2, plaintext or rustls) and drains them on
+//! shutdown. Each declared route is a `portcullis_policy::Chain` built in [`build::route_chain`].
+
+pub mod build;
+mod client;
+mod forward;
+mod gateway;
+mod headers;
+mod inventory;
+mod observe;
+mod router;
+mod server;
+mod tls;
+
+pub use gateway::{BuildError, Gateway};
+pub use headers::client_ip;
+pub use inventory::{path_shape, DeclaredRoute, Inventory, InventoryReport};
+pub use server::{serve, ShutdownSignal};
+pub use tls::load_server_tls;

@@ -1,0 +1,140 @@
+//! Upstream HTTP clients: connection-pooled hyper clients over rustls that always verify
+//! certificates (webpki roots plus an optional per-route CA), unless a route sets the
+//! `dangerous_skip_upstream_tls_verify` switch. Clients are shared between routes with the
+//! same TLS and connect settings, so their pools are shared too.
+
+use crate::BuildError;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use portcullis_config::UpstreamTls;
+use portcullis_core::Body;
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// A pooled upstream client.
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    tls: UpstreamTls,
+    connect_timeout: Duration,
+}
+
+/// Clients by settings, reused across reloads so a reload does not drop warm connections.
+#[derive(Default)]
+pub(crate) struct ClientCache {
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+}
+
+impl ClientCache {
+    pub(crate) fn get(&self, tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient, BuildError> {
+        let key = ClientKey {
+            tls: tls.clone(),
+            connect_timeout,
+        };
+        let mut map = self.clients.lock().map_err(|_| BuildError::Internal("client cache poisoned".into()))?;
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = build(tls, connect_timeout)?;
+        map.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn build(tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient, BuildError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| BuildError::Tls(e.to_string()))?;
+    let config = if tls.dangerous_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &tls.ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| BuildError::Tls(format!("upstream CA file {}: {e}", ca.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(BuildError::Tls(format!("upstream CA file {} holds no usable certificate", ca.display())));
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// Accepts any certificate. Only reachable through `dangerous_skip_upstream_tls_verify`,
+/// which `portcullis check` flags. Signatures are still checked, so the handshake itself is
+/// sound; only the identity of the peer is not.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,247 @@
+//! The terminal step of every route: send the request upstream and stream the answer back,
+//! within the route's connect, read and total deadlines.
+
+use crate::{
+    client::UpstreamClient,
+    headers::{set_forwarding, strip_hop_by_hop},
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use ipnet::IpNet;
+use portcullis_config::{RouteConfig, Timeouts, Upstream};
+use portcullis_core::{Body, BoxError, GatewayError, RequestContext, RouteMatch, REQUEST_ID_HEADER};
+use portcullis_policy::{BodyTooLarge, Terminal};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use std::future::Future;
+use tokio::time::{Instant, Sleep};
+
+/// One piece of a rewrite template.
+enum Part {
+    Literal(String),
+    Param(String),
+}
+
+/// Forwards a route's requests to its upstream.
+pub(crate) struct Forwarder {
+    route_id: Arc<str>,
+    upstream: Upstream,
+    rewrite: Option<Vec<Part>>,
+    preserve_host: bool,
+    timeouts: Timeouts,
+    client: UpstreamClient,
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(route: &RouteConfig, client: UpstreamClient, trusted_proxies: Arc<[IpNet]>) -> Self {
+        Forwarder {
+            route_id: Arc::from(route.id.as_str()),
+            upstream: route.upstream.clone(),
+            rewrite: route.rewrite.as_deref().map(compile_template),
+            preserve_host: route.preserve_host,
+            timeouts: route.timeouts,
+            client,
+            trusted_proxies,
+        }
+    }
+
+    fn upstream_uri(&self, uri: &Uri, matched: Option<&RouteMatch>) -> Result<Uri, GatewayError> {
+        let mut pq = String::with_capacity(self.upstream.base_path.len() + uri.path().len() + 32);
+        pq.push_str(&self.upstream.base_path);
+        match (&self.rewrite, matched) {
+            (Some(parts), Some(m)) => {
+                for p in parts {
+                    match p {
+                        Part::Literal(s) => pq.push_str(s),
+                        Part::Param(name) => pq.push_str(m.param(name).unwrap_or_default()),
+                    }
+                }
+            }
+            _ => pq.push_str(uri.path()),
+        }
+        if let Some(q) = uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::Malformed(portcullis_core::MalformedKind::InvalidPath))?;
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| GatewayError::Internal(Box::new(e)))
+    }
+}
+
+fn compile_template(t: &str) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else { break };
+        if open > 0 {
+            parts.push(Part::Literal(rest[..open].to_string()));
+        }
+        parts.push(Part::Param(rest[open + 1..close].trim_start_matches('*').to_string()));
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.to_string()));
+    }
+    parts
+}
+
+#[async_trait]
+impl Terminal for Forwarder {
+    async fn call(&self, mut req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let ctx = req
+            .extensions()
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        let uri = self.upstream_uri(req.uri(), req.extensions().get::<RouteMatch>())?;
+        let client_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        set_forwarding(headers, ctx.peer, ctx.tls, client_host.as_ref(), &self.trusted_proxies);
+        headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
+        headers.remove(header::HOST);
+        if self.preserve_host {
+            if let Some(h) = client_host {
+                headers.insert(header::HOST, h);
+            }
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let deadline = Instant::now() + self.timeouts.total;
+        let head_wait = self.timeouts.read.min(self.timeouts.total);
+        let res = match tokio::time::timeout(head_wait, self.client.request(req)).await {
+            Err(_) => return Err(upstream_failure(&self.route_id, "timeout", GatewayError::UpstreamTimeout)),
+            Ok(Err(e)) => {
+                if let Some(limit) = body_too_large(&e) {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                let kind = if e.is_connect() { "connect" } else { "protocol" };
+                return Err(upstream_failure(&self.route_id, kind, GatewayError::BadGateway(Box::new(e))));
+            }
+            Ok(Ok(res)) => res,
+        };
+
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = if body.is_end_stream() {
+            body.map_err(BoxError::from).boxed_unsync()
+        } else {
+            Deadline::new(body, deadline, self.timeouts.read).boxed_unsync()
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn upstream_failure(route: &str, kind: &'static str, err: GatewayError) -> GatewayError {
+    metrics::counter!("portcullis_upstream_errors_total", "route" => route.to_string(), "kind" => kind).increment(1);
+    err
+}
+
+/// The route's body limit, when the upstream call failed because the request body passed it.
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(b) = err.downcast_ref::<BodyTooLarge>() {
+            return Some(b.limit);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The upstream took longer than the route allows while streaming its body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body timed out")]
+struct BodyTimeout;
+
+pin_project_lite::pin_project! {
+    /// A response body that fails once the route's total deadline passes or the upstream goes
+    /// quiet for longer than the read timeout. One timer, re-armed on every frame.
+    struct Deadline {
+        #[pin]
+        inner: hyper::body::Incoming,
+        #[pin]
+        timer: Sleep,
+        deadline: Instant,
+        idle: Duration,
+    }
+}
+
+impl Deadline {
+    fn new(inner: hyper::body::Incoming, deadline: Instant, idle: Duration) -> Self {
+        let first = deadline.min(Instant::now() + idle);
+        Deadline {
+            inner,
+            timer: tokio::time::sleep_until(first),
+            deadline,
+            idle,
+        }
+    }
+}
+
+impl HttpBody for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = (*this.deadline).min(Instant::now() + *this.idle);
+                this.timer.reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_templates_compile() {
+        let parts = compile_template("/v2/{id}/items/{*rest}");
+        let shown: Vec<String> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => format!("L({s})"),
+                Part::Param(s) => format!("P({s})"),
+            })
+            .collect();
+        assert_eq!(shown, ["L(/v2/)", "P(id)", "L(/items/)", "P(rest)"]);
+    }
+}

@@ -1,0 +1,293 @@
+//! The running gateway: the current configuration generation, swapped atomically on reload,
+//! and the request entry point.
+
+use crate::{
+    build::route_chain,
+    client::ClientCache,
+    forward::Forwarder,
+    headers::client_ip,
+    inventory::{DeclaredRoute, Inventory, InventoryReport},
+    observe::{self, Outcome},
+    router::{check_path, CompiledRoute, Lookup, RouteTable},
+    tls::load_server_tls,
+};
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use portcullis_config::{Config, ServerConfig};
+use portcullis_core::{problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER};
+use portcullis_store::{Store, StoreError};
+use portcullis_telemetry::Redactor;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+/// The configuration could not be turned into a running generation.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A certificate, key or CA file could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A route could not be built.
+    #[error("route {id:?}: {reason}")]
+    Route {
+        /// Route id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An internal invariant failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Request-head limits from `[server]`.
+#[derive(Clone, Copy)]
+struct HeadLimits {
+    header_count: usize,
+    header_bytes: u64,
+    url_bytes: u64,
+}
+
+/// One immutable configuration generation. A request holds the generation it started with
+/// until it finishes, so a reload never changes the rules under an in-flight request.
+struct Generation {
+    config: Arc<Config>,
+    routes: RouteTable,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: HeadLimits,
+    trusted: Arc<[IpNet]>,
+    access_log: bool,
+}
+
+/// The gateway's shared state.
+pub struct Gateway {
+    current: ArcSwap<Generation>,
+    clients: ClientCache,
+    inventory: Arc<Inventory>,
+    draining: AtomicBool,
+    header_redactor: Redactor,
+}
+
+impl Gateway {
+    /// Builds the first generation from `cfg`.
+    pub fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<Arc<Self>, BuildError> {
+        let clients = ClientCache::default();
+        let generation = build_generation(cfg, &clients, None)?;
+        Ok(Arc::new(Gateway {
+            current: ArcSwap::from_pointee(generation),
+            clients,
+            inventory: Arc::new(Inventory::new(store)),
+            draining: AtomicBool::new(false),
+            header_redactor: Redactor::default(),
+        }))
+    }
+
+    /// Builds a generation from `cfg` and swaps it in. On error the running generation stays.
+    /// Listener addresses and TLS on/off are fixed at start; changes to them are reported and
+    /// take effect on restart.
+    pub fn reload(&self, cfg: &Config) -> Result<Vec<String>, BuildError> {
+        let old = self.current.load_full();
+        let mut notes = Vec::new();
+        let (o, n) = (&old.config.server, &cfg.server);
+        if o.listen != n.listen || o.admin_listen != n.admin_listen || o.tls.is_some() != n.tls.is_some() {
+            notes.push("listener address or TLS on/off changed: takes effect after a restart".to_string());
+        }
+        if o.data_dir != n.data_dir || old.config.store != cfg.store {
+            notes.push("data directory or store changed: takes effect after a restart".to_string());
+        }
+        let generation = build_generation(cfg, &self.clients, old.tls.clone())?;
+        self.current.store(Arc::new(generation));
+        Ok(notes)
+    }
+
+    /// The running configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.current.load().config.clone()
+    }
+
+    /// The data-plane TLS configuration, when the listener serves TLS.
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.current.load().tls.clone()
+    }
+
+    /// The undeclared-endpoint counter.
+    pub fn inventory(&self) -> &Arc<Inventory> {
+        &self.inventory
+    }
+
+    /// Declared routes of the running generation and undeclared endpoints seen so far.
+    pub async fn inventory_report(&self) -> Result<InventoryReport, StoreError> {
+        let declared = self
+            .current
+            .load()
+            .routes
+            .routes()
+            .map(|r| DeclaredRoute {
+                id: r.config.id.clone(),
+                methods: r.config.methods.iter().map(|m| m.to_string()).collect(),
+                path: r.config.path.clone(),
+                upstream: r.config.upstream.url.to_string(),
+                tags: r.config.tags.clone(),
+                sunset: r.config.deprecation.as_ref().and_then(|d| d.sunset.format(&time::format_description::well_known::Rfc3339).ok()),
+                policies: r.chain.policy_names(),
+            })
+            .collect();
+        Ok(InventoryReport {
+            declared,
+            undeclared: self.inventory.undeclared().await?,
+        })
+    }
+
+    /// Marks the gateway as shutting down (readiness turns false).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Answers one data-plane request. The steps below are the inbound stack, in order.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+        let generation = self.current.load_full();
+        let received_at = Instant::now();
+
+        // 1. Context: a request id (the client's if well-formed) and the client address
+        //    (X-Forwarded-For believed only from trusted proxies).
+        let ctx = RequestContext {
+            request_id: RequestId::from_header_or_new(req.headers().get(REQUEST_ID_HEADER)),
+            peer,
+            client_ip: client_ip(peer.ip(), req.headers(), &generation.trusted),
+            tls,
+            received_at,
+        };
+        if tracing::enabled!(target: "portcullis::request", tracing::Level::DEBUG) {
+            tracing::debug!(target: "portcullis::request", request_id = %ctx.request_id, headers = %self.header_redactor.headers_for_log(req.headers()), "request headers");
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+
+        // 2-4. Head limits, path hygiene and routing; 5. the route's policy chain.
+        let (mut res, route) = match self.admit(&generation, req, &ctx).await {
+            Ok((res, route)) => (res, route),
+            Err((e, route)) => (problem_response(&e, &ctx.request_id), route),
+        };
+
+        // 6. The request id goes back to the client on every response.
+        res.headers_mut().insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
+        observe::record(
+            &Outcome {
+                ctx: &ctx,
+                method: &method,
+                path: &path,
+                route: &route,
+                status: res.status(),
+                error: res.extensions().get::<ErrorInfo>(),
+                elapsed: received_at.elapsed(),
+            },
+            generation.access_log,
+        );
+        res
+    }
+
+    async fn admit(
+        &self,
+        generation: &Generation,
+        req: Request<Incoming>,
+        ctx: &RequestContext,
+    ) -> Result<(Response<Body>, Arc<str>), (GatewayError, Arc<str>)> {
+        let none: Arc<str> = Arc::from("-");
+        // 2. Request head within limits (414, 431) before anything else looks at it.
+        check_head(&req, generation.limits).map_err(|e| (e, none.clone()))?;
+        // 3. A path every server reads the same way (400 otherwise).
+        check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none.clone()))?;
+        // 4. A declared route, or 404/405 and a count in the undeclared inventory.
+        let (route, matched) = match generation.routes.lookup(req.method(), req.uri().path()) {
+            Lookup::Found(route, matched) => (route, matched),
+            Lookup::NoPath => {
+                self.inventory.record(req.method(), req.uri().path());
+                return Err((GatewayError::NotFound, Arc::from("undeclared")));
+            }
+            Lookup::NoMethod(allow) => {
+                self.inventory.record(req.method(), req.uri().path());
+                return Err((GatewayError::MethodNotAllowed { allow }, Arc::from("undeclared")));
+            }
+        };
+        // 5. The route's policies, then the upstream.
+        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        req.extensions_mut().insert(ctx.clone());
+        req.extensions_mut().insert(matched);
+        Ok((route.chain.run(req, ctx).await, route.id.clone()))
+    }
+}
+
+fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), GatewayError> {
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len as u64 > limits.url_bytes {
+        return Err(GatewayError::UriTooLong);
+    }
+    let headers = req.headers();
+    if headers.len() > limits.header_count {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    let bytes: u64 = headers.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
+    if bytes > limits.header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+fn build_generation(
+    cfg: &Config,
+    clients: &ClientCache,
+    previous_tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Generation, BuildError> {
+    let trusted: Arc<[IpNet]> = cfg.server.trusted_proxies.clone().into();
+    let mut routes = RouteTable::default();
+    for route in &cfg.routes {
+        let client = clients.get(&route.upstream_tls, route.timeouts.connect).map_err(|e| BuildError::Route {
+            id: route.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let forwarder = Forwarder::new(route, client, trusted.clone());
+        routes
+            .insert(CompiledRoute {
+                id: Arc::from(route.id.as_str()),
+                config: route.clone(),
+                chain: route_chain(route, forwarder),
+            })
+            .map_err(|reason| BuildError::Route {
+                id: route.id.clone(),
+                reason,
+            })?;
+    }
+    let tls = match &cfg.server.tls {
+        Some(files) => Some(load_server_tls(files)?),
+        None => previous_tls,
+    };
+    Ok(Generation {
+        config: Arc::new(cfg.clone()),
+        routes,
+        tls,
+        limits: limits(&cfg.server),
+        trusted,
+        access_log: cfg.logging.access_log,
+    })
+}
+
+fn limits(s: &ServerConfig) -> HeadLimits {
+    HeadLimits {
+        header_count: s.max_header_count,
+        header_bytes: s.max_header_bytes,
+        url_bytes: s.max_url_bytes,
+    }
+}

@@ -1,0 +1,200 @@
+//! Header hygiene at the trust boundary: hop-by-hop headers never cross the gateway, and
+//! forwarding headers are believed only from trusted proxies.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the non-standard ones proxies also drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// `Upgrade` is removed too: the gateway does not tunnel protocol upgrades.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// The client's address. It is the TCP peer unless the peer is a trusted proxy; then it is
+/// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy, so a client
+/// cannot choose its own address by prepending entries. IPv4-mapped IPv6 is normalised.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    let peer = normalise(peer);
+    if !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.trim().parse::<IpAddr>().map(normalise) else {
+            break;
+        };
+        client = ip;
+        if !trusted(ip, proxies) {
+            break;
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` for the
+/// upstream. From an untrusted peer, whatever forwarding headers it sent are discarded first.
+pub(crate) fn set_forwarding(h: &mut HeaderMap, peer: SocketAddr, tls: bool, host: Option<&HeaderValue>, proxies: &[IpNet]) {
+    let peer_ip = normalise(peer.ip());
+    let from_trusted = trusted(peer_ip, proxies);
+    let proto = if tls { "https" } else { "http" };
+
+    let prior_xff = if from_trusted {
+        h.get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        String::new()
+    };
+    let prior_fwd = if from_trusted {
+        h.get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        String::new()
+    };
+    let keep_proto_host = from_trusted;
+    if !keep_proto_host {
+        h.remove("x-forwarded-proto");
+        h.remove("x-forwarded-host");
+    }
+    h.remove("x-forwarded-for");
+    h.remove(header::FORWARDED);
+
+    let xff = if prior_xff.is_empty() { peer_ip.to_string() } else { format!("{prior_xff}, {peer_ip}") };
+    let for_token = match peer_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={for_token};proto={proto}");
+    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+        element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+    }
+    let fwd = if prior_fwd.is_empty() { element } else { format!("{prior_fwd}, {element}") };
+
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(header::FORWARDED, v);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if let Some(host) = host {
+        if !h.contains_key("x-forwarded-host") {
+            h.insert("x-forwarded-host", host.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().filter_map(|n| n.parse().ok()).collect()
+    }
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")));
+        h
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_their_address() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(client_ip(peer, &xff("1.2.3.4"), &nets(&["10.0.0.0/8"])), peer);
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_right() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let p = nets(&["10.0.0.0/8"]);
+        // The client prepended a fake entry; the proxy appended the real one.
+        let got = client_ip(peer, &xff("6.6.6.6, 198.51.100.7, 10.0.0.1"), &p);
+        assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap_or(peer));
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_normalised() {
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let got = client_ip(mapped, &xff("198.51.100.7"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap_or(mapped));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_replaced() {
+        let mut h = xff("6.6.6.6");
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let peer: SocketAddr = "[::1]:5000".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        set_forwarding(&mut h, peer, false, Some(&HeaderValue::from_static("gw.example")), &[]);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h[header::FORWARDED], "for=\"[::1]\";proto=http;host=\"gw.example\"");
+    }
+}

@@ -1,0 +1,102 @@
+//! The data-plane listener: accepts TCP connections, terminates TLS when configured, serves
+//! HTTP/1.1 and HTTP/2 (ALPN or prior knowledge), and drains connections on shutdown.
+
+use crate::Gateway;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use portcullis_config::ServerConfig;
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::watch};
+
+/// Flips to `true` when the process should stop accepting and drain.
+pub type ShutdownSignal = watch::Receiver<bool>;
+
+fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limits are a backstop set above ours: requests within them reach the
+    // gateway, which answers over-limit heads with problem+json (431/414). Only requests far
+    // beyond them get hyper's bare error.
+    let backstop_bytes = usize::try_from((s.max_header_bytes + s.max_url_bytes) * 2).unwrap_or(usize::MAX).max(16 * 1024);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_headers(s.max_header_count.saturating_mul(2).saturating_add(32))
+        .max_buf_size(backstop_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Serves the data plane on `listener` until `shutdown` flips, then stops accepting, lets
+/// in-flight requests finish for up to `server.shutdown_grace`, and returns.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
+    let server_cfg = gateway.config().server.clone();
+    let builder = Arc::new(http_builder(&server_cfg));
+    let graceful = GracefulShutdown::new();
+    let tls = server_cfg.tls.is_some();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let watcher = graceful.watcher();
+                let gateway = gateway.clone();
+                let builder = builder.clone();
+                let handshake_timeout = server_cfg.header_read_timeout;
+                tokio::spawn(async move {
+                    let service = {
+                        let gateway = gateway.clone();
+                        service_fn(move |req| {
+                            let gateway = gateway.clone();
+                            async move { Ok::<_, Infallible>(gateway.handle(req, peer, tls).await) }
+                        })
+                    };
+                    let result = if tls {
+                        let Some(config) = gateway.tls_config() else { return };
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                    } else {
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    gateway.set_draining();
+    let open = graceful.count();
+    tracing::info!(open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
+    match tokio::time::timeout(server_cfg.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("shutdown grace period elapsed; closing the remaining connections"),
+    }
+}

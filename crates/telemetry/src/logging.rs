@@ -1,0 +1,117 @@
+//! Log setup: a tracing subscriber whose output passes through the [`Redactor`] on a
+//! background thread, so request tasks never wait on redaction or on the terminal.
+
+use crate::Redactor;
+use portcullis_config::{LogFormat, LoggingConfig};
+use std::io::{self, Write};
+use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry};
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSink {
+    /// Standard output (servers).
+    Stdout,
+    /// Standard error (commands that print results on stdout, such as `demo`).
+    Stderr,
+}
+
+/// Keeps the background writer alive (dropping it flushes pending lines) and allows the level
+/// and redaction lists to change on reload.
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+    filter: reload::Handle<EnvFilter, Registry>,
+    redactor: Redactor,
+}
+
+impl LogGuard {
+    /// Applies a reloaded `[logging]` section (level and redaction lists; the format is fixed
+    /// at start-up).
+    pub fn apply(&self, cfg: &LoggingConfig) {
+        self.redactor.set_extra(&cfg.redact_headers, &cfg.redact_fields);
+        match EnvFilter::try_new(&cfg.level) {
+            Ok(f) => {
+                if let Err(e) = self.filter.reload(f) {
+                    tracing::warn!(error = %e, "could not change the log level");
+                }
+            }
+            Err(e) => tracing::warn!(level = %cfg.level, error = %e, "ignoring invalid log level"),
+        }
+    }
+
+    /// The redactor in use, for code that renders headers into log fields.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}
+
+/// A writer that redacts whole lines before they reach `inner`.
+struct RedactingWriter<W> {
+    inner: W,
+    redactor: Redactor,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            self.inner.write_all(self.redactor.redact_line(&text).as_bytes())?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            let text = String::from_utf8_lossy(&rest);
+            self.inner.write_all(self.redactor.redact_line(&text).as_bytes())?;
+        }
+        self.inner.flush()
+    }
+}
+
+/// Installs the global subscriber. `PORTCULLIS_LOG`, when set, overrides the configured level.
+/// Fails if the level is not a valid filter or a subscriber is already installed.
+pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, String> {
+    let level = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let filter = EnvFilter::try_new(&level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let redactor = Redactor::new(&cfg.redact_headers, &cfg.redact_fields);
+    let out: Box<dyn Write + Send> = match sink {
+        LogSink::Stdout => Box::new(io::stdout()),
+        LogSink::Stderr => Box::new(io::stderr()),
+    };
+    let writer = RedactingWriter {
+        inner: out,
+        redactor: redactor.clone(),
+        pending: Vec::new(),
+    };
+    let (nb, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(64 * 1024)
+        .finish(writer);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match cfg.format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_target(true)
+                    .with_writer(nb),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().with_ansi(false).with_target(false).with_writer(nb))
+            .try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(LogGuard {
+        _worker: worker,
+        filter: handle,
+        redactor,
+    })
+}

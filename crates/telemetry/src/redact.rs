@@ -1,0 +1,238 @@
+//! Redaction of log lines. Names are matched case-insensitively at any depth of a JSON log
+//! line (and inside string values that hold JSON); credential-shaped values (`Bearer ...`,
+//! `Basic ...`, Portcullis API keys) are masked wherever they appear, in JSON or plain text.
+
+use regex::Regex;
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+};
+
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Header names that are always redacted.
+const BUILTIN_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// Field names that are always redacted.
+const BUILTIN_FIELDS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "private_key",
+];
+
+struct Rules {
+    names: HashSet<String>,
+    plain_kv: Regex,
+}
+
+/// Scrubs log lines. Cloning shares the rules, and [`Redactor::set_extra`] changes them for
+/// every clone (hot reload of the `[logging]` lists).
+#[derive(Clone)]
+pub struct Redactor {
+    rules: Arc<RwLock<Arc<Rules>>>,
+    values: Arc<Regex>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(&[], &[])
+    }
+}
+
+impl Redactor {
+    /// The built-in lists plus configured header and field names.
+    pub fn new(extra_headers: &[String], extra_fields: &[String]) -> Self {
+        // Credential-shaped values: HTTP auth schemes with their parameter, and API keys in
+        // Portcullis's recognisable `pcl_` format.
+        let values = Regex::new(r"(?i)\b(bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=\-]+|\bpcl_[A-Za-z0-9_\-]{8,}")
+            .unwrap_or_else(|_| unreachable_regex());
+        Redactor {
+            rules: Arc::new(RwLock::new(Arc::new(Self::rules(extra_headers, extra_fields)))),
+            values: Arc::new(values),
+        }
+    }
+
+    fn rules(extra_headers: &[String], extra_fields: &[String]) -> Rules {
+        let names: HashSet<String> = BUILTIN_HEADERS
+            .iter()
+            .chain(BUILTIN_FIELDS)
+            .map(|s| s.to_string())
+            .chain(extra_headers.iter().chain(extra_fields).map(|s| s.to_ascii_lowercase()))
+            .flat_map(|n| {
+                // Log fields often spell header names with underscores.
+                let alt = n.replace('-', "_");
+                [n, alt]
+            })
+            .collect();
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let alternation = sorted.iter().map(|n| regex::escape(n)).collect::<Vec<_>>().join("|");
+        let plain_kv = Regex::new(&format!(r#"(?i)\b({alternation})(\s*[=:]\s*)("[^"]*"|\S+)"#))
+            .unwrap_or_else(|_| unreachable_regex());
+        Rules { names, plain_kv }
+    }
+
+    /// Replaces the configured (non-built-in) names.
+    pub fn set_extra(&self, extra_headers: &[String], extra_fields: &[String]) {
+        let new = Arc::new(Self::rules(extra_headers, extra_fields));
+        if let Ok(mut g) = self.rules.write() {
+            *g = new;
+        }
+    }
+
+    fn current(&self) -> Arc<Rules> {
+        match self.rules.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// True when values under `name` are always redacted.
+    pub fn is_sensitive(&self, name: &str) -> bool {
+        self.current().names.contains(&name.to_ascii_lowercase())
+    }
+
+    /// Redacts one log line (JSON or plain text).
+    pub fn redact_line(&self, line: &str) -> String {
+        let rules = self.current();
+        let trimmed = line.trim_end_matches('\n');
+        if trimmed.starts_with('{') {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(trimmed) {
+                self.redact_value(&rules, &mut v);
+                let mut out = v.to_string();
+                out.push('\n');
+                return out;
+            }
+        }
+        let masked = rules.plain_kv.replace_all(line, |c: &regex::Captures| format!("{}{}{REDACTED}", &c[1], &c[2]));
+        self.values.replace_all(&masked, REDACTED).into_owned()
+    }
+
+    fn redact_value(&self, rules: &Rules, v: &mut serde_json::Value) {
+        use serde_json::Value;
+        match v {
+            Value::Object(map) => {
+                for (k, val) in map.iter_mut() {
+                    if rules.names.contains(&k.to_ascii_lowercase()) {
+                        *val = Value::String(REDACTED.into());
+                    } else {
+                        self.redact_value(rules, val);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.redact_value(rules, i)),
+            Value::String(s) => {
+                let t = s.trim_start();
+                if t.starts_with('{') || t.starts_with('[') {
+                    if let Ok(mut inner) = serde_json::from_str::<Value>(t) {
+                        self.redact_value(rules, &mut inner);
+                        *s = inner.to_string();
+                        return;
+                    }
+                }
+                let masked = rules.plain_kv.replace_all(s, |c: &regex::Captures| format!("{}{}{REDACTED}", &c[1], &c[2]));
+                let masked = self.values.replace_all(&masked, REDACTED);
+                if masked != s.as_str() {
+                    *s = masked.into_owned();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Renders headers for a log field, with sensitive values already replaced.
+    pub fn headers_for_log(&self, headers: &http::HeaderMap) -> String {
+        let rules = self.current();
+        let mut map = serde_json::Map::new();
+        for (name, value) in headers {
+            let shown = if rules.names.contains(name.as_str()) {
+                REDACTED.to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            map.insert(name.as_str().to_string(), serde_json::Value::String(shown));
+        }
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+/// The patterns above are constants; a failure to compile them is a programming error caught
+/// by the unit tests, and matching nothing is the safe fallback for the plain-text pass.
+fn unreachable_regex() -> Regex {
+    Regex::new("$^").unwrap_or_else(|_| std::process::abort())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: &str = "SENTINEL-s3cr3t-7f1d";
+
+    #[test]
+    fn json_fields_are_redacted_at_any_depth() {
+        let r = Redactor::new(&["x-internal-token".into()], &["ssn".into()]);
+        let line = format!(
+            r#"{{"msg":"x","authorization":"Bearer {S}","nested":{{"X-Api-Key":"{S}","list":[{{"ssn":"{S}"}}]}},"x_internal_token":"{S}","headers":"{{\"cookie\":\"{S}\"}}"}}"#
+        );
+        let out = r.redact_line(&line);
+        assert!(!out.contains(S), "{out}");
+        assert!(out.contains(REDACTED));
+        assert!(out.contains("\"msg\":\"x\""));
+    }
+
+    #[test]
+    fn credential_shaped_values_are_masked_anywhere() {
+        let r = Redactor::default();
+        for line in [
+            format!(r#"{{"message":"upstream said Bearer {S}"}}"#),
+            format!("plain text basic {S} here"),
+            format!(r#"{{"m":"key pcl_abc123_{S}"}}"#),
+            format!("authorization={S} other=1"),
+            format!("password: \"{S}\""),
+        ] {
+            let out = r.redact_line(&line);
+            assert!(!out.contains(S), "{line} -> {out}");
+        }
+    }
+
+    #[test]
+    fn configured_names_can_change_at_runtime() {
+        let r = Redactor::default();
+        let line = format!(r#"{{"card_number":"{S}"}}"#);
+        assert!(r.redact_line(&line).contains(S));
+        r.clone().set_extra(&[], &["card_number".into()]);
+        assert!(!r.redact_line(&line).contains(S));
+    }
+
+    #[test]
+    fn headers_for_log_hides_sensitive_headers() {
+        let r = Redactor::default();
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", http::HeaderValue::from_static("Bearer zzz"));
+        h.insert("accept", http::HeaderValue::from_static("*/*"));
+        let s = r.headers_for_log(&h);
+        assert!(!s.contains("zzz") && s.contains("*/*"), "{s}");
+    }
+
+    #[test]
+    fn ordinary_lines_pass_unchanged() {
+        let r = Redactor::default();
+        let line = "{\"level\":\"INFO\",\"status\":200,\"route\":\"orders\"}\n";
+        assert_eq!(r.redact_line(line), line);
+    }
+}
