@@ -1,1 +1,100 @@
-//! placeholder
+//! The admin listener (axum): liveness, readiness, Prometheus metrics and the endpoint
+//! inventory. It binds loopback by default and runs apart from the data plane, so a flood on
+//! the data plane does not blind the operator. Admin credentials arrive with the admin-API
+//! work; until then, exposing it beyond loopback takes `dangerous_expose_admin`.
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use portcullis_core::{problem_response, GatewayError, RequestId};
+use portcullis_proxy::{Gateway, ShutdownSignal};
+use portcullis_store::Store;
+use portcullis_telemetry::Metrics;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// What the admin handlers need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The running gateway.
+    pub gateway: Arc<Gateway>,
+    /// The store, for readiness.
+    pub store: Arc<dyn Store>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/inventory", get(inventory))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the admin API until `shutdown` flips.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    mut shutdown: ShutdownSignal,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+}
+
+fn problem(err: GatewayError) -> Response {
+    let (parts, body) = problem_response(&err, &RequestId::generate()).into_parts();
+    Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers and the gateway is not draining: a load balancer stops
+/// sending new traffic as soon as shutdown begins.
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.gateway.is_draining() {
+        return problem(GatewayError::Unavailable { retry_after: None });
+    }
+    match s.store.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store unavailable");
+            problem(GatewayError::Unavailable { retry_after: None })
+        }
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn inventory(State(s): State<AdminState>) -> Response {
+    match s.gateway.inventory_report().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => problem(GatewayError::Internal(Box::new(e))),
+    }
+}
+
+async fn not_found() -> Response {
+    problem(GatewayError::NotFound)
+}

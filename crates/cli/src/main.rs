@@ -1,1 +1,119 @@
-fn main() {}
+//! The `portcullis` binary: command-line parsing and exit codes. Everything else lives in the
+//! library crates; errors become `anyhow` only here, at the edge.
+
+mod check;
+mod demo;
+mod inventory;
+mod reload;
+mod serve;
+mod upstream;
+
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+/// Exit status for an invalid configuration (what `check` and `serve` return for one).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security-first gateway for automated workflows",
+    long_about = "Portcullis sits between automation and the APIs it touches: it authenticates, limits, \
+                  validates and forwards inbound calls and webhooks, and guards outbound calls."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Without --config it starts safely with no routes.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate and lint a configuration file; exits 2 when it has errors.
+    Check {
+        /// The configuration file (TOML).
+        config: PathBuf,
+        /// Treat warnings as errors (exit 1 when there are any).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run a self-contained demo: an example upstream and a gateway in front of it.
+    Demo(demo::DemoArgs),
+    /// List declared routes and the undeclared endpoints clients have tried.
+    Inventory {
+        /// The configuration file (TOML); the defaults when omitted.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the version.
+    Version,
+    /// Run the example upstream on its own (used by the demo and the benchmarks).
+    #[command(hide = true)]
+    Upstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// An invalid configuration; reported with its diagnostics and exit code 2.
+#[derive(Debug)]
+pub(crate) struct InvalidConfig(pub portcullis_config::ConfigError);
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve::run(config).await,
+            Command::Check { config, strict } => check::run(&config, strict).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Inventory { config, json } => inventory::run(config, json).await,
+            Command::Version => {
+                println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Upstream { listen } => upstream::run(listen).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<InvalidConfig>() {
+            Some(invalid) => {
+                eprintln!("{invalid}");
+                eprintln!("error: the configuration is invalid; nothing was started");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -60,7 +60,11 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for d in self.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+        for d in self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+        {
             if !first {
                 writeln!(f)?;
             }
@@ -73,7 +77,11 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     pub(crate) fn io(file: &str, err: &std::io::Error) -> Self {
-        Self::single(file, None, format!("cannot read the configuration file: {err}"))
+        Self::single(
+            file,
+            None,
+            format!("cannot read the configuration file: {err}"),
+        )
     }
 
     pub(crate) fn syntax(file: &str, text: &str, err: &toml::de::Error) -> Self {

@@ -46,7 +46,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// Parses and validates configuration text. `file` names the source in diagnostics; `base` is
 /// the directory relative paths are resolved against.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Loaded, ConfigError> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(file, text, &e))?;
+    let raw: raw::RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::syntax(file, text, &e))?;
     validate::validate(raw, text, file, base)
 }
 

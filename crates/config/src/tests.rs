@@ -11,7 +11,11 @@ fn ok(text: &str) -> Loaded {
 fn errors(text: &str) -> Vec<Diagnostic> {
     match parse(text, "test.toml", Path::new(".")) {
         Ok(_) => panic!("expected an invalid config"),
-        Err(e) => e.diagnostics.into_iter().filter(|d| d.severity == Severity::Error).collect(),
+        Err(e) => e
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect(),
     }
 }
 
@@ -48,7 +52,10 @@ fn a_route_gets_default_limits() {
 
 #[test]
 fn units_parse() {
-    let c = ok(&format!("{ROUTE}timeout = \"1m\"\nconnect_timeout = \"500ms\"\nmax_body = \"64KiB\"\n")).config;
+    let c = ok(&format!(
+        "{ROUTE}timeout = \"1m\"\nconnect_timeout = \"500ms\"\nmax_body = \"64KiB\"\n"
+    ))
+    .config;
     let r = &c.routes[0];
     assert_eq!(r.timeouts.total, std::time::Duration::from_secs(60));
     assert_eq!(r.timeouts.connect, std::time::Duration::from_millis(500));
@@ -63,12 +70,22 @@ fn unknown_fields_are_rejected_everywhere_with_a_location() {
         ("[store]\nurll = \"x\"", 2),
         ("[logging]\nformat = \"json\"\ncolour = true", 3),
         (&format!("{ROUTE}retries = 3\n") as &str, 7),
-        (&format!("{ROUTE}deprecated = {{ sunset = \"2099-01-01\", sunsett = \"x\" }}\n"), 7),
-        ("[server]\ntls = { cert = \"a\", key = \"b\", ca = \"c\" }", 2),
+        (
+            &format!("{ROUTE}deprecated = {{ sunset = \"2099-01-01\", sunsett = \"x\" }}\n"),
+            7,
+        ),
+        (
+            "[server]\ntls = { cert = \"a\", key = \"b\", ca = \"c\" }",
+            2,
+        ),
     ] {
         let errs = errors(doc);
         assert_eq!(errs.len(), 1, "{doc}: {errs:?}");
-        assert!(errs[0].message.contains("unknown field"), "{doc}: {}", errs[0].message);
+        assert!(
+            errs[0].message.contains("unknown field"),
+            "{doc}: {}",
+            errs[0].message
+        );
         assert_eq!(errs[0].line, Some(line), "{doc}: {}", errs[0]);
         assert!(errs[0].column.is_some());
     }
@@ -77,7 +94,11 @@ fn unknown_fields_are_rejected_everywhere_with_a_location() {
 #[test]
 fn bad_values_say_what_was_expected() {
     let e = errors(&format!("{ROUTE}timeout = \"ten seconds\"\n"));
-    assert!(e[0].message.contains("expected a number and a unit"), "{}", e[0]);
+    assert!(
+        e[0].message.contains("expected a number and a unit"),
+        "{}",
+        e[0]
+    );
     assert_eq!(e[0].line, Some(7));
     let e = errors(&format!("{ROUTE}max_body = \"lots\"\n"));
     assert!(e[0].message.contains("invalid size"), "{}", e[0]);
@@ -90,18 +111,34 @@ fn bad_values_say_what_was_expected() {
 fn cross_field_errors_point_at_the_route() {
     let dup = format!("{ROUTE}{}", ROUTE.replace("/orders/{id}", "/other"));
     let e = errors(&dup);
-    assert!(e.iter().any(|d| d.message.contains("declared more than once") && d.line == Some(9)), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("declared more than once") && d.line == Some(9)),
+        "{e:?}"
+    );
 
     let same = format!("{ROUTE}{}", ROUTE.replace("\"orders\"", "\"orders2\""));
     let e = errors(&same);
-    assert!(e.iter().any(|d| d.message.contains("both answer GET /orders/{id}")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("both answer GET /orders/{id}")),
+        "{e:?}"
+    );
 
-    let conflict = format!("{ROUTE}{}", ROUTE.replace("\"orders\"", "\"o2\"").replace("{id}", "{oid}"));
+    let conflict = format!(
+        "{ROUTE}{}",
+        ROUTE
+            .replace("\"orders\"", "\"o2\"")
+            .replace("{id}", "{oid}")
+    );
     let e = errors(&conflict);
     assert!(e.iter().any(|d| d.message.contains("overlaps")), "{e:?}");
 
     // The same template with different methods is fine.
-    let split = format!("{ROUTE}{}", ROUTE.replace("\"orders\"", "\"o2\"").replace("GET", "POST"));
+    let split = format!(
+        "{ROUTE}{}",
+        ROUTE.replace("\"orders\"", "\"o2\"").replace("GET", "POST")
+    );
     ok(&split);
 }
 
@@ -109,13 +146,41 @@ fn cross_field_errors_point_at_the_route() {
 fn route_fields_are_checked() {
     let cases = [
         ("methods = [\"GET\"]", "methods = []", "methods is empty"),
-        ("methods = [\"GET\"]", "methods = [\"TRACE\"]", "not supported"),
-        ("methods = [\"GET\"]", "methods = [\"GET\", \"get\"]", "listed twice"),
-        ("path = \"/orders/{id}\"", "path = \"orders\"", "must start with '/'"),
-        ("path = \"/orders/{id}\"", "path = \"/orders/{*rest}/x\"", "not a valid template"),
-        ("upstream = \"http://127.0.0.1:7000\"", "upstream = \"ftp://h\"", "scheme"),
-        ("upstream = \"http://127.0.0.1:7000\"", "upstream = \"http://u:p@h\"", "credentials"),
-        ("upstream = \"http://127.0.0.1:7000\"", "upstream = \"not a url\"", "not a URL"),
+        (
+            "methods = [\"GET\"]",
+            "methods = [\"TRACE\"]",
+            "not supported",
+        ),
+        (
+            "methods = [\"GET\"]",
+            "methods = [\"GET\", \"get\"]",
+            "listed twice",
+        ),
+        (
+            "path = \"/orders/{id}\"",
+            "path = \"orders\"",
+            "must start with '/'",
+        ),
+        (
+            "path = \"/orders/{id}\"",
+            "path = \"/orders/{*rest}/x\"",
+            "not a valid template",
+        ),
+        (
+            "upstream = \"http://127.0.0.1:7000\"",
+            "upstream = \"ftp://h\"",
+            "scheme",
+        ),
+        (
+            "upstream = \"http://127.0.0.1:7000\"",
+            "upstream = \"http://u:p@h\"",
+            "credentials",
+        ),
+        (
+            "upstream = \"http://127.0.0.1:7000\"",
+            "upstream = \"not a url\"",
+            "not a URL",
+        ),
         ("id = \"orders\"", "id = \"has space\"", "not valid"),
     ];
     for (from, to, want) in cases {
@@ -125,7 +190,9 @@ fn route_fields_are_checked() {
     }
     let e = errors(&format!("{ROUTE}rewrite = \"/v2/{{nope}}\"\n"));
     assert!(e[0].message.contains("does not capture"), "{e:?}");
-    let e = errors(&format!("{ROUTE}timeout = \"1s\"\nconnect_timeout = \"2s\"\n"));
+    let e = errors(&format!(
+        "{ROUTE}timeout = \"1s\"\nconnect_timeout = \"2s\"\n"
+    ));
     assert!(e[0].message.contains("longer than"), "{e:?}");
 }
 
@@ -134,18 +201,44 @@ fn admin_stays_on_loopback_unless_dangerous() {
     let e = errors("[server]\nadmin_listen = \"0.0.0.0:9901\"");
     assert!(e[0].message.contains("loopback"), "{e:?}");
     let l = ok("[server]\nadmin_listen = \"0.0.0.0:9901\"\ndangerous_expose_admin = true");
-    assert!(l.warnings.iter().any(|w| w.message.contains("dangerous_expose_admin")));
+    assert!(l
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("dangerous_expose_admin")));
 }
 
 #[test]
 fn lints_warn_about_risky_settings() {
     let l = ok("[server]\nlisten = \"0.0.0.0:8080\"\ntrusted_proxies = [\"0.0.0.0/0\"]");
-    assert!(l.warnings.iter().any(|w| w.message.contains("plaintext")), "{:?}", l.warnings);
-    assert!(l.warnings.iter().any(|w| w.message.contains("every peer")), "{:?}", l.warnings);
-    let l = ok(&ROUTE.replace("http://127.0.0.1:7000", "https://example.com").replace("]\npath", "]\ndangerous_skip_upstream_tls_verify = true\npath"));
-    assert!(l.warnings.iter().any(|w| w.message.contains("dangerous_skip_upstream_tls_verify")), "{:?}", l.warnings);
+    assert!(
+        l.warnings.iter().any(|w| w.message.contains("plaintext")),
+        "{:?}",
+        l.warnings
+    );
+    assert!(
+        l.warnings.iter().any(|w| w.message.contains("every peer")),
+        "{:?}",
+        l.warnings
+    );
+    let l = ok(&ROUTE
+        .replace("http://127.0.0.1:7000", "https://example.com")
+        .replace(
+            "]\npath",
+            "]\ndangerous_skip_upstream_tls_verify = true\npath",
+        ));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.message.contains("dangerous_skip_upstream_tls_verify")),
+        "{:?}",
+        l.warnings
+    );
     let l = ok(&ROUTE.replace("http://127.0.0.1:7000", "http://example.com"));
-    assert!(l.warnings.iter().any(|w| w.message.contains("unencrypted")), "{:?}", l.warnings);
+    assert!(
+        l.warnings.iter().any(|w| w.message.contains("unencrypted")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]
@@ -154,7 +247,9 @@ fn deprecation_parses_dates_and_warns_past_sunset() {
     assert!(l.warnings.iter().any(|w| w.message.contains("410")));
     let d = l.config.routes[0].deprecation.clone().expect("deprecation");
     assert_eq!(d.sunset.year(), 2001);
-    let e = errors(&format!("{ROUTE}deprecated = {{ sunset = \"tomorrow\" }}\n"));
+    let e = errors(&format!(
+        "{ROUTE}deprecated = {{ sunset = \"tomorrow\" }}\n"
+    ));
     assert!(e[0].message.contains("not a date"));
 }
 
@@ -176,7 +271,12 @@ fn syntax_errors_have_a_location() {
 
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
-    let l = parse("[server]\ndata_dir = \"state\"", "x", Path::new("/etc/portcullis")).map_err(|e| e.to_string());
+    let l = parse(
+        "[server]\ndata_dir = \"state\"",
+        "x",
+        Path::new("/etc/portcullis"),
+    )
+    .map_err(|e| e.to_string());
     let c = l.map(|l| l.config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.server.data_dir, Path::new("/etc/portcullis/state"));
     assert_eq!(c.store.url, "sqlite:///etc/portcullis/state/portcullis.db");

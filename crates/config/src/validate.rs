@@ -79,7 +79,10 @@ pub(crate) fn validate(
     for r in &raw.routes {
         let id = r.get_ref().id.get_ref();
         if spans.insert(id.clone(), r.span()).is_some() {
-            c.error(Some(r.get_ref().id.span()), format!("route id {id:?} is declared more than once"));
+            c.error(
+                Some(r.get_ref().id.span()),
+                format!("route id {id:?} is declared more than once"),
+            );
         }
     }
     let routes: Vec<Arc<RouteConfig>> = raw
@@ -106,8 +109,15 @@ pub(crate) fn validate(
     })
 }
 
-fn socket_addr(c: &mut Checker, v: Option<Spanned<String>>, default: &str, what: &str) -> SocketAddr {
-    let fallback: SocketAddr = default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+fn socket_addr(
+    c: &mut Checker,
+    v: Option<Spanned<String>>,
+    default: &str,
+    what: &str,
+) -> SocketAddr {
+    let fallback: SocketAddr = default
+        .parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let Some(v) = v else { return fallback };
     match v.get_ref().parse() {
         Ok(a) => a,
@@ -128,11 +138,22 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
     let listen_span = raw.listen.as_ref().map(|s| s.span());
     let admin_span = raw.admin_listen.as_ref().map(|s| s.span());
     let listen = socket_addr(c, raw.listen, DEFAULT_LISTEN, "server.listen");
-    let admin_listen = socket_addr(c, raw.admin_listen, DEFAULT_ADMIN_LISTEN, "server.admin_listen");
-    let expose = raw.dangerous_expose_admin.as_ref().is_some_and(|b| *b.get_ref());
+    let admin_listen = socket_addr(
+        c,
+        raw.admin_listen,
+        DEFAULT_ADMIN_LISTEN,
+        "server.admin_listen",
+    );
+    let expose = raw
+        .dangerous_expose_admin
+        .as_ref()
+        .is_some_and(|b| *b.get_ref());
 
     if listen.port() != 0 && listen == admin_listen {
-        c.error(admin_span.clone(), "server.admin_listen must differ from server.listen");
+        c.error(
+            admin_span.clone(),
+            "server.admin_listen must differ from server.listen",
+        );
     }
     if !admin_listen.ip().is_loopback() {
         if expose {
@@ -157,7 +178,10 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         };
         for (what, p) in [("certificate", &files.cert), ("key", &files.key)] {
             if !p.is_file() {
-                c.error(Some(span.clone()), format!("server.tls: {what} file {} does not exist", p.display()));
+                c.error(
+                    Some(span.clone()),
+                    format!("server.tls: {what} file {} does not exist", p.display()),
+                );
             }
         }
         files
@@ -189,18 +213,44 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         }
     }
 
-    let max_header_count = bounded(c, raw.max_header_count, 100, 1..=10_000, "server.max_header_count", |n| *n as u64);
-    let max_header_bytes = bounded(c, raw.max_header_bytes, 16 * 1024, 1024..=1024 * 1024, "server.max_header_bytes", |b| b.0);
-    let max_url_bytes = bounded(c, raw.max_url_bytes, 8 * 1024, 256..=1024 * 1024, "server.max_url_bytes", |b| b.0);
+    let max_header_count = bounded(
+        c,
+        raw.max_header_count,
+        100,
+        1..=10_000,
+        "server.max_header_count",
+        |n| *n as u64,
+    );
+    let max_header_bytes = bounded(
+        c,
+        raw.max_header_bytes,
+        16 * 1024,
+        1024..=1024 * 1024,
+        "server.max_header_bytes",
+        |b| b.0,
+    );
+    let max_url_bytes = bounded(
+        c,
+        raw.max_url_bytes,
+        8 * 1024,
+        256..=1024 * 1024,
+        "server.max_url_bytes",
+        |b| b.0,
+    );
 
     ServerConfig {
         listen,
         tls,
         admin_listen,
         trusted_proxies,
-        data_dir: c.path(&raw.data_dir.unwrap_or_else(|| PathBuf::from("portcullis-data"))),
+        data_dir: c.path(
+            &raw.data_dir
+                .unwrap_or_else(|| PathBuf::from("portcullis-data")),
+        ),
         shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
-        header_read_timeout: raw.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        header_read_timeout: raw
+            .header_read_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
         max_header_count: max_header_count as usize,
         max_header_bytes,
         max_url_bytes,
@@ -221,7 +271,11 @@ fn bounded<T>(
     if !range.contains(&n) {
         c.error(
             Some(v.span()),
-            format!("{what} is {n}; expected between {} and {}", range.start(), range.end()),
+            format!(
+                "{what} is {n}; expected between {} and {}",
+                range.start(),
+                range.end()
+            ),
         );
         return default;
     }
@@ -244,9 +298,15 @@ fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
         };
     }
     if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-        c.error(Some(url.span()), "store.url: PostgreSQL is not supported by this version yet; use a sqlite:// URL");
+        c.error(
+            Some(url.span()),
+            "store.url: PostgreSQL is not supported by this version yet; use a sqlite:// URL",
+        );
     } else {
-        c.error(Some(url.span()), format!("store.url: {u:?} is not a store URL; expected sqlite://PATH"));
+        c.error(
+            Some(url.span()),
+            format!("store.url: {u:?} is not a store URL; expected sqlite://PATH"),
+        );
     }
     StoreConfig { url: default }
 }
@@ -256,7 +316,12 @@ fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
         None | Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
         Some(other) => {
-            c.error(raw.format.as_ref().map(|f| f.span()), format!("logging.format: {other:?} is not a format; expected \"json\" or \"pretty\""));
+            c.error(
+                raw.format.as_ref().map(|f| f.span()),
+                format!(
+                    "logging.format: {other:?} is not a format; expected \"json\" or \"pretty\""
+                ),
+            );
             LogFormat::Json
         }
     };
@@ -273,7 +338,10 @@ fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
         for n in list {
             let lower = n.get_ref().trim().to_ascii_lowercase();
             if lower.is_empty() || http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-                c.error(Some(n.span()), format!("{what}: {:?} is not a valid name", n.get_ref()));
+                c.error(
+                    Some(n.span()),
+                    format!("{what}: {:?} is not a valid name", n.get_ref()),
+                );
             } else {
                 out.push(lower);
             }
@@ -307,20 +375,44 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         let rw_params = template_params(c, rw, &ctx, "rewrite");
         for p in rw_params {
             if !params.contains(&p) {
-                c.error(Some(rw.span()), format!("{ctx}: rewrite uses {{{}}}, which the path {:?} does not capture", p.trim_start_matches('*'), r.path.get_ref()));
+                c.error(
+                    Some(rw.span()),
+                    format!(
+                        "{ctx}: rewrite uses {{{}}}, which the path {:?} does not capture",
+                        p.trim_start_matches('*'),
+                        r.path.get_ref()
+                    ),
+                );
             }
         }
     }
 
-    let total = r.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0);
-    let connect = r.connect_timeout.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT.min(total), |t| t.get_ref().0);
+    let total = r
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0);
+    let connect = r
+        .connect_timeout
+        .as_ref()
+        .map_or(DEFAULT_CONNECT_TIMEOUT.min(total), |t| t.get_ref().0);
     let read = r.read_timeout.as_ref().map_or(total, |t| t.get_ref().0);
-    for (name, v, d) in [("timeout", &r.timeout, total), ("connect_timeout", &r.connect_timeout, connect), ("read_timeout", &r.read_timeout, read)] {
+    for (name, v, d) in [
+        ("timeout", &r.timeout, total),
+        ("connect_timeout", &r.connect_timeout, connect),
+        ("read_timeout", &r.read_timeout, read),
+    ] {
         let span = v.as_ref().map(|s| s.span());
         if d.is_zero() {
             c.error(span, format!("{ctx}: {name} must be greater than zero"));
         } else if d > total {
-            c.error(span, format!("{ctx}: {name} ({}) is longer than the route's total timeout ({})", humantime::format_duration(d), humantime::format_duration(total)));
+            c.error(
+                span,
+                format!(
+                    "{ctx}: {name} ({}) is longer than the route's total timeout ({})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(total)
+                ),
+            );
         }
     }
 
@@ -329,11 +421,17 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
         if !path.is_file() {
-            c.error(Some(p.span()), format!("{ctx}: upstream_ca file {} does not exist", path.display()));
+            c.error(
+                Some(p.span()),
+                format!("{ctx}: upstream_ca file {} does not exist", path.display()),
+            );
         }
         path
     });
-    let skip_verify = r.dangerous_skip_upstream_tls_verify.as_ref().is_some_and(|b| *b.get_ref());
+    let skip_verify = r
+        .dangerous_skip_upstream_tls_verify
+        .as_ref()
+        .is_some_and(|b| *b.get_ref());
     if let Some(up) = &upstream {
         let https = up.scheme == http::uri::Scheme::HTTPS;
         if skip_verify {
@@ -343,14 +441,20 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             );
         }
         if !https && (skip_verify || ca.is_some()) {
-            c.warn(Some(r.upstream.span()), format!("{ctx}: upstream TLS settings have no effect on a plain http:// upstream"));
+            c.warn(
+                Some(r.upstream.span()),
+                format!("{ctx}: upstream TLS settings have no effect on a plain http:// upstream"),
+            );
         }
         if !https && !host_is_local(up.url.host()) {
             c.warn(Some(r.upstream.span()), format!("{ctx}: upstream {} is plain http:// to another machine; requests travel unencrypted", up.url));
         }
     }
 
-    if c.found[errors_before..].iter().any(|d| d.severity == Severity::Error) {
+    if c.found[errors_before..]
+        .iter()
+        .any(|d| d.severity == Severity::Error)
+    {
         return None;
     }
     Some(RouteConfig {
@@ -359,7 +463,11 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         path: r.path.into_inner(),
         upstream: upstream?,
         rewrite: r.rewrite.map(Spanned::into_inner),
-        timeouts: Timeouts { connect, read, total },
+        timeouts: Timeouts {
+            connect,
+            read,
+            total,
+        },
         max_body: r.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
         tags: r.tags,
         deprecation: deprecation.flatten(),
@@ -375,24 +483,49 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn route_methods(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, ctx: &str) -> Vec<http::Method> {
+fn route_methods(
+    c: &mut Checker,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    ctx: &str,
+) -> Vec<http::Method> {
     if raw.get_ref().is_empty() {
-        c.error(Some(raw.span()), format!("{ctx}: methods is empty; expected at least one of {}", ROUTE_METHODS.join(", ")));
+        c.error(
+            Some(raw.span()),
+            format!(
+                "{ctx}: methods is empty; expected at least one of {}",
+                ROUTE_METHODS.join(", ")
+            ),
+        );
     }
     let mut out: Vec<http::Method> = Vec::new();
     for m in raw.get_ref() {
         let upper = m.get_ref().trim().to_ascii_uppercase();
         if !ROUTE_METHODS.contains(&upper.as_str()) {
-            c.error(Some(m.span()), format!("{ctx}: method {:?} is not supported; expected one of {}", m.get_ref(), ROUTE_METHODS.join(", ")));
+            c.error(
+                Some(m.span()),
+                format!(
+                    "{ctx}: method {:?} is not supported; expected one of {}",
+                    m.get_ref(),
+                    ROUTE_METHODS.join(", ")
+                ),
+            );
             continue;
         }
         match http::Method::from_bytes(upper.as_bytes()) {
-            Ok(method) if out.contains(&method) => c.error(Some(m.span()), format!("{ctx}: method {upper} is listed twice")),
+            Ok(method) if out.contains(&method) => c.error(
+                Some(m.span()),
+                format!("{ctx}: method {upper} is listed twice"),
+            ),
             Ok(method) => out.push(method),
-            Err(_) => c.error(Some(m.span()), format!("{ctx}: method {:?} is not valid", m.get_ref())),
+            Err(_) => c.error(
+                Some(m.span()),
+                format!("{ctx}: method {:?} is not valid", m.get_ref()),
+            ),
         }
     }
     out
@@ -402,11 +535,19 @@ fn route_methods(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, ctx: &str
 fn template_params(c: &mut Checker, t: &Spanned<String>, ctx: &str, what: &str) -> Vec<String> {
     let s = t.get_ref();
     if !s.starts_with('/') {
-        c.error(Some(t.span()), format!("{ctx}: {what} {s:?} must start with '/'"));
+        c.error(
+            Some(t.span()),
+            format!("{ctx}: {what} {s:?} must start with '/'"),
+        );
         return Vec::new();
     }
     if s.contains(['?', '#', ' ']) {
-        c.error(Some(t.span()), format!("{ctx}: {what} {s:?} may not contain '?', '#' or spaces; declare only the path"));
+        c.error(
+            Some(t.span()),
+            format!(
+                "{ctx}: {what} {s:?} may not contain '?', '#' or spaces; declare only the path"
+            ),
+        );
         return Vec::new();
     }
     let mut probe = matchit::Router::new();
@@ -417,10 +558,18 @@ fn template_params(c: &mut Checker, t: &Spanned<String>, ctx: &str, what: &str) 
     let mut names = Vec::new();
     let mut rest = s.as_str();
     while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         let name = &rest[open + 1..open + close];
-        if names.iter().any(|n: &String| n.trim_start_matches('*') == name.trim_start_matches('*')) {
-            c.error(Some(t.span()), format!("{ctx}: {what} {s:?} uses the parameter {{{name}}} twice"));
+        if names
+            .iter()
+            .any(|n: &String| n.trim_start_matches('*') == name.trim_start_matches('*'))
+        {
+            c.error(
+                Some(t.span()),
+                format!("{ctx}: {what} {s:?} uses the parameter {{{name}}} twice"),
+            );
         }
         names.push(name.to_string());
         rest = &rest[open + close + 1..];
@@ -441,16 +590,29 @@ fn upstream_url(c: &mut Checker, raw: &Spanned<String>, ctx: &str) -> Option<Ups
         "http" => http::uri::Scheme::HTTP,
         "https" => http::uri::Scheme::HTTPS,
         other => {
-            c.error(span, format!("{ctx}: upstream scheme {other:?} is not supported; expected http or https"));
+            c.error(
+                span,
+                format!(
+                    "{ctx}: upstream scheme {other:?} is not supported; expected http or https"
+                ),
+            );
             return None;
         }
     };
     if !url.username().is_empty() || url.password().is_some() {
-        c.error(span, format!("{ctx}: upstream URL may not carry credentials; credentials never belong in config"));
+        c.error(
+            span,
+            format!(
+                "{ctx}: upstream URL may not carry credentials; credentials never belong in config"
+            ),
+        );
         return None;
     }
     if url.query().is_some() || url.fragment().is_some() {
-        c.error(span, format!("{ctx}: upstream URL may not have a query or fragment"));
+        c.error(
+            span,
+            format!("{ctx}: upstream URL may not have a query or fragment"),
+        );
         return None;
     }
     let Some(host) = url.host_str() else {
@@ -492,26 +654,47 @@ fn deprecation(c: &mut Checker, raw: Spanned<RawDeprecation>, ctx: &str) -> Opti
         None => None,
     };
     if since.is_some_and(|s| s > sunset) {
-        c.error(Some(span.clone()), format!("{ctx}: deprecated.since is after deprecated.sunset"));
+        c.error(
+            Some(span.clone()),
+            format!("{ctx}: deprecated.since is after deprecated.sunset"),
+        );
     }
     let link = match d.link {
         Some(l) => match url::Url::parse(l.get_ref()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u.to_string()),
             _ => {
-                c.error(Some(l.span()), format!("{ctx}: deprecated.link {:?} is not an http(s) URL", l.get_ref()));
+                c.error(
+                    Some(l.span()),
+                    format!(
+                        "{ctx}: deprecated.link {:?} is not an http(s) URL",
+                        l.get_ref()
+                    ),
+                );
                 None
             }
         },
         None => None,
     };
     if sunset <= OffsetDateTime::now_utc() {
-        c.warn(Some(span), format!("{ctx}: the sunset date has passed; the route answers 410 Gone"));
+        c.warn(
+            Some(span),
+            format!("{ctx}: the sunset date has passed; the route answers 410 Gone"),
+        );
     }
-    Some(Deprecation { since, sunset, link })
+    Some(Deprecation {
+        since,
+        sunset,
+        link,
+    })
 }
 
 /// A date ("2027-03-01", midnight UTC) or an RFC 3339 timestamp.
-fn instant(c: &mut Checker, raw: &Spanned<String>, ctx: &str, what: &str) -> Option<OffsetDateTime> {
+fn instant(
+    c: &mut Checker,
+    raw: &Spanned<String>,
+    ctx: &str,
+    what: &str,
+) -> Option<OffsetDateTime> {
     let s = raw.get_ref().trim();
     let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(d) = Date::parse(s, &date_fmt) {
@@ -539,8 +722,13 @@ fn overlaps(c: &mut Checker, routes: &[Arc<RouteConfig>], spans: &HashMap<String
         if paths.contains(&r.path.as_str()) {
             continue;
         }
-        if let Err(matchit::InsertError::Conflict { with }) = router.insert(r.path.as_str(), r.id.as_str()) {
-            let other = by_path.get(with.as_str()).and_then(|v| v.first()).map_or(with.clone(), |o| o.id.clone());
+        if let Err(matchit::InsertError::Conflict { with }) =
+            router.insert(r.path.as_str(), r.id.as_str())
+        {
+            let other = by_path
+                .get(with.as_str())
+                .and_then(|v| v.first())
+                .map_or(with.clone(), |o| o.id.clone());
             c.error(spans.get(&r.id).cloned(), format!("route {:?} path {:?} overlaps route {other:?} path {with:?}; use the same parameter names or distinct paths", r.id, r.path));
         }
         paths.push(r.path.as_str());
@@ -551,7 +739,10 @@ fn overlaps(c: &mut Checker, routes: &[Arc<RouteConfig>], spans: &HashMap<String
         for (i, a) in rs.iter().enumerate() {
             for b in &rs[i + 1..] {
                 if let Some(m) = a.methods.iter().find(|m| b.methods.contains(m)) {
-                    c.error(spans.get(&b.id).cloned(), format!("routes {:?} and {:?} both answer {m} {path}", a.id, b.id));
+                    c.error(
+                        spans.get(&b.id).cloned(),
+                        format!("routes {:?} and {:?} both answer {m} {path}", a.id, b.id),
+                    );
                 }
             }
         }

@@ -136,9 +136,14 @@ impl GatewayError {
     /// A client-safe explanation: fixed text and configured limits only, never a cause.
     pub fn detail(&self) -> Option<String> {
         match self {
-            Self::PayloadTooLarge { limit } => Some(format!("This route accepts bodies of at most {limit} bytes.")),
+            Self::PayloadTooLarge { limit } => Some(format!(
+                "This route accepts bodies of at most {limit} bytes."
+            )),
             Self::Malformed(kind) => Some(kind.detail().to_string()),
-            Self::Gone => Some("The endpoint passed its sunset date. See the deprecation link published for it.".into()),
+            Self::Gone => Some(
+                "The endpoint passed its sunset date. See the deprecation link published for it."
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -53,22 +53,33 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         cause: err.cause(),
     });
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(REQUEST_ID_HEADER, request_id.header_value());
     match err {
         GatewayError::MethodNotAllowed { allow } => {
-            let list = allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+            let list = allow
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             if let Ok(v) = HeaderValue::from_str(&list) {
                 h.insert(header::ALLOW, v);
             }
         }
-        GatewayError::Unavailable { retry_after: Some(d) } => {
+        GatewayError::Unavailable {
+            retry_after: Some(d),
+        } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
         _ => {}
     }
-    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+    if status == StatusCode::PAYLOAD_TOO_LARGE
+        || status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    {
         // The rest of the request may still be on the wire; do not try to reuse the connection.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -81,14 +92,20 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn body_json(res: Response<Body>) -> serde_json::Value {
-        let bytes = res.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or_default()
     }
 
     #[test]
     fn internal_causes_never_reach_the_body() {
         let rt = tokio_rt();
-        let secret_cause: crate::BoxError = "connect to 10.1.2.3:5432 failed: /srv/app/db.rs".into();
+        let secret_cause: crate::BoxError =
+            "connect to 10.1.2.3:5432 failed: /srv/app/db.rs".into();
         let err = GatewayError::BadGateway(secret_cause);
         let id = RequestId::generate();
         let res = problem_response(&err, &id);
@@ -96,7 +113,10 @@ mod tests {
         assert_eq!(res.headers()[header::CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
         let v = rt.block_on(body_json(res));
         let text = v.to_string();
-        assert!(!text.contains("10.1.2.3") && !text.contains("db.rs"), "{text}");
+        assert!(
+            !text.contains("10.1.2.3") && !text.contains("db.rs"),
+            "{text}"
+        );
         assert_eq!(v["type"], "urn:portcullis:problem:upstream-unavailable");
         assert_eq!(v["status"], 502);
         assert_eq!(v["request_id"], id.as_str());
@@ -106,9 +126,19 @@ mod tests {
     #[test]
     fn status_specific_headers() {
         let id = RequestId::generate();
-        let res = problem_response(&GatewayError::MethodNotAllowed { allow: vec![http::Method::GET, http::Method::POST] }, &id);
+        let res = problem_response(
+            &GatewayError::MethodNotAllowed {
+                allow: vec![http::Method::GET, http::Method::POST],
+            },
+            &id,
+        );
         assert_eq!(res.headers()[header::ALLOW], "GET, POST");
-        let res = problem_response(&GatewayError::Unavailable { retry_after: Some(std::time::Duration::from_secs(5)) }, &id);
+        let res = problem_response(
+            &GatewayError::Unavailable {
+                retry_after: Some(std::time::Duration::from_secs(5)),
+            },
+            &id,
+        );
         assert_eq!(res.headers()[header::RETRY_AFTER], "5");
     }
 

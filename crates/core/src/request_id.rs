@@ -35,7 +35,8 @@ impl RequestId {
     pub fn is_valid(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
     }
 
     /// The id as text.
@@ -69,7 +70,10 @@ mod tests {
     #[test]
     fn keeps_good_ids_and_replaces_bad_ones() {
         let good = HeaderValue::from_static("abc-123_x.y:z");
-        assert_eq!(RequestId::from_header_or_new(Some(&good)).as_str(), "abc-123_x.y:z");
+        assert_eq!(
+            RequestId::from_header_or_new(Some(&good)).as_str(),
+            "abc-123_x.y:z"
+        );
         for bad in ["", "has space", "new\u{7f}line", "ä"] {
             let v = HeaderValue::from_bytes(bad.as_bytes()).ok();
             let id = RequestId::from_header_or_new(v.as_ref());

@@ -44,11 +44,13 @@ impl Policy for BodyLimit {
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let limit = self.limit;
         if let Some(len) = req.headers().get(http::header::CONTENT_LENGTH) {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(GatewayError::Malformed(portcullis_core::MalformedKind::InvalidHeader))?;
+            let len: u64 =
+                len.to_str()
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(GatewayError::Malformed(
+                        portcullis_core::MalformedKind::InvalidHeader,
+                    ))?;
             if len > limit {
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
@@ -58,7 +60,14 @@ impl Policy for BodyLimit {
         if req.body().is_end_stream() {
             return Ok(Flow::Continue(req));
         }
-        Ok(Flow::Continue(req.map(|b| Limited { inner: b, remaining: limit, limit }.boxed_unsync())))
+        Ok(Flow::Continue(req.map(|b| {
+            Limited {
+                inner: b,
+                remaining: limit,
+                limit,
+            }
+            .boxed_unsync()
+        })))
     }
 }
 
@@ -73,7 +82,10 @@ impl http_body::Body for Limited {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -81,7 +93,9 @@ impl http_body::Body for Limited {
                     let n = data.len() as u64;
                     if n > this.remaining {
                         this.remaining = 0;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
                     }
                     this.remaining -= n;
                 }
@@ -103,11 +117,17 @@ impl http_body::Body for Limited {
 /// Reads a whole body into memory, refusing more than `limit` bytes. For policies that must
 /// see the body (schema validation, signatures); everything else streams.
 pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError> {
-    let limited = Limited { inner: body, remaining: limit, limit };
+    let limited = Limited {
+        inner: body,
+        remaining: limit,
+        limit,
+    };
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge { limit }),
-        Err(_) => Err(GatewayError::Malformed(portcullis_core::MalformedKind::InvalidBody)),
+        Err(_) => Err(GatewayError::Malformed(
+            portcullis_core::MalformedKind::InvalidBody,
+        )),
     }
 }
 
@@ -118,7 +138,9 @@ mod tests {
     use http_body_util::StreamBody;
 
     fn chunked(chunks: &[&'static [u8]]) -> Body {
-        let frames = chunks.iter().map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c))));
+        let frames = chunks
+            .iter()
+            .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c))));
         StreamBody::new(stream::iter(frames.collect::<Vec<_>>())).boxed_unsync()
     }
 
@@ -127,7 +149,10 @@ mod tests {
         let ok = read_limited(chunked(&[b"abc", b"def"]), 6).await;
         assert_eq!(ok.ok().as_deref(), Some(&b"abcdef"[..]));
         let too_big = read_limited(chunked(&[b"abc", b"defg"]), 6).await;
-        assert!(matches!(too_big, Err(GatewayError::PayloadTooLarge { limit: 6 })));
+        assert!(matches!(
+            too_big,
+            Err(GatewayError::PayloadTooLarge { limit: 6 })
+        ));
     }
 
     #[tokio::test]
@@ -137,6 +162,9 @@ mod tests {
             .body(chunked(&[b"x"]))
             .unwrap_or_default();
         let r = BodyLimit::new(10).on_request(req).await;
-        assert!(matches!(r, Err(GatewayError::PayloadTooLarge { limit: 10 })));
+        assert!(matches!(
+            r,
+            Err(GatewayError::PayloadTooLarge { limit: 10 })
+        ));
     }
 }

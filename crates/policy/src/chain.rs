@@ -92,7 +92,10 @@ impl Chain {
                 Ok(r) => r,
                 Err(e) => error_response(&e, ctx),
             },
-            (None, None) => error_response(&GatewayError::Internal("policy chain lost the request".into()), ctx),
+            (None, None) => error_response(
+                &GatewayError::Internal("policy chain lost the request".into()),
+                ctx,
+            ),
         };
         for policy in self.policies[..passed].iter().rev() {
             res = match policy.on_response(res, ctx).await {

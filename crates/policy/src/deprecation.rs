@@ -26,13 +26,17 @@ impl Deprecation {
         let sunset = SystemTime::from(cfg.sunset);
         // RFC 9745: a Structured Field Date, `@` and Unix seconds. Without `since`, the route
         // counts as deprecated from the moment this config was loaded.
-        let since = cfg.since.unwrap_or_else(OffsetDateTime::now_utc).unix_timestamp();
+        let since = cfg
+            .since
+            .unwrap_or_else(OffsetDateTime::now_utc)
+            .unix_timestamp();
         let link = cfg.link.as_ref().and_then(|l| {
             HeaderValue::from_str(&format!("<{l}>; rel=\"deprecation\"; type=\"text/html\"")).ok()
         });
         Deprecation {
             sunset,
-            deprecation: HeaderValue::from_str(&format!("@{since}")).unwrap_or_else(|_| HeaderValue::from_static("@0")),
+            deprecation: HeaderValue::from_str(&format!("@{since}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("@0")),
             sunset_header: HeaderValue::from_str(&httpdate::fmt_http_date(sunset))
                 .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
             link,
@@ -53,7 +57,11 @@ impl Policy for Deprecation {
         Ok(Flow::Continue(req))
     }
 
-    async fn on_response(&self, mut res: Response<Body>, _ctx: &RequestContext) -> Result<Response<Body>, GatewayError> {
+    async fn on_response(
+        &self,
+        mut res: Response<Body>,
+        _ctx: &RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
         let h = res.headers_mut();
         h.insert(DEPRECATION.clone(), self.deprecation.clone());
         h.insert(SUNSET.clone(), self.sunset_header.clone());

@@ -39,12 +39,19 @@ pub(crate) struct ClientCache {
 }
 
 impl ClientCache {
-    pub(crate) fn get(&self, tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient, BuildError> {
+    pub(crate) fn get(
+        &self,
+        tls: &UpstreamTls,
+        connect_timeout: Duration,
+    ) -> Result<UpstreamClient, BuildError> {
         let key = ClientKey {
             tls: tls.clone(),
             connect_timeout,
         };
-        let mut map = self.clients.lock().map_err(|_| BuildError::Internal("client cache poisoned".into()))?;
+        let mut map = self
+            .clients
+            .lock()
+            .map_err(|_| BuildError::Internal("client cache poisoned".into()))?;
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
@@ -73,7 +80,10 @@ fn build(tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient,
                 .map_err(|e| BuildError::Tls(format!("upstream CA file {}: {e}", ca.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(BuildError::Tls(format!("upstream CA file {} holds no usable certificate", ca.display())));
+                return Err(BuildError::Tls(format!(
+                    "upstream CA file {} holds no usable certificate",
+                    ca.display()
+                )));
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -122,7 +132,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -131,7 +146,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

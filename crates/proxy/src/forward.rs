@@ -12,15 +12,17 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream};
-use portcullis_core::{Body, BoxError, GatewayError, RequestContext, RouteMatch, REQUEST_ID_HEADER};
+use portcullis_core::{
+    Body, BoxError, GatewayError, RequestContext, RouteMatch, REQUEST_ID_HEADER,
+};
 use portcullis_policy::{BodyTooLarge, Terminal};
+use std::future::Future;
 use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
-use std::future::Future;
 use tokio::time::{Instant, Sleep};
 
 /// One piece of a rewrite template.
@@ -41,7 +43,11 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    pub(crate) fn new(route: &RouteConfig, client: UpstreamClient, trusted_proxies: Arc<[IpNet]>) -> Self {
+    pub(crate) fn new(
+        route: &RouteConfig,
+        client: UpstreamClient,
+        trusted_proxies: Arc<[IpNet]>,
+    ) -> Self {
         Forwarder {
             route_id: Arc::from(route.id.as_str()),
             upstream: route.upstream.clone(),
@@ -71,7 +77,8 @@ impl Forwarder {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::Malformed(portcullis_core::MalformedKind::InvalidPath))?;
+        let pq = PathAndQuery::try_from(pq)
+            .map_err(|_| GatewayError::Malformed(portcullis_core::MalformedKind::InvalidPath))?;
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
             .authority(self.upstream.authority.clone())
@@ -85,11 +92,15 @@ fn compile_template(t: &str) -> Vec<Part> {
     let mut parts = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}').map(|c| open + c) else { break };
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+            break;
+        };
         if open > 0 {
             parts.push(Part::Literal(rest[..open].to_string()));
         }
-        parts.push(Part::Param(rest[open + 1..close].trim_start_matches('*').to_string()));
+        parts.push(Part::Param(
+            rest[open + 1..close].trim_start_matches('*').to_string(),
+        ));
         rest = &rest[close + 1..];
     }
     if !rest.is_empty() {
@@ -107,15 +118,21 @@ impl Terminal for Forwarder {
             .cloned()
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
         let uri = self.upstream_uri(req.uri(), req.extensions().get::<RouteMatch>())?;
-        let client_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        set_forwarding(headers, ctx.peer, ctx.tls, client_host.as_ref(), &self.trusted_proxies);
+        set_forwarding(
+            headers,
+            ctx.peer,
+            ctx.tls,
+            client_host.as_ref(),
+            &self.trusted_proxies,
+        );
         headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
         headers.remove(header::HOST);
         if self.preserve_host {
@@ -129,13 +146,27 @@ impl Terminal for Forwarder {
         let deadline = Instant::now() + self.timeouts.total;
         let head_wait = self.timeouts.read.min(self.timeouts.total);
         let res = match tokio::time::timeout(head_wait, self.client.request(req)).await {
-            Err(_) => return Err(upstream_failure(&self.route_id, "timeout", GatewayError::UpstreamTimeout)),
+            Err(_) => {
+                return Err(upstream_failure(
+                    &self.route_id,
+                    "timeout",
+                    GatewayError::UpstreamTimeout,
+                ))
+            }
             Ok(Err(e)) => {
                 if let Some(limit) = body_too_large(&e) {
                     return Err(GatewayError::PayloadTooLarge { limit });
                 }
-                let kind = if e.is_connect() { "connect" } else { "protocol" };
-                return Err(upstream_failure(&self.route_id, kind, GatewayError::BadGateway(Box::new(e))));
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
+                return Err(upstream_failure(
+                    &self.route_id,
+                    kind,
+                    GatewayError::BadGateway(Box::new(e)),
+                ));
             }
             Ok(Ok(res)) => res,
         };
@@ -202,7 +233,10 @@ impl HttpBody for Deadline {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

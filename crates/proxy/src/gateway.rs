@@ -17,7 +17,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use portcullis_config::{Config, ServerConfig};
-use portcullis_core::{problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER};
+use portcullis_core::{
+    problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER,
+};
 use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
 use std::{
@@ -97,8 +99,13 @@ impl Gateway {
         let old = self.current.load_full();
         let mut notes = Vec::new();
         let (o, n) = (&old.config.server, &cfg.server);
-        if o.listen != n.listen || o.admin_listen != n.admin_listen || o.tls.is_some() != n.tls.is_some() {
-            notes.push("listener address or TLS on/off changed: takes effect after a restart".to_string());
+        if o.listen != n.listen
+            || o.admin_listen != n.admin_listen
+            || o.tls.is_some() != n.tls.is_some()
+        {
+            notes.push(
+                "listener address or TLS on/off changed: takes effect after a restart".to_string(),
+            );
         }
         if o.data_dir != n.data_dir || old.config.store != cfg.store {
             notes.push("data directory or store changed: takes effect after a restart".to_string());
@@ -136,7 +143,11 @@ impl Gateway {
                 path: r.config.path.clone(),
                 upstream: r.config.upstream.url.to_string(),
                 tags: r.config.tags.clone(),
-                sunset: r.config.deprecation.as_ref().and_then(|d| d.sunset.format(&time::format_description::well_known::Rfc3339).ok()),
+                sunset: r.config.deprecation.as_ref().and_then(|d| {
+                    d.sunset
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
                 policies: r.chain.policy_names(),
             })
             .collect();
@@ -157,7 +168,12 @@ impl Gateway {
     }
 
     /// Answers one data-plane request. The steps below are the inbound stack, in order.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let generation = self.current.load_full();
         let received_at = Instant::now();
 
@@ -183,7 +199,8 @@ impl Gateway {
         };
 
         // 6. The request id goes back to the client on every response.
-        res.headers_mut().insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
+        res.headers_mut()
+            .insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
         observe::record(
             &Outcome {
                 ctx: &ctx,
@@ -219,7 +236,10 @@ impl Gateway {
             }
             Lookup::NoMethod(allow) => {
                 self.inventory.record(req.method(), req.uri().path());
-                return Err((GatewayError::MethodNotAllowed { allow }, Arc::from("undeclared")));
+                return Err((
+                    GatewayError::MethodNotAllowed { allow },
+                    Arc::from("undeclared"),
+                ));
             }
         };
         // 5. The route's policies, then the upstream.
@@ -239,7 +259,10 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     if headers.len() > limits.header_count {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let bytes: u64 = headers.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
+    let bytes: u64 = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64)
+        .sum();
     if bytes > limits.header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
@@ -254,10 +277,12 @@ fn build_generation(
     let trusted: Arc<[IpNet]> = cfg.server.trusted_proxies.clone().into();
     let mut routes = RouteTable::default();
     for route in &cfg.routes {
-        let client = clients.get(&route.upstream_tls, route.timeouts.connect).map_err(|e| BuildError::Route {
-            id: route.id.clone(),
-            reason: e.to_string(),
-        })?;
+        let client = clients
+            .get(&route.upstream_tls, route.timeouts.connect)
+            .map_err(|e| BuildError::Route {
+                id: route.id.clone(),
+                reason: e.to_string(),
+            })?;
         let forwarder = Forwarder::new(route, client, trusted.clone());
         routes
             .insert(CompiledRoute {

@@ -76,7 +76,13 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` for the
 /// upstream. From an untrusted peer, whatever forwarding headers it sent are discarded first.
-pub(crate) fn set_forwarding(h: &mut HeaderMap, peer: SocketAddr, tls: bool, host: Option<&HeaderValue>, proxies: &[IpNet]) {
+pub(crate) fn set_forwarding(
+    h: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    proxies: &[IpNet],
+) {
     let peer_ip = normalise(peer.ip());
     let from_trusted = trusted(peer_ip, proxies);
     let proto = if tls { "https" } else { "http" };
@@ -109,7 +115,11 @@ pub(crate) fn set_forwarding(h: &mut HeaderMap, peer: SocketAddr, tls: bool, hos
     h.remove("x-forwarded-for");
     h.remove(header::FORWARDED);
 
-    let xff = if prior_xff.is_empty() { peer_ip.to_string() } else { format!("{prior_xff}, {peer_ip}") };
+    let xff = if prior_xff.is_empty() {
+        peer_ip.to_string()
+    } else {
+        format!("{prior_xff}, {peer_ip}")
+    };
     let for_token = match peer_ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
@@ -118,7 +128,11 @@ pub(crate) fn set_forwarding(h: &mut HeaderMap, peer: SocketAddr, tls: bool, hos
     if let Some(host) = host.and_then(|v| v.to_str().ok()) {
         element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
     }
-    let fwd = if prior_fwd.is_empty() { element } else { format!("{prior_fwd}, {element}") };
+    let fwd = if prior_fwd.is_empty() {
+        element
+    } else {
+        format!("{prior_fwd}, {element}")
+    };
 
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
@@ -146,14 +160,20 @@ mod tests {
 
     fn xff(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+        );
         h
     }
 
     #[test]
     fn untrusted_peers_cannot_spoof_their_address() {
         let peer: IpAddr = "203.0.113.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(client_ip(peer, &xff("1.2.3.4"), &nets(&["10.0.0.0/8"])), peer);
+        assert_eq!(
+            client_ip(peer, &xff("1.2.3.4"), &nets(&["10.0.0.0/8"])),
+            peer
+        );
     }
 
     #[test]
@@ -167,7 +187,9 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_peers_are_normalised() {
-        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let mapped: IpAddr = "::ffff:10.0.0.2"
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let got = client_ip(mapped, &xff("198.51.100.7"), &nets(&["10.0.0.0/8"]));
         assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap_or(mapped));
     }
@@ -175,11 +197,17 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
@@ -191,10 +219,21 @@ mod tests {
         let mut h = xff("6.6.6.6");
         h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let peer: SocketAddr = "[::1]:5000".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        set_forwarding(&mut h, peer, false, Some(&HeaderValue::from_static("gw.example")), &[]);
+        let peer: SocketAddr = "[::1]:5000"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        set_forwarding(
+            &mut h,
+            peer,
+            false,
+            Some(&HeaderValue::from_static("gw.example")),
+            &[],
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h[header::FORWARDED], "for=\"[::1]\";proto=http;host=\"gw.example\"");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=\"[::1]\";proto=http;host=\"gw.example\""
+        );
     }
 }

@@ -96,10 +96,13 @@ impl Inventory {
     /// Counts one request that matched no declared route.
     pub fn record(&self, method: &Method, path: &str) {
         let method = portcullis_telemetry::method_label(method).to_string();
-        metrics::counter!("portcullis_undeclared_requests_total", "method" => method.clone()).increment(1);
+        metrics::counter!("portcullis_undeclared_requests_total", "method" => method.clone())
+            .increment(1);
         let mut shape = path_shape(path);
         let now = now_secs();
-        let Ok(mut map) = self.pending.lock() else { return };
+        let Ok(mut map) = self.pending.lock() else {
+            return;
+        };
         if map.len() >= MAX_PENDING && !map.contains_key(&(method.clone(), shape.clone())) {
             shape = OVERFLOW_SHAPE.to_string();
         }
@@ -166,7 +169,12 @@ impl Inventory {
             }
         }
         let mut out: Vec<UndeclaredEntry> = all.into_values().map(UndeclaredEntry::from).collect();
-        out.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.shape.cmp(&b.shape)).then_with(|| a.method.cmp(&b.method)));
+        out.sort_by(|a, b| {
+            b.hits
+                .cmp(&a.hits)
+                .then_with(|| a.shape.cmp(&b.shape))
+                .then_with(|| a.method.cmp(&b.method))
+        });
         Ok(out)
     }
 }
@@ -190,7 +198,10 @@ pub fn path_shape(path: &str) -> String {
         } else if seg.len() > MAX_SEGMENT_LEN {
             out.push_str("{long}");
         } else {
-            out.extend(seg.chars().map(|c| if c.is_ascii_graphic() { c } else { '?' }));
+            out.extend(
+                seg.chars()
+                    .map(|c| if c.is_ascii_graphic() { c } else { '?' }),
+            );
         }
     }
     if out.is_empty() {
@@ -211,7 +222,9 @@ fn looks_like_id(seg: &str) -> bool {
     if hexish && seg.len() >= 8 && digits > 0 {
         return true;
     }
-    let token = seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let token = seg
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     token && seg.len() >= 16 && digits > 0 && seg.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
@@ -221,8 +234,14 @@ mod tests {
 
     #[test]
     fn shapes_fold_identifiers() {
-        assert_eq!(path_shape("/users/42/orders/9f8e7d6c5b4a"), "/users/{id}/orders/{id}");
-        assert_eq!(path_shape("/a/550e8400-e29b-41d4-a716-446655440000"), "/a/{id}");
+        assert_eq!(
+            path_shape("/users/42/orders/9f8e7d6c5b4a"),
+            "/users/{id}/orders/{id}"
+        );
+        assert_eq!(
+            path_shape("/a/550e8400-e29b-41d4-a716-446655440000"),
+            "/a/{id}"
+        );
         assert_eq!(path_shape("/admin/debug"), "/admin/debug");
         assert_eq!(path_shape("/"), "/");
         assert_eq!(path_shape("/t/ab12cd34ef56gh78ij90"), "/t/{id}");

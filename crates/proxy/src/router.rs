@@ -42,7 +42,9 @@ impl RouteTable {
             e.routes.push(route);
             return Ok(());
         }
-        self.router.insert(template.clone(), self.entries.len()).map_err(|e| e.to_string())?;
+        self.router
+            .insert(template.clone(), self.entries.len())
+            .map_err(|e| e.to_string())?;
         self.entries.push(PathEntry {
             template: Arc::from(template),
             routes: vec![route],
@@ -58,14 +60,22 @@ impl RouteTable {
         let Some(entry) = self.entries.get(*m.value) else {
             return Lookup::NoPath;
         };
-        let hit = entry.routes.iter().find(|r| r.config.allows(method)).or_else(|| {
-            (*method == Method::HEAD)
-                .then(|| entry.routes.iter().find(|r| r.config.allows(&Method::GET)))
-                .flatten()
-        });
+        let hit = entry
+            .routes
+            .iter()
+            .find(|r| r.config.allows(method))
+            .or_else(|| {
+                (*method == Method::HEAD)
+                    .then(|| entry.routes.iter().find(|r| r.config.allows(&Method::GET)))
+                    .flatten()
+            });
         match hit {
             Some(route) => {
-                let params = m.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let params = m
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 Lookup::Found(
                     route,
                     RouteMatch {
@@ -76,7 +86,11 @@ impl RouteTable {
                 )
             }
             None => {
-                let mut allow: Vec<Method> = entry.routes.iter().flat_map(|r| r.config.methods.iter().cloned()).collect();
+                let mut allow: Vec<Method> = entry
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.config.methods.iter().cloned())
+                    .collect();
                 if allow.contains(&Method::GET) && !allow.contains(&Method::HEAD) {
                     allow.push(Method::HEAD);
                 }

@@ -19,7 +19,9 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     // hyper's own limits are a backstop set above ours: requests within them reach the
     // gateway, which answers over-limit heads with problem+json (431/414). Only requests far
     // beyond them get hyper's bare error.
-    let backstop_bytes = usize::try_from((s.max_header_bytes + s.max_url_bytes) * 2).unwrap_or(usize::MAX).max(16 * 1024);
+    let backstop_bytes = usize::try_from((s.max_header_bytes + s.max_url_bytes) * 2)
+        .unwrap_or(usize::MAX)
+        .max(16 * 1024);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
@@ -97,6 +99,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
     tracing::info!(open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
     match tokio::time::timeout(server_cfg.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("shutdown grace period elapsed; closing the remaining connections"),
+        Err(_) => {
+            tracing::warn!("shutdown grace period elapsed; closing the remaining connections")
+        }
     }
 }

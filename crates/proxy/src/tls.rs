@@ -14,7 +14,10 @@ pub fn load_server_tls(files: &TlsFiles) -> Result<Arc<ServerConfig>, BuildError
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| BuildError::Tls(format!("certificate file {}: {e}", files.cert.display())))?;
     if certs.is_empty() {
-        return Err(BuildError::Tls(format!("certificate file {} holds no certificate", files.cert.display())));
+        return Err(BuildError::Tls(format!(
+            "certificate file {} holds no certificate",
+            files.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| BuildError::Tls(format!("key file {}: {e}", files.key.display())))?;

@@ -3,7 +3,10 @@
 //! existing path are narrowed.
 
 use crate::StoreError;
-use std::{fs, os::unix::fs::DirBuilderExt, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    fs, os::unix::fs::DirBuilderExt, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt,
+    path::Path,
+};
 
 fn fs_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Filesystem {
@@ -17,7 +20,11 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         narrow(dir, 0o700)
     } else {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fs_err(dir))
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fs_err(dir))
     }
 }
 

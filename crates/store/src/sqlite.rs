@@ -27,7 +27,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -36,7 +39,10 @@ impl SqliteStore {
     pub async fn memory() -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
         // One connection: every in-memory connection would otherwise be its own database.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -99,27 +105,50 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn hit(method: &str, shape: &str, hits: u64, t: i64) -> UndeclaredHit {
-        UndeclaredHit { method: method.into(), shape: shape.into(), hits, first_seen: t, last_seen: t }
+        UndeclaredHit {
+            method: method.into(),
+            shape: shape.into(),
+            hits,
+            first_seen: t,
+            last_seen: t,
+        }
     }
 
     #[tokio::test]
     async fn undeclared_hits_accumulate() -> Result<(), StoreError> {
         let s = SqliteStore::memory().await?;
-        s.record_undeclared(&[hit("GET", "/a/{id}", 2, 10), hit("POST", "/b", 1, 11)]).await?;
+        s.record_undeclared(&[hit("GET", "/a/{id}", 2, 10), hit("POST", "/b", 1, 11)])
+            .await?;
         s.record_undeclared(&[hit("GET", "/a/{id}", 3, 20)]).await?;
         let all = s.undeclared().await?;
-        assert_eq!(all[0], UndeclaredHit { method: "GET".into(), shape: "/a/{id}".into(), hits: 5, first_seen: 10, last_seen: 20 });
+        assert_eq!(
+            all[0],
+            UndeclaredHit {
+                method: "GET".into(),
+                shape: "/a/{id}".into(),
+                hits: 5,
+                first_seen: 10,
+                last_seen: 20
+            }
+        );
         assert_eq!(all.len(), 2);
         Ok(())
     }
 
     #[tokio::test]
     async fn files_are_private() -> Result<(), StoreError> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem { path: "tmp".into(), source: e })?;
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem {
+            path: "tmp".into(),
+            source: e,
+        })?;
         let dir = tmp.path().join("state");
         let store = crate::open(&format!("sqlite://{}", dir.join("p.db").display()), &dir).await?;
         store.record_undeclared(&[hit("GET", "/x", 1, 1)]).await?;
-        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
         assert_eq!(mode(&dir), 0o700);
         for f in ["p.db", "p.db-wal", "p.db-shm"] {
             let p = dir.join(f);
@@ -131,12 +160,28 @@ mod tests {
 
     #[tokio::test]
     async fn wide_permissions_on_existing_state_are_narrowed() -> Result<(), StoreError> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem { path: "tmp".into(), source: e })?;
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::Filesystem {
+            path: "tmp".into(),
+            source: e,
+        })?;
         let dir = tmp.path().join("state");
-        std::fs::create_dir(&dir).map_err(|e| StoreError::Filesystem { path: "d".into(), source: e })?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| StoreError::Filesystem { path: "d".into(), source: e })?;
+        std::fs::create_dir(&dir).map_err(|e| StoreError::Filesystem {
+            path: "d".into(),
+            source: e,
+        })?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+            StoreError::Filesystem {
+                path: "d".into(),
+                source: e,
+            }
+        })?;
         crate::open(&format!("sqlite://{}", dir.join("p.db").display()), &dir).await?;
-        assert_eq!(std::fs::metadata(&dir).map(|m| m.permissions().mode() & 0o777).unwrap_or(0), 0o700);
+        assert_eq!(
+            std::fs::metadata(&dir)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0),
+            0o700
+        );
         Ok(())
     }
 }

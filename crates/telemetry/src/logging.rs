@@ -4,7 +4,9 @@
 use crate::Redactor;
 use portcullis_config::{LogFormat, LoggingConfig};
 use std::io::{self, Write};
-use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry};
+use tracing_subscriber::{
+    fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry,
+};
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +29,8 @@ impl LogGuard {
     /// Applies a reloaded `[logging]` section (level and redaction lists; the format is fixed
     /// at start-up).
     pub fn apply(&self, cfg: &LoggingConfig) {
-        self.redactor.set_extra(&cfg.redact_headers, &cfg.redact_fields);
+        self.redactor
+            .set_extra(&cfg.redact_headers, &cfg.redact_fields);
         match EnvFilter::try_new(&cfg.level) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
@@ -57,7 +60,8 @@ impl<W: Write> Write for RedactingWriter<W> {
         while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&line);
-            self.inner.write_all(self.redactor.redact_line(&text).as_bytes())?;
+            self.inner
+                .write_all(self.redactor.redact_line(&text).as_bytes())?;
         }
         Ok(buf.len())
     }
@@ -66,7 +70,8 @@ impl<W: Write> Write for RedactingWriter<W> {
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
             let text = String::from_utf8_lossy(&rest);
-            self.inner.write_all(self.redactor.redact_line(&text).as_bytes())?;
+            self.inner
+                .write_all(self.redactor.redact_line(&text).as_bytes())?;
         }
         self.inner.flush()
     }
@@ -76,7 +81,8 @@ impl<W: Write> Write for RedactingWriter<W> {
 /// Fails if the level is not a valid filter or a subscriber is already installed.
 pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, String> {
     let level = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| cfg.level.clone());
-    let filter = EnvFilter::try_new(&level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let filter =
+        EnvFilter::try_new(&level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let redactor = Redactor::new(&cfg.redact_headers, &cfg.redact_fields);
     let out: Box<dyn Write + Send> = match sink {
@@ -105,7 +111,12 @@ pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, Stri
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_ansi(false).with_target(false).with_writer(nb))
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_writer(nb),
+            )
             .try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;

@@ -23,7 +23,8 @@ impl Metrics {
 /// Latency buckets in seconds: sub-millisecond resolution for the gateway's own overhead, up
 /// to the longest sensible route timeout.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 /// Installs the global recorder once (later calls share it) and starts its upkeep task on the
@@ -57,15 +58,27 @@ pub fn init_metrics() -> Metrics {
 }
 
 fn describe() {
-    metrics::describe_counter!("portcullis_http_requests_total", "Data-plane requests by route, method and status.");
+    metrics::describe_counter!(
+        "portcullis_http_requests_total",
+        "Data-plane requests by route, method and status."
+    );
     metrics::describe_histogram!(
         "portcullis_http_request_duration_seconds",
         metrics::Unit::Seconds,
         "Time from request head received to response head sent, by route."
     );
-    metrics::describe_counter!("portcullis_undeclared_requests_total", "Requests that matched no declared route, by method.");
-    metrics::describe_counter!("portcullis_upstream_errors_total", "Upstream failures by route and kind.");
-    metrics::describe_counter!("portcullis_config_reloads_total", "Configuration reloads by result.");
+    metrics::describe_counter!(
+        "portcullis_undeclared_requests_total",
+        "Requests that matched no declared route, by method."
+    );
+    metrics::describe_counter!(
+        "portcullis_upstream_errors_total",
+        "Upstream failures by route and kind."
+    );
+    metrics::describe_counter!(
+        "portcullis_config_reloads_total",
+        "Configuration reloads by result."
+    );
 }
 
 /// A bounded label for an HTTP method.

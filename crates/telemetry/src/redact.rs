@@ -62,7 +62,10 @@ impl Redactor {
         let values = Regex::new(r"(?i)\b(bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=\-]+|\bpcl_[A-Za-z0-9_\-]{8,}")
             .unwrap_or_else(|_| unreachable_regex());
         Redactor {
-            rules: Arc::new(RwLock::new(Arc::new(Self::rules(extra_headers, extra_fields)))),
+            rules: Arc::new(RwLock::new(Arc::new(Self::rules(
+                extra_headers,
+                extra_fields,
+            )))),
             values: Arc::new(values),
         }
     }
@@ -72,7 +75,12 @@ impl Redactor {
             .iter()
             .chain(BUILTIN_FIELDS)
             .map(|s| s.to_string())
-            .chain(extra_headers.iter().chain(extra_fields).map(|s| s.to_ascii_lowercase()))
+            .chain(
+                extra_headers
+                    .iter()
+                    .chain(extra_fields)
+                    .map(|s| s.to_ascii_lowercase()),
+            )
             .flat_map(|n| {
                 // Log fields often spell header names with underscores.
                 let alt = n.replace('-', "_");
@@ -81,9 +89,15 @@ impl Redactor {
             .collect();
         let mut sorted: Vec<&String> = names.iter().collect();
         sorted.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        let alternation = sorted.iter().map(|n| regex::escape(n)).collect::<Vec<_>>().join("|");
-        let plain_kv = Regex::new(&format!(r#"(?i)\b({alternation})(\s*[=:]\s*)("[^"]*"|\S+)"#))
-            .unwrap_or_else(|_| unreachable_regex());
+        let alternation = sorted
+            .iter()
+            .map(|n| regex::escape(n))
+            .collect::<Vec<_>>()
+            .join("|");
+        let plain_kv = Regex::new(&format!(
+            r#"(?i)\b({alternation})(\s*[=:]\s*)("[^"]*"|\S+)"#
+        ))
+        .unwrap_or_else(|_| unreachable_regex());
         Rules { names, plain_kv }
     }
 
@@ -119,7 +133,9 @@ impl Redactor {
                 return out;
             }
         }
-        let masked = rules.plain_kv.replace_all(line, |c: &regex::Captures| format!("{}{}{REDACTED}", &c[1], &c[2]));
+        let masked = rules.plain_kv.replace_all(line, |c: &regex::Captures| {
+            format!("{}{}{REDACTED}", &c[1], &c[2])
+        });
         self.values.replace_all(&masked, REDACTED).into_owned()
     }
 
@@ -145,7 +161,9 @@ impl Redactor {
                         return;
                     }
                 }
-                let masked = rules.plain_kv.replace_all(s, |c: &regex::Captures| format!("{}{}{REDACTED}", &c[1], &c[2]));
+                let masked = rules.plain_kv.replace_all(s, |c: &regex::Captures| {
+                    format!("{}{}{REDACTED}", &c[1], &c[2])
+                });
                 let masked = self.values.replace_all(&masked, REDACTED);
                 if masked != s.as_str() {
                     *s = masked.into_owned();
@@ -223,7 +241,10 @@ mod tests {
     fn headers_for_log_hides_sensitive_headers() {
         let r = Redactor::default();
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", http::HeaderValue::from_static("Bearer zzz"));
+        h.insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer zzz"),
+        );
         h.insert("accept", http::HeaderValue::from_static("*/*"));
         let s = r.headers_for_log(&h);
         assert!(!s.contains("zzz") && s.contains("*/*"), "{s}");

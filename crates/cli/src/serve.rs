@@ -1,0 +1,162 @@
+//! `portcullis serve`: load the configuration, open the store, bind the listeners, run until
+//! SIGTERM or SIGINT, then drain.
+
+use crate::{reload, InvalidConfig};
+use anyhow::Context;
+use portcullis_admin::{serve_admin, AdminState};
+use portcullis_config::Config;
+use portcullis_proxy::Gateway;
+use portcullis_telemetry::{init_logging, init_metrics, LogGuard, LogSink};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// A started gateway.
+pub(crate) struct Running {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _log: Arc<LogGuard>,
+}
+
+pub(crate) async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (cfg, warnings) = match &config {
+        Some(path) => {
+            let loaded = portcullis_config::load(path).map_err(InvalidConfig)?;
+            (loaded.config, loaded.warnings)
+        }
+        None => (portcullis_config::zero_config(), Vec::new()),
+    };
+    let running = start(cfg, config.clone(), LogSink::Stdout).await?;
+    for w in &warnings {
+        tracing::warn!(config = %w, "configuration lint");
+    }
+    if config.is_none() {
+        tracing::info!(
+            "no configuration given: serving no routes. Declare [[routes]] in a TOML file and run \
+             `portcullis serve --config FILE` (try `portcullis demo` for a working example)"
+        );
+    }
+    running.wait_for_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the store, binds both listeners and starts serving. `source` is watched for changes.
+pub(crate) async fn start(
+    cfg: Config,
+    source: Option<PathBuf>,
+    sink: LogSink,
+) -> anyhow::Result<Running> {
+    let log = Arc::new(init_logging(&cfg.logging, sink).map_err(anyhow::Error::msg)?);
+    let metrics = init_metrics();
+    let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
+        .await
+        .context("opening the store")?;
+    let gateway = Gateway::new(&cfg, store.clone())?;
+    let data = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding the data-plane listener {}", cfg.server.listen))?;
+    let admin = TcpListener::bind(cfg.server.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", cfg.server.admin_listen))?;
+    let data_addr = data.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (shutdown, signal) = watch::channel(false);
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(portcullis_proxy::serve(
+        data,
+        gateway.clone(),
+        signal.clone(),
+    )));
+    let state = AdminState {
+        gateway: gateway.clone(),
+        store,
+        metrics,
+    };
+    let admin_signal = signal.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = serve_admin(admin, state, admin_signal).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    }));
+    tasks.push(tokio::spawn(flush_inventory(
+        gateway.clone(),
+        signal.clone(),
+    )));
+    if let Some(path) = source {
+        reload::spawn(path, gateway.clone(), log.clone(), signal.clone())?;
+    }
+    tracing::info!(
+        listen = %data_addr,
+        admin = %admin_addr,
+        tls = cfg.server.tls.is_some(),
+        routes = cfg.routes.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "portcullis started"
+    );
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        gateway,
+        shutdown,
+        tasks,
+        _log: log,
+    })
+}
+
+impl Running {
+    /// Waits for SIGTERM or SIGINT, then stops accepting and drains.
+    pub(crate) async fn wait_for_signal(self) {
+        wait_for_stop_signal().await;
+        self.stop().await;
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the grace period) and flushes state.
+    pub(crate) async fn stop(self) {
+        tracing::info!("shutting down");
+        self.gateway.set_draining();
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process could not stop cleanly; fall back to Ctrl-C.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Writes undeclared-endpoint counts to the store every few seconds, and once more at stop.
+async fn flush_inventory(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        if let Err(e) = gateway.inventory().flush().await {
+            tracing::warn!(error = %e, "could not write the undeclared-endpoint inventory");
+        }
+    }
+    if let Err(e) = gateway.inventory().flush().await {
+        tracing::warn!(error = %e, "could not write the undeclared-endpoint inventory at shutdown");
+    }
+}
