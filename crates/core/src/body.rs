@@ -22,3 +22,33 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
+
+/// A failure reading the client's request body (malformed chunking, early close). Marked so
+/// that an upstream call that failed because of it answers 400, not 502.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// Wraps a client's request body so its read errors carry [`ClientBodyError`].
+pub fn client_body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError)
+        .boxed_unsync()
+}
+
+/// Walks an error's source chain looking for a `T`.
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -7,7 +7,7 @@ mod error;
 mod problem;
 mod request_id;
 
-pub use body::{empty, full, Body, BoxError};
+pub use body::{client_body, empty, find_cause, full, Body, BoxError, ClientBodyError};
 pub use context::{RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
 pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};

@@ -12,7 +12,15 @@ use portcullis_core::{Body, BoxError, GatewayError};
 use std::{
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
+
+/// How much of an oversized body is still read (and discarded) before the 413 goes out. A
+/// client still uploading when the server closes gets a TCP reset and may never see the 413;
+/// reading a bounded remainder first lets ordinary clients get the answer ("lingering read").
+/// Anything larger is cut off at once.
+const DRAIN_CAP: u64 = 256 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// The error a limited body stream fails with. The forwarder looks for it in an upstream
 /// error's source chain to answer 413 instead of 502.
@@ -52,6 +60,9 @@ impl Policy for BodyLimit {
                         portcullis_core::MalformedKind::InvalidHeader,
                     ))?;
             if len > limit {
+                if len <= limit.saturating_add(DRAIN_CAP) {
+                    let _ = tokio::time::timeout(DRAIN_TIME, req.into_body().collect()).await;
+                }
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
             // hyper enforces a declared length exactly, so nothing more to count.
@@ -60,22 +71,36 @@ impl Policy for BodyLimit {
         if req.body().is_end_stream() {
             return Ok(Flow::Continue(req));
         }
-        Ok(Flow::Continue(req.map(|b| {
-            Limited {
-                inner: b,
-                remaining: limit,
-                limit,
-            }
-            .boxed_unsync()
-        })))
+        Ok(Flow::Continue(
+            req.map(|b| Limited::new(b, limit).boxed_unsync()),
+        ))
     }
 }
 
-/// A body that fails with [`BodyTooLarge`] once more than `limit` bytes have passed.
+/// A body that fails with [`BodyTooLarge`] once more than `limit` bytes have passed, after
+/// discarding up to [`DRAIN_CAP`] more bytes of what the client is still sending.
 struct Limited {
     inner: Body,
     remaining: u64,
     limit: u64,
+    exceeded: bool,
+    drained: u64,
+}
+
+impl Limited {
+    fn new(inner: Body, limit: u64) -> Self {
+        Limited {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded: false,
+            drained: 0,
+        }
+    }
+
+    fn too_large(&self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: self.limit }))))
+    }
 }
 
 impl http_body::Body for Limited {
@@ -87,21 +112,26 @@ impl http_body::Body for Limited {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > this.remaining {
-                        this.remaining = 0;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: this.limit,
-                        }))));
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if !this.exceeded {
+                        if n <= this.remaining {
+                            this.remaining -= n;
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        this.exceeded = true;
                     }
-                    this.remaining -= n;
+                    // Past the limit: keep reading and discarding, up to the drain cap.
+                    this.drained = this.drained.saturating_add(n);
+                    if this.drained > DRAIN_CAP {
+                        return this.too_large();
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(None) if this.exceeded => return this.too_large(),
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -117,11 +147,7 @@ impl http_body::Body for Limited {
 /// Reads a whole body into memory, refusing more than `limit` bytes. For policies that must
 /// see the body (schema validation, signatures); everything else streams.
 pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError> {
-    let limited = Limited {
-        inner: body,
-        remaining: limit,
-        limit,
-    };
+    let limited = Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge { limit }),

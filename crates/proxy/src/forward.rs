@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream};
 use portcullis_core::{
-    Body, BoxError, GatewayError, RequestContext, RouteMatch, REQUEST_ID_HEADER,
+    find_cause, Body, BoxError, ClientBodyError, GatewayError, MalformedKind, RequestContext,
+    RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_policy::{BodyTooLarge, Terminal};
 use std::future::Future;
@@ -78,7 +79,7 @@ impl Forwarder {
             pq.push_str(q);
         }
         let pq = PathAndQuery::try_from(pq)
-            .map_err(|_| GatewayError::Malformed(portcullis_core::MalformedKind::InvalidPath))?;
+            .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidPath))?;
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
             .authority(self.upstream.authority.clone())
@@ -154,8 +155,11 @@ impl Terminal for Forwarder {
                 ))
             }
             Ok(Err(e)) => {
-                if let Some(limit) = body_too_large(&e) {
-                    return Err(GatewayError::PayloadTooLarge { limit });
+                if let Some(b) = find_cause::<BodyTooLarge>(&e) {
+                    return Err(GatewayError::PayloadTooLarge { limit: b.limit });
+                }
+                if find_cause::<ClientBodyError>(&e).is_some() {
+                    return Err(GatewayError::Malformed(MalformedKind::InvalidBody));
                 }
                 let kind = if e.is_connect() {
                     "connect"
@@ -185,18 +189,6 @@ impl Terminal for Forwarder {
 fn upstream_failure(route: &str, kind: &'static str, err: GatewayError) -> GatewayError {
     metrics::counter!("portcullis_upstream_errors_total", "route" => route.to_string(), "kind" => kind).increment(1);
     err
-}
-
-/// The route's body limit, when the upstream call failed because the request body passed it.
-fn body_too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(b) = err.downcast_ref::<BodyTooLarge>() {
-            return Some(b.limit);
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// The upstream took longer than the route allows while streaming its body.

@@ -13,7 +13,6 @@ use crate::{
 };
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use portcullis_config::{Config, ServerConfig};
@@ -243,7 +242,7 @@ impl Gateway {
             }
         };
         // 5. The route's policies, then the upstream.
-        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        let mut req = req.map(portcullis_core::client_body);
         req.extensions_mut().insert(ctx.clone());
         req.extensions_mut().insert(matched);
         Ok((route.chain.run(req, ctx).await, route.id.clone()))

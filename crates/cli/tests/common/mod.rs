@@ -1,0 +1,215 @@
+//! Test harness: runs the real `portcullis` binary against real HTTP(S) servers on loopback
+//! ports, and captures its log output for assertions.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod upstream;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Captured output lines of a child process, with a way to wait for one.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn push(&self, line: String) {
+        let (m, c) = &*self.0;
+        m.lock().unwrap().push(line);
+        c.notify_all();
+    }
+
+    /// Waits up to `limit` for a line containing every needle; returns it.
+    pub fn wait_for(&self, needles: &[&str], limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let (m, c) = &*self.0;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(l) = g.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn all(&self) -> String {
+        self.0 .0.lock().unwrap().join("\n")
+    }
+}
+
+fn capture(stream: impl std::io::Read + Send + 'static, lines: Lines) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(l) => lines.push(l),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// A running gateway process with its own temporary directory.
+pub struct Gw {
+    pub child: Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    pub dir: tempfile::TempDir,
+}
+
+/// The `[server]` section every test config starts with: ephemeral loopback ports and state
+/// in the test's own directory.
+pub fn server_section(extra: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nshutdown_grace = \"10s\"\n{extra}\n")
+}
+
+impl Gw {
+    /// Writes `config` to a fresh directory and starts `portcullis serve` on it.
+    pub fn start(config: &str) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("portcullis.toml"), config).unwrap();
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Gw {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("portcullis.toml"))
+            .env_remove("PORTCULLIS_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        capture(child.stdout.take().unwrap(), stdout.clone());
+        capture(child.stderr.take().unwrap(), stderr.clone());
+        let Some(line) = stdout.wait_for(&["portcullis started"], Duration::from_secs(20)) else {
+            let _ = child.kill();
+            panic!(
+                "gateway did not start\nstdout:\n{}\nstderr:\n{}",
+                stdout.all(),
+                stderr.all()
+            );
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let data = v["listen"].as_str().unwrap().parse().unwrap();
+        let admin = v["admin"].as_str().unwrap().parse().unwrap();
+        Gw {
+            child,
+            data,
+            admin,
+            stdout,
+            stderr,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.data)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
+    /// Replaces the configuration file the gateway watches (atomically, as editors do).
+    pub fn rewrite_config(&self, config: &str) {
+        let tmp = self.dir.path().join("portcullis.toml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP client that never follows redirects and talks to loopback only.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Runs the CLI with `args` and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A route table entry for tests.
+pub fn route(id: &str, methods: &str, path: &str, upstream: &str, extra: &str) -> String {
+    format!("[[routes]]\nid = \"{id}\"\nmethods = {methods}\npath = \"{path}\"\nupstream = \"{upstream}\"\n{extra}\n")
+}
+
+/// Asserts an RFC 9457 problem response and returns its JSON.
+pub async fn assert_problem(res: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(ct.as_deref(), Some("application/problem+json"));
+    let rid = res
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["type"], format!("urn:portcullis:problem:{slug}"), "{v}");
+    assert_eq!(v["status"], status);
+    assert!(v["title"].is_string());
+    assert_eq!(v["request_id"].as_str(), rid.as_deref());
+    v
+}

@@ -1,0 +1,162 @@
+//! Real upstream servers for tests: an echo service (plain HTTP or TLS with a test CA) whose
+//! responses describe what it received.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::mpsc};
+
+/// A running upstream. `arrivals` receives the path of every request as it arrives (before
+/// any deliberate delay), so a test can act while a request is in flight.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<String>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let _ = tx.send(path.clone());
+    if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let echo = serde_json::json!({
+        "method": method,
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(echo.to_string())));
+    *res.status_mut() = StatusCode::OK;
+    let h = res.headers_mut();
+    h.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    // Hop-by-hop headers the gateway must not pass back.
+    h.insert(
+        "connection",
+        http::HeaderValue::from_static("x-upstream-hop"),
+    );
+    h.insert("x-upstream-hop", http::HeaderValue::from_static("1"));
+    h.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    h.insert("x-upstream-kept", http::HeaderValue::from_static("1"));
+    Ok(res)
+}
+
+/// Starts the echo upstream on a loopback port; with `tls`, serves HTTPS with that config.
+pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(req, tx.clone()));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(cfg) => {
+                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        addr,
+        arrivals: tokio::sync::Mutex::new(rx),
+    }
+}
+
+/// A test certificate authority and a leaf for `localhost` / 127.0.0.1 signed by it.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Portcullis Test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            leaf_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(self.leaf_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
