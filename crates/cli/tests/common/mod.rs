@@ -48,7 +48,7 @@ impl Lines {
     }
 }
 
-fn capture(stream: impl std::io::Read + Send + 'static, lines: Lines) {
+pub fn capture(stream: impl std::io::Read + Send + 'static, lines: Lines) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             match line {

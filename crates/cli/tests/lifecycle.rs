@@ -1,0 +1,380 @@
+//! Process lifecycle, end to end: start-up, hot reload, graceful shutdown, `check`, `demo` and
+//! `inventory`, all through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{client, route, run_cli, server_section, upstream, Gw, BIN};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Polls `f` every 100ms until it returns true or `limit` passes.
+async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn status(url: &str) -> u16 {
+    client()
+        .get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hot_reload_applies_valid_configs_and_refuses_invalid_ones() {
+    let up = upstream::start(None).await;
+    let a = route("a", "[\"GET\"]", "/a", &up.url(), "");
+    let b = route("b", "[\"GET\"]", "/b", &up.url(), "");
+    let gw = Gw::start(&format!("{}{a}", server_section("")));
+    assert_eq!(status(&gw.url("/a")).await, 200);
+    assert_eq!(status(&gw.url("/b")).await, 404);
+
+    // A valid change on disk is picked up without a signal.
+    gw.rewrite_config(&format!("{}{a}{b}", server_section("")));
+    assert!(
+        eventually(Duration::from_secs(10), async || status(&gw.url("/b"))
+            .await
+            == 200)
+        .await,
+        "{}",
+        gw.stdout.all()
+    );
+
+    // An invalid one is refused with its location, and the running config stays.
+    gw.rewrite_config(&format!(
+        "{}{a}{b}[[routes]]\nid = \"c\"\nbogus = 1\n",
+        server_section("")
+    ));
+    let refused = gw.stdout.wait_for(
+        &["reload refused", "unknown field"],
+        Duration::from_secs(10),
+    );
+    assert!(refused.is_some(), "{}", gw.stdout.all());
+    assert!(refused.unwrap().contains("portcullis.toml:"));
+    assert_eq!(status(&gw.url("/a")).await, 200);
+    assert_eq!(status(&gw.url("/b")).await, 200);
+
+    // Valid TOML that fails cross-field validation is refused too.
+    gw.rewrite_config(&format!(
+        "{}{a}{}",
+        server_section(""),
+        a.replace("\"/a\"", "\"/a2\"")
+    ));
+    assert!(
+        gw.stdout
+            .wait_for(
+                &["reload refused", "more than once"],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+    assert_eq!(status(&gw.url("/b")).await, 200);
+
+    // SIGHUP reloads on demand.
+    gw.rewrite_config(&format!("{}{a}", server_section("")));
+    assert!(
+        eventually(Duration::from_secs(10), async || status(&gw.url("/b"))
+            .await
+            == 404)
+        .await
+    );
+    gw.signal("HUP");
+    assert!(
+        gw.stdout
+            .wait_for(
+                &["configuration reloaded", "SIGHUP"],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_the_config_they_started_with() {
+    let up = upstream::start(None).await;
+    let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");
+    let gw = Gw::start(&format!("{}{slow}", server_section("")));
+    let url = gw.url("/sleep/1500");
+    let pending =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    // Wait until the upstream has the request, then remove the route.
+    let arrived =
+        tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
+    assert_eq!(arrived.unwrap().as_deref(), Some("/sleep/1500"));
+    gw.rewrite_config(&server_section(""));
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+        .is_some());
+    assert_eq!(status(&gw.url("/sleep/1")).await, 404);
+    assert_eq!(pending.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let up = upstream::start(None).await;
+    let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");
+    let mut gw = Gw::start(&format!("{}{slow}", server_section("")));
+    let url = gw.url("/sleep/1500");
+    let pending =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    let arrived =
+        tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
+    assert!(arrived.is_ok());
+    gw.signal("TERM");
+    // Readiness drops and new connections are refused while the slow request completes.
+    assert!(
+        gw.stdout
+            .wait_for(&["draining"], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+    assert_eq!(pending.await.unwrap().unwrap(), 200);
+    let exit = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("gateway did not exit");
+    assert_eq!(exit.code(), Some(0));
+    assert!(std::net::TcpStream::connect(gw.data).is_err());
+}
+
+#[tokio::test]
+async fn serve_without_config_starts_safely_and_says_how_to_add_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    // With no file the gateway uses its fixed loopback defaults (8080 and 9901).
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = common::Lines::default();
+    let stderr = common::Lines::default();
+    common::capture(child.stdout.take().unwrap(), stdout.clone());
+    common::capture(child.stderr.take().unwrap(), stderr.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut started = false;
+    while Instant::now() < deadline {
+        if stdout
+            .wait_for(&["no configuration given"], Duration::from_millis(100))
+            .is_some()
+        {
+            started = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if started {
+        let all = stdout.all();
+        assert!(all.contains("\"listen\":\"127.0.0.1:8080\""), "{all}");
+        assert!(all.contains("\"admin\":\"127.0.0.1:9901\""), "{all}");
+        assert!(all.contains("portcullis serve --config FILE"), "{all}");
+        assert!(dir.path().join("portcullis-data/portcullis.db").exists());
+    } else {
+        // Those ports are taken on this machine: then it must fail clearly, not start elsewhere.
+        let err = stderr.all();
+        assert!(
+            err.contains("binding the data-plane listener 127.0.0.1:8080")
+                || err.contains("binding the admin listener 127.0.0.1:9901"),
+            "{err}\n{}",
+            stdout.all()
+        );
+    }
+}
+
+#[test]
+fn check_reports_errors_with_location_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:8080\"\n\n[[routes]]\nid = \"x\"\nmethods = [\"GET\"]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\ntimeout = \"soon\"\n").unwrap();
+    let (code, _out, err) = run_cli(&["check", bad.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:9:"), "{err}");
+    assert!(err.contains("invalid duration"), "{err}");
+
+    let (code, _, err) = run_cli(&["serve", "--config", bad.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(
+        !dir.path().join("portcullis-data").exists(),
+        "serve created state for an invalid config"
+    );
+
+    let warn = dir.path().join("warn.toml");
+    std::fs::write(
+        &warn,
+        "[[routes]]\nid = \"x\"\nmethods = [\"GET\"]\npath = \"/x\"\nupstream = \"https://example.com\"\ndangerous_skip_upstream_tls_verify = true\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check", warn.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("dangerous_skip_upstream_tls_verify"),
+        "{err}"
+    );
+    assert!(out.contains("1 route, 1 warning"), "{out}");
+    let (code, _, _) = run_cli(&["check", "--strict", warn.to_str().unwrap()], dir.path());
+    assert_eq!(code, 1);
+
+    // A certificate file that exists but is not a certificate fails check, not first use.
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+    std::fs::write(
+        &tls,
+        "[server]\ntls = { cert = \"junk.pem\", key = \"junk.pem\" }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check", tls.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS"), "{err}");
+
+    let (code, out, _) = run_cli(&["version"], dir.path());
+    assert_eq!(code, 0);
+    assert!(out.starts_with("portcullis "));
+}
+
+#[tokio::test]
+async fn undeclared_endpoints_persist_and_show_in_the_inventory_command() {
+    let up = upstream::start(None).await;
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        route("a", "[\"GET\"]", "/a", &up.url(), "")
+    );
+    let mut gw = Gw::start(&config);
+    for _ in 0..4 {
+        status(&gw.url("/wp-admin/setup.php")).await;
+    }
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let cfg = gw.config_path();
+    let (code, out, err) = run_cli(
+        &["inventory", "--config", cfg.to_str().unwrap(), "--json"],
+        gw.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hit = v["undeclared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["shape"] == "/wp-admin/setup.php")
+        .cloned();
+    assert_eq!(hit.map(|h| h["hits"].clone()), Some(serde_json::json!(4)));
+    assert_eq!(v["declared"][0]["id"], "a");
+    let (_, table, _) = run_cli(
+        &["inventory", "--config", cfg.to_str().unwrap()],
+        gw.dir.path(),
+    );
+    assert!(
+        table.contains("/wp-admin/setup.php") && table.contains("Declared routes (1)"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn demo_commands_work_as_printed() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let end = l.starts_with("Press Ctrl-C");
+        printed.push(l);
+        if end {
+            break;
+        }
+    }
+    let mut checked = 0;
+    let mut expect = String::new();
+    for l in &printed {
+        let t = l.trim();
+        if let Some(e) = t.strip_prefix("# ") {
+            expect = e.to_string();
+            continue;
+        }
+        if !t.starts_with("curl ") {
+            continue;
+        }
+        let out = Command::new("bash").arg("-c").arg(t).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{t} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body = String::from_utf8_lossy(&out.stdout);
+        let code = expect.split([' ', ',']).next().unwrap_or("");
+        if code.len() == 3 && code.chars().all(|c| c.is_ascii_digit()) {
+            assert!(
+                body.starts_with(&format!("HTTP/1.1 {code}")),
+                "{t}: expected {code}, got:\n{body}"
+            );
+        }
+        if expect.contains("problem+json") {
+            assert!(body.contains("application/problem+json"), "{t}:\n{body}");
+        }
+        if expect.contains("Deprecation") {
+            assert!(
+                body.contains("deprecation: @") && body.contains("sunset: "),
+                "{body}"
+            );
+        }
+        if expect.contains("declared routes") {
+            assert!(
+                body.contains("\"declared\"") && body.contains("/admin/debug"),
+                "{body}"
+            );
+        }
+        if expect.contains("request counters") {
+            assert!(body.contains("portcullis_http_requests_total{"), "{body}");
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} commands found in:\n{}",
+        printed.join("\n")
+    );
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
