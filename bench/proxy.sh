@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: the same wrk load, in one run, against
+#   (a) the upstream directly, (b) nginx as a plain reverse proxy, (c) Portcullis, one route,
+#   no policies beyond the defaults.
+# Every process runs on this machine's loopback. Results: requests/s, p50 and p99 latency, and
+# the ratios of Portcullis to nginx. Usage: bench/proxy.sh  (env: DURATION, CONNS, THREADS, ROUNDS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+UP_PORT=${UP_PORT:-18081}
+NGINX_PORT=${NGINX_PORT:-18082}
+PCL_PORT=${PCL_PORT:-18083}
+PCL_ADMIN=${PCL_ADMIN:-18084}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  echo "bench: installing wrk and nginx (Debian packages)" >&2
+  apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+BIN=target/release/portcullis
+OUT=bench/out
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# (a) the upstream: Portcullis's own example service (plain hyper).
+"$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
+wait_port $UP_PORT
+
+# (b) nginx: a plain reverse proxy with upstream keep-alive, access log on, as shipped.
+mkdir -p "$OUT/nginx"
+cat >"$OUT/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $PWD/$OUT/nginx/nginx.pid;
+error_log $PWD/$OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $PWD/$OUT/nginx/access.log;
+  client_body_temp_path $PWD/$OUT/nginx/body;
+  proxy_temp_path $PWD/$OUT/nginx/proxy;
+  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
+  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
+  scgi_temp_path $PWD/$OUT/nginx/scgi;
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+wait_port $NGINX_PORT
+
+# (c) Portcullis: one route, access log on (to a file, like nginx).
+cat >"$OUT/portcullis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PCL_PORT"
+admin_listen = "127.0.0.1:$PCL_ADMIN"
+data_dir = "pcl-data"
+[[routes]]
+id = "bench"
+methods = ["GET"]
+path = "/{*rest}"
+upstream = "http://127.0.0.1:$UP_PORT"
+TOML
+"$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/portcullis-access.log" 2>&1 & pids+=($!)
+wait_port $PCL_PORT
+
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
+run() { # name port round
+  local f="$OUT/$1-$3.txt"
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench/item" >"$f"
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$f")
+  p50=$(awk '$1=="50%" {print $2}' "$f" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' "$f" | to_ms)
+  echo "$1 $3 $rps $p50 $p99" >>"$OUT/results.txt"
+}
+
+# Warm up every path, then interleave the targets round by round so drift hits all alike.
+for port in $UP_PORT $NGINX_PORT $PCL_PORT; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
+for r in $(seq 1 "$ROUNDS"); do
+  run direct $UP_PORT "$r"
+  run nginx $NGINX_PORT "$r"
+  run portcullis $PCL_PORT "$r"
+done
+
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median per target; machine: $(nproc) cores, $(uname -r)"
+awk '
+  { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
+  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
+  END {
+    printf "%-11s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
+    split("direct nginx portcullis", order, " ")
+    for (k=1;k<=3;k++) { t=order[k]; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-11s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
+    printf "\nportcullis/nginx throughput: %.2fx (target >= 0.90x)\n", R["portcullis"]/R["nginx"]
+    printf "portcullis p99 - nginx p99:  %+.3f ms (target <= +1.000 ms)\n", P9["portcullis"]-P9["nginx"]
+    printf "portcullis/direct throughput: %.2fx\n", R["portcullis"]/R["direct"]
+  }' "$OUT/results.txt" | tee "$OUT/summary.txt"
