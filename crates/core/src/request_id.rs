@@ -90,3 +90,19 @@ mod tests {
         assert_ne!(RequestId::generate(), RequestId::generate());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_header_gives_a_valid_id(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let v = HeaderValue::from_bytes(&bytes).ok();
+            let id = RequestId::from_header_or_new(v.as_ref());
+            prop_assert!(RequestId::is_valid(id.as_str()));
+            prop_assert!(HeaderValue::from_str(id.as_str()).is_ok());
+        }
+    }
+}

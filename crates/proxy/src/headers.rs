@@ -237,3 +237,30 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An untrusted peer's address is never replaced, whatever X-Forwarded-For says; from
+        /// a trusted peer the answer is the peer or one of the listed addresses.
+        #[test]
+        fn client_ip_comes_from_the_peer_or_the_list(xff in "[0-9a-f.:, ]{0,60}", trusted_peer in any::<bool>()) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+            let peer: IpAddr = if trusted_peer { IpAddr::from([10, 0, 0, 1]) } else { IpAddr::from([203, 0, 113, 1]) };
+            let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| IpNet::from(peer))];
+            let got = client_ip(peer, &h, &nets);
+            if !trusted_peer {
+                prop_assert_eq!(got, peer);
+            } else {
+                let listed = xff.split(',').filter_map(|e| e.trim().parse::<IpAddr>().ok()).map(normalise).any(|ip| ip == got);
+                prop_assert!(got == peer || listed);
+            }
+        }
+    }
+}

@@ -19,5 +19,6 @@ mod tls;
 pub use gateway::{BuildError, Gateway};
 pub use headers::client_ip;
 pub use inventory::{path_shape, DeclaredRoute, Inventory, InventoryReport};
+pub use router::check_path;
 pub use server::{serve, ShutdownSignal};
 pub use tls::load_server_tls;

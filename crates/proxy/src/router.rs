@@ -108,7 +108,7 @@ impl RouteTable {
 /// Refuses paths that different servers would interpret differently: dot segments (also
 /// percent-encoded), encoded or backslash separators, NUL. Routing happens on the raw path,
 /// so what the gateway matched is exactly what the upstream receives.
-pub(crate) fn check_path(path: &str) -> Result<(), MalformedKind> {
+pub fn check_path(path: &str) -> Result<(), MalformedKind> {
     if !path.starts_with('/') {
         return Err(MalformedKind::InvalidPath);
     }
@@ -149,6 +149,36 @@ mod tests {
         }
         for ok in ["/", "/a/b.c", "/a/..b", "/v1/orders/42", "/a/%20b"] {
             assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends, the check answers without panicking, and anything it
+        /// accepts has no dot segment and no encoded separator left in it.
+        #[test]
+        fn accepted_paths_are_unambiguous(path in "[/a-zA-Z0-9.%\\\\-]{0,40}") {
+            if check_path(&path).is_ok() {
+                let lower = path.to_ascii_lowercase();
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains('\\'));
+                for seg in lower.split('/') {
+                    let d = seg.replace("%2e", ".");
+                    prop_assert!(d != "." && d != "..");
+                }
+            }
+        }
+
+        #[test]
+        fn shapes_never_panic_and_stay_bounded(path in any::<String>()) {
+            let s = crate::inventory::path_shape(&path);
+            prop_assert!(s.starts_with('/'));
+            prop_assert!(s.len() <= 13 * 49 + 8);
         }
     }
 }

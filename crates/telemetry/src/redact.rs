@@ -257,3 +257,27 @@ mod tests {
         assert_eq!(r.redact_line(line), line);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A secret under a sensitive name never survives, whatever surrounds it, in JSON
+        /// lines or plain text.
+        #[test]
+        fn sensitive_values_never_survive(prefix in "[a-z ]{0,10}", secret in "[A-Za-z0-9]{12,24}", name in prop::sample::select(vec!["authorization", "cookie", "x-api-key", "password", "client_secret"])) {
+            let r = Redactor::default();
+            let json = serde_json::json!({ "msg": prefix.clone(), name: secret.clone(), "nested": { name: [secret.clone()] } }).to_string();
+            prop_assert!(!r.redact_line(&json).contains(&secret));
+            let plain = format!("{prefix} {name}={secret} done");
+            prop_assert!(!r.redact_line(&plain).contains(&secret));
+        }
+
+        #[test]
+        fn arbitrary_lines_never_panic(line in any::<String>()) {
+            let _ = Redactor::default().redact_line(&line);
+        }
+    }
+}
