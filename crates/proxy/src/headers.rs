@@ -87,28 +87,17 @@ pub(crate) fn set_forwarding(
     let from_trusted = trusted(peer_ip, proxies);
     let proto = if tls { "https" } else { "http" };
 
-    let prior_xff = if from_trusted {
-        h.get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        String::new()
+    // What earlier proxies recorded is kept only when a trusted proxy passed it on.
+    let prior = |name: &str| -> String {
+        if !from_trusted {
+            return String::new();
+        }
+        let values: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        values.join(", ")
     };
-    let prior_fwd = if from_trusted {
-        h.get_all(header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        String::new()
-    };
-    let keep_proto_host = from_trusted;
-    if !keep_proto_host {
+    let prior_xff = prior("x-forwarded-for");
+    let prior_fwd = prior("forwarded");
+    if !from_trusted {
         h.remove("x-forwarded-proto");
         h.remove("x-forwarded-host");
     }
