@@ -92,7 +92,11 @@ pub(crate) fn set_forwarding(
         if !from_trusted {
             return String::new();
         }
-        let values: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let values: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         values.join(", ")
     };
     let prior_xff = prior("x-forwarded-for");

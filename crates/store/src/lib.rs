@@ -7,12 +7,15 @@
 
 mod fsperm;
 mod sqlite;
+mod sqlite_vault;
+mod vault;
 
 use async_trait::async_trait;
 use std::{path::Path, sync::Arc};
 
 pub use fsperm::{create_private_dir, create_private_file};
 pub use sqlite::SqliteStore;
+pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Running totals of undeclared endpoints, most hit first.
     async fn undeclared(&self) -> Result<Vec<UndeclaredHit>, StoreError>;
+
+    /// The secrets vault's tables.
+    fn vault(&self) -> &dyn VaultStore;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created

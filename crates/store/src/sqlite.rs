@@ -13,7 +13,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// A store in one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -96,6 +96,10 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    fn vault(&self) -> &dyn crate::VaultStore {
+        self
     }
 }
 
