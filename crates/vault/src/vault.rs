@@ -1,0 +1,624 @@
+//! The vault: writes (put, rotate, revoke, destroy, generate), reads for the data plane
+//! (`resolve`), and KEK rotation.
+
+use crate::{
+    crypto::{self, Kek},
+    generate::generate,
+    EventSink, KeyProvider, PutOptions, SecretInfo, SecretType, SecretValue, VaultError,
+    VaultEvent, VersionInfo,
+};
+use arc_swap::ArcSwap;
+use portcullis_store::{KekRecord, SecretRecord, Store, VersionRecord};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use subtle::ConstantTimeEq;
+
+const DEFAULT_KEEP: i64 = 5;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A valid name: 1-128 of letters, digits, `.`, `_`, `-`, `/`.
+fn check_name(name: &str) -> Result<(), VaultError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::Invalid(format!(
+            "secret name {name:?}: use 1-128 letters, digits, '.', '_', '-' or '/'"
+        )))
+    }
+}
+
+struct Keys {
+    current: Kek,
+    next: Option<Kek>,
+}
+
+impl Keys {
+    fn get(&self, id: &str) -> Option<&Kek> {
+        std::iter::once(&self.current)
+            .chain(self.next.as_ref())
+            .find(|k| k.id() == id)
+    }
+}
+
+/// A secret's usable versions, decrypted, as the data plane sees them.
+struct Cached {
+    consumers: Vec<String>,
+    expires_at: Option<i64>,
+    /// Newest first, with the end of their grace period.
+    values: Vec<(Arc<SecretValue>, Option<i64>)>,
+}
+
+/// How far a KEK rotation got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationProgress {
+    /// Data keys rewrapped by this call.
+    pub rewrapped: usize,
+    /// True when every data key is under the new KEK and the old one is retired.
+    pub complete: bool,
+    /// The KEK now in use for new secrets (the new one once complete).
+    pub kek_id: String,
+}
+
+/// The secrets vault. Share it as `Arc<Vault>`.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    provider: Arc<dyn KeyProvider>,
+    keys: ArcSwap<Keys>,
+    cache: ArcSwap<HashMap<String, Arc<Cached>>>,
+    epoch: AtomicI64,
+    events: Arc<dyn EventSink>,
+}
+
+impl Vault {
+    /// Opens the vault: loads the KEK and proves it is the vault's key (key check value),
+    /// registering it on first use. A wrong key fails here, never at first decryption.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        provider: Arc<dyn KeyProvider>,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Arc<Vault>, VaultError> {
+        let keys = Self::load_keys(&store, provider.as_ref()).await?;
+        let epoch = store.vault().epoch().await?;
+        Ok(Arc::new(Vault {
+            store,
+            provider,
+            keys: ArcSwap::from_pointee(keys),
+            cache: ArcSwap::from_pointee(HashMap::new()),
+            epoch: AtomicI64::new(epoch),
+            events,
+        }))
+    }
+
+    async fn load_keys(
+        store: &Arc<dyn Store>,
+        provider: &dyn KeyProvider,
+    ) -> Result<Keys, VaultError> {
+        let current = provider.current()?;
+        let next = provider.next()?;
+        let vs = store.vault();
+        let records = vs.keks().await?;
+        let matches = |k: &Kek, r: &KekRecord| r.id == k.id() && bool::from(r.kcv.ct_eq(k.kcv()));
+        if records.is_empty() {
+            vs.insert_kek(&KekRecord {
+                id: current.id().into(),
+                kcv: current.kcv().to_vec(),
+                state: "active".into(),
+                created_at: now(),
+            })
+            .await?;
+        } else {
+            match records.iter().find(|r| matches(&current, r)) {
+                Some(r) if r.state == "active" => {}
+                Some(r) if r.state == "next" => {
+                    // A rotation promoted the key file but stopped before recording it.
+                    let old: Vec<&KekRecord> =
+                        records.iter().filter(|o| o.state == "active").collect();
+                    for o in &old {
+                        if !vs.versions_wrapped_by(&o.id, 1).await?.is_empty() {
+                            return Err(VaultError::KeyProvider(format!(
+                                "KEK rotation left data keys under {} but its key is gone",
+                                o.id
+                            )));
+                        }
+                    }
+                    for o in old {
+                        vs.set_kek_state(&o.id, "retired").await?;
+                    }
+                    vs.set_kek_state(&r.id, "active").await?;
+                }
+                _ => return Err(VaultError::WrongKey),
+            }
+        }
+        if let Some(n) = &next {
+            if let Some(r) = records.iter().find(|r| r.id == n.id()) {
+                if !matches(n, r) {
+                    return Err(VaultError::WrongKey);
+                }
+            } else {
+                vs.insert_kek(&KekRecord {
+                    id: n.id().into(),
+                    kcv: n.kcv().to_vec(),
+                    state: "next".into(),
+                    created_at: now(),
+                })
+                .await?;
+            }
+        }
+        Ok(Keys { current, next })
+    }
+
+    /// The KEK with `id`, reloading the provider once if a rotation elsewhere introduced it.
+    async fn kek(&self, id: &str) -> Result<Kek, VaultError> {
+        if let Some(k) = self.keys.load().get(id) {
+            return Ok(k.clone());
+        }
+        let keys = Self::load_keys(&self.store, self.provider.as_ref()).await?;
+        let found = keys.get(id).cloned();
+        self.keys.store(Arc::new(keys));
+        found.ok_or_else(|| {
+            VaultError::KeyProvider(format!("no master key with id {id} is available"))
+        })
+    }
+
+    fn emit(&self, action: &'static str, name: &str, version: Option<i64>, actor: &str) {
+        self.events.emit(VaultEvent {
+            action,
+            name: name.to_string(),
+            version,
+            actor: actor.to_string(),
+        });
+    }
+
+    /// Drops every cached value; the next resolve reads the store.
+    pub fn invalidate(&self) {
+        self.cache.store(Arc::new(HashMap::new()));
+    }
+
+    async fn after_write(&self) {
+        self.invalidate();
+        if let Ok(e) = self.store.vault().epoch().await {
+            self.epoch.store(e, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears the cache when another process changed the vault. Cheap: one small query.
+    pub async fn refresh_if_changed(&self) -> Result<bool, VaultError> {
+        let e = self.store.vault().epoch().await?;
+        if e != self.epoch.swap(e, Ordering::SeqCst) {
+            self.invalidate();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Watches the store for writes from other processes every `every`.
+    pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let vault = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(v) = vault.upgrade() else { break };
+                if let Err(e) = v.refresh_if_changed().await {
+                    tracing::warn!(error = %e, "vault change watch failed");
+                }
+            }
+        })
+    }
+
+    /// Stores a new version of `name` (creating the secret if needed) and returns its number.
+    /// Previous versions are disabled, or kept valid for `opts.grace`.
+    pub async fn put(
+        &self,
+        name: &str,
+        value: &[u8],
+        opts: &PutOptions,
+    ) -> Result<i64, VaultError> {
+        check_name(name)?;
+        let vs = self.store.vault();
+        let existing = vs.secret(name).await?;
+        let secret_type = match (opts.secret_type, &existing) {
+            (Some(t), _) => t,
+            (None, Some(e)) => SecretType::parse(&e.secret_type)?,
+            (None, None) => SecretType::Opaque,
+        };
+        secret_type.validate(value)?;
+        let t = now();
+        let record = SecretRecord {
+            name: name.to_string(),
+            secret_type: secret_type.as_str().into(),
+            created_at: existing.as_ref().map_or(t, |e| e.created_at),
+            updated_at: t,
+            expires_at: opts
+                .expires_in
+                .map(|d| t.saturating_add(secs(d)))
+                .or(existing.as_ref().and_then(|e| e.expires_at)),
+            max_age_secs: opts
+                .max_age
+                .map(secs)
+                .or(existing.as_ref().and_then(|e| e.max_age_secs)),
+            consumers: opts
+                .consumers
+                .clone()
+                .or(existing.as_ref().map(|e| e.consumers.clone()))
+                .unwrap_or_default(),
+            keep_versions: opts
+                .keep_versions
+                .or(existing.as_ref().map(|e| e.keep_versions))
+                .unwrap_or(DEFAULT_KEEP)
+                .max(1),
+        };
+        vs.upsert_secret(&record).await?;
+        // The version number is assigned inside the store's transaction; encrypt for the number
+        // it will get. Writers of one secret are serialised by the database, and a lost race
+        // fails decryption loudly instead of serving a wrong value.
+        let version = vs
+            .versions(name)
+            .await?
+            .first()
+            .map_or(1, |v| v.version + 1);
+        let kek = self.keys.load().current.clone();
+        let sealed = crypto::encrypt(&kek, name, version, value)?;
+        let row = VersionRecord {
+            name: name.to_string(),
+            version,
+            state: "active".into(),
+            created_at: t,
+            valid_until: None,
+            first_used_at: None,
+            kek_id: kek.id().into(),
+            wrapped_dek: sealed.wrapped_dek,
+            ciphertext: sealed.ciphertext,
+        };
+        let assigned = vs
+            .add_version(&row, opts.grace.map(|g| t.saturating_add(secs(g))))
+            .await?;
+        if assigned != version {
+            vs.set_version_state(name, assigned, "destroyed").await?;
+            self.after_write().await;
+            return Err(VaultError::Invalid(
+                "a concurrent write to this secret won; try again".into(),
+            ));
+        }
+        self.after_write().await;
+        let action = if existing.is_some() { "rotate" } else { "put" };
+        self.emit(action, name, Some(version), &opts.actor);
+        Ok(version)
+    }
+
+    /// A new version of an existing secret; the previous stays valid for `opts.grace`.
+    pub async fn rotate(
+        &self,
+        name: &str,
+        value: &[u8],
+        opts: &PutOptions,
+    ) -> Result<i64, VaultError> {
+        if self.store.vault().secret(name).await?.is_none() {
+            return Err(VaultError::NotFound(name.into()));
+        }
+        self.put(name, value, opts).await
+    }
+
+    /// Generates a strong value server-side and stores it. Returns the version and what must
+    /// be shared (printed once), if the type needs sharing.
+    pub async fn generate(
+        &self,
+        name: &str,
+        kind: &str,
+        opts: &PutOptions,
+    ) -> Result<(i64, Option<String>), VaultError> {
+        let g = generate(kind)?;
+        let mut o = opts.clone();
+        o.secret_type = Some(g.secret_type);
+        let v = self.put(name, &g.value, &o).await?;
+        self.emit("generate", name, Some(v), &opts.actor);
+        Ok((v, g.shareable))
+    }
+
+    /// Disables a version at once: the next request that would use it fails closed.
+    pub async fn revoke(&self, name: &str, version: i64, actor: &str) -> Result<(), VaultError> {
+        if !self
+            .store
+            .vault()
+            .set_version_state(name, version, "disabled")
+            .await?
+        {
+            return Err(VaultError::NotFound(format!("{name} version {version}")));
+        }
+        self.after_write().await;
+        self.emit("revoke", name, Some(version), actor);
+        Ok(())
+    }
+
+    /// Wipes the ciphertext of one version, or of every version.
+    pub async fn destroy(
+        &self,
+        name: &str,
+        version: Option<i64>,
+        actor: &str,
+    ) -> Result<(), VaultError> {
+        let vs = self.store.vault();
+        let targets: Vec<i64> = match version {
+            Some(v) => vec![v],
+            None => vs.versions(name).await?.iter().map(|v| v.version).collect(),
+        };
+        if targets.is_empty() {
+            return Err(VaultError::NotFound(name.into()));
+        }
+        for v in targets {
+            if !vs.set_version_state(name, v, "destroyed").await? {
+                return Err(VaultError::NotFound(format!("{name} version {v}")));
+            }
+            self.emit("destroy", name, Some(v), actor);
+        }
+        self.after_write().await;
+        Ok(())
+    }
+
+    /// Metadata of every secret.
+    pub async fn list(&self) -> Result<Vec<SecretInfo>, VaultError> {
+        let mut out = Vec::new();
+        for s in self.store.vault().secrets().await? {
+            out.push(self.info(s).await?);
+        }
+        Ok(out)
+    }
+
+    /// Metadata and versions of one secret; never the value.
+    pub async fn show(&self, name: &str) -> Result<SecretInfo, VaultError> {
+        let s = self
+            .store
+            .vault()
+            .secret(name)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(name.into()))?;
+        self.info(s).await
+    }
+
+    async fn info(&self, s: SecretRecord) -> Result<SecretInfo, VaultError> {
+        let t = now();
+        let versions = self.store.vault().versions(&s.name).await?;
+        let current = versions.iter().find(|v| usable(v, t));
+        let rotation_overdue = match (s.max_age_secs, current) {
+            (Some(max), Some(v)) => t - v.created_at > max,
+            _ => false,
+        };
+        Ok(SecretInfo {
+            current_version: current.map(|v| v.version),
+            rotation_overdue,
+            versions: versions
+                .iter()
+                .map(|v| VersionInfo {
+                    version: v.version,
+                    state: if v.state == "active" && v.valid_until.is_some_and(|u| u <= t) {
+                        "expired-grace".into()
+                    } else {
+                        v.state.clone()
+                    },
+                    created_at: v.created_at,
+                    valid_until: v.valid_until,
+                    first_used_at: v.first_used_at,
+                })
+                .collect(),
+            name: s.name,
+            secret_type: s.secret_type,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            expires_at: s.expires_at,
+            max_age_secs: s.max_age_secs,
+            consumers: s.consumers,
+        })
+    }
+
+    /// The newest usable version of `name` for `consumer`. Served from memory after the first
+    /// call; fails closed on revocation, expiry or a consumer the secret is not bound to.
+    pub async fn resolve(
+        &self,
+        name: &str,
+        consumer: &str,
+    ) -> Result<Arc<SecretValue>, VaultError> {
+        let all = self.resolve_all(name, consumer).await?;
+        all.into_iter()
+            .next()
+            .ok_or_else(|| VaultError::NotFound(name.into()))
+    }
+
+    /// Every version of `name` valid now, newest first: during a rotation grace period, both
+    /// the new and the previous one (a webhook verifier accepts either).
+    pub async fn resolve_all(
+        &self,
+        name: &str,
+        consumer: &str,
+    ) -> Result<Vec<Arc<SecretValue>>, VaultError> {
+        let cached = match self.cache.load().get(name) {
+            Some(c) => c.clone(),
+            None => self.load(name).await?,
+        };
+        if !cached.consumers.iter().any(|c| c == consumer) {
+            return Err(VaultError::NotAllowed {
+                name: name.into(),
+                consumer: consumer.into(),
+            });
+        }
+        let t = now();
+        if cached.expires_at.is_some_and(|e| e <= t) {
+            return Err(VaultError::Expired(name.into()));
+        }
+        let values: Vec<Arc<SecretValue>> = cached
+            .values
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| u > t))
+            .map(|(v, _)| v.clone())
+            .collect();
+        if values.is_empty() {
+            return Err(VaultError::NotFound(name.into()));
+        }
+        Ok(values)
+    }
+
+    async fn load(&self, name: &str) -> Result<Arc<Cached>, VaultError> {
+        let vs = self.store.vault();
+        let secret = vs
+            .secret(name)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(name.into()))?;
+        let t = now();
+        let mut values = Vec::new();
+        for v in vs
+            .versions(name)
+            .await?
+            .into_iter()
+            .filter(|v| usable(v, t))
+        {
+            let kek = self.kek(&v.kek_id).await?;
+            let plain = crypto::decrypt(&kek, name, v.version, &v.wrapped_dek, &v.ciphertext)?;
+            if v.first_used_at.is_none() && vs.mark_first_use(name, v.version, t).await? {
+                self.emit("first_use", name, Some(v.version), "gateway");
+            }
+            values.push((
+                Arc::new(SecretValue::new(plain.to_vec(), v.version)),
+                v.valid_until,
+            ));
+        }
+        let cached = Arc::new(Cached {
+            consumers: secret.consumers,
+            expires_at: secret.expires_at,
+            values,
+        });
+        self.cache.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(name.to_string(), cached.clone());
+            m
+        });
+        Ok(cached)
+    }
+
+    /// Secrets that are expired, expire within `within`, or are overdue for rotation; each is
+    /// also emitted as an event for alerting.
+    pub async fn findings(&self, within: Duration) -> Result<Vec<String>, VaultError> {
+        let t = now();
+        let mut out = Vec::new();
+        for s in self.list().await? {
+            if let Some(e) = s.expires_at {
+                if e <= t {
+                    out.push(format!("secret {:?} has expired and is not served", s.name));
+                    self.emit("expired", &s.name, s.current_version, "gateway");
+                } else if e - t <= secs(within) {
+                    out.push(format!(
+                        "secret {:?} expires in {}h",
+                        s.name,
+                        (e - t) / 3600
+                    ));
+                    self.emit("expiring", &s.name, s.current_version, "gateway");
+                }
+            }
+            if s.rotation_overdue {
+                out.push(format!(
+                    "secret {:?} is older than its max_age; rotate it",
+                    s.name
+                ));
+                self.emit("overdue", &s.name, s.current_version, "gateway");
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves every data key to a new KEK without touching secret values. Resumable: the new
+    /// key is persisted (provider `stage_next`) before the first rewrap, each rewrap is one
+    /// atomic compare-and-set, and a later call picks up where an interrupted one stopped.
+    /// With `batch`, at most that many keys are rewrapped by this call.
+    pub async fn rotate_kek(
+        &self,
+        batch: Option<usize>,
+        actor: &str,
+    ) -> Result<RotationProgress, VaultError> {
+        let keys = self.keys.load_full();
+        let vs = self.store.vault();
+        let next = match &keys.next {
+            Some(n) => n.clone(),
+            None => {
+                let n = Kek::generate()?;
+                self.provider.stage_next(&n)?;
+                vs.insert_kek(&KekRecord {
+                    id: n.id().into(),
+                    kcv: n.kcv().to_vec(),
+                    state: "next".into(),
+                    created_at: now(),
+                })
+                .await?;
+                self.keys.store(Arc::new(Keys {
+                    current: keys.current.clone(),
+                    next: Some(n.clone()),
+                }));
+                n
+            }
+        };
+        let current = keys.current.clone();
+        let mut done = 0usize;
+        loop {
+            let rows = vs.versions_wrapped_by(current.id(), 64).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                if batch.is_some_and(|b| done >= b) {
+                    return Ok(RotationProgress {
+                        rewrapped: done,
+                        complete: false,
+                        kek_id: current.id().into(),
+                    });
+                }
+                let wrapped = crypto::rewrap(&current, &next, &r.name, r.version, &r.wrapped_dek)?;
+                if vs
+                    .rewrap(&r.name, r.version, current.id(), next.id(), &wrapped)
+                    .await?
+                {
+                    done += 1;
+                }
+            }
+        }
+        self.provider.promote_next()?;
+        vs.set_kek_state(next.id(), "active").await?;
+        vs.set_kek_state(current.id(), "retired").await?;
+        self.keys.store(Arc::new(Keys {
+            current: next.clone(),
+            next: None,
+        }));
+        self.after_write().await;
+        self.emit("rotate_kek", "", None, actor);
+        Ok(RotationProgress {
+            rewrapped: done,
+            complete: true,
+            kek_id: next.id().into(),
+        })
+    }
+
+    /// The id of the KEK new secrets are encrypted under.
+    pub fn kek_id(&self) -> String {
+        self.keys.load().current.id().to_string()
+    }
+}
+
+fn usable(v: &VersionRecord, t: i64) -> bool {
+    v.state == "active" && v.valid_until.is_none_or(|u| u > t)
+}
