@@ -89,10 +89,7 @@ impl SecretType {
             ))
         })?;
         for f in fields {
-            if !v
-                .get(f)
-                .is_some_and(|x| x.as_str().is_some_and(|s| !s.is_empty()))
-            {
+            if v.get(f).and_then(|x| x.as_str()).is_none_or(str::is_empty) {
                 return Err(VaultError::InvalidValue(format!(
                     "a {} secret needs a non-empty string field {f:?}",
                     self.as_str()

@@ -191,7 +191,11 @@ mod tests {
         assert_eq!(p.current()?.id(), k1.id());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
             .map_err(|e| VaultError::KeyProvider(e.to_string()))?;
-        let err = p.current().map(|_| ()).unwrap_err().to_string();
+        let err = p
+            .current()
+            .map(|_| ())
+            .expect_err("0644 must be refused")
+            .to_string();
         assert!(err.contains("644") && err.contains("chmod 600"), "{err}");
         Ok(())
     }
