@@ -3,6 +3,8 @@
 //! the data plane does not blind the operator. Admin credentials arrive with the admin-API
 //! work; until then, exposing it beyond loopback takes `dangerous_expose_admin`.
 
+mod secrets;
+
 use axum::{
     extract::State,
     http::{header, StatusCode},
@@ -26,6 +28,8 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// Bearer token required by the vault endpoints.
+    pub token: Arc<zeroize::Zeroizing<String>>,
 }
 
 /// The admin routes.
@@ -35,6 +39,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/inventory", get(inventory))
+        .merge(secrets::routes())
         .fallback(not_found)
         .with_state(state)
 }

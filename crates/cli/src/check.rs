@@ -1,26 +1,39 @@
 //! `portcullis check`: everything `serve` would verify before starting, without starting.
 
 use crate::{InvalidConfig, EXIT_CONFIG};
-use portcullis_config::Severity;
-use std::{path::Path, process::ExitCode};
+use portcullis_config::{Config, Severity};
+use portcullis_vault::{LogEventSink, Vault, VaultError};
+use std::{path::Path, process::ExitCode, sync::Arc};
 
 pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     let loaded = portcullis_config::load(path).map_err(InvalidConfig)?;
     // Build the data plane against a throwaway store: this proves certificates, keys and CA
     // files parse, which the schema alone cannot.
-    let store = portcullis_store::open("sqlite::memory:", Path::new(".")).await?;
-    if let Err(e) = portcullis_proxy::Gateway::new(&loaded.config, store) {
+    let scratch = portcullis_store::open("sqlite::memory:", Path::new(".")).await?;
+    if let Err(e) = portcullis_proxy::Gateway::new(&loaded.config, scratch, None) {
         eprintln!("{}: error: {e}", path.display());
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let file = path.display().to_string();
+    let (errors, notes) = check_secrets(&loaded.config).await;
+    for e in &errors {
+        eprintln!("{file}: error: {e}");
+    }
+    if !errors.is_empty() {
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
+    for n in &notes {
+        eprintln!("{file}: warning: {n}");
+    }
     let warnings = loaded
         .warnings
         .iter()
         .filter(|d| d.severity == Severity::Warning)
-        .count();
+        .count()
+        + notes.len();
     println!(
         "{}: ok ({} route{}, {warnings} warning{})",
         path.display(),
@@ -37,4 +50,72 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Checks every `{secret:...}` reference against the vault, when the vault exists: the secret
+/// must exist, be usable, and be bound to the consumer that references it. Returns (errors,
+/// warnings). Never creates state: without a store file or key there is nothing to check.
+async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
+    let refs: Vec<(String, String)> = cfg
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.upstream_headers.iter().filter_map(|h| {
+                h.value
+                    .secret
+                    .as_ref()
+                    .map(|s| (r.consumer(), s.name.clone()))
+            })
+        })
+        .collect();
+    let db = cfg.store.url.strip_prefix("sqlite://").map(Path::new);
+    if db.is_some_and(|p| !p.exists()) {
+        let warn = (!refs.is_empty()).then(|| {
+            "the vault has not been created yet, so secret references were not checked".to_string()
+        });
+        return (Vec::new(), warn.into_iter().collect());
+    }
+    let vault = async {
+        let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
+            .await
+            .map_err(VaultError::from)?;
+        Vault::open(
+            store,
+            crate::secrets::key_provider(cfg, false),
+            Arc::new(LogEventSink),
+        )
+        .await
+    };
+    let vault = match vault.await {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                vec![format!(
+                    "cannot open the vault to check secret references: {e}"
+                )],
+                Vec::new(),
+            )
+        }
+    };
+    let mut errors = Vec::new();
+    for (consumer, name) in refs {
+        match vault.show(&name).await {
+            Err(_) => errors.push(format!(
+                "{consumer} references secret {name:?}, which does not exist"
+            )),
+            Ok(info) if !info.consumers.contains(&consumer) => errors.push(format!(
+                "{consumer} references secret {name:?}, which is not bound to it (consumers: {})",
+                info.consumers.join(", ")
+            )),
+            Ok(info) if info.current_version.is_none() => errors.push(format!(
+                "secret {name:?} (used by {consumer}) has no usable version"
+            )),
+            Ok(_) => {}
+        }
+    }
+    let warnings = vault
+        .findings(cfg.vault.expiry_warning)
+        .await
+        .unwrap_or_default();
+    (errors, warnings)
 }

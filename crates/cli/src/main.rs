@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod inventory;
 mod reload;
+mod secrets;
 mod serve;
 mod upstream;
 
@@ -60,6 +61,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage secrets in the vault.
+    Secret {
+        /// The configuration file (TOML); the defaults when omitted.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: secrets::SecretCommand,
+    },
+    /// Vault maintenance (master key rotation).
+    Vault {
+        /// The configuration file (TOML); the defaults when omitted.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: secrets::VaultCommand,
+    },
     /// Print the version.
     Version,
     /// Run the example upstream on its own (used by the demo and the benchmarks).
@@ -101,6 +118,8 @@ fn main() -> ExitCode {
             Command::Check { config, strict } => check::run(&config, strict).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Inventory { config, json } => inventory::run(config, json).await,
+            Command::Secret { config, command } => secrets::run_secret(config, command).await,
+            Command::Vault { config, command } => secrets::run_vault(config, command).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ use portcullis_admin::{serve_admin, AdminState};
 use portcullis_config::Config;
 use portcullis_proxy::Gateway;
 use portcullis_telemetry::{init_logging, init_metrics, LogGuard, LogSink};
+use portcullis_vault::{LogEventSink, Vault};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -17,6 +18,7 @@ pub(crate) struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
     _log: Arc<LogGuard>,
 }
 
@@ -53,7 +55,15 @@ pub(crate) async fn start(
     let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
         .await
         .context("opening the store")?;
-    let gateway = Gateway::new(&cfg, store.clone())?;
+    // The vault opens before anything listens: a wrong or unsafe master key stops start-up.
+    let vault = Vault::open(
+        store.clone(),
+        crate::secrets::key_provider(&cfg, true),
+        Arc::new(LogEventSink),
+    )
+    .await
+    .context("opening the vault")?;
+    let gateway = Gateway::new(&cfg, store.clone(), Some(vault.clone()))?;
     let data = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding the data-plane listener {}", cfg.server.listen))?;
@@ -70,10 +80,12 @@ pub(crate) async fn start(
         gateway.clone(),
         signal.clone(),
     )));
+    let token = admin_token(&cfg.server.data_dir).context("preparing the admin token")?;
     let state = AdminState {
         gateway: gateway.clone(),
         store,
         metrics,
+        token: Arc::new(token),
     };
     let admin_signal = signal.clone();
     tasks.push(tokio::spawn(async move {
@@ -85,6 +97,12 @@ pub(crate) async fn start(
         gateway.clone(),
         signal.clone(),
     )));
+    // Writes made by other processes (the CLI) reach this process's cache within a second.
+    let vault_watch = vault.spawn_watch(Duration::from_secs(1));
+    let vault_report = tokio::spawn(report_vault_findings(
+        vault.clone(),
+        cfg.vault.expiry_warning,
+    ));
     if let Some(path) = source {
         reload::spawn(path, gateway.clone(), log.clone(), signal.clone())?;
     }
@@ -97,6 +115,7 @@ pub(crate) async fn start(
         "portcullis started"
     );
     Ok(Running {
+        background: vec![vault_watch, vault_report],
         data_addr,
         admin_addr,
         gateway,
@@ -121,6 +140,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        for t in self.background {
+            t.abort();
+        }
         tracing::info!("stopped");
     }
 }
@@ -140,6 +162,40 @@ async fn wait_for_stop_signal() {
         _ => {
             // Without signal handlers the process could not stop cleanly; fall back to Ctrl-C.
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The admin API token in `<data_dir>/admin.token` (0600), created on first start. Whoever can
+/// read the data directory can administer the gateway, the same trust as the master key file.
+fn admin_token(data_dir: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let path = data_dir.join("admin.token");
+    if !path.exists() {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(raw.as_mut()).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let token =
+            zeroize::Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        portcullis_store::create_private_file(&path)?;
+        std::fs::write(&path, token.as_bytes())?;
+        tracing::info!(path = %path.display(), "created the admin API token");
+    } else {
+        portcullis_store::create_private_file(&path)?;
+    }
+    Ok(zeroize::Zeroizing::new(
+        std::fs::read_to_string(&path)?.trim().to_string(),
+    ))
+}
+
+/// Logs expired, soon-expiring and overdue secrets at start and then every hour.
+async fn report_vault_findings(vault: Arc<Vault>, within: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match vault.findings(within).await {
+            Ok(found) => found
+                .iter()
+                .for_each(|f| tracing::warn!(target: "portcullis::vault", "{f}")),
+            Err(e) => tracing::warn!(error = %e, "could not check secrets for expiry"),
         }
     }
 }

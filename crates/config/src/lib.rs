@@ -8,14 +8,16 @@
 mod diagnostic;
 mod model;
 mod raw;
+mod secret_ref;
 mod units;
 mod validate;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};
 pub use model::{
     Config, Deprecation, LogFormat, LoggingConfig, RouteConfig, ServerConfig, StoreConfig,
-    Timeouts, TlsFiles, Upstream, UpstreamTls,
+    Timeouts, TlsFiles, Upstream, UpstreamHeader, UpstreamTls, VaultConfig, VaultKeyProvider,
 };
+pub use secret_ref::{parse_template, SecretRef, SecretTemplate};
 pub use units::{ByteSize, HumanDuration};
 
 use std::path::Path;

@@ -14,6 +14,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Log format, level and redaction lists.
     pub logging: LoggingConfig,
+    /// Where the vault's master key comes from.
+    pub vault: VaultConfig,
     /// Declared routes, in file order. Shared with the data plane without copying.
     pub routes: Vec<Arc<RouteConfig>>,
 }
@@ -112,6 +114,35 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     /// How upstream TLS is verified.
     pub upstream_tls: UpstreamTls,
+    /// Headers added to the upstream request, typically credentials from the vault.
+    pub upstream_headers: Vec<UpstreamHeader>,
+}
+
+/// A header the gateway adds to upstream requests; its value may come from the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHeader {
+    /// Header name.
+    pub name: http::HeaderName,
+    /// Literal text and at most one secret reference.
+    pub value: crate::SecretTemplate,
+}
+
+/// Which key provider holds the vault's key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultKeyProvider {
+    /// A key file, created 0600 on first start.
+    File(PathBuf),
+    /// `PORTCULLIS_MASTER_KEY`.
+    Env,
+}
+
+/// `[vault]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Where the KEK comes from.
+    pub key_provider: VaultKeyProvider,
+    /// Warn (and emit an event) when a secret expires within this window.
+    pub expiry_warning: Duration,
 }
 
 /// A parsed upstream base URL.
@@ -159,6 +190,11 @@ pub struct UpstreamTls {
 }
 
 impl RouteConfig {
+    /// The consumer id the vault binds this route's secrets to.
+    pub fn consumer(&self) -> String {
+        format!("route:{}", self.id)
+    }
+
     /// True when `method` is one of the route's methods.
     pub fn allows(&self, method: &http::Method) -> bool {
         self.methods.iter().any(|m| m == method)

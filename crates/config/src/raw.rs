@@ -17,6 +17,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub logging: RawLogging,
     #[serde(default)]
+    pub vault: RawVault,
+    #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
 }
 
@@ -62,6 +64,14 @@ pub(crate) struct RawLogging {
     pub redact_fields: Vec<Spanned<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVault {
+    pub key_provider: Option<Spanned<String>>,
+    pub key_file: Option<PathBuf>,
+    pub expiry_warning: Option<HumanDuration>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
@@ -80,6 +90,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub preserve_host: bool,
     pub upstream_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
 }
 

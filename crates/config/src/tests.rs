@@ -287,3 +287,44 @@ fn postgres_is_refused_until_supported() {
     let e = errors("[store]\nurl = \"postgres://u@h/db\"");
     assert!(e[0].message.contains("PostgreSQL"));
 }
+
+#[test]
+fn upstream_headers_take_credentials_only_from_the_vault() {
+    let l = ok(&format!("{ROUTE}upstream_headers = {{ authorization = \"Bearer {{secret:tok}}\", x-env = \"prod\" }}\n"));
+    let h = &l.config.routes[0].upstream_headers;
+    assert_eq!(h.len(), 2);
+    let auth = h
+        .iter()
+        .find(|x| x.name == "authorization")
+        .map(|x| x.value.clone());
+    assert_eq!(
+        auth.and_then(|t| t.secret).map(|s| s.name),
+        Some("tok".to_string())
+    );
+    let e = errors(&format!(
+        "{ROUTE}upstream_headers = {{ x-api-key = \"abc123\" }}\n"
+    ));
+    assert!(
+        e[0].message.contains("reference it from the vault"),
+        "{e:?}"
+    );
+    assert_eq!(e[0].line, Some(7));
+    let e = errors(&format!(
+        "{ROUTE}upstream_headers = {{ x-key = \"{{secret:bad name}}\" }}\n"
+    ));
+    assert!(e[0].message.contains("not valid"), "{e:?}");
+    assert_eq!(l.config.routes[0].consumer(), "route:orders");
+}
+
+#[test]
+fn vault_section_chooses_the_key_provider() {
+    let c = ok("").config;
+    assert_eq!(
+        c.vault.key_provider,
+        VaultKeyProvider::File(c.server.data_dir.join("master.key"))
+    );
+    let c = ok("[vault]\nkey_provider = \"env\"").config;
+    assert_eq!(c.vault.key_provider, VaultKeyProvider::Env);
+    let e = errors("[vault]\nkey_provider = \"kms\"");
+    assert!(e[0].message.contains("expected \"file\" or \"env\""));
+}

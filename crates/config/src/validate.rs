@@ -3,6 +3,7 @@
 use crate::{
     diagnostic::{line_col, ConfigError, Diagnostic, Severity},
     model::*,
+    parse_template,
     raw::*,
     Loaded,
 };
@@ -75,6 +76,7 @@ pub(crate) fn validate(
     let server = server(&mut c, raw.server);
     let store = store(&mut c, raw.store, &server.data_dir);
     let logging = logging(&mut c, raw.logging);
+    let vault = vault(&mut c, raw.vault, &server.data_dir);
     let mut spans: HashMap<String, Range<usize>> = HashMap::new();
     for r in &raw.routes {
         let id = r.get_ref().id.get_ref();
@@ -103,6 +105,7 @@ pub(crate) fn validate(
             server,
             store,
             logging,
+            vault,
             routes,
         },
         warnings: c.found,
@@ -359,6 +362,103 @@ fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
     }
 }
 
+fn vault(c: &mut Checker, raw: RawVault, data_dir: &Path) -> VaultConfig {
+    let key_provider = match raw.key_provider.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("file") => VaultKeyProvider::File(
+            raw.key_file
+                .as_deref()
+                .map_or_else(|| data_dir.join("master.key"), |p| c.path(p)),
+        ),
+        Some("env") => {
+            if raw.key_file.is_some() {
+                c.warn(
+                    None,
+                    "vault.key_file has no effect with key_provider = \"env\"",
+                );
+            }
+            VaultKeyProvider::Env
+        }
+        Some(other) => {
+            c.error(
+                raw.key_provider.as_ref().map(|p| p.span()),
+                format!(
+                    "vault.key_provider {other:?} is not a provider; expected \"file\" or \"env\""
+                ),
+            );
+            VaultKeyProvider::Env
+        }
+    };
+    VaultConfig {
+        key_provider,
+        expiry_warning: raw
+            .expiry_warning
+            .map_or(Duration::from_secs(14 * 86400), |d| d.0),
+    }
+}
+
+/// Header names whose values are credentials: they may only come from the vault.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+fn upstream_headers(
+    c: &mut Checker,
+    raw: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    ctx: &str,
+) -> Vec<UpstreamHeader> {
+    let Some(raw) = raw else { return Vec::new() };
+    let span = raw.span();
+    let mut out = Vec::new();
+    for (name, value) in raw.into_inner() {
+        let lower = name.to_ascii_lowercase();
+        let Ok(header) = http::HeaderName::from_bytes(lower.as_bytes()) else {
+            c.error(
+                Some(span.clone()),
+                format!("{ctx}: upstream_headers: {name:?} is not a header name"),
+            );
+            continue;
+        };
+        if matches!(
+            lower.as_str(),
+            "host"
+                | "connection"
+                | "transfer-encoding"
+                | "content-length"
+                | "x-request-id"
+                | "x-forwarded-for"
+                | "forwarded"
+        ) {
+            c.error(
+                Some(span.clone()),
+                format!("{ctx}: upstream_headers: the gateway sets {lower} itself"),
+            );
+            continue;
+        }
+        match parse_template(&value) {
+            Ok(t) => {
+                if t.secret.is_none() && CREDENTIAL_HEADERS.contains(&lower.as_str()) {
+                    c.error(Some(span.clone()), format!("{ctx}: upstream_headers: {lower} carries a credential; reference it from the vault as {{secret:NAME}} instead of writing it here"));
+                    continue;
+                }
+                out.push(UpstreamHeader {
+                    name: header,
+                    value: t,
+                });
+            }
+            Err(e) => c.error(
+                Some(span.clone()),
+                format!("{ctx}: upstream_headers.{lower}: {e}"),
+            ),
+        }
+    }
+    out
+}
+
 fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let r = raw.into_inner();
     let errors_before = c.found.len();
@@ -417,6 +517,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     }
 
     let deprecation = r.deprecated.map(|d| deprecation(c, d, &ctx));
+    let headers = upstream_headers(c, r.upstream_headers, &ctx);
 
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
@@ -476,6 +577,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             ca,
             dangerous_skip_verify: skip_verify,
         },
+        upstream_headers: headers,
     })
 }
 

@@ -70,6 +70,10 @@ pub enum GatewayError {
     /// The upstream could not be reached or answered with something unusable.
     #[error("upstream failed")]
     BadGateway(#[source] BoxError),
+    /// A credential this route needs from the vault is unavailable (revoked, expired, not
+    /// bound to the route). The request fails closed instead of going out without it.
+    #[error("credential unavailable")]
+    CredentialUnavailable(#[source] BoxError),
     /// The gateway will not take this request now (draining, overloaded).
     #[error("service unavailable")]
     Unavailable {
@@ -94,7 +98,9 @@ impl GatewayError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::CredentialUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +118,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::BadGateway(_) => "upstream-unavailable",
             Self::Unavailable { .. } => "unavailable",
+            Self::CredentialUnavailable(_) => "credential-unavailable",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -129,6 +136,7 @@ impl GatewayError {
             Self::UpstreamTimeout => "Upstream did not answer in time",
             Self::BadGateway(_) => "Upstream unavailable",
             Self::Unavailable { .. } => "Service unavailable",
+            Self::CredentialUnavailable(_) => "Upstream credential unavailable",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -151,7 +159,9 @@ impl GatewayError {
     /// The internal cause for the log line; `None` when the error is its own explanation.
     pub fn cause(&self) -> Option<String> {
         let mut src: Option<&(dyn std::error::Error + 'static)> = match self {
-            Self::BadGateway(e) | Self::Internal(e) => Some(e.as_ref()),
+            Self::BadGateway(e) | Self::Internal(e) | Self::CredentialUnavailable(e) => {
+                Some(e.as_ref())
+            }
             _ => None,
         };
         let mut parts = Vec::new();

@@ -11,12 +11,13 @@ use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Versi
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use ipnet::IpNet;
-use portcullis_config::{RouteConfig, Timeouts, Upstream};
+use portcullis_config::{RouteConfig, Timeouts, Upstream, UpstreamHeader};
 use portcullis_core::{
     find_cause, Body, BoxError, ClientBodyError, GatewayError, MalformedKind, RequestContext,
     RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_policy::{BodyTooLarge, Terminal};
+use portcullis_vault::{Vault, VaultError};
 use std::future::Future;
 use std::{
     pin::Pin,
@@ -41,6 +42,9 @@ pub(crate) struct Forwarder {
     timeouts: Timeouts,
     client: UpstreamClient,
     trusted_proxies: Arc<[IpNet]>,
+    headers: Vec<UpstreamHeader>,
+    consumer: String,
+    vault: Option<Arc<Vault>>,
 }
 
 impl Forwarder {
@@ -48,6 +52,7 @@ impl Forwarder {
         route: &RouteConfig,
         client: UpstreamClient,
         trusted_proxies: Arc<[IpNet]>,
+        vault: Option<Arc<Vault>>,
     ) -> Self {
         Forwarder {
             route_id: Arc::from(route.id.as_str()),
@@ -57,7 +62,52 @@ impl Forwarder {
             timeouts: route.timeouts,
             client,
             trusted_proxies,
+            headers: route.upstream_headers.clone(),
+            consumer: route.consumer(),
+            vault,
         }
+    }
+
+    /// Adds the configured upstream headers, resolving credentials from the vault. Any
+    /// failure fails the request closed: it never goes out without its credential.
+    async fn inject_headers(&self, headers: &mut http::HeaderMap) -> Result<(), GatewayError> {
+        for h in &self.headers {
+            let Some(secret) = &h.value.secret else {
+                if let Ok(v) = HeaderValue::from_str(&h.value.prefix) {
+                    headers.insert(h.name.clone(), v);
+                }
+                continue;
+            };
+            let unavailable = |e: VaultError| GatewayError::CredentialUnavailable(Box::new(e));
+            let vault = self
+                .vault
+                .as_ref()
+                .ok_or_else(|| unavailable(VaultError::NotFound(secret.name.clone())))?;
+            let value = vault
+                .resolve(&secret.name, &self.consumer)
+                .await
+                .map_err(unavailable)?;
+            let value = match &secret.field {
+                Some(f) => Arc::new(value.field(f).map_err(unavailable)?),
+                None => value,
+            };
+            let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+                h.value.prefix.len() + value.expose().len() + h.value.suffix.len(),
+            ));
+            bytes.extend_from_slice(h.value.prefix.as_bytes());
+            bytes.extend_from_slice(value.expose());
+            bytes.extend_from_slice(h.value.suffix.as_bytes());
+            let mut v = HeaderValue::from_bytes(&bytes).map_err(|_| {
+                unavailable(VaultError::InvalidValue(format!(
+                    "secret {:?} is not a valid header value",
+                    secret.name
+                )))
+            })?;
+            // Never indexed by HPACK, never shown by Debug.
+            v.set_sensitive(true);
+            headers.insert(h.name.clone(), v);
+        }
+        Ok(())
     }
 
     fn upstream_uri(&self, uri: &Uri, matched: Option<&RouteMatch>) -> Result<Uri, GatewayError> {
@@ -135,6 +185,7 @@ impl Terminal for Forwarder {
             &self.trusted_proxies,
         );
         headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
+        self.inject_headers(headers).await?;
         headers.remove(header::HOST);
         if self.preserve_host {
             if let Some(h) = client_host {

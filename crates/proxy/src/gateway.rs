@@ -21,6 +21,7 @@ use portcullis_core::{
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
+use portcullis_vault::Vault;
 use std::{
     net::SocketAddr,
     sync::{
@@ -71,6 +72,7 @@ struct Generation {
 /// The gateway's shared state.
 pub struct Gateway {
     current: ArcSwap<Generation>,
+    vault: Option<Arc<Vault>>,
     clients: ClientCache,
     inventory: Arc<Inventory>,
     draining: AtomicBool,
@@ -79,11 +81,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the first generation from `cfg`.
-    pub fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<Arc<Self>, BuildError> {
+    pub fn new(
+        cfg: &Config,
+        store: Arc<dyn Store>,
+        vault: Option<Arc<Vault>>,
+    ) -> Result<Arc<Self>, BuildError> {
         let clients = ClientCache::default();
-        let generation = build_generation(cfg, &clients, None)?;
+        let generation = build_generation(cfg, &clients, None, vault.as_ref())?;
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(generation),
+            vault,
             clients,
             inventory: Arc::new(Inventory::new(store)),
             draining: AtomicBool::new(false),
@@ -109,9 +116,15 @@ impl Gateway {
         if o.data_dir != n.data_dir || old.config.store != cfg.store {
             notes.push("data directory or store changed: takes effect after a restart".to_string());
         }
-        let generation = build_generation(cfg, &self.clients, old.tls.clone())?;
+        let generation =
+            build_generation(cfg, &self.clients, old.tls.clone(), self.vault.as_ref())?;
         self.current.store(Arc::new(generation));
         Ok(notes)
+    }
+
+    /// The vault, when the gateway has one.
+    pub fn vault(&self) -> Option<&Arc<Vault>> {
+        self.vault.as_ref()
     }
 
     /// The running configuration.
@@ -272,6 +285,7 @@ fn build_generation(
     cfg: &Config,
     clients: &ClientCache,
     previous_tls: Option<Arc<rustls::ServerConfig>>,
+    vault: Option<&Arc<Vault>>,
 ) -> Result<Generation, BuildError> {
     let trusted: Arc<[IpNet]> = cfg.server.trusted_proxies.clone().into();
     let mut routes = RouteTable::default();
@@ -282,7 +296,7 @@ fn build_generation(
                 id: route.id.clone(),
                 reason: e.to_string(),
             })?;
-        let forwarder = Forwarder::new(route, client, trusted.clone());
+        let forwarder = Forwarder::new(route, client, trusted.clone(), vault.cloned());
         routes
             .insert(CompiledRoute {
                 id: Arc::from(route.id.as_str()),

@@ -26,6 +26,6 @@ pub struct LogEventSink;
 
 impl EventSink for LogEventSink {
     fn emit(&self, e: VaultEvent) {
-        tracing::info!(target: "portcullis::audit", action = e.action, secret = %e.name, version = e.version, actor = %e.actor, "vault event");
+        tracing::info!(target: "portcullis::audit", action = e.action, secret_name = %e.name, version = e.version, actor = %e.actor, "vault event");
     }
 }

@@ -1,0 +1,266 @@
+//! The vault end to end: secrets put with the CLI while the gateway runs, injected into
+//! upstream requests, revoked through the admin API, and never visible anywhere else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_problem, client, route, server_section, upstream, Gw, BIN};
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const SENTINEL: &str = "SENTINELvault4c7e1a90";
+
+fn cli(gw_config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(gw_config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+async fn seen_by_upstream(gw: &Gw) -> Option<String> {
+    let res = client().get(gw.url("/r")).send().await.ok()?;
+    if res.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = res.json().await.ok()?;
+    v["headers"]["authorization"].as_str().map(str::to_string)
+}
+
+fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file()
+            && std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn credentials_are_injected_from_the_vault_and_revocation_is_immediate() {
+    let up = upstream::start(None).await;
+    let config = format!(
+        "{}[logging]\nlevel = \"info,portcullis::request=debug\"\n{}",
+        server_section(""),
+        route(
+            "r",
+            "[\"GET\"]",
+            "/r",
+            &up.url(),
+            "upstream_headers = { authorization = \"Bearer {secret:backend-token}\" }"
+        ),
+    );
+    let gw = Gw::start(&config);
+    let cfg = gw.config_path();
+
+    // No secret yet: the request fails closed instead of going out without its credential.
+    assert_problem(
+        client().get(gw.url("/r")).send().await.unwrap(),
+        503,
+        "credential-unavailable",
+    )
+    .await;
+
+    // Put it with the CLI, value on stdin, while the gateway runs; bound to this route only.
+    let (code, out, err) = cli(
+        &cfg,
+        &[
+            "secret",
+            "put",
+            "backend-token",
+            "--type",
+            "bearer_token",
+            "--consumer",
+            "route:r",
+        ],
+        Some(&format!("{SENTINEL}\n")),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version 1") && !out.contains(SENTINEL));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline && seen.is_none() {
+        seen = seen_by_upstream(&gw).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.as_deref(), Some(format!("Bearer {SENTINEL}").as_str()));
+
+    // The admin API needs the token, and never returns the value.
+    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
+    let res = client()
+        .get(gw.admin_url("/admin/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let listed = client()
+        .get(gw.admin_url("/admin/secrets/backend-token"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed = listed.text().await.unwrap();
+    assert!(
+        listed.contains("\"current_version\":1") && !listed.contains(SENTINEL),
+        "{listed}"
+    );
+    let (_, shown, _) = cli(&cfg, &["secret", "show", "backend-token"], None);
+    assert!(
+        shown.contains("backend-token") && !shown.contains(SENTINEL),
+        "{shown}"
+    );
+
+    // Revoke through the admin API: the very next request fails closed.
+    let res = client()
+        .post(gw.admin_url("/admin/secrets/backend-token/versions/1/revoke"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let v = assert_problem(
+        client().get(gw.url("/r")).send().await.unwrap(),
+        503,
+        "credential-unavailable",
+    )
+    .await;
+    assert!(!v.to_string().contains("backend-token"), "{v}");
+
+    // Rotate via the admin API: served again, with the new version.
+    let res = client()
+        .put(gw.admin_url("/admin/secrets/backend-token"))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({ "value": format!("{SENTINEL}-2") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        seen_by_upstream(&gw).await.as_deref(),
+        Some(format!("Bearer {SENTINEL}-2").as_str())
+    );
+
+    // Nowhere else: not in the logs, not in the database files (db, WAL, SHM).
+    assert!(
+        gw.stdout
+            .wait_for(
+                &["\"action\":\"revoke\"", "\"secret_name\":\"backend-token\""],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+    let logs = format!("{}\n{}", gw.stdout.all(), gw.stderr.all());
+    assert!(
+        !logs.contains(SENTINEL),
+        "the secret reached the log:\n{logs}"
+    );
+    assert!(grep_dir(&gw.dir.path().join("state"), SENTINEL.as_bytes()).is_empty());
+}
+
+#[tokio::test]
+async fn check_refuses_references_from_consumers_the_secret_is_not_bound_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let config = format!(
+        "{}{}{}",
+        server_section(""),
+        route(
+            "a",
+            "[\"GET\"]",
+            "/a",
+            "http://127.0.0.1:9",
+            "upstream_headers = { x-token = \"{secret:shared}\" }"
+        ),
+        route(
+            "b",
+            "[\"GET\"]",
+            "/b",
+            "http://127.0.0.1:9",
+            "upstream_headers = { x-token = \"{secret:shared}\" }"
+        ),
+    );
+    std::fs::write(&cfg, config).unwrap();
+    let (code, _, err) = cli(
+        &cfg,
+        &["secret", "put", "shared", "--consumer", "route:a"],
+        Some("value"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(BIN).arg("check").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("route:b references secret \"shared\", which is not bound to it"),
+        "{err}"
+    );
+    assert!(!err.contains("route:a references"), "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_or_exposed_master_key_stops_start_up() {
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        route("a", "[\"GET\"]", "/a", "http://127.0.0.1:9", "")
+    );
+    let mut gw = Gw::start(&config);
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let key = gw.dir.path().join("state/master.key");
+    let original = std::fs::read(&key).unwrap();
+
+    // Another valid key: refused with a clear message, nothing listens.
+    std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master key does not match"), "{err}");
+
+    // The right key with mode 0644: refused too.
+    std::fs::write(&key, &original).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
