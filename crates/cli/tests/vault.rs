@@ -264,3 +264,53 @@ async fn a_wrong_or_exposed_master_key_stops_start_up() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+#[tokio::test]
+async fn master_key_rotation_from_the_cli_keeps_a_running_gateway_serving() {
+    let up = upstream::start(None).await;
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        route(
+            "r",
+            "[\"GET\"]",
+            "/r",
+            &up.url(),
+            "upstream_headers = { authorization = \"Bearer {secret:tok}\" }"
+        ),
+    );
+    let gw = Gw::start(&config);
+    let cfg = gw.config_path();
+    let (code, _, err) = cli(
+        &cfg,
+        &["secret", "put", "tok", "--consumer", "route:r"],
+        Some("rotating-value"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = gw.dir.path().join("state/master.key");
+    let before = std::fs::read(&key).unwrap();
+    // Interrupted after one key, then resumed: the gateway keeps serving throughout.
+    let (code, out, err) = cli(&cfg, &["vault", "rotate-kek", "--batch", "0"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("in progress"), "{out}");
+    assert!(gw.dir.path().join("state/master.key.next").exists());
+    let (code, out, err) = cli(&cfg, &["vault", "rotate-kek"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("master key rotated: 1 data keys rewrapped"),
+        "{out}"
+    );
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+    // The gateway drops its cache (change watch) and decrypts under the new key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ok = 0;
+    while Instant::now() < deadline && ok < 15 {
+        assert_eq!(
+            seen_by_upstream(&gw).await.as_deref(),
+            Some("Bearer rotating-value")
+        );
+        ok += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.stdout.all().contains("\"action\":\"first_use\""));
+}
