@@ -10,7 +10,11 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     // Build the data plane against a throwaway store: this proves certificates, keys and CA
     // files parse, which the schema alone cannot.
     let scratch = portcullis_store::open("sqlite::memory:", Path::new(".")).await?;
-    if let Err(e) = portcullis_proxy::Gateway::new(&loaded.config, scratch, None) {
+    if let Err(e) = portcullis_proxy::Gateway::new(
+        &loaded.config,
+        scratch,
+        portcullis_proxy::Services::none(&loaded.config),
+    ) {
         eprintln!("{}: error: {e}", path.display());
         return Ok(ExitCode::from(EXIT_CONFIG));
     }

@@ -10,7 +10,8 @@ pub(crate) async fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<E
         None => portcullis_config::zero_config(),
     };
     let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir).await?;
-    let gateway = portcullis_proxy::Gateway::new(&cfg, store, None)?;
+    let gateway =
+        portcullis_proxy::Gateway::new(&cfg, store, portcullis_proxy::Services::none(&cfg))?;
     let report = gateway.inventory_report().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -5,7 +5,8 @@ use crate::{reload, InvalidConfig};
 use anyhow::Context;
 use portcullis_admin::{serve_admin, AdminState};
 use portcullis_config::Config;
-use portcullis_proxy::Gateway;
+use portcullis_identity::ApiKeys;
+use portcullis_proxy::{Gateway, Services};
 use portcullis_telemetry::{init_logging, init_metrics, LogGuard, LogSink};
 use portcullis_vault::{LogEventSink, Vault};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -63,7 +64,13 @@ pub(crate) async fn start(
     )
     .await
     .context("opening the vault")?;
-    let gateway = Gateway::new(&cfg, store.clone(), Some(vault.clone()))?;
+    let api_keys = ApiKeys::open(store.clone(), &vault)
+        .await
+        .context("loading API keys")?;
+    let mut services = Services::none(&cfg);
+    services.vault = Some(vault.clone());
+    services.api_keys = Some(api_keys.clone());
+    let gateway = Gateway::new(&cfg, store.clone(), services)?;
     let data = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding the data-plane listener {}", cfg.server.listen))?;
@@ -99,6 +106,7 @@ pub(crate) async fn start(
     )));
     // Writes made by other processes (the CLI) reach this process's cache within a second.
     let vault_watch = vault.spawn_watch(Duration::from_secs(1));
+    let keys_watch = api_keys.spawn_watch(Duration::from_secs(1));
     let vault_report = tokio::spawn(report_vault_findings(
         vault.clone(),
         cfg.vault.expiry_warning,
@@ -115,7 +123,7 @@ pub(crate) async fn start(
         "portcullis started"
     );
     Ok(Running {
-        background: vec![vault_watch, vault_report],
+        background: vec![vault_watch, vault_report, keys_watch],
         data_addr,
         admin_addr,
         gateway,

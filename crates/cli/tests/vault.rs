@@ -289,7 +289,7 @@ async fn master_key_rotation_from_the_cli_keeps_a_running_gateway_serving() {
     assert_eq!(code, 0, "{err}");
     let key = gw.dir.path().join("state/master.key");
     let before = std::fs::read(&key).unwrap();
-    // Interrupted after one key, then resumed: the gateway keeps serving throughout.
+    // Stopped after staging the new key, then resumed: the gateway keeps serving throughout.
     let (code, out, err) = cli(&cfg, &["vault", "rotate-kek", "--batch", "0"], None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("in progress"), "{out}");
@@ -297,7 +297,7 @@ async fn master_key_rotation_from_the_cli_keeps_a_running_gateway_serving() {
     let (code, out, err) = cli(&cfg, &["vault", "rotate-kek"], None);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("master key rotated: 1 data keys rewrapped"),
+        out.contains("master key rotated: ") && out.contains("data keys rewrapped"),
         "{out}"
     );
     assert_ne!(std::fs::read(&key).unwrap(), before);

@@ -16,6 +16,10 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Where the vault's master key comes from.
     pub vault: VaultConfig,
+    /// Authentication settings shared by every route.
+    pub auth: AuthConfig,
+    /// Callers known to the gateway.
+    pub clients: Vec<Arc<ClientConfig>>,
     /// Declared routes, in file order. Shared with the data plane without copying.
     pub routes: Vec<Arc<RouteConfig>>,
 }
@@ -116,6 +120,57 @@ pub struct RouteConfig {
     pub upstream_tls: UpstreamTls,
     /// Headers added to the upstream request, typically credentials from the vault.
     pub upstream_headers: Vec<UpstreamHeader>,
+    /// Accepted ways to authenticate; empty means the route is public.
+    pub auth: Vec<AuthMethod>,
+    /// Scopes the caller must all hold (function-level authorization).
+    pub scopes: Vec<String>,
+    /// Roles of which the caller must hold at least one.
+    pub roles: Vec<String>,
+}
+
+/// A way a caller proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A Portcullis API key (`pcl_<id>_<secret>`), as a bearer token or in `X-Api-Key`.
+    ApiKey,
+}
+
+/// A caller known to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Stable id, used in keys, logs and identity headers.
+    pub id: String,
+    /// Human name.
+    pub name: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Scopes the client may hold.
+    pub scopes: Vec<String>,
+    /// Attributes for object-level rules (such as `tenant`).
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// When non-empty, the client may call only from these networks.
+    pub allow_ips: Vec<IpNet>,
+    /// A disabled client is refused at once.
+    pub enabled: bool,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Lockout after repeated authentication failures.
+    pub brute_force: BruteForceConfig,
+}
+
+/// Failures from one source IP or against one key id within `window` beyond `max_failures`
+/// lock that source out for `cooldown` (429 with Retry-After).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BruteForceConfig {
+    /// Failures allowed within the window.
+    pub max_failures: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long a source stays refused.
+    pub cooldown: Duration,
 }
 
 /// A header the gateway adds to upstream requests; its value may come from the vault.

@@ -19,6 +19,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub vault: RawVault,
     #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub clients: Vec<Spanned<RawClient>>,
+    #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
 }
 
@@ -72,6 +76,36 @@ pub(crate) struct RawVault {
     pub expiry_warning: Option<HumanDuration>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub brute_force: Option<RawBruteForce>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBruteForce {
+    pub max_failures: Option<u32>,
+    pub window: Option<HumanDuration>,
+    pub cooldown: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClient {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+    pub enabled: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
@@ -90,6 +124,11 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub preserve_host: bool,
     pub upstream_ca: Option<Spanned<PathBuf>>,
+    pub auth: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,

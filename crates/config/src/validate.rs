@@ -77,6 +77,8 @@ pub(crate) fn validate(
     let store = store(&mut c, raw.store, &server.data_dir);
     let logging = logging(&mut c, raw.logging);
     let vault = vault(&mut c, raw.vault, &server.data_dir);
+    let auth = auth(raw.auth);
+    let clients = clients(&mut c, raw.clients);
     let mut spans: HashMap<String, Range<usize>> = HashMap::new();
     for r in &raw.routes {
         let id = r.get_ref().id.get_ref();
@@ -106,6 +108,8 @@ pub(crate) fn validate(
             store,
             logging,
             vault,
+            auth,
+            clients,
             routes,
         },
         warnings: c.found,
@@ -396,6 +400,112 @@ fn vault(c: &mut Checker, raw: RawVault, data_dir: &Path) -> VaultConfig {
     }
 }
 
+fn auth(raw: RawAuth) -> AuthConfig {
+    let bf = raw.brute_force;
+    AuthConfig {
+        brute_force: BruteForceConfig {
+            max_failures: bf
+                .as_ref()
+                .and_then(|b| b.max_failures)
+                .unwrap_or(10)
+                .max(1),
+            window: bf
+                .as_ref()
+                .and_then(|b| b.window)
+                .map_or(Duration::from_secs(60), |d| d.0),
+            cooldown: bf
+                .as_ref()
+                .and_then(|b| b.cooldown)
+                .map_or(Duration::from_secs(300), |d| d.0),
+        },
+    }
+}
+
+fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfig>> {
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for rc in raw {
+        let r = rc.into_inner();
+        let id = r.id.get_ref().clone();
+        if !valid_id(&id) {
+            c.error(
+                Some(r.id.span()),
+                format!(
+                    "client id {id:?} is not valid; expected 1-64 letters, digits, '.', '_' or '-'"
+                ),
+            );
+            continue;
+        }
+        if seen.insert(id.clone(), ()).is_some() {
+            c.error(
+                Some(r.id.span()),
+                format!("client id {id:?} is declared more than once"),
+            );
+            continue;
+        }
+        let mut allow_ips = Vec::new();
+        for ip in r.allow_ips {
+            let s = ip.get_ref().trim();
+            match s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => allow_ips.push(n.trunc()),
+                Err(_) => c.error(
+                    Some(ip.span()),
+                    format!("client {id:?}: allow_ips entry {s:?} is not an IP address or CIDR"),
+                ),
+            }
+        }
+        out.push(Arc::new(ClientConfig {
+            id,
+            name: r.name,
+            roles: r.roles,
+            scopes: r.scopes,
+            attributes: r.attributes,
+            allow_ips,
+            enabled: r.enabled.unwrap_or(true),
+        }));
+    }
+    out
+}
+
+fn route_auth(
+    c: &mut Checker,
+    raw: Option<Spanned<Vec<Spanned<String>>>>,
+    scopes: &[String],
+    roles: &[String],
+    ctx: &str,
+) -> Vec<AuthMethod> {
+    let mut methods = Vec::new();
+    let span = raw.as_ref().map(|r| r.span());
+    for m in raw.map(Spanned::into_inner).unwrap_or_default() {
+        match m.get_ref().as_str() {
+            "api_key" => methods.push(AuthMethod::ApiKey),
+            "jwt" | "oauth2" | "mtls" => c.error(
+                Some(m.span()),
+                format!(
+                    "{ctx}: auth method {:?} is not available in this version yet; use \"api_key\"",
+                    m.get_ref()
+                ),
+            ),
+            other => c.error(
+                Some(m.span()),
+                format!("{ctx}: auth method {other:?} is not known; expected \"api_key\""),
+            ),
+        }
+    }
+    if methods.is_empty() && (!scopes.is_empty() || !roles.is_empty()) {
+        c.error(
+            span,
+            format!(
+                "{ctx}: scopes and roles need an authenticated caller; add auth = [\"api_key\"]"
+            ),
+        );
+    }
+    methods
+}
+
 /// Header names whose values are credentials: they may only come from the vault.
 const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
@@ -518,6 +628,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
 
     let deprecation = r.deprecated.map(|d| deprecation(c, d, &ctx));
     let headers = upstream_headers(c, r.upstream_headers, &ctx);
+    let auth = route_auth(c, r.auth, &r.scopes, &r.roles, &ctx);
 
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
@@ -578,6 +689,9 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             dangerous_skip_verify: skip_verify,
         },
         upstream_headers: headers,
+        auth,
+        scopes: r.scopes,
+        roles: r.roles,
     })
 }
 

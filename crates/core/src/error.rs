@@ -61,6 +61,22 @@ pub enum GatewayError {
     /// Too many request headers, or too many header bytes.
     #[error("request headers too large")]
     HeadersTooLarge,
+    /// No valid credential. The same answer for a missing, unknown, wrong, expired or revoked
+    /// credential, so callers cannot tell which (no key enumeration).
+    #[error("unauthenticated")]
+    Unauthorized {
+        /// True when a credential was presented (RFC 6750 `error="invalid_token"`).
+        presented: bool,
+    },
+    /// A known caller lacks the scope, role or network this request needs.
+    #[error("forbidden")]
+    Forbidden,
+    /// Too many requests, or locked out after repeated authentication failures.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The request is malformed.
     #[error("malformed request: {0:?}")]
     Malformed(MalformedKind),
@@ -96,6 +112,9 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } | Self::CredentialUnavailable(_) => {
@@ -115,6 +134,9 @@ impl GatewayError {
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
             Self::Malformed(_) => "malformed-request",
+            Self::Unauthorized { .. } => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::TooManyRequests { .. } => "too-many-requests",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::BadGateway(_) => "upstream-unavailable",
             Self::Unavailable { .. } => "unavailable",
@@ -133,6 +155,9 @@ impl GatewayError {
             Self::UriTooLong => "Request target too long",
             Self::HeadersTooLarge => "Request headers too large",
             Self::Malformed(_) => "Malformed request",
+            Self::Unauthorized { .. } => "Authentication required",
+            Self::Forbidden => "Not allowed",
+            Self::TooManyRequests { .. } => "Too many requests",
             Self::UpstreamTimeout => "Upstream did not answer in time",
             Self::BadGateway(_) => "Upstream unavailable",
             Self::Unavailable { .. } => "Service unavailable",

@@ -4,11 +4,13 @@
 mod body;
 mod context;
 mod error;
+mod identity;
 mod problem;
 mod request_id;
 
 pub use body::{client_body, empty, find_cause, full, Body, BoxError, ClientBodyError};
 pub use context::{RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
+pub use identity::{AuthKind, Identity};
 pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};
 pub use request_id::{RequestId, REQUEST_ID_HEADER};

@@ -7,10 +7,14 @@
 //! the chain for a route in one function; a new policy is one module here with its config type
 //! in `portcullis-config`, plus one line there.
 
+mod authenticate;
+mod authorize;
 mod body_limit;
 mod chain;
 mod deprecation;
 
+pub use authenticate::{Authenticate, Clients};
+pub use authorize::Authorize;
 pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
 pub use chain::{Chain, Flow, Policy, Terminal};
 pub use deprecation::Deprecation;

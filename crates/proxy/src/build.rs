@@ -1,13 +1,23 @@
 //! Assembly of a route's policy chain: the one place that decides which policies a route runs
 //! and in what order. Read top to bottom; that is the order a request meets them.
 
-use crate::forward::Forwarder;
+use crate::{forward::Forwarder, Services};
+use async_trait::async_trait;
+use http::Request;
 use portcullis_config::RouteConfig;
-use portcullis_policy::{BodyLimit, Chain, Deprecation, Policy};
+use portcullis_core::{Body, GatewayError};
+use portcullis_policy::{
+    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, Policy,
+};
 use std::sync::Arc;
 
 /// Builds the chain for `route` in front of its upstream forwarder.
-pub(crate) fn route_chain(route: &RouteConfig, upstream: Forwarder) -> Chain {
+pub(crate) fn route_chain(
+    route: &RouteConfig,
+    upstream: Forwarder,
+    services: &Services,
+    clients: &Clients,
+) -> Chain {
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
 
     // 1. Retired or retiring: 410 Gone from the sunset on; Deprecation, Sunset and Link
@@ -16,12 +26,48 @@ pub(crate) fn route_chain(route: &RouteConfig, upstream: Forwarder) -> Chain {
         steps.push(Arc::new(Deprecation::new(d)));
     }
 
-    // 2. Request size: a declared Content-Length over the limit is refused before reading; a
+    // 2. Who is calling: an API key, verified from memory; 401 otherwise, 429 for a source
+    //    locked out after repeated failures. Without the key service (never in `serve`), the
+    //    route refuses everyone rather than letting anyone through.
+    if !route.auth.is_empty() {
+        match &services.api_keys {
+            Some(keys) => steps.push(Arc::new(Authenticate::new(
+                keys.clone(),
+                clients.clone(),
+                services.brute_force.clone(),
+                &route.id,
+            ))),
+            None => steps.push(Arc::new(Refuse)),
+        }
+        // 3. What the caller may do here: required scopes and roles (403).
+        if !route.scopes.is_empty() || !route.roles.is_empty() {
+            steps.push(Arc::new(Authorize::new(
+                route.scopes.clone(),
+                route.roles.clone(),
+            )));
+        }
+    }
+
+    // 4. Request size: a declared Content-Length over the limit is refused before reading; a
     //    streamed body is cut off the moment it passes the limit.
     steps.push(Arc::new(BodyLimit::new(route.max_body)));
 
-    // Identity, authorization, rate limits and validation slot in here, in that order, as
-    // later capabilities land: cheap refusals first, body-reading policies last.
+    // Rate limits and validation slot in here as they land: cheap refusals first,
+    // body-reading policies last.
 
     Chain::new(steps, Arc::new(upstream))
+}
+
+/// Stands in for authentication when the gateway has no key service: refuses everything.
+struct Refuse;
+
+#[async_trait]
+impl Policy for Refuse {
+    fn name(&self) -> &'static str {
+        "authenticate"
+    }
+
+    async fn on_request(&self, _req: Request<Body>) -> Result<Flow, GatewayError> {
+        Err(GatewayError::Unauthorized { presented: false })
+    }
 }

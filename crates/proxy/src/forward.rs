@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream, UpstreamHeader};
 use portcullis_core::{
-    find_cause, Body, BoxError, ClientBodyError, GatewayError, MalformedKind, RequestContext,
-    RouteMatch, REQUEST_ID_HEADER,
+    find_cause, Body, BoxError, ClientBodyError, GatewayError, Identity, MalformedKind,
+    RequestContext, RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_policy::{BodyTooLarge, Terminal};
 use portcullis_vault::{Vault, VaultError};
@@ -169,6 +169,7 @@ impl Terminal for Forwarder {
             .cloned()
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
         let uri = self.upstream_uri(req.uri(), req.extensions().get::<RouteMatch>())?;
+        let req_identity = req.extensions().get::<Identity>().cloned();
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -185,6 +186,7 @@ impl Terminal for Forwarder {
             &self.trusted_proxies,
         );
         headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
+        set_identity(headers, req_identity.as_ref());
         self.inject_headers(headers).await?;
         headers.remove(header::HOST);
         if self.preserve_host {
@@ -234,6 +236,26 @@ impl Terminal for Forwarder {
             Deadline::new(body, deadline, self.timeouts.read).boxed_unsync()
         };
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Identity headers: whatever `X-Portcullis-*` a client sent is dropped, and the verified
+/// identity (when the route authenticated the caller) is set, so the upstream can trust them.
+fn set_identity(h: &mut http::HeaderMap, id: Option<&Identity>) {
+    let spoofed: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-portcullis-"))
+        .cloned()
+        .collect();
+    for n in spoofed {
+        h.remove(n);
+    }
+    let Some(id) = id else { return };
+    if let Ok(v) = HeaderValue::from_str(&id.client_id) {
+        h.insert("x-portcullis-client", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id.scopes.join(" ")) {
+        h.insert("x-portcullis-scopes", v);
     }
 }
 

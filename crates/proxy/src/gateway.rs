@@ -19,6 +19,8 @@ use portcullis_config::{Config, ServerConfig};
 use portcullis_core::{
     problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER,
 };
+use portcullis_identity::{ApiKeys, BruteForce};
+use portcullis_policy::Clients;
 use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
 use portcullis_vault::Vault;
@@ -70,9 +72,33 @@ struct Generation {
 }
 
 /// The gateway's shared state.
+/// Process-wide services the data plane uses; built once at start.
+#[derive(Clone)]
+pub struct Services {
+    /// The secrets vault.
+    pub vault: Option<Arc<Vault>>,
+    /// API key verification.
+    pub api_keys: Option<Arc<ApiKeys>>,
+    /// Authentication-failure lockout.
+    pub brute_force: Arc<BruteForce>,
+}
+
+impl Services {
+    /// No vault and no keys: routes that need them fail closed. For `check` and `inventory`.
+    pub fn none(cfg: &Config) -> Self {
+        let bf = cfg.auth.brute_force;
+        Services {
+            vault: None,
+            api_keys: None,
+            brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
+        }
+    }
+}
+
+/// The gateway's shared state.
 pub struct Gateway {
     current: ArcSwap<Generation>,
-    vault: Option<Arc<Vault>>,
+    services: Services,
     clients: ClientCache,
     inventory: Arc<Inventory>,
     draining: AtomicBool,
@@ -84,13 +110,13 @@ impl Gateway {
     pub fn new(
         cfg: &Config,
         store: Arc<dyn Store>,
-        vault: Option<Arc<Vault>>,
+        services: Services,
     ) -> Result<Arc<Self>, BuildError> {
         let clients = ClientCache::default();
-        let generation = build_generation(cfg, &clients, None, vault.as_ref())?;
+        let generation = build_generation(cfg, &clients, None, &services)?;
         Ok(Arc::new(Gateway {
             current: ArcSwap::from_pointee(generation),
-            vault,
+            services,
             clients,
             inventory: Arc::new(Inventory::new(store)),
             draining: AtomicBool::new(false),
@@ -116,15 +142,19 @@ impl Gateway {
         if o.data_dir != n.data_dir || old.config.store != cfg.store {
             notes.push("data directory or store changed: takes effect after a restart".to_string());
         }
-        let generation =
-            build_generation(cfg, &self.clients, old.tls.clone(), self.vault.as_ref())?;
+        let generation = build_generation(cfg, &self.clients, old.tls.clone(), &self.services)?;
         self.current.store(Arc::new(generation));
         Ok(notes)
     }
 
     /// The vault, when the gateway has one.
     pub fn vault(&self) -> Option<&Arc<Vault>> {
-        self.vault.as_ref()
+        self.services.vault.as_ref()
+    }
+
+    /// The API key service, when the gateway has one.
+    pub fn api_keys(&self) -> Option<&Arc<ApiKeys>> {
+        self.services.api_keys.as_ref()
     }
 
     /// The running configuration.
@@ -285,9 +315,15 @@ fn build_generation(
     cfg: &Config,
     clients: &ClientCache,
     previous_tls: Option<Arc<rustls::ServerConfig>>,
-    vault: Option<&Arc<Vault>>,
+    services: &Services,
 ) -> Result<Generation, BuildError> {
     let trusted: Arc<[IpNet]> = cfg.server.trusted_proxies.clone().into();
+    let known: Clients = Arc::new(
+        cfg.clients
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect(),
+    );
     let mut routes = RouteTable::default();
     for route in &cfg.routes {
         let client = clients
@@ -296,12 +332,12 @@ fn build_generation(
                 id: route.id.clone(),
                 reason: e.to_string(),
             })?;
-        let forwarder = Forwarder::new(route, client, trusted.clone(), vault.cloned());
+        let forwarder = Forwarder::new(route, client, trusted.clone(), services.vault.clone());
         routes
             .insert(CompiledRoute {
                 id: Arc::from(route.id.as_str()),
                 config: route.clone(),
-                chain: route_chain(route, forwarder),
+                chain: route_chain(route, forwarder, services, &known),
             })
             .map_err(|reason| BuildError::Route {
                 id: route.id.clone(),

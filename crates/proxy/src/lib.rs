@@ -16,7 +16,7 @@ mod router;
 mod server;
 mod tls;
 
-pub use gateway::{BuildError, Gateway};
+pub use gateway::{BuildError, Gateway, Services};
 pub use headers::client_ip;
 pub use inventory::{path_shape, DeclaredRoute, Inventory, InventoryReport};
 pub use router::check_path;

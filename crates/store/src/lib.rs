@@ -6,6 +6,7 @@
 //! issues add theirs beside the inventory ones.
 
 mod fsperm;
+mod keys;
 mod sqlite;
 mod sqlite_vault;
 mod vault;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use std::{path::Path, sync::Arc};
 
 pub use fsperm::{create_private_dir, create_private_file};
+pub use keys::{ApiKeyRecord, ApiKeyStore};
 pub use sqlite::SqliteStore;
 pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
 
@@ -69,6 +71,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The secrets vault's tables.
     fn vault(&self) -> &dyn VaultStore;
+
+    /// API keys.
+    fn keys(&self) -> &dyn ApiKeyStore;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created

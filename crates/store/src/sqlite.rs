@@ -101,6 +101,10 @@ impl Store for SqliteStore {
     fn vault(&self) -> &dyn crate::VaultStore {
         self
     }
+
+    fn keys(&self) -> &dyn crate::ApiKeyStore {
+        self
+    }
 }
 
 #[cfg(test)]

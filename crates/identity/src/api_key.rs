@@ -1,0 +1,340 @@
+//! API keys.
+
+use arc_swap::ArcSwap;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use hmac::{Hmac, Mac};
+use portcullis_store::{ApiKeyRecord, Store, StoreError};
+use portcullis_vault::{PutOptions, Vault, VaultError};
+use serde::Serialize;
+use sha2::Sha256;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Every Portcullis key starts with this, so secret scanners can recognise a leaked one.
+pub const KEY_PREFIX: &str = "pcl_";
+const PEPPER_SECRET: &str = "portcullis.api-key-pepper";
+const PEPPER_CONSUMER: &str = "gateway:api-keys";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// API key errors. Verification failures are deliberately coarse: callers get one answer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not a key, unknown id, wrong secret, expired or revoked.
+    #[error("invalid API key")]
+    Invalid,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The vault failed (the pepper).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Request(String),
+}
+
+/// A key just issued: the only time its full value exists outside the caller.
+pub struct IssuedKey {
+    /// The key id.
+    pub key_id: String,
+    /// The full key, `pcl_<id>_<secret>`.
+    pub key: Zeroizing<String>,
+}
+
+/// A verified key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The key id.
+    pub key_id: Arc<str>,
+    /// The owning client.
+    pub client_id: Arc<str>,
+}
+
+/// Key metadata for listings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key id.
+    pub key_id: String,
+    /// Client.
+    pub client_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Unix seconds.
+    pub last_used_at: Option<i64>,
+}
+
+struct Entry {
+    client_id: Arc<str>,
+    key_id: Arc<str>,
+    hash: Vec<u8>,
+    expires_at: Option<i64>,
+    revoked: bool,
+}
+
+/// Splits `pcl_<id>_<secret>`. The id is hex; the secret may contain `_`.
+pub fn parse_key(presented: &str) -> Option<(&str, &str)> {
+    let rest = presented.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let id_ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let secret_ok = (32..=128).contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (id_ok && secret_ok).then_some((id, secret))
+}
+
+/// The API key service. Verification is synchronous and served from memory: every key is
+/// cached (ids, owners, hashes), so an unknown id never costs a database query.
+pub struct ApiKeys {
+    store: Arc<dyn Store>,
+    pepper: Zeroizing<Vec<u8>>,
+    cache: ArcSwap<HashMap<String, Arc<Entry>>>,
+    epoch: AtomicI64,
+    touched: Mutex<HashMap<Arc<str>, i64>>,
+}
+
+impl ApiKeys {
+    /// Loads every key and the pepper (created in the vault on first use).
+    pub async fn open(store: Arc<dyn Store>, vault: &Vault) -> Result<Arc<ApiKeys>, KeyError> {
+        let pepper = match vault.resolve(PEPPER_SECRET, PEPPER_CONSUMER).await {
+            Ok(v) => Zeroizing::new(v.expose().to_vec()),
+            Err(VaultError::NotFound(_)) => {
+                let opts = PutOptions {
+                    consumers: Some(vec![PEPPER_CONSUMER.into()]),
+                    actor: "gateway".into(),
+                    ..Default::default()
+                };
+                vault.generate(PEPPER_SECRET, "random", &opts).await?;
+                Zeroizing::new(
+                    vault
+                        .resolve(PEPPER_SECRET, PEPPER_CONSUMER)
+                        .await?
+                        .expose()
+                        .to_vec(),
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys = Arc::new(ApiKeys {
+            store,
+            pepper,
+            cache: ArcSwap::from_pointee(HashMap::new()),
+            epoch: AtomicI64::new(0),
+            touched: Mutex::new(HashMap::new()),
+        });
+        keys.reload().await?;
+        Ok(keys)
+    }
+
+    fn hash(&self, key_id: &str, secret: &str) -> Vec<u8> {
+        match <Hmac<Sha256> as Mac>::new_from_slice(&self.pepper) {
+            Ok(mut m) => {
+                m.update(key_id.as_bytes());
+                m.update(b":");
+                m.update(secret.as_bytes());
+                m.finalize().into_bytes().to_vec()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Re-reads every key from the store.
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let epoch = self.store.keys().keys_epoch().await?;
+        let map = self
+            .store
+            .keys()
+            .all_keys()
+            .await?
+            .into_iter()
+            .map(|k| {
+                let e = Entry {
+                    client_id: Arc::from(k.client_id.as_str()),
+                    key_id: Arc::from(k.key_id.as_str()),
+                    hash: k.hash,
+                    expires_at: k.expires_at,
+                    revoked: k.revoked_at.is_some(),
+                };
+                (k.key_id, Arc::new(e))
+            })
+            .collect();
+        self.cache.store(Arc::new(map));
+        self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reloads when another process changed the keys.
+    pub async fn refresh_if_changed(&self) -> Result<bool, KeyError> {
+        if self.store.keys().keys_epoch().await? != self.epoch.load(Ordering::SeqCst) {
+            self.reload().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Polls for changes from other processes and writes last-used times.
+    pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let keys = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(k) = keys.upgrade() else { break };
+                if let Err(e) = k.refresh_if_changed().await {
+                    tracing::warn!(error = %e, "API key change watch failed");
+                }
+                let touched: Vec<(Arc<str>, i64)> = match k.touched.lock() {
+                    Ok(mut m) => m.drain().collect(),
+                    Err(_) => Vec::new(),
+                };
+                for (id, at) in touched {
+                    let _ = k.store.keys().touch_key(&id, at).await;
+                }
+            }
+        })
+    }
+
+    /// Verifies a presented key. Every failure is the same `KeyError::Invalid`; the hash
+    /// comparison is constant-time.
+    pub fn verify(&self, presented: &str) -> Result<Verified, KeyError> {
+        let (id, secret) = parse_key(presented).ok_or(KeyError::Invalid)?;
+        let cache = self.cache.load();
+        let Some(entry) = cache.get(id) else {
+            // Spend the same work as a known id, so timing does not reveal which ids exist.
+            let _ = self.hash(id, secret);
+            return Err(KeyError::Invalid);
+        };
+        let computed = self.hash(id, secret);
+        let matches = bool::from(computed.ct_eq(&entry.hash));
+        let t = now();
+        if !matches || entry.revoked || entry.expires_at.is_some_and(|e| e <= t) {
+            return Err(KeyError::Invalid);
+        }
+        if let Ok(mut m) = self.touched.lock() {
+            m.insert(entry.key_id.clone(), t);
+        }
+        Ok(Verified {
+            key_id: entry.key_id.clone(),
+            client_id: entry.client_id.clone(),
+        })
+    }
+
+    /// The key id part of a presented key, when it is well-formed (for lockout accounting).
+    pub fn key_id_of(presented: &str) -> Option<&str> {
+        parse_key(presented).map(|(id, _)| id)
+    }
+
+    /// Issues a key for `client_id`. The full key is returned once and never stored.
+    pub async fn issue(
+        &self,
+        client_id: &str,
+        expires_in: Option<Duration>,
+    ) -> Result<IssuedKey, KeyError> {
+        if client_id.is_empty() {
+            return Err(KeyError::Request("a client id is required".into()));
+        }
+        let mut id_bytes = [0u8; 8];
+        let mut secret_bytes = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut id_bytes)
+            .map_err(|e| KeyError::Request(format!("no randomness: {e}")))?;
+        getrandom::getrandom(secret_bytes.as_mut())
+            .map_err(|e| KeyError::Request(format!("no randomness: {e}")))?;
+        let key_id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = Zeroizing::new(URL_SAFE_NO_PAD.encode(secret_bytes.as_ref()));
+        let t = now();
+        let record = ApiKeyRecord {
+            key_id: key_id.clone(),
+            client_id: client_id.to_string(),
+            hash: self.hash(&key_id, &secret),
+            created_at: t,
+            expires_at: expires_in
+                .map(|d| t.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.keys().insert_key(&record).await?;
+        self.reload().await?;
+        tracing::info!(target: "portcullis::audit", action = "api_key_issued", client = client_id, key_id = %key_id, "API key issued");
+        Ok(IssuedKey {
+            key: Zeroizing::new(format!("{KEY_PREFIX}{key_id}_{}", secret.as_str())),
+            key_id,
+        })
+    }
+
+    /// Revokes a key; effective for this process at once, for others within a watch interval.
+    pub async fn revoke(&self, key_id: &str) -> Result<(), KeyError> {
+        if !self.store.keys().revoke_key(key_id, now()).await? {
+            return Err(KeyError::Request(format!("no active key {key_id:?}")));
+        }
+        self.reload().await?;
+        tracing::info!(target: "portcullis::audit", action = "api_key_revoked", key_id, "API key revoked");
+        Ok(())
+    }
+
+    /// Keys of one client (or all), without hashes.
+    pub async fn list(&self, client_id: Option<&str>) -> Result<Vec<KeyInfo>, KeyError> {
+        Ok(self
+            .store
+            .keys()
+            .all_keys()
+            .await?
+            .into_iter()
+            .filter(|k| client_id.is_none_or(|c| c == k.client_id))
+            .map(|k| KeyInfo {
+                key_id: k.key_id,
+                client_id: k.client_id,
+                created_at: k.created_at,
+                expires_at: k.expires_at,
+                revoked_at: k.revoked_at,
+                last_used_at: k.last_used_at,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn key_format_is_strict() {
+        let secret = "A".repeat(43);
+        assert!(parse_key(&format!("pcl_0123456789abcdef_{secret}")).is_some());
+        assert!(parse_key(&format!("pcl_0123456789abcdef_ab_cd-{secret}")).is_some());
+        for bad in [
+            "",
+            "pcl_",
+            "pcl_zz_secret",
+            &format!("xyz_0123456789abcdef_{secret}"),
+            &format!("pcl_0123456789abcde_{secret}"),
+            "pcl_0123456789abcdef_short",
+        ] {
+            assert!(parse_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(s in any::<String>()) {
+            let _ = parse_key(&s);
+        }
+    }
+}

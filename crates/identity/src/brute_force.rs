@@ -1,0 +1,151 @@
+//! Brute-force lockout: authentication failures are counted per source IP and per key id in a
+//! fixed window; past the threshold the source is refused for a cool-down period. Memory is
+//! bounded: at most `MAX_TRACKED` sources of each kind are tracked.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
+    locked_until: Option<Instant>,
+}
+
+struct Tracker<K> {
+    map: Mutex<HashMap<K, Window>>,
+}
+
+impl<K: Hash + Eq + Clone> Tracker<K> {
+    fn new() -> Self {
+        Tracker {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn locked(&self, k: &K, now: Instant) -> Option<Duration> {
+        let map = self.map.lock().ok()?;
+        map.get(k)
+            .and_then(|w| w.locked_until)
+            .filter(|u| *u > now)
+            .map(|u| u - now)
+    }
+
+    fn fail(&self, k: &K, now: Instant, max: u32, window: Duration, cooldown: Duration) -> bool {
+        let Ok(mut map) = self.map.lock() else {
+            return false;
+        };
+        if map.len() >= MAX_TRACKED && !map.contains_key(k) {
+            map.retain(|_, w| {
+                w.locked_until.is_some_and(|u| u > now) || now.duration_since(w.started) < window
+            });
+            if map.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let w = map.entry(k.clone()).or_insert(Window {
+            started: now,
+            failures: 0,
+            locked_until: None,
+        });
+        if now.duration_since(w.started) >= window {
+            *w = Window {
+                started: now,
+                failures: 0,
+                locked_until: None,
+            };
+        }
+        w.failures += 1;
+        if w.failures > max {
+            w.locked_until = Some(now + cooldown);
+            return true;
+        }
+        false
+    }
+}
+
+/// Tracks authentication failures and refuses locked-out sources.
+pub struct BruteForce {
+    max_failures: u32,
+    window: Duration,
+    cooldown: Duration,
+    ips: Tracker<IpAddr>,
+    keys: Tracker<String>,
+}
+
+impl BruteForce {
+    /// `max_failures` within `window` lock a source for `cooldown`.
+    pub fn new(max_failures: u32, window: Duration, cooldown: Duration) -> Self {
+        BruteForce {
+            max_failures,
+            window,
+            cooldown,
+            ips: Tracker::new(),
+            keys: Tracker::new(),
+        }
+    }
+
+    /// How long the source must still wait, if it is locked out.
+    pub fn locked(&self, ip: IpAddr, key_id: Option<&str>) -> Option<Duration> {
+        let now = Instant::now();
+        let by_ip = self.ips.locked(&ip, now);
+        let by_key = key_id.and_then(|k| self.keys.locked(&k.to_string(), now));
+        by_ip.max(by_key)
+    }
+
+    /// Counts a failure; true when it just caused a lockout.
+    pub fn fail(&self, ip: IpAddr, key_id: Option<&str>) -> bool {
+        let now = Instant::now();
+        let a = self
+            .ips
+            .fail(&ip, now, self.max_failures, self.window, self.cooldown);
+        let b = key_id.is_some_and(|k| {
+            self.keys.fail(
+                &k.to_string(),
+                now,
+                self.max_failures,
+                self.window,
+                self.cooldown,
+            )
+        });
+        a || b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_after_the_threshold_then_unlocks() {
+        let bf = BruteForce::new(3, Duration::from_secs(60), Duration::from_millis(50));
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        for _ in 0..3 {
+            assert!(!bf.fail(ip, None));
+        }
+        assert!(bf.locked(ip, None).is_none());
+        assert!(bf.fail(ip, None));
+        assert!(bf.locked(ip, None).is_some());
+        assert!(bf.locked(IpAddr::from([192, 0, 2, 2]), None).is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(bf.locked(ip, None).is_none());
+    }
+
+    #[test]
+    fn key_ids_are_tracked_across_addresses() {
+        let bf = BruteForce::new(2, Duration::from_secs(60), Duration::from_secs(60));
+        for i in 0..3u8 {
+            bf.fail(IpAddr::from([198, 51, 100, i]), Some("abcd"));
+        }
+        assert!(bf
+            .locked(IpAddr::from([203, 0, 113, 9]), Some("abcd"))
+            .is_some());
+    }
+}

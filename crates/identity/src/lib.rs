@@ -1,0 +1,9 @@
+//! Inbound identity: who is calling. API keys in the recognisable `pcl_<id>_<secret>` format,
+//! stored only as an HMAC-SHA256 under a pepper from the vault and verified from memory in
+//! constant time; and the brute-force guard that locks out sources of repeated failures.
+
+mod api_key;
+mod brute_force;
+
+pub use api_key::{parse_key, ApiKeys, IssuedKey, KeyError, KeyInfo, Verified, KEY_PREFIX};
+pub use brute_force::BruteForce;

@@ -1,0 +1,113 @@
+//! Persistence for API keys: ids, owners, lifetimes and a keyed hash; never the key.
+
+use crate::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use sqlx::Row;
+
+/// A stored API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public key id (the middle part of `pcl_<id>_<secret>`).
+    pub key_id: String,
+    /// Owning client.
+    pub client_id: String,
+    /// HMAC-SHA256 of the secret part under the pepper.
+    pub hash: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Unix seconds, updated at most about once a minute.
+    pub last_used_at: Option<i64>,
+}
+
+/// API key storage operations.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Adds a key.
+    async fn insert_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Every key (the gateway caches them all; unknown ids never reach the database).
+    async fn all_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks a key revoked; true if it existed and was not already revoked.
+    async fn revoke_key(&self, key_id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Records use.
+    async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError>;
+    /// The change counter for keys.
+    async fn keys_epoch(&self) -> Result<i64, StoreError>;
+}
+
+async fn bump(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = 'api_keys'")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn insert_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_keys (key_id, client_id, hash, created_at, expires_at, revoked_at, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .bind(&k.key_id)
+            .bind(&k.client_id)
+            .bind(&k.hash)
+            .bind(k.created_at)
+            .bind(k.expires_at)
+            .bind(k.revoked_at)
+            .bind(k.last_used_at)
+            .execute(&self.pool)
+            .await?;
+        bump(&self.pool).await
+    }
+
+    async fn all_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query("SELECT key_id, client_id, hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys ORDER BY client_id, created_at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyRecord {
+                    key_id: r.try_get("key_id")?,
+                    client_id: r.try_get("client_id")?,
+                    hash: r.try_get("hash")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_key(&self, key_id: &str, at: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        bump(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ?2 WHERE key_id = ?1")
+            .bind(key_id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn keys_epoch(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT epoch FROM change_counters WHERE name = 'api_keys'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("epoch")?,
+        )
+    }
+}
