@@ -1,4 +1,5 @@
-//! `/admin/secrets`: the vault over the admin API, mirroring `portcullis secret`. Every call
+//! `/admin/secrets` and the API-key endpoints: the vault and keys over the admin API,
+//! mirroring `portcullis secret` and `portcullis client key`. Every call
 //! needs the admin token (`Authorization: Bearer <token>`, the token is in
 //! `<data_dir>/admin.token`, mode 0600). No response ever carries a secret value, except the
 //! one-time output of `generate` for types that must be shared with a sender.
@@ -28,6 +29,11 @@ pub(crate) fn routes() -> Router<AdminState> {
             "/admin/secrets/{name}/versions/{version}/revoke",
             post(revoke),
         )
+        .route(
+            "/admin/clients/{client}/keys",
+            get(list_keys).post(issue_key),
+        )
+        .route("/admin/keys/{key_id}/revoke", post(revoke_key))
 }
 
 fn problem(status: StatusCode, slug: &str, title: &str, detail: Option<String>) -> Response {
@@ -275,5 +281,71 @@ async fn destroy(
     authorize(&s, &headers)?
         .destroy(&name, q.version, "admin")
         .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn keys_of(s: &AdminState) -> Result<&Arc<portcullis_identity::ApiKeys>, AdminError> {
+    s.gateway.api_keys().ok_or(AdminError::NoVault)
+}
+
+fn key_error(e: portcullis_identity::KeyError) -> AdminError {
+    match e {
+        portcullis_identity::KeyError::Request(m) => AdminError::BadRequest(m),
+        portcullis_identity::KeyError::Vault(v) => AdminError::Vault(v),
+        other => AdminError::Vault(VaultError::Invalid(other.to_string())),
+    }
+}
+
+async fn list_keys(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(client): Path<String>,
+) -> Answer {
+    authorize(&s, &headers)?;
+    Ok(Json(keys_of(&s)?.list(Some(&client)).await.map_err(key_error)?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    expires: Option<String>,
+}
+
+async fn issue_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(client): Path<String>,
+    body: Option<Json<IssueBody>>,
+) -> Answer {
+    authorize(&s, &headers)?;
+    if !s.gateway.config().clients.iter().any(|c| c.id == client) {
+        return Err(AdminError::BadRequest(format!(
+            "client {client:?} is not declared"
+        )));
+    }
+    let expires = duration(&body.map(|b| b.0).unwrap_or_default().expires)?;
+    let issued = keys_of(&s)?
+        .issue(&client, expires)
+        .await
+        .map_err(key_error)?;
+    let mut res = (
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "key_id": issued.key_id, "key_once": issued.key.as_str() })),
+    )
+        .into_response();
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
+}
+
+async fn revoke_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(key_id): Path<String>,
+) -> Answer {
+    authorize(&s, &headers)?;
+    keys_of(&s)?.revoke(&key_id).await.map_err(key_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

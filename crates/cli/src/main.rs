@@ -2,6 +2,7 @@
 //! library crates; errors become `anyhow` only here, at the edge.
 
 mod check;
+mod clients;
 mod demo;
 mod inventory;
 mod reload;
@@ -69,6 +70,14 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretCommand,
     },
+    /// Manage clients' API keys.
+    Client {
+        /// The configuration file (TOML); the defaults when omitted.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: clients::ClientCommand,
+    },
     /// Vault maintenance (master key rotation).
     Vault {
         /// The configuration file (TOML); the defaults when omitted.
@@ -119,6 +128,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Inventory { config, json } => inventory::run(config, json).await,
             Command::Secret { config, command } => secrets::run_secret(config, command).await,
+            Command::Client { config, command } => clients::run(config, command).await,
             Command::Vault { config, command } => secrets::run_vault(config, command).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));

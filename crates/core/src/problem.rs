@@ -72,8 +72,20 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         }
         GatewayError::Unavailable {
             retry_after: Some(d),
-        } => {
+        }
+        | GatewayError::TooManyRequests { retry_after: d } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+        }
+        GatewayError::Unauthorized { presented } => {
+            let challenge = if *presented {
+                "Bearer realm=\"portcullis\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"portcullis\""
+            };
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         _ => {}
     }
