@@ -68,25 +68,42 @@ NGINX
 "$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 wait_port $NGINX_PORT
 
-# (c) Portcullis: one route, access log on (to a file, like nginx).
+# (c) Portcullis: a route with no policies, access log on (to a file, like nginx); and
+# (d) the same upstream behind API-key authentication and one required scope.
 cat >"$OUT/portcullis.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PCL_PORT"
 admin_listen = "127.0.0.1:$PCL_ADMIN"
 data_dir = "pcl-data"
+[[clients]]
+id = "bench-client"
+scopes = ["bench:read"]
+[[routes]]
+id = "bench-auth"
+methods = ["GET"]
+path = "/auth/{*rest}"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["api_key"]
+scopes = ["bench:read"]
 [[routes]]
 id = "bench"
 methods = ["GET"]
 path = "/{*rest}"
 upstream = "http://127.0.0.1:$UP_PORT"
 TOML
+KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
 "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/portcullis-access.log" 2>&1 & pids+=($!)
 wait_port $PCL_PORT
 
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
-run() { # name port round
+run() { # name port round [path] [header]
   local f="$OUT/$1-$3.txt"
-  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench/item" >"$f"
+  local path=${4:-/bench/item}
+  if [ -n "${5:-}" ]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "$5" "http://127.0.0.1:$2$path" >"$f"
+  else
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2$path" >"$f"
+  fi
   local rps p50 p99
   rps=$(awk '/^Requests\/sec/ {print $2}' "$f")
   p50=$(awk '$1=="50%" {print $2}' "$f" | to_ms)
@@ -100,17 +117,20 @@ for r in $(seq 1 "$ROUNDS"); do
   run direct $UP_PORT "$r"
   run nginx $NGINX_PORT "$r"
   run portcullis $PCL_PORT "$r"
+  run portcullis-apikey $PCL_PORT "$r" /auth/bench/item "Authorization: Bearer $KEY"
 done
+grep -q "Non-2xx" "$OUT"/portcullis-apikey-*.txt && { echo "bench: the API-key route answered non-2xx; see $OUT" >&2; exit 1; }
 
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median per target; machine: $(nproc) cores, $(uname -r)"
 awk '
   { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
   function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
   END {
-    printf "%-11s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
-    split("direct nginx portcullis", order, " ")
-    for (k=1;k<=3;k++) { t=order[k]; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-11s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
+    printf "%-18s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
+    split("direct nginx portcullis portcullis-apikey", order, " ")
+    for (k=1;k<=4;k++) { t=order[k]; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-18s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
     printf "\nportcullis/nginx throughput: %.2fx (target >= 0.90x)\n", R["portcullis"]/R["nginx"]
     printf "portcullis p99 - nginx p99:  %+.3f ms (target <= +1.000 ms)\n", P9["portcullis"]-P9["nginx"]
     printf "portcullis/direct throughput: %.2fx\n", R["portcullis"]/R["direct"]
+    printf "api-key route / no-policy route throughput: %.2fx (target >= 0.90x)\n", R["portcullis-apikey"]/R["portcullis"]
   }' "$OUT/results.txt" | tee "$OUT/summary.txt"

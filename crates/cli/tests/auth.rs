@@ -317,3 +317,154 @@ async fn repeated_failures_lock_the_source_out() {
         gw.stdout.all()
     );
 }
+
+#[tokio::test]
+async fn object_and_property_rules_protect_other_tenants_data() {
+    let up = upstream::start(None).await;
+    let u = up.url();
+    let extra_clients = "[[clients]]\nid = \"auditor\"\nroles = [\"auditor\"]\nscopes = [\"orders:read\"]\nattributes = { tenant = \"acme\" }\n";
+    let rules = "auth = [\"api_key\"]\nmatch = { \"path.tenant\" = \"client.tenant\" }\nresponse_fields = { default = { deny = [\"headers\", \"query\"] }, auditor = { allow = [\"path\"] } }";
+    let cfg = format!(
+        "{}{CLIENTS}{extra_clients}{}{}{}",
+        server_section(""),
+        route("tenant-orders", "[\"GET\"]", "/tenants/{tenant}/orders/{id}", &u, rules),
+        route("by-query", "[\"GET\"]", "/search", &u, "auth = [\"api_key\"]\nmatch = { \"query.tenant\" = \"client.tenant\" }"),
+        route("create", "[\"POST\"]", "/orders", &u, "auth = [\"api_key\"]\nmatch = { \"body.customer.tenant\" = \"client.tenant\" }\nrequest_deny_fields = [\"role\", \"account.is_admin\"]"),
+    );
+    let gw = Gw::start(&cfg);
+    let key = issue_admin(&gw, "billing").await;
+    let auditor = issue_admin(&gw, "auditor").await;
+    let c = client();
+
+    // Own tenant: allowed, and the response is filtered for the caller's role.
+    let res = c
+        .get(gw.url("/tenants/acme/orders/1?x=1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["path"], "/tenants/acme/orders/1");
+    assert!(
+        v.get("headers").is_none() && v.get("query").is_none(),
+        "{v}"
+    );
+    assert!(v.get("method").is_some());
+    let v: serde_json::Value = c
+        .get(gw.url("/tenants/acme/orders/1"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!({ "path": "/tenants/acme/orders/1" }));
+
+    // Another tenant's objects, by path, query or body: refused before the upstream sees them.
+    assert_problem(
+        c.get(gw.url("/tenants/globex/orders/1"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        c.get(gw.url("/search?tenant=acme"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_problem(
+        c.get(gw.url("/search?tenant=globex"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        c.get(gw.url("/search"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    let own = serde_json::json!({ "customer": { "tenant": "acme" }, "sku": "A1" });
+    let res = c
+        .post(gw.url("/orders"))
+        .bearer_auth(&key)
+        .json(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(echoed["body_len"], own.to_string().len());
+    let other = serde_json::json!({ "customer": { "tenant": "globex" } });
+    assert_problem(
+        c.post(gw.url("/orders"))
+            .bearer_auth(&key)
+            .json(&other)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+
+    // Mass assignment: fields the caller may not set, at any depth.
+    for body in [
+        serde_json::json!({ "customer": { "tenant": "acme" }, "role": "admin" }),
+        serde_json::json!({ "customer": { "tenant": "acme" }, "account": { "is_admin": true } }),
+    ] {
+        assert_problem(
+            c.post(gw.url("/orders"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+    // A deeply nested body is refused cleanly, without a stack overflow.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let res = c
+        .post(gw.url("/orders"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status() == 400 || res.status() == 413,
+        "{}",
+        res.status()
+    );
+    assert_eq!(
+        c.get(gw.url("/search?tenant=acme"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

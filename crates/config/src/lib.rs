@@ -14,9 +14,9 @@ mod validate;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};
 pub use model::{
-    AuthConfig, AuthMethod, BruteForceConfig, ClientConfig, Config, Deprecation, LogFormat,
-    LoggingConfig, RouteConfig, ServerConfig, StoreConfig, Timeouts, TlsFiles, Upstream,
-    UpstreamHeader, UpstreamTls, VaultConfig, VaultKeyProvider,
+    AuthConfig, AuthMethod, BruteForceConfig, ClientConfig, Config, Deprecation, FieldFilter,
+    LogFormat, LoggingConfig, ObjectRule, ObjectSource, RouteConfig, ServerConfig, StoreConfig,
+    Timeouts, TlsFiles, Upstream, UpstreamHeader, UpstreamTls, VaultConfig, VaultKeyProvider,
 };
 pub use secret_ref::{parse_template, SecretRef, SecretTemplate};
 pub use units::{ByteSize, HumanDuration};

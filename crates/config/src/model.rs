@@ -126,6 +126,42 @@ pub struct RouteConfig {
     pub scopes: Vec<String>,
     /// Roles of which the caller must hold at least one.
     pub roles: Vec<String>,
+    /// Object-level rules: request values that must equal the caller's attributes.
+    pub object_rules: Vec<ObjectRule>,
+    /// JSON body fields a caller may not set (mass assignment).
+    pub request_deny_fields: Vec<String>,
+    /// Response field filters by role; `default` applies to callers without a listed role.
+    pub response_fields: Vec<(String, FieldFilter)>,
+}
+
+/// Where an object rule reads the requested object's owner from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectSource {
+    /// A path parameter.
+    Path(String),
+    /// A query parameter.
+    Query(String),
+    /// A field of the JSON body (dotted path).
+    Body(String),
+}
+
+/// `source` must equal the caller's `attribute` (`id` means the client id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRule {
+    /// Where the value comes from.
+    pub source: ObjectSource,
+    /// The caller attribute it must equal.
+    pub attribute: String,
+}
+
+/// Which JSON response fields a caller sees. Paths are dotted (`user.email`) and apply to
+/// every element of arrays on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldFilter {
+    /// When set, only these top-level paths are kept.
+    pub allow: Option<Vec<String>>,
+    /// These paths are removed.
+    pub deny: Vec<String>,
 }
 
 /// A way a caller proves who it is.

@@ -129,9 +129,22 @@ pub(crate) struct RawRoute {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    #[serde(rename = "match")]
+    pub match_rules: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub request_deny_fields: Vec<String>,
+    pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFieldRule {
+    pub allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -506,6 +506,82 @@ fn route_auth(
     methods
 }
 
+fn object_rules(
+    c: &mut Checker,
+    raw: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    params: &[String],
+    authenticated: bool,
+    ctx: &str,
+) -> Vec<ObjectRule> {
+    let Some(raw) = raw else { return Vec::new() };
+    let span = raw.span();
+    if !authenticated {
+        c.error(Some(span.clone()), format!("{ctx}: match rules compare request values with the caller; add auth = [\"api_key\"]"));
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (lhs, rhs) in raw.into_inner() {
+        let source = match lhs.split_once('.') {
+            Some(("path", p)) if params.iter().any(|x| x.trim_start_matches('*') == p) => {
+                ObjectSource::Path(p.to_string())
+            }
+            Some(("path", p)) => {
+                c.error(
+                    Some(span.clone()),
+                    format!("{ctx}: match: the path does not capture {{{p}}}"),
+                );
+                continue;
+            }
+            Some(("query", q)) if !q.is_empty() => ObjectSource::Query(q.to_string()),
+            Some(("body", b)) if !b.is_empty() => ObjectSource::Body(b.to_string()),
+            _ => {
+                c.error(
+                    Some(span.clone()),
+                    format!("{ctx}: match: {lhs:?} must be path.NAME, query.NAME or body.FIELD"),
+                );
+                continue;
+            }
+        };
+        let Some(attribute) = rhs.strip_prefix("client.").filter(|a| !a.is_empty()) else {
+            c.error(
+                Some(span.clone()),
+                format!("{ctx}: match: {rhs:?} must be client.ATTRIBUTE (or client.id)"),
+            );
+            continue;
+        };
+        out.push(ObjectRule {
+            source,
+            attribute: attribute.to_string(),
+        });
+    }
+    out
+}
+
+fn response_fields(
+    c: &mut Checker,
+    raw: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
+    ctx: &str,
+) -> Vec<(String, FieldFilter)> {
+    let Some(raw) = raw else { return Vec::new() };
+    let span = raw.span();
+    let map = raw.into_inner();
+    if !map.contains_key("default") {
+        c.error(Some(span), format!("{ctx}: response_fields needs a \"default\" entry for callers without a listed role"));
+        return Vec::new();
+    }
+    map.into_iter()
+        .map(|(role, r)| {
+            (
+                role,
+                FieldFilter {
+                    allow: r.allow,
+                    deny: r.deny,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Header names whose values are credentials: they may only come from the vault.
 const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
@@ -629,6 +705,8 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let deprecation = r.deprecated.map(|d| deprecation(c, d, &ctx));
     let headers = upstream_headers(c, r.upstream_headers, &ctx);
     let auth = route_auth(c, r.auth, &r.scopes, &r.roles, &ctx);
+    let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
+    let response_fields = response_fields(c, r.response_fields, &ctx);
 
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
@@ -692,6 +770,9 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         auth,
         scopes: r.scopes,
         roles: r.roles,
+        object_rules,
+        request_deny_fields: r.request_deny_fields,
+        response_fields,
     })
 }
 

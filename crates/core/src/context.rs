@@ -23,6 +23,9 @@ pub struct RequestContext {
     pub tls: bool,
     /// When the gateway started on this request.
     pub received_at: Instant,
+    /// The verified caller, once authentication has run. Policies set the `Identity`
+    /// extension on the request; the chain copies it here for the response phase.
+    pub identity: Option<crate::Identity>,
 }
 
 /// The declared route a request matched, with its captured path parameters.

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use http::{Request, Response};
-use portcullis_core::{problem_response, Body, GatewayError, RequestContext};
+use portcullis_core::{problem_response, Body, GatewayError, Identity, RequestContext};
 use std::sync::Arc;
 
 /// What a policy decided about a request.
@@ -72,6 +72,8 @@ impl Chain {
     /// Runs the request through the chain. Always produces a response: errors become
     /// problem+json here, at the step that failed, so earlier policies see them too.
     pub async fn run(&self, req: Request<Body>, ctx: &RequestContext) -> Response<Body> {
+        // The response phase sees the identity that authentication established.
+        let mut ctx = ctx.clone();
         let mut pending = Some(req);
         let mut passed = 0;
         let mut early = None;
@@ -79,28 +81,31 @@ impl Chain {
             let Some(req) = pending.take() else { break };
             match policy.on_request(req).await {
                 Ok(Flow::Continue(next)) => {
+                    if ctx.identity.is_none() {
+                        ctx.identity = next.extensions().get::<Identity>().cloned();
+                    }
                     pending = Some(next);
                     passed += 1;
                 }
                 Ok(Flow::Respond(r)) => early = Some(r),
-                Err(e) => early = Some(error_response(&e, ctx)),
+                Err(e) => early = Some(error_response(&e, &ctx)),
             }
         }
         let mut res = match (early, pending) {
             (Some(r), _) => r,
             (None, Some(req)) => match self.terminal.call(req).await {
                 Ok(r) => r,
-                Err(e) => error_response(&e, ctx),
+                Err(e) => error_response(&e, &ctx),
             },
             (None, None) => error_response(
                 &GatewayError::Internal("policy chain lost the request".into()),
-                ctx,
+                &ctx,
             ),
         };
         for policy in self.policies[..passed].iter().rev() {
-            res = match policy.on_response(res, ctx).await {
+            res = match policy.on_response(res, &ctx).await {
                 Ok(r) => r,
-                Err(e) => error_response(&e, ctx),
+                Err(e) => error_response(&e, &ctx),
             };
         }
         res

@@ -12,9 +12,14 @@ mod authorize;
 mod body_limit;
 mod chain;
 mod deprecation;
+mod json_path;
+mod object_rules;
+mod response_fields;
 
 pub use authenticate::{Authenticate, Clients};
 pub use authorize::Authorize;
 pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
 pub use chain::{Chain, Flow, Policy, Terminal};
 pub use deprecation::Deprecation;
+pub use object_rules::ObjectRules;
+pub use response_fields::ResponseFields;

@@ -7,7 +7,8 @@ use http::Request;
 use portcullis_config::RouteConfig;
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
-    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, Policy,
+    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, ObjectRules, Policy,
+    ResponseFields,
 };
 use std::sync::Arc;
 
@@ -45,10 +46,23 @@ pub(crate) fn route_chain(
                 route.scopes.clone(),
                 route.roles.clone(),
             )));
+        } // 4. Which objects and fields: the named object must belong to the caller, and the
+          //    body may not set denied fields (reads the body, within max_body).
+        if !route.object_rules.is_empty() || !route.request_deny_fields.is_empty() {
+            steps.push(Arc::new(ObjectRules::new(
+                route.object_rules.clone(),
+                route.request_deny_fields.clone(),
+                route.max_body,
+            )));
         }
     }
 
-    // 4. Request size: a declared Content-Length over the limit is refused before reading; a
+    // 5. What the caller may see: response fields filtered by role (on the way back).
+    if !route.response_fields.is_empty() {
+        steps.push(Arc::new(ResponseFields::new(route.response_fields.clone())));
+    }
+
+    // 6. Request size: a declared Content-Length over the limit is refused before reading; a
     //    streamed body is cut off the moment it passes the limit.
     steps.push(Arc::new(BodyLimit::new(route.max_body)));
 

@@ -227,6 +227,7 @@ impl Gateway {
             client_ip: client_ip(peer.ip(), req.headers(), &generation.trusted),
             tls,
             received_at,
+            identity: None,
         };
         if tracing::enabled!(target: "portcullis::request", tracing::Level::DEBUG) {
             tracing::debug!(target: "portcullis::request", request_id = %ctx.request_id, headers = %self.header_redactor.headers_for_log(req.headers()), "request headers");
