@@ -70,6 +70,10 @@ pub(crate) async fn start(
     let mut services = Services::none(&cfg);
     services.vault = Some(vault.clone());
     services.api_keys = Some(api_keys.clone());
+    let jwt = portcullis_identity::JwtVerifier::new(&cfg.auth.jwt)
+        .await
+        .context("loading JWT issuers")?;
+    services.jwt = Some(jwt.clone());
     let gateway = Gateway::new(&cfg, store.clone(), services)?;
     let data = TcpListener::bind(cfg.server.listen)
         .await
@@ -107,6 +111,23 @@ pub(crate) async fn start(
     // Writes made by other processes (the CLI) reach this process's cache within a second.
     let vault_watch = vault.spawn_watch(Duration::from_secs(1));
     let keys_watch = api_keys.spawn_watch(Duration::from_secs(1));
+    let refresh_every = cfg
+        .auth
+        .jwt
+        .iter()
+        .map(|j| j.jwks_refresh)
+        .min()
+        .unwrap_or(Duration::from_secs(300));
+    let jwks_refresh = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(refresh_every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if jwt.has_jwks() {
+                jwt.refresh().await;
+            }
+        }
+    });
     let vault_report = tokio::spawn(report_vault_findings(
         vault.clone(),
         cfg.vault.expiry_warning,
@@ -123,7 +144,7 @@ pub(crate) async fn start(
         "portcullis started"
     );
     Ok(Running {
-        background: vec![vault_watch, vault_report, keys_watch],
+        background: vec![vault_watch, vault_report, keys_watch, jwks_refresh],
         data_addr,
         admin_addr,
         gateway,

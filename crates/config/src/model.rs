@@ -169,6 +169,8 @@ pub struct FieldFilter {
 pub enum AuthMethod {
     /// A Portcullis API key (`pcl_<id>_<secret>`), as a bearer token or in `X-Api-Key`.
     ApiKey,
+    /// A JWT from a trusted issuer, as a bearer token.
+    Jwt,
 }
 
 /// A caller known to the gateway.
@@ -195,6 +197,34 @@ pub struct ClientConfig {
 pub struct AuthConfig {
     /// Lockout after repeated authentication failures.
     pub brute_force: BruteForceConfig,
+    /// Trusted JWT issuers.
+    pub jwt: Vec<JwtIssuerConfig>,
+}
+
+/// A trusted issuer of JWT bearer tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuerConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (at least one must match).
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its keys (https).
+    pub jwks_url: Option<String>,
+    /// Extra CA trusted for the JWKS endpoint.
+    pub jwks_ca: Option<PathBuf>,
+    /// Public keys from PEM files, with optional key ids.
+    pub public_keys: Vec<(Option<String>, PathBuf)>,
+    /// Allowed signature algorithms (never `none`, never HMAC).
+    pub algorithms: Vec<String>,
+    /// The claim that names the client (default `azp`, then `client_id`).
+    pub client_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// How often the JWKS is refreshed.
+    pub jwks_refresh: Duration,
+    /// The least time between fetches triggered by an unknown `kid` (so a flood of made-up
+    /// key ids cannot make the gateway hammer the issuer).
+    pub jwks_refetch_after: Duration,
 }
 
 /// Failures from one source IP or against one key id within `window` beyond `max_failures`

@@ -80,6 +80,31 @@ pub(crate) struct RawVault {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub brute_force: Option<RawBruteForce>,
+    #[serde(default)]
+    pub jwt: Vec<Spanned<RawJwtIssuer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwtIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub public_keys: Vec<RawJwtKey>,
+    pub algorithms: Spanned<Vec<String>>,
+    pub client_claim: Option<String>,
+    pub leeway: Option<HumanDuration>,
+    pub jwks_refresh: Option<HumanDuration>,
+    pub jwks_refetch_after: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwtKey {
+    pub kid: Option<String>,
+    pub pem: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -77,7 +77,7 @@ pub(crate) fn validate(
     let store = store(&mut c, raw.store, &server.data_dir);
     let logging = logging(&mut c, raw.logging);
     let vault = vault(&mut c, raw.vault, &server.data_dir);
-    let auth = auth(raw.auth);
+    let auth = auth(&mut c, raw.auth);
     let clients = clients(&mut c, raw.clients);
     let mut spans: HashMap<String, Range<usize>> = HashMap::new();
     for r in &raw.routes {
@@ -94,6 +94,17 @@ pub(crate) fn validate(
         .into_iter()
         .filter_map(|r| route(&mut c, r).map(Arc::new))
         .collect();
+    if auth.jwt.is_empty() {
+        for r in routes.iter().filter(|r| r.auth.contains(&AuthMethod::Jwt)) {
+            c.error(
+                spans.get(&r.id).cloned(),
+                format!(
+                    "route {:?} accepts jwt, but no [[auth.jwt]] issuer is configured",
+                    r.id
+                ),
+            );
+        }
+    }
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
@@ -400,9 +411,90 @@ fn vault(c: &mut Checker, raw: RawVault, data_dir: &Path) -> VaultConfig {
     }
 }
 
-fn auth(raw: RawAuth) -> AuthConfig {
+const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn jwt_issuer(c: &mut Checker, raw: Spanned<RawJwtIssuer>) -> Option<JwtIssuerConfig> {
+    let span = raw.span();
+    let r = raw.into_inner();
+    let ctx = format!("auth.jwt {:?}", r.issuer);
+    if r.issuer.is_empty() || r.audiences.is_empty() {
+        c.error(
+            Some(span.clone()),
+            format!("{ctx}: issuer and at least one audience are required"),
+        );
+    }
+    for a in r.algorithms.get_ref() {
+        if !JWT_ALGORITHMS.contains(&a.as_str()) {
+            c.error(
+                Some(r.algorithms.span()),
+                format!(
+                    "{ctx}: algorithm {a:?} is not allowed; expected some of {}",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+    if r.algorithms.get_ref().is_empty() {
+        c.error(
+            Some(r.algorithms.span()),
+            format!("{ctx}: algorithms is empty"),
+        );
+    }
+    if let Some(u) = &r.jwks_url {
+        match url::Url::parse(u.get_ref()) {
+            Ok(url) if url.scheme() == "https" => {}
+            _ => c.error(
+                Some(u.span()),
+                format!("{ctx}: jwks_url must be an https:// URL"),
+            ),
+        }
+    }
+    if r.jwks_url.is_none() && r.public_keys.is_empty() {
+        c.error(
+            Some(span.clone()),
+            format!("{ctx}: give jwks_url or public_keys"),
+        );
+    }
+    let public_keys: Vec<(Option<String>, PathBuf)> = r
+        .public_keys
+        .into_iter()
+        .map(|k| (k.kid, c.path(&k.pem)))
+        .collect();
+    for (_, p) in &public_keys {
+        if !p.is_file() {
+            c.error(
+                Some(span.clone()),
+                format!("{ctx}: public key file {} does not exist", p.display()),
+            );
+        }
+    }
+    Some(JwtIssuerConfig {
+        issuer: r.issuer,
+        audiences: r.audiences,
+        jwks_url: r.jwks_url.map(Spanned::into_inner),
+        jwks_ca: r.jwks_ca.map(|p| c.path(&p)),
+        public_keys,
+        algorithms: r.algorithms.into_inner(),
+        client_claim: r.client_claim.unwrap_or_else(|| "azp".into()),
+        leeway: r.leeway.map_or(Duration::from_secs(30), |d| d.0),
+        jwks_refresh: r.jwks_refresh.map_or(Duration::from_secs(300), |d| d.0),
+        jwks_refetch_after: r
+            .jwks_refetch_after
+            .map_or(Duration::from_secs(30), |d| d.0),
+    })
+}
+
+fn auth(c: &mut Checker, raw: RawAuth) -> AuthConfig {
+    let jwt = raw
+        .jwt
+        .into_iter()
+        .filter_map(|j| jwt_issuer(c, j))
+        .collect();
     let bf = raw.brute_force;
     AuthConfig {
+        jwt,
         brute_force: BruteForceConfig {
             max_failures: bf
                 .as_ref()
@@ -482,10 +574,11 @@ fn route_auth(
     for m in raw.map(Spanned::into_inner).unwrap_or_default() {
         match m.get_ref().as_str() {
             "api_key" => methods.push(AuthMethod::ApiKey),
-            "jwt" | "oauth2" | "mtls" => c.error(
+            "jwt" => methods.push(AuthMethod::Jwt),
+            "oauth2" | "mtls" => c.error(
                 Some(m.span()),
                 format!(
-                    "{ctx}: auth method {:?} is not available in this version yet; use \"api_key\"",
+                    "{ctx}: auth method {:?} is not available in this version yet; use \"api_key\" or \"jwt\"",
                     m.get_ref()
                 ),
             ),

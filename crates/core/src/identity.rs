@@ -8,6 +8,8 @@ use std::{collections::BTreeMap, sync::Arc};
 pub enum AuthKind {
     /// A Portcullis API key.
     ApiKey,
+    /// A JWT from a trusted issuer.
+    Jwt,
 }
 
 /// A verified caller.

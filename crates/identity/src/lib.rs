@@ -4,6 +4,8 @@
 
 mod api_key;
 mod brute_force;
+mod jwt;
 
 pub use api_key::{parse_key, ApiKeys, IssuedKey, KeyError, KeyInfo, Verified, KEY_PREFIX};
 pub use brute_force::BruteForce;
+pub use jwt::{JwtClaims, JwtError, JwtVerifier};

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{AuthKind, Body, GatewayError, Identity, RequestContext};
-use portcullis_identity::{ApiKeys, BruteForce};
+use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
 use std::{collections::HashMap, sync::Arc};
 
 /// Clients by id, from the running configuration.
@@ -16,21 +16,57 @@ pub type Clients = Arc<HashMap<String, Arc<ClientConfig>>>;
 
 /// The authentication policy for one route.
 pub struct Authenticate {
-    keys: Arc<ApiKeys>,
+    keys: Option<Arc<ApiKeys>>,
+    jwt: Option<Arc<JwtVerifier>>,
     clients: Clients,
     guard: Arc<BruteForce>,
     route: Arc<str>,
 }
 
+/// A credential that verified: client id, API key id, the token's scopes, how.
+type Verified = (Arc<str>, Option<Arc<str>>, Option<Vec<String>>, AuthKind);
+
 impl Authenticate {
-    /// Authenticates with API keys against `clients`.
-    pub fn new(keys: Arc<ApiKeys>, clients: Clients, guard: Arc<BruteForce>, route: &str) -> Self {
+    /// Authenticates against `clients` with whichever of API keys and JWTs are given (the
+    /// route's `auth` methods). With neither, every request is refused.
+    pub fn new(
+        keys: Option<Arc<ApiKeys>>,
+        jwt: Option<Arc<JwtVerifier>>,
+        clients: Clients,
+        guard: Arc<BruteForce>,
+        route: &str,
+    ) -> Self {
         Authenticate {
             keys,
+            jwt,
             clients,
             guard,
             route: Arc::from(route),
         }
+    }
+
+    /// None when the credential is not valid for any of the route's methods.
+    async fn check(&self, credential: &str) -> Option<Verified> {
+        if credential.starts_with(portcullis_identity::KEY_PREFIX) {
+            let v = self.keys.as_ref()?.verify(credential).ok()?;
+            return Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey));
+        }
+        if credential.matches('.').count() == 2 {
+            let claims = match self.jwt.as_ref()?.verify(credential).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(target: "portcullis::security", route = %self.route, reason = %e, "JWT refused");
+                    return None;
+                }
+            };
+            return Some((
+                Arc::from(claims.client_id.as_str()),
+                None,
+                Some(claims.scopes),
+                AuthKind::Jwt,
+            ));
+        }
+        None
     }
 }
 
@@ -69,12 +105,13 @@ impl Policy for Authenticate {
         if let Some(wait) = self.guard.locked(ip, key_id) {
             return Err(GatewayError::TooManyRequests { retry_after: wait });
         }
-        let verified = self.keys.verify(&key).ok();
+        let verified = self.check(&key).await;
         let client = verified
             .as_ref()
-            .and_then(|v| self.clients.get(v.client_id.as_ref()))
+            .and_then(|v| self.clients.get(v.0.as_ref()))
             .filter(|c| c.enabled);
-        let (Some(v), Some(client)) = (verified, client) else {
+        let (Some((client_id, used_key, token_scopes, kind)), Some(client)) = (verified, client)
+        else {
             let locked = self.guard.fail(ip, key_id);
             // The key id is public (it is not the secret); logging it lets an operator see
             // which key is being guessed at.
@@ -90,13 +127,22 @@ impl Policy for Authenticate {
         let h = req.headers_mut();
         h.remove(header::AUTHORIZATION);
         h.remove("x-api-key");
+        // A token's scopes are narrowed to what the client may hold, when the client lists any.
+        let scopes: Vec<String> = match token_scopes {
+            Some(t) if client.scopes.is_empty() => t,
+            Some(t) => t
+                .into_iter()
+                .filter(|s| client.scopes.contains(s))
+                .collect(),
+            None => client.scopes.clone(),
+        };
         req.extensions_mut().insert(Identity {
-            client_id: v.client_id,
+            client_id,
             roles: client.roles.clone().into(),
-            scopes: client.scopes.clone().into(),
+            scopes: scopes.into(),
             attributes: Arc::new(client.attributes.clone()),
-            kind: AuthKind::ApiKey,
-            key_id: Some(v.key_id),
+            kind,
+            key_id: used_key,
         });
         Ok(Flow::Continue(req))
     }

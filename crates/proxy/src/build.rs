@@ -4,7 +4,7 @@
 use crate::{forward::Forwarder, Services};
 use async_trait::async_trait;
 use http::Request;
-use portcullis_config::RouteConfig;
+use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, ObjectRules, Policy,
@@ -27,18 +27,30 @@ pub(crate) fn route_chain(
         steps.push(Arc::new(Deprecation::new(d)));
     }
 
-    // 2. Who is calling: an API key, verified from memory; 401 otherwise, 429 for a source
+    // 2. Who is calling: an API key (verified from memory) or a JWT from a trusted issuer; 401 otherwise, 429 for a source
     //    locked out after repeated failures. Without the key service (never in `serve`), the
     //    route refuses everyone rather than letting anyone through.
     if !route.auth.is_empty() {
-        match &services.api_keys {
-            Some(keys) => steps.push(Arc::new(Authenticate::new(
-                keys.clone(),
+        let keys = route
+            .auth
+            .contains(&AuthMethod::ApiKey)
+            .then(|| services.api_keys.clone())
+            .flatten();
+        let jwt = route
+            .auth
+            .contains(&AuthMethod::Jwt)
+            .then(|| services.jwt.clone())
+            .flatten();
+        if keys.is_none() && jwt.is_none() {
+            steps.push(Arc::new(Refuse));
+        } else {
+            steps.push(Arc::new(Authenticate::new(
+                keys,
+                jwt,
                 clients.clone(),
                 services.brute_force.clone(),
                 &route.id,
-            ))),
-            None => steps.push(Arc::new(Refuse)),
+            )));
         }
         // 3. What the caller may do here: required scopes and roles (403).
         if !route.scopes.is_empty() || !route.roles.is_empty() {

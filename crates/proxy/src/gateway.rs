@@ -19,7 +19,7 @@ use portcullis_config::{Config, ServerConfig};
 use portcullis_core::{
     problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER,
 };
-use portcullis_identity::{ApiKeys, BruteForce};
+use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
 use portcullis_policy::Clients;
 use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
@@ -79,6 +79,8 @@ pub struct Services {
     pub vault: Option<Arc<Vault>>,
     /// API key verification.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// JWT verification for the configured issuers.
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// Authentication-failure lockout.
     pub brute_force: Arc<BruteForce>,
 }
@@ -90,6 +92,7 @@ impl Services {
         Services {
             vault: None,
             api_keys: None,
+            jwt: None,
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
         }
     }
