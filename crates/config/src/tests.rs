@@ -328,3 +328,65 @@ fn vault_section_chooses_the_key_provider() {
     let e = errors("[vault]\nkey_provider = \"kms\"");
     assert!(e[0].message.contains("expected \"file\" or \"env\""));
 }
+
+#[test]
+fn jwt_issuers_are_validated() {
+    let base = "[[auth.jwt]]\nissuer = \"https://login.example.com/\"\naudiences = [\"portcullis\"]\njwks_url = \"https://login.example.com/jwks\"\n";
+    let l = ok(&format!("{base}algorithms = [\"ES256\", \"EdDSA\"]\n"));
+    assert_eq!(l.config.auth.jwt[0].client_claim, "azp");
+    let e = errors(&format!("{base}algorithms = [\"HS256\"]\n"));
+    assert!(e[0].message.contains("not allowed"), "{e:?}");
+    let e = errors(&format!("{base}algorithms = [\"none\"]\n"));
+    assert!(e[0].message.contains("not allowed"), "{e:?}");
+    let e = errors(
+        &base
+            .replace(
+                "https://login.example.com/jwks",
+                "http://login.example.com/jwks",
+            )
+            .replace("jwks\"\n", "jwks\"\nalgorithms = [\"ES256\"]\n"),
+    );
+    assert!(e.iter().any(|d| d.message.contains("https://")), "{e:?}");
+    let e = errors(&format!("{ROUTE}auth = [\"jwt\"]\n"));
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("no [[auth.jwt]] issuer")),
+        "{e:?}"
+    );
+    let e = errors(&format!("{ROUTE}scopes = [\"a\"]\n"));
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("need an authenticated caller")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn clients_and_object_rules_are_validated() {
+    let c = "[[clients]]\nid = \"a\"\nallow_ips = [\"10.0.0.0/8\"]\n[[clients]]\nid = \"a\"\n";
+    let e = errors(c);
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("declared more than once")),
+        "{e:?}"
+    );
+    let r = ROUTE.replace(
+        "path = \"/orders/{id}\"",
+        "path = \"/t/{tenant}/orders/{id}\"",
+    );
+    ok(&format!(
+        "{r}auth = [\"api_key\"]\nmatch = {{ \"path.tenant\" = \"client.tenant\" }}\n"
+    ));
+    let e = errors(&format!(
+        "{r}auth = [\"api_key\"]\nmatch = {{ \"path.nope\" = \"client.tenant\" }}\n"
+    ));
+    assert!(e[0].message.contains("does not capture"), "{e:?}");
+    let e = errors(&format!(
+        "{r}match = {{ \"path.tenant\" = \"client.tenant\" }}\n"
+    ));
+    assert!(e[0].message.contains("add auth"), "{e:?}");
+    let e = errors(&format!(
+        "{r}response_fields = {{ admin = {{ deny = [\"x\"] }} }}\n"
+    ));
+    assert!(e[0].message.contains("\"default\""), "{e:?}");
+}
