@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// TLS certificate and key for the data plane; plaintext when absent.
     pub tls: Option<TlsFiles>,
+    /// CA whose client certificates the TLS listener accepts (mTLS). Certificates are
+    /// optional at the handshake; routes with `auth = ["mtls"]` require one.
+    pub client_ca: Option<PathBuf>,
     /// Admin listener (health, readiness, metrics, inventory). Loopback unless
     /// `dangerous_expose_admin` is set.
     pub admin_listen: SocketAddr,
@@ -171,6 +174,8 @@ pub enum AuthMethod {
     ApiKey,
     /// A JWT from a trusted issuer, as a bearer token.
     Jwt,
+    /// A client certificate verified by the TLS listener against `server.client_ca`.
+    Mtls,
 }
 
 /// A caller known to the gateway.
@@ -188,6 +193,10 @@ pub struct ClientConfig {
     pub attributes: std::collections::BTreeMap<String, String>,
     /// When non-empty, the client may call only from these networks.
     pub allow_ips: Vec<IpNet>,
+    /// SHA-256 fingerprints (lower-case hex) of client certificates bound to this client.
+    pub cert_fingerprints: Vec<String>,
+    /// DNS subject alternative names of client certificates bound to this client.
+    pub cert_sans: Vec<String>,
     /// A disabled client is refused at once.
     pub enabled: bool,
 }

@@ -31,6 +31,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
+    pub client_ca: Option<Spanned<PathBuf>>,
     pub admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
@@ -128,6 +129,10 @@ pub(crate) struct RawClient {
     pub attributes: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cert_fingerprints: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
     pub enabled: Option<bool>,
 }
 

@@ -94,6 +94,17 @@ pub(crate) fn validate(
         .into_iter()
         .filter_map(|r| route(&mut c, r).map(Arc::new))
         .collect();
+    if server.client_ca.is_none() {
+        for r in routes.iter().filter(|r| r.auth.contains(&AuthMethod::Mtls)) {
+            c.error(
+                spans.get(&r.id).cloned(),
+                format!(
+                    "route {:?} accepts mtls, but server.client_ca is not set",
+                    r.id
+                ),
+            );
+        }
+    }
     if auth.jwt.is_empty() {
         for r in routes.iter().filter(|r| r.auth.contains(&AuthMethod::Jwt)) {
             c.error(
@@ -204,6 +215,16 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         }
         files
     });
+    let client_ca = raw.client_ca.map(|p| {
+        let path = c.path(p.get_ref());
+        if !path.is_file() {
+            c.error(Some(p.span()), format!("server.client_ca file {} does not exist", path.display()));
+        }
+        if tls.is_none() {
+            c.error(Some(p.span()), "server.client_ca needs server.tls: client certificates are part of the TLS handshake");
+        }
+        path
+    });
     if tls.is_none() && !listen.ip().is_loopback() {
         c.warn(
             listen_span,
@@ -259,6 +280,7 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
     ServerConfig {
         listen,
         tls,
+        client_ca,
         admin_listen,
         trusted_proxies,
         data_dir: c.path(
@@ -549,7 +571,25 @@ fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfi
                 ),
             }
         }
+        let mut cert_fingerprints = Vec::new();
+        for f in r.cert_fingerprints {
+            let hex: String = f
+                .get_ref()
+                .trim()
+                .trim_start_matches("sha256:")
+                .chars()
+                .filter(|ch| *ch != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                cert_fingerprints.push(hex);
+            } else {
+                c.error(Some(f.span()), format!("client {id:?}: cert_fingerprints entry {:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)", f.get_ref()));
+            }
+        }
         out.push(Arc::new(ClientConfig {
+            cert_fingerprints,
+            cert_sans: r.cert_sans.iter().map(|s| s.to_ascii_lowercase()).collect(),
             id,
             name: r.name,
             roles: r.roles,
@@ -575,7 +615,8 @@ fn route_auth(
         match m.get_ref().as_str() {
             "api_key" => methods.push(AuthMethod::ApiKey),
             "jwt" => methods.push(AuthMethod::Jwt),
-            "oauth2" | "mtls" => c.error(
+            "mtls" => methods.push(AuthMethod::Mtls),
+            "oauth2" => c.error(
                 Some(m.span()),
                 format!(
                     "{ctx}: auth method {:?} is not available in this version yet; use \"api_key\" or \"jwt\"",

@@ -23,6 +23,8 @@ pub struct RequestContext {
     pub tls: bool,
     /// When the gateway started on this request.
     pub received_at: Instant,
+    /// The client certificate the TLS listener verified, if the client presented one.
+    pub client_cert: Option<Arc<ClientCert>>,
     /// The verified caller, once authentication has run. Policies set the `Identity`
     /// extension on the request; the chain copies it here for the response phase.
     pub identity: Option<crate::Identity>,
@@ -47,4 +49,13 @@ impl RouteMatch {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A client certificate verified during the TLS handshake (against `server.client_ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// SHA-256 of the leaf certificate's DER, lower-case hex.
+    pub fingerprint: String,
+    /// DNS subject alternative names, lower-case.
+    pub dns_names: Vec<String>,
 }

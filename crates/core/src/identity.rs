@@ -10,6 +10,8 @@ pub enum AuthKind {
     ApiKey,
     /// A JWT from a trusted issuer.
     Jwt,
+    /// A client certificate.
+    Mtls,
 }
 
 /// A verified caller.

@@ -9,7 +9,7 @@ mod problem;
 mod request_id;
 
 pub use body::{client_body, empty, find_cause, full, Body, BoxError, ClientBodyError};
-pub use context::{RequestContext, RouteMatch};
+pub use context::{ClientCert, RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
 pub use identity::{AuthKind, Identity};
 pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};

@@ -7,7 +7,7 @@ use crate::{Flow, Policy};
 use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_config::ClientConfig;
-use portcullis_core::{AuthKind, Body, GatewayError, Identity, RequestContext};
+use portcullis_core::{AuthKind, Body, ClientCert, GatewayError, Identity, RequestContext};
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
 use std::{collections::HashMap, sync::Arc};
 
@@ -18,6 +18,7 @@ pub type Clients = Arc<HashMap<String, Arc<ClientConfig>>>;
 pub struct Authenticate {
     keys: Option<Arc<ApiKeys>>,
     jwt: Option<Arc<JwtVerifier>>,
+    mtls: bool,
     clients: Clients,
     guard: Arc<BruteForce>,
     route: Arc<str>,
@@ -27,11 +28,12 @@ pub struct Authenticate {
 type Verified = (Arc<str>, Option<Arc<str>>, Option<Vec<String>>, AuthKind);
 
 impl Authenticate {
-    /// Authenticates against `clients` with whichever of API keys and JWTs are given (the
-    /// route's `auth` methods). With neither, every request is refused.
+    /// Authenticates against `clients` with whichever of API keys, JWTs and client
+    /// certificates the route's `auth` methods enable. With none, every request is refused.
     pub fn new(
         keys: Option<Arc<ApiKeys>>,
         jwt: Option<Arc<JwtVerifier>>,
+        mtls: bool,
         clients: Clients,
         guard: Arc<BruteForce>,
         route: &str,
@@ -39,10 +41,22 @@ impl Authenticate {
         Authenticate {
             keys,
             jwt,
+            mtls,
             clients,
             guard,
             route: Arc::from(route),
         }
+    }
+
+    /// The client bound to a verified certificate, by fingerprint or DNS SAN.
+    fn by_certificate(&self, cert: &ClientCert) -> Option<Arc<ClientConfig>> {
+        self.clients
+            .values()
+            .find(|c| {
+                c.cert_fingerprints.contains(&cert.fingerprint)
+                    || cert.dns_names.iter().any(|n| c.cert_sans.contains(n))
+            })
+            .cloned()
     }
 
     /// None when the credential is not valid for any of the route's methods.
@@ -90,11 +104,32 @@ impl Policy for Authenticate {
     }
 
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
-        let ip = req
+        let (ip, cert) = req
             .extensions()
             .get::<RequestContext>()
-            .map(|c| c.client_ip)
+            .map(|c| (c.client_ip, c.client_cert.clone()))
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        if self.mtls && presented(&req).is_none() {
+            if let Some(cert) = cert {
+                let Some(client) = self.by_certificate(&cert).filter(|c| c.enabled) else {
+                    tracing::warn!(target: "portcullis::security", event = "auth_failure", route = %self.route, client_ip = %ip, cert_fingerprint = %cert.fingerprint, "client certificate is not bound to an enabled client");
+                    return Err(GatewayError::Unauthorized { presented: true });
+                };
+                if !client.allow_ips.is_empty() && !client.allow_ips.iter().any(|n| n.contains(&ip))
+                {
+                    return Err(GatewayError::Forbidden);
+                }
+                req.extensions_mut().insert(Identity {
+                    client_id: Arc::from(client.id.as_str()),
+                    roles: client.roles.clone().into(),
+                    scopes: client.scopes.clone().into(),
+                    attributes: Arc::new(client.attributes.clone()),
+                    kind: AuthKind::Mtls,
+                    key_id: None,
+                });
+                return Ok(Flow::Continue(req));
+            }
+        }
         let Some(key) = presented(&req) else {
             if let Some(wait) = self.guard.locked(ip, None) {
                 return Err(GatewayError::TooManyRequests { retry_after: wait });

@@ -27,7 +27,8 @@ pub(crate) fn route_chain(
         steps.push(Arc::new(Deprecation::new(d)));
     }
 
-    // 2. Who is calling: an API key (verified from memory) or a JWT from a trusted issuer; 401 otherwise, 429 for a source
+    // 2. Who is calling: an API key (verified from memory), a JWT from a trusted issuer, or a
+    //    client certificate bound to a client; 401 otherwise, 429 for a source
     //    locked out after repeated failures. Without the key service (never in `serve`), the
     //    route refuses everyone rather than letting anyone through.
     if !route.auth.is_empty() {
@@ -41,12 +42,14 @@ pub(crate) fn route_chain(
             .contains(&AuthMethod::Jwt)
             .then(|| services.jwt.clone())
             .flatten();
-        if keys.is_none() && jwt.is_none() {
+        let mtls = route.auth.contains(&AuthMethod::Mtls);
+        if keys.is_none() && jwt.is_none() && !mtls {
             steps.push(Arc::new(Refuse));
         } else {
             steps.push(Arc::new(Authenticate::new(
                 keys,
                 jwt,
+                mtls,
                 clients.clone(),
                 services.brute_force.clone(),
                 &route.id,

@@ -17,7 +17,8 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use portcullis_config::{Config, ServerConfig};
 use portcullis_core::{
-    problem_response, Body, ErrorInfo, GatewayError, RequestContext, RequestId, REQUEST_ID_HEADER,
+    problem_response, Body, ClientCert, ErrorInfo, GatewayError, RequestContext, RequestId,
+    REQUEST_ID_HEADER,
 };
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
 use portcullis_policy::Clients;
@@ -218,6 +219,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
+        client_cert: Option<Arc<ClientCert>>,
     ) -> Response<Body> {
         let generation = self.current.load_full();
         let received_at = Instant::now();
@@ -230,6 +232,7 @@ impl Gateway {
             client_ip: client_ip(peer.ip(), req.headers(), &generation.trusted),
             tls,
             received_at,
+            client_cert,
             identity: None,
         };
         if tracing::enabled!(target: "portcullis::request", tracing::Level::DEBUG) {
@@ -349,7 +352,7 @@ fn build_generation(
             })?;
     }
     let tls = match &cfg.server.tls {
-        Some(files) => Some(load_server_tls(files)?),
+        Some(files) => Some(load_server_tls(files, cfg.server.client_ca.as_deref())?),
         None => previous_tls,
     };
     Ok(Generation {

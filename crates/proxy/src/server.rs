@@ -61,11 +61,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                 let builder = builder.clone();
                 let handshake_timeout = server_cfg.header_read_timeout;
                 tokio::spawn(async move {
-                    let service = {
+                    let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
                         let gateway = gateway.clone();
                         service_fn(move |req| {
                             let gateway = gateway.clone();
-                            async move { Ok::<_, Infallible>(gateway.handle(req, peer, tls).await) }
+                            let cert = cert.clone();
+                            async move { Ok::<_, Infallible>(gateway.handle(req, peer, tls, cert).await) }
                         })
                     };
                     let result = if tls {
@@ -82,9 +83,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                                 return;
                             }
                         };
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                        let cert = crate::tls::client_cert(stream.get_ref().1);
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service(cert)).into_owned()).await
                     } else {
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service(None)).into_owned()).await
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -120,6 +120,8 @@ pub struct TestPki {
     pub ca_pem: String,
     pub leaf_pem: String,
     pub key_pem: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
 }
 
 impl TestPki {
@@ -141,7 +143,24 @@ impl TestPki {
             ca_pem: ca.pem(),
             leaf_pem: leaf.pem(),
             key_pem: leaf_key.serialize_pem(),
+            ca,
+            ca_key,
         }
+    }
+
+    /// A client certificate for `dns_name`, signed by this CA: (PEM of cert and key, SHA-256
+    /// fingerprint in hex).
+    pub fn client_identity(&self, dns_name: &str) -> (String, String) {
+        use sha2::Digest;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let fp = sha2::Sha256::digest(cert.der().as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (format!("{}{}", cert.pem(), key.serialize_pem()), fp)
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
