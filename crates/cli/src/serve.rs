@@ -74,6 +74,17 @@ pub(crate) async fn start(
         .await
         .context("loading JWT issuers")?;
     services.jwt = Some(jwt.clone());
+    if let Some(o) = &cfg.auth.oauth2 {
+        let issuer = portcullis_identity::TokenIssuer::open(
+            o.clone(),
+            vault.clone(),
+            api_keys.clone(),
+            store.clone(),
+        )
+        .await
+        .context("preparing the OAuth token issuer")?;
+        services.oauth = Some(issuer);
+    }
     let gateway = Gateway::new(&cfg, store.clone(), services)?;
     let data = TcpListener::bind(cfg.server.listen)
         .await

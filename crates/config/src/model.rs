@@ -176,6 +176,8 @@ pub enum AuthMethod {
     Jwt,
     /// A client certificate verified by the TLS listener against `server.client_ca`.
     Mtls,
+    /// An access token Portcullis issued (`[auth.oauth2]`).
+    OAuth2,
 }
 
 /// A caller known to the gateway.
@@ -208,6 +210,19 @@ pub struct AuthConfig {
     pub brute_force: BruteForceConfig,
     /// Trusted JWT issuers.
     pub jwt: Vec<JwtIssuerConfig>,
+    /// Portcullis as an OAuth 2.0 token issuer (client credentials grant).
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// `[auth.oauth2]`: tokens Portcullis issues to declared clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
 }
 
 /// A trusted issuer of JWT bearer tokens.

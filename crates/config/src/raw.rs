@@ -83,6 +83,15 @@ pub(crate) struct RawAuth {
     pub brute_force: Option<RawBruteForce>,
     #[serde(default)]
     pub jwt: Vec<Spanned<RawJwtIssuer>>,
+    pub oauth2: Option<RawOAuth2>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOAuth2 {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub token_ttl: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

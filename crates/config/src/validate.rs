@@ -105,6 +105,20 @@ pub(crate) fn validate(
             );
         }
     }
+    if auth.oauth2.is_none() {
+        for r in routes
+            .iter()
+            .filter(|r| r.auth.contains(&AuthMethod::OAuth2))
+        {
+            c.error(
+                spans.get(&r.id).cloned(),
+                format!(
+                    "route {:?} accepts oauth2, but [auth.oauth2] is not configured",
+                    r.id
+                ),
+            );
+        }
+    }
     if auth.jwt.is_empty() {
         for r in routes.iter().filter(|r| r.auth.contains(&AuthMethod::Jwt)) {
             c.error(
@@ -514,8 +528,17 @@ fn auth(c: &mut Checker, raw: RawAuth) -> AuthConfig {
         .into_iter()
         .filter_map(|j| jwt_issuer(c, j))
         .collect();
+    let oauth2 = raw.oauth2.map(|o| OAuth2Config {
+        issuer: o.issuer.unwrap_or_else(|| "urn:portcullis".into()),
+        audience: o.audience.unwrap_or_else(|| "portcullis".into()),
+        token_ttl: o
+            .token_ttl
+            .map_or(Duration::from_secs(600), |d| d.0)
+            .max(Duration::from_secs(1)),
+    });
     let bf = raw.brute_force;
     AuthConfig {
+        oauth2,
         jwt,
         brute_force: BruteForceConfig {
             max_failures: bf
@@ -616,16 +639,10 @@ fn route_auth(
             "api_key" => methods.push(AuthMethod::ApiKey),
             "jwt" => methods.push(AuthMethod::Jwt),
             "mtls" => methods.push(AuthMethod::Mtls),
-            "oauth2" => c.error(
-                Some(m.span()),
-                format!(
-                    "{ctx}: auth method {:?} is not available in this version yet; use \"api_key\" or \"jwt\"",
-                    m.get_ref()
-                ),
-            ),
+            "oauth2" => methods.push(AuthMethod::OAuth2),
             other => c.error(
                 Some(m.span()),
-                format!("{ctx}: auth method {other:?} is not known; expected \"api_key\""),
+                format!("{ctx}: auth method {other:?} is not known; expected api_key, jwt, oauth2 or mtls"),
             ),
         }
     }

@@ -12,6 +12,8 @@ pub enum AuthKind {
     Jwt,
     /// A client certificate.
     Mtls,
+    /// An access token this gateway issued.
+    OAuth2,
 }
 
 /// A verified caller.

@@ -5,7 +5,9 @@
 mod api_key;
 mod brute_force;
 mod jwt;
+mod oauth;
 
 pub use api_key::{parse_key, ApiKeys, IssuedKey, KeyError, KeyInfo, Verified, KEY_PREFIX};
 pub use brute_force::BruteForce;
 pub use jwt::{JwtClaims, JwtError, JwtVerifier};
+pub use oauth::{OAuthError, TokenIssuer};

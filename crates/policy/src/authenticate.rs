@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{AuthKind, Body, ClientCert, GatewayError, Identity, RequestContext};
-use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
+use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use std::{collections::HashMap, sync::Arc};
 
 /// Clients by id, from the running configuration.
@@ -18,6 +18,7 @@ pub type Clients = Arc<HashMap<String, Arc<ClientConfig>>>;
 pub struct Authenticate {
     keys: Option<Arc<ApiKeys>>,
     jwt: Option<Arc<JwtVerifier>>,
+    oauth: Option<Arc<TokenIssuer>>,
     mtls: bool,
     clients: Clients,
     guard: Arc<BruteForce>,
@@ -30,9 +31,11 @@ type Verified = (Arc<str>, Option<Arc<str>>, Option<Vec<String>>, AuthKind);
 impl Authenticate {
     /// Authenticates against `clients` with whichever of API keys, JWTs and client
     /// certificates the route's `auth` methods enable. With none, every request is refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         keys: Option<Arc<ApiKeys>>,
         jwt: Option<Arc<JwtVerifier>>,
+        oauth: Option<Arc<TokenIssuer>>,
         mtls: bool,
         clients: Clients,
         guard: Arc<BruteForce>,
@@ -41,6 +44,7 @@ impl Authenticate {
         Authenticate {
             keys,
             jwt,
+            oauth,
             mtls,
             clients,
             guard,
@@ -66,6 +70,16 @@ impl Authenticate {
             return Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey));
         }
         if credential.matches('.').count() == 2 {
+            if let Some(issuer) = &self.oauth {
+                if let Some(c) = issuer.verify(credential).await {
+                    return Some((
+                        Arc::from(c.client_id.as_str()),
+                        None,
+                        Some(c.scopes),
+                        AuthKind::OAuth2,
+                    ));
+                }
+            }
             let claims = match self.jwt.as_ref()?.verify(credential).await {
                 Ok(c) => c,
                 Err(e) => {

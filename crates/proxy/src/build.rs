@@ -42,13 +42,19 @@ pub(crate) fn route_chain(
             .contains(&AuthMethod::Jwt)
             .then(|| services.jwt.clone())
             .flatten();
+        let oauth = route
+            .auth
+            .contains(&AuthMethod::OAuth2)
+            .then(|| services.oauth.clone())
+            .flatten();
         let mtls = route.auth.contains(&AuthMethod::Mtls);
-        if keys.is_none() && jwt.is_none() && !mtls {
+        if keys.is_none() && jwt.is_none() && oauth.is_none() && !mtls {
             steps.push(Arc::new(Refuse));
         } else {
             steps.push(Arc::new(Authenticate::new(
                 keys,
                 jwt,
+                oauth,
                 mtls,
                 clients.clone(),
                 services.brute_force.clone(),

@@ -20,7 +20,7 @@ use portcullis_core::{
     problem_response, Body, ClientCert, ErrorInfo, GatewayError, RequestContext, RequestId,
     REQUEST_ID_HEADER,
 };
-use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier};
+use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use portcullis_policy::Clients;
 use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
@@ -65,6 +65,7 @@ struct HeadLimits {
 /// until it finishes, so a reload never changes the rules under an in-flight request.
 struct Generation {
     config: Arc<Config>,
+    clients: Clients,
     routes: RouteTable,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: HeadLimits,
@@ -82,6 +83,8 @@ pub struct Services {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// JWT verification for the configured issuers.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// The OAuth 2.0 token issuer, when `[auth.oauth2]` is configured.
+    pub oauth: Option<Arc<TokenIssuer>>,
     /// Authentication-failure lockout.
     pub brute_force: Arc<BruteForce>,
 }
@@ -94,6 +97,7 @@ impl Services {
             vault: None,
             api_keys: None,
             jwt: None,
+            oauth: None,
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
         }
     }
@@ -276,6 +280,22 @@ impl Gateway {
         check_head(&req, generation.limits).map_err(|e| (e, none.clone()))?;
         // 3. A path every server reads the same way (400 otherwise).
         check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none.clone()))?;
+        // The OAuth 2.0 endpoints, when Portcullis issues tokens.
+        if let Some(issuer) = &self.services.oauth {
+            if crate::oauth_endpoints::is_endpoint(req.uri().path()) {
+                let route: Arc<str> = Arc::from("oauth");
+                return crate::oauth_endpoints::handle(
+                    issuer,
+                    &generation.clients,
+                    &self.services.brute_force,
+                    ctx.client_ip,
+                    req,
+                )
+                .await
+                .map(|r| (r, route.clone()))
+                .map_err(|e| (e, route));
+            }
+        }
         // 4. A declared route, or 404/405 and a count in the undeclared inventory.
         let (route, matched) = match generation.routes.lookup(req.method(), req.uri().path()) {
             Lookup::Found(route, matched) => (route, matched),
@@ -357,6 +377,7 @@ fn build_generation(
     };
     Ok(Generation {
         config: Arc::new(cfg.clone()),
+        clients: known,
         routes,
         tls,
         limits: limits(&cfg.server),

@@ -11,6 +11,7 @@ mod forward;
 mod gateway;
 mod headers;
 mod inventory;
+mod oauth_endpoints;
 mod observe;
 mod router;
 mod server;

@@ -36,6 +36,10 @@ pub trait ApiKeyStore: Send + Sync {
     async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError>;
     /// The change counter for keys.
     async fn keys_epoch(&self) -> Result<i64, StoreError>;
+    /// Records a revoked access token id until its expiry.
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Revoked token ids that have not expired yet.
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError>;
 }
 
 async fn bump(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
@@ -100,6 +104,26 @@ impl ApiKeyStore for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < ?1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT jti FROM revoked_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("jti")?)).collect()
     }
 
     async fn keys_epoch(&self) -> Result<i64, StoreError> {

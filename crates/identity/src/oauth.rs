@@ -1,0 +1,276 @@
+//! Portcullis as an OAuth 2.0 token issuer: the client credentials grant (RFC 6749 section
+//! 4.4) for declared clients, whose client secret is one of their API keys. Tokens are
+//! short-lived JWTs signed with an Ed25519 key held in the vault; the public keys of every
+//! valid version are published as a JWKS, so rotating the signing key with a grace period
+//! keeps tokens signed by the previous key verifiable until they expire. Revocation (RFC 7009)
+//! and introspection (RFC 7662) are supported.
+
+use crate::{ApiKeys, JwtClaims};
+use base64::{engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use ed25519_dalek::{Signer, SigningKey};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_config::{ClientConfig, OAuth2Config};
+use portcullis_store::Store;
+use portcullis_vault::{PutOptions, SecretValue, Vault, VaultError};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+use zeroize::Zeroizing;
+
+const SIGNING_SECRET: &str = "portcullis.oauth-signing-key";
+const SIGNING_CONSUMER: &str = "gateway:oauth";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// RFC 6749 section 5.2 errors.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OAuthError {
+    /// Unknown client, wrong secret, disabled client.
+    #[error("invalid_client")]
+    InvalidClient,
+    /// Missing or malformed parameters.
+    #[error("invalid_request")]
+    InvalidRequest,
+    /// Only `client_credentials` is supported.
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// None of the requested scopes may be granted.
+    #[error("invalid_scope")]
+    InvalidScope,
+    /// The signing key is unavailable.
+    #[error("server_error")]
+    ServerError,
+}
+
+impl OAuthError {
+    /// The `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::ServerError => "server_error",
+        }
+    }
+}
+
+/// Issues, verifies, revokes and introspects access tokens.
+pub struct TokenIssuer {
+    cfg: OAuth2Config,
+    vault: Arc<Vault>,
+    keys: Arc<ApiKeys>,
+    store: Arc<dyn Store>,
+    revoked: Mutex<HashSet<String>>,
+}
+
+fn signing_key(v: &SecretValue) -> Option<SigningKey> {
+    let seed = Zeroizing::new(
+        STANDARD
+            .decode(v.field("private_key").ok()?.expose())
+            .ok()?,
+    );
+    let seed: [u8; 32] = seed.as_slice().try_into().ok()?;
+    Some(SigningKey::from_bytes(&seed))
+}
+
+impl TokenIssuer {
+    /// Prepares the issuer: creates the signing key in the vault on first use and loads the
+    /// revoked token ids.
+    pub async fn open(
+        cfg: OAuth2Config,
+        vault: Arc<Vault>,
+        keys: Arc<ApiKeys>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<TokenIssuer>, VaultError> {
+        if let Err(VaultError::NotFound(_)) = vault.resolve(SIGNING_SECRET, SIGNING_CONSUMER).await
+        {
+            let opts = PutOptions {
+                consumers: Some(vec![SIGNING_CONSUMER.into()]),
+                actor: "gateway".into(),
+                ..Default::default()
+            };
+            vault.generate(SIGNING_SECRET, "ed25519", &opts).await?;
+        }
+        let revoked = store
+            .keys()
+            .revoked_tokens(now())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(Arc::new(TokenIssuer {
+            cfg,
+            vault,
+            keys,
+            store,
+            revoked: Mutex::new(revoked),
+        }))
+    }
+
+    /// Checks a client's credentials: the secret must be a valid API key of that client.
+    pub fn authenticate_client(
+        &self,
+        client: &ClientConfig,
+        secret: &str,
+    ) -> Result<(), OAuthError> {
+        match self.keys.verify(secret) {
+            Ok(v) if client.enabled && *v.client_id == *client.id => Ok(()),
+            _ => Err(OAuthError::InvalidClient),
+        }
+    }
+
+    /// Issues a token for `client`: scopes are the requested ones the client may hold (all of
+    /// its scopes when none are requested). Returns the RFC 6749 token response.
+    pub async fn issue(
+        &self,
+        client: &ClientConfig,
+        requested: Option<&str>,
+    ) -> Result<serde_json::Value, OAuthError> {
+        let scopes: Vec<String> = match requested.map(str::split_whitespace) {
+            Some(req) => {
+                let req: Vec<&str> = req.collect();
+                let granted: Vec<String> = req
+                    .iter()
+                    .filter(|s| client.scopes.iter().any(|c| c == *s))
+                    .map(|s| s.to_string())
+                    .collect();
+                if granted.is_empty() && !req.is_empty() {
+                    return Err(OAuthError::InvalidScope);
+                }
+                granted
+            }
+            None => client.scopes.clone(),
+        };
+        let versions = self
+            .vault
+            .resolve_all(SIGNING_SECRET, SIGNING_CONSUMER)
+            .await
+            .map_err(|_| OAuthError::ServerError)?;
+        let newest = versions.first().ok_or(OAuthError::ServerError)?;
+        let key = signing_key(newest).ok_or(OAuthError::ServerError)?;
+        let iat = now();
+        let ttl = i64::try_from(self.cfg.token_ttl.as_secs()).unwrap_or(600);
+        let mut jti = [0u8; 16];
+        getrandom::getrandom(&mut jti).map_err(|_| OAuthError::ServerError)?;
+        let header = serde_json::json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": format!("v{}", newest.version) });
+        let claims = serde_json::json!({
+            "iss": self.cfg.issuer, "aud": self.cfg.audience, "sub": client.id, "client_id": client.id,
+            "azp": client.id, "scope": scopes.join(" "), "iat": iat, "exp": iat + ttl,
+            "jti": URL_SAFE_NO_PAD.encode(jti),
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key.sign(signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        tracing::info!(target: "portcullis::audit", action = "oauth_token_issued", client = %client.id, scope = %scopes.join(" "), "access token issued");
+        Ok(
+            serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scopes.join(" ") }),
+        )
+    }
+
+    /// The public keys of every valid signing-key version, as a JWKS.
+    pub async fn jwks(&self) -> serde_json::Value {
+        let versions = self
+            .vault
+            .resolve_all(SIGNING_SECRET, SIGNING_CONSUMER)
+            .await
+            .unwrap_or_default();
+        let keys: Vec<serde_json::Value> = versions
+            .iter()
+            .filter_map(|v| {
+                let public = STANDARD.decode(v.field("public_key").ok()?.expose()).ok()?;
+                Some(serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": format!("v{}", v.version), "x": URL_SAFE_NO_PAD.encode(public) }))
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    async fn decode(&self, token: &str) -> Option<serde_json::Value> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::EdDSA {
+            return None;
+        }
+        let kid = header.kid?;
+        let versions = self
+            .vault
+            .resolve_all(SIGNING_SECRET, SIGNING_CONSUMER)
+            .await
+            .ok()?;
+        let v = versions.iter().find(|v| format!("v{}", v.version) == kid)?;
+        let public = STANDARD.decode(v.field("public_key").ok()?.expose()).ok()?;
+        let key = DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(public)).ok()?;
+        let mut val = Validation::new(Algorithm::EdDSA);
+        val.set_issuer(&[&self.cfg.issuer]);
+        val.set_audience(&[&self.cfg.audience]);
+        val.leeway = 5;
+        val.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &val)
+            .ok()?
+            .claims;
+        let jti = claims.get("jti")?.as_str()?;
+        if self.revoked.lock().ok()?.contains(jti) {
+            return None;
+        }
+        Some(claims)
+    }
+
+    /// Verifies a token this gateway issued (signature, issuer, audience, expiry, revocation).
+    pub async fn verify(&self, token: &str) -> Option<JwtClaims> {
+        let claims = self.decode(token).await?;
+        Some(JwtClaims {
+            client_id: claims.get("client_id")?.as_str()?.to_string(),
+            scopes: claims
+                .get("scope")
+                .and_then(|s| s.as_str())
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// RFC 7009: revokes `token` if it is valid and was issued to `caller`. Unknown or foreign
+    /// tokens are ignored (the endpoint answers 200 either way).
+    pub async fn revoke(&self, token: &str, caller: &str) {
+        let Some(claims) = self.decode(token).await else {
+            return;
+        };
+        let (Some(jti), Some(owner), Some(exp)) = (
+            claims.get("jti").and_then(|j| j.as_str()),
+            claims.get("client_id").and_then(|c| c.as_str()),
+            claims.get("exp").and_then(|e| e.as_i64()),
+        ) else {
+            return;
+        };
+        if owner != caller {
+            return;
+        }
+        if let Ok(mut r) = self.revoked.lock() {
+            r.insert(jti.to_string());
+        }
+        if let Err(e) = self.store.keys().revoke_token(jti, exp).await {
+            tracing::error!(error = %e, "could not persist a token revocation; it holds until restart");
+        }
+        tracing::info!(target: "portcullis::audit", action = "oauth_token_revoked", client = caller, "access token revoked");
+    }
+
+    /// RFC 7662 introspection response for `token`.
+    pub async fn introspect(&self, token: &str) -> serde_json::Value {
+        match self.decode(token).await {
+            Some(c) => serde_json::json!({
+                "active": true, "scope": c.get("scope"), "client_id": c.get("client_id"), "sub": c.get("sub"),
+                "exp": c.get("exp"), "iat": c.get("iat"), "iss": c.get("iss"), "aud": c.get("aud"), "token_type": "Bearer",
+            }),
+            None => serde_json::json!({ "active": false }),
+        }
+    }
+}
