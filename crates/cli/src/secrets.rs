@@ -64,10 +64,18 @@ pub(crate) enum SecretCommand {
     /// with the sender), ed25519 (prints the public key), random (prints nothing).
     Generate {
         name: String,
+        /// webhook_signing, ed25519 or random.
         #[arg(long = "type")]
         kind: String,
-        #[command(flatten)]
-        opts: PutArgs,
+        /// Who may use it (repeatable). Replaces the list; kept when omitted.
+        #[arg(long = "consumer")]
+        consumers: Vec<String>,
+        /// Expires after this long, e.g. "90d".
+        #[arg(long)]
+        expires: Option<humantime::Duration>,
+        /// Keep the previous version valid this long (rotation overlap), e.g. "1h".
+        #[arg(long)]
+        grace: Option<humantime::Duration>,
     },
 }
 
@@ -256,8 +264,21 @@ pub(crate) async fn run_secret(
                 version.map(|v| format!(" version {v}")).unwrap_or_default()
             );
         }
-        SecretCommand::Generate { name, kind, opts } => {
-            let (v, share) = vault.generate(&name, &kind, &opts.options(None)?).await?;
+        SecretCommand::Generate {
+            name,
+            kind,
+            consumers,
+            expires,
+            grace,
+        } => {
+            let opts = PutOptions {
+                consumers: (!consumers.is_empty()).then_some(consumers),
+                expires_in: expires.map(Into::into),
+                grace: grace.map(Into::into),
+                actor: "cli".into(),
+                ..Default::default()
+            };
+            let (v, share) = vault.generate(&name, &kind, &opts).await?;
             println!("stored {name} version {v}");
             if let Some(s) = share {
                 println!("{s}");

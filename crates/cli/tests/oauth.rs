@@ -14,7 +14,7 @@ async fn client_credentials_tokens_work_and_can_be_revoked() {
         "{}[[clients]]\nid = \"billing\"\nscopes = [\"orders:read\", \"orders:write\"]\n\n[auth.oauth2]\ntoken_ttl = \"10m\"\n\n{}{}",
         server_section(""),
         route("read", "[\"GET\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:read\"]"),
-        route("write", "[\"POST\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:write\"]"),
+        route("write", "[\"POST\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:write\"]\nidentity_assertion = true"),
     );
     let gw = Gw::start(&cfg);
     let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
@@ -186,6 +186,103 @@ async fn client_credentials_tokens_work_and_can_be_revoked() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    // Routes with identity_assertion send a signed assertion the upstream can verify with the JWKS.
+    let writer = full["access_token"].as_str().unwrap().to_string();
+    let res = client()
+        .post(gw.url("/orders"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let assertion = v["headers"]["x-portcullis-assertion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let x = jwks["keys"][0]["x"].as_str().unwrap();
+    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    val.set_audience(&["write"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &assertion,
+        &jsonwebtoken::DecodingKey::from_ed_components(x).unwrap(),
+        &val,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "billing");
+    assert_eq!(claims["request_id"], v["headers"]["x-request-id"]);
+
+    // Rotating the signing key with a grace period: both keys are published, tokens signed by
+    // the old one keep working, new tokens use the new one.
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "secret",
+            "generate",
+            "portcullis.oauth-signing-key",
+            "--type",
+            "ed25519",
+            "--grace",
+            "1h",
+            "--config",
+        ])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut published = 0;
+    for _ in 0..50 {
+        let j: serde_json::Value = http
+            .get(gw.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        published = j["keys"].as_array().unwrap().len();
+        if published == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, 2);
+    assert_eq!(
+        client()
+            .post(gw.url("/orders"))
+            .bearer_auth(&writer)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let newer = oauth
+        .exchange_client_credentials()
+        .add_scope(Scope::new("orders:read".into()))
+        .request_async(&http)
+        .await
+        .unwrap();
+    let new_kid = jsonwebtoken::decode_header(newer.access_token().secret())
+        .unwrap()
+        .kid
+        .unwrap();
+    assert_ne!(new_kid, kid);
+    assert_eq!(
+        client()
+            .get(gw.url("/orders"))
+            .bearer_auth(newer.access_token().secret())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
     // No secret reached the log.
     let logs = gw.stdout.all();
     assert!(

@@ -133,6 +133,8 @@ pub struct RouteConfig {
     pub object_rules: Vec<ObjectRule>,
     /// JSON body fields a caller may not set (mass assignment).
     pub request_deny_fields: Vec<String>,
+    /// Send a signed assertion of the verified caller upstream (`X-Portcullis-Assertion`).
+    pub identity_assertion: bool,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
 }

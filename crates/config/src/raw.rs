@@ -172,6 +172,8 @@ pub(crate) struct RawRoute {
     pub match_rules: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     #[serde(default)]
     pub request_deny_fields: Vec<String>,
+    #[serde(default)]
+    pub identity_assertion: bool,
     pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,

@@ -106,6 +106,9 @@ pub(crate) fn validate(
         }
     }
     if auth.oauth2.is_none() {
+        for r in routes.iter().filter(|r| r.identity_assertion) {
+            c.error(spans.get(&r.id).cloned(), format!("route {:?} sends identity assertions, which are signed with the [auth.oauth2] key and published at its JWKS; configure [auth.oauth2]", r.id));
+        }
         for r in routes
             .iter()
             .filter(|r| r.auth.contains(&AuthMethod::OAuth2))
@@ -923,6 +926,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         roles: r.roles,
         object_rules,
         request_deny_fields: r.request_deny_fields,
+        identity_assertion: r.identity_assertion,
         response_fields,
     })
 }

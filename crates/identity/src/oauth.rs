@@ -177,6 +177,40 @@ impl TokenIssuer {
         )
     }
 
+    /// Signs a short-lived (60 s) assertion of a verified caller for an upstream: it can check
+    /// the signature against `/.well-known/jwks.json` instead of trusting plain headers.
+    pub async fn assert_identity(
+        &self,
+        client_id: &str,
+        scopes: &[String],
+        audience: &str,
+        request_id: &str,
+    ) -> Option<String> {
+        let versions = self
+            .vault
+            .resolve_all(SIGNING_SECRET, SIGNING_CONSUMER)
+            .await
+            .ok()?;
+        let newest = versions.first()?;
+        let key = signing_key(newest)?;
+        let iat = now();
+        let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": format!("v{}", newest.version) });
+        let claims = serde_json::json!({
+            "iss": self.cfg.issuer, "aud": audience, "sub": client_id, "scope": scopes.join(" "),
+            "iat": iat, "exp": iat + 60, "request_id": request_id,
+        });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key.sign(input.as_bytes());
+        Some(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.to_bytes())
+        ))
+    }
+
     /// The public keys of every valid signing-key version, as a JWKS.
     pub async fn jwks(&self) -> serde_json::Value {
         let versions = self

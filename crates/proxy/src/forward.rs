@@ -16,6 +16,7 @@ use portcullis_core::{
     find_cause, Body, BoxError, ClientBodyError, GatewayError, Identity, MalformedKind,
     RequestContext, RouteMatch, REQUEST_ID_HEADER,
 };
+use portcullis_identity::TokenIssuer;
 use portcullis_policy::{BodyTooLarge, Terminal};
 use portcullis_vault::{Vault, VaultError};
 use std::future::Future;
@@ -45,6 +46,7 @@ pub(crate) struct Forwarder {
     headers: Vec<UpstreamHeader>,
     consumer: String,
     vault: Option<Arc<Vault>>,
+    assertions: Option<Arc<TokenIssuer>>,
 }
 
 impl Forwarder {
@@ -53,6 +55,7 @@ impl Forwarder {
         client: UpstreamClient,
         trusted_proxies: Arc<[IpNet]>,
         vault: Option<Arc<Vault>>,
+        assertions: Option<Arc<TokenIssuer>>,
     ) -> Self {
         Forwarder {
             route_id: Arc::from(route.id.as_str()),
@@ -65,6 +68,11 @@ impl Forwarder {
             headers: route.upstream_headers.clone(),
             consumer: route.consumer(),
             vault,
+            assertions: if route.identity_assertion {
+                assertions
+            } else {
+                None
+            },
         }
     }
 
@@ -187,6 +195,23 @@ impl Terminal for Forwarder {
         );
         headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
         set_identity(headers, req_identity.as_ref());
+        if let (Some(signer), Some(id)) = (&self.assertions, &req_identity) {
+            let assertion = signer
+                .assert_identity(
+                    &id.client_id,
+                    &id.scopes,
+                    &self.route_id,
+                    ctx.request_id.as_str(),
+                )
+                .await
+                .ok_or_else(|| {
+                    GatewayError::CredentialUnavailable("identity assertion key unavailable".into())
+                })?;
+            let mut v = HeaderValue::from_str(&assertion)
+                .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+            v.set_sensitive(true);
+            headers.insert("x-portcullis-assertion", v);
+        }
         self.inject_headers(headers).await?;
         headers.remove(header::HOST);
         if self.preserve_host {

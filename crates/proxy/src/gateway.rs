@@ -359,7 +359,13 @@ fn build_generation(
                 id: route.id.clone(),
                 reason: e.to_string(),
             })?;
-        let forwarder = Forwarder::new(route, client, trusted.clone(), services.vault.clone());
+        let forwarder = Forwarder::new(
+            route,
+            client,
+            trusted.clone(),
+            services.vault.clone(),
+            services.oauth.clone(),
+        );
         routes
             .insert(CompiledRoute {
                 id: Arc::from(route.id.as_str()),
