@@ -468,3 +468,46 @@ async fn object_and_property_rules_protect_other_tenants_data() {
         200
     );
 }
+
+#[tokio::test]
+async fn disabling_a_client_by_reload_applies_to_the_next_request() {
+    let up = upstream::start(None).await;
+    let cfg = config(&up.url(), "");
+    let gw = Gw::start(&cfg);
+    let key = issue_admin(&gw, "billing").await;
+    assert_eq!(
+        client()
+            .get(gw.url("/orders/1"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let disabled = cfg.replacen(
+        "id = \"billing\"\n",
+        "id = \"billing\"\nenabled = false\n",
+        1,
+    );
+    assert_ne!(disabled, cfg);
+    gw.rewrite_config(&disabled);
+    assert!(
+        gw.stdout
+            .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+    assert_problem(
+        client()
+            .get(gw.url("/orders/1"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+}
