@@ -1,12 +1,10 @@
 //! `portcullis client key issue|list|revoke|rotate`: API keys from the command line. A key is
 //! shown once, when it is issued; only its id appears anywhere afterwards.
 
-use crate::InvalidConfig;
 use anyhow::Context;
 use clap::Subcommand;
 use portcullis_identity::ApiKeys;
-use portcullis_vault::{LogEventSink, Vault};
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 /// Client commands.
 #[derive(Subcommand)]
@@ -44,23 +42,11 @@ pub(crate) enum KeyCommand {
 }
 
 pub(crate) async fn run(config: Option<PathBuf>, cmd: ClientCommand) -> anyhow::Result<ExitCode> {
-    let cfg = match &config {
-        Some(p) => portcullis_config::load(p).map_err(InvalidConfig)?.config,
-        None => portcullis_config::zero_config(),
-    };
+    let cfg = crate::state::load_config(&config)?;
     let _log =
         portcullis_telemetry::init_logging(&cfg.logging, portcullis_telemetry::LogSink::Stderr)
             .map_err(anyhow::Error::msg)?;
-    let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
-        .await
-        .context("opening the store")?;
-    let vault = Vault::open(
-        store.clone(),
-        crate::secrets::key_provider(&cfg, true),
-        Arc::new(LogEventSink),
-    )
-    .await
-    .context("opening the vault")?;
+    let (store, vault) = crate::state::open_state(&cfg).await?;
     let keys = ApiKeys::open(store, &vault)
         .await
         .context("loading API keys")?;

@@ -1,14 +1,10 @@
 //! `portcullis inventory`: declared routes from the configuration and the undeclared
 //! endpoints recorded in the store (what the running gateway flushed there).
 
-use crate::InvalidConfig;
 use std::{path::PathBuf, process::ExitCode};
 
 pub(crate) async fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let cfg = match &config {
-        Some(p) => portcullis_config::load(p).map_err(InvalidConfig)?.config,
-        None => portcullis_config::zero_config(),
-    };
+    let cfg = crate::state::load_config(&config)?;
     let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir).await?;
     let gateway =
         portcullis_proxy::Gateway::new(&cfg, store, portcullis_proxy::Services::none(&cfg))?;

@@ -8,6 +8,7 @@ mod inventory;
 mod reload;
 mod secrets;
 mod serve;
+mod state;
 mod upstream;
 
 use clap::{Parser, Subcommand};

@@ -3,13 +3,11 @@
 //! `ps`), and no command prints a value except the one-time output of `generate` for types
 //! that must be shared.
 
-use crate::InvalidConfig;
 use anyhow::Context;
 use clap::Subcommand;
 use portcullis_config::{Config, VaultKeyProvider};
 use portcullis_vault::{
-    EnvKeyProvider, FileKeyProvider, KeyProvider, LogEventSink, PutOptions, SecretInfo, SecretType,
-    Vault,
+    EnvKeyProvider, FileKeyProvider, KeyProvider, PutOptions, SecretInfo, SecretType, Vault,
 };
 use std::{io::Read, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use zeroize::Zeroizing;
@@ -141,19 +139,11 @@ pub(crate) fn key_provider(cfg: &Config, create: bool) -> Arc<dyn KeyProvider> {
 async fn open(
     config: &Option<PathBuf>,
 ) -> anyhow::Result<(Arc<Vault>, portcullis_telemetry::LogGuard)> {
-    let cfg = match config {
-        Some(p) => portcullis_config::load(p).map_err(InvalidConfig)?.config,
-        None => portcullis_config::zero_config(),
-    };
+    let cfg = crate::state::load_config(config)?;
     let log =
         portcullis_telemetry::init_logging(&cfg.logging, portcullis_telemetry::LogSink::Stderr)
             .map_err(anyhow::Error::msg)?;
-    let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
-        .await
-        .context("opening the store")?;
-    let vault = Vault::open(store, key_provider(&cfg, true), Arc::new(LogEventSink))
-        .await
-        .context("opening the vault")?;
+    let (_, vault) = crate::state::open_state(&cfg).await?;
     Ok((vault, log))
 }
 

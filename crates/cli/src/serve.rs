@@ -8,7 +8,7 @@ use portcullis_config::Config;
 use portcullis_identity::ApiKeys;
 use portcullis_proxy::{Gateway, Services};
 use portcullis_telemetry::{init_logging, init_metrics, LogGuard, LogSink};
-use portcullis_vault::{LogEventSink, Vault};
+use portcullis_vault::Vault;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -53,17 +53,8 @@ pub(crate) async fn start(
 ) -> anyhow::Result<Running> {
     let log = Arc::new(init_logging(&cfg.logging, sink).map_err(anyhow::Error::msg)?);
     let metrics = init_metrics();
-    let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
-        .await
-        .context("opening the store")?;
     // The vault opens before anything listens: a wrong or unsafe master key stops start-up.
-    let vault = Vault::open(
-        store.clone(),
-        crate::secrets::key_provider(&cfg, true),
-        Arc::new(LogEventSink),
-    )
-    .await
-    .context("opening the vault")?;
+    let (store, vault) = crate::state::open_state(&cfg).await?;
     let api_keys = ApiKeys::open(store.clone(), &vault)
         .await
         .context("loading API keys")?;

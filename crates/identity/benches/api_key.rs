@@ -3,27 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis_identity::ApiKeys;
-use portcullis_vault::{Kek, LogEventSink, Vault};
+use portcullis_vault::{Kek, LogEventSink, StaticKeyProvider, Vault};
 use std::sync::Arc;
-
-struct FixedKey;
-impl portcullis_vault::KeyProvider for FixedKey {
-    fn name(&self) -> &'static str {
-        "fixed"
-    }
-    fn current(&self) -> Result<Kek, portcullis_vault::VaultError> {
-        Ok(Kek::from_bytes([4; 32]))
-    }
-    fn next(&self) -> Result<Option<Kek>, portcullis_vault::VaultError> {
-        Ok(None)
-    }
-    fn stage_next(&self, _: &Kek) -> Result<(), portcullis_vault::VaultError> {
-        Ok(())
-    }
-    fn promote_next(&self) -> Result<(), portcullis_vault::VaultError> {
-        Ok(())
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -33,9 +14,13 @@ fn bench(c: &mut Criterion) {
     let (keys, key) = rt.block_on(async {
         let store: Arc<dyn portcullis_store::Store> =
             Arc::new(portcullis_store::SqliteStore::memory().await.unwrap());
-        let vault = Vault::open(store.clone(), Arc::new(FixedKey), Arc::new(LogEventSink))
-            .await
-            .unwrap();
+        let vault = Vault::open(
+            store.clone(),
+            Arc::new(StaticKeyProvider(Kek::from_bytes([4; 32]))),
+            Arc::new(LogEventSink),
+        )
+        .await
+        .unwrap();
         let keys = ApiKeys::open(store, &vault).await.unwrap();
         for i in 0..1000 {
             keys.issue(&format!("client-{i}"), None).await.unwrap();

@@ -3,27 +3,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use portcullis_vault::{decrypt, encrypt, Kek, LogEventSink, PutOptions, Vault};
+use portcullis_vault::{decrypt, encrypt, Kek, LogEventSink, PutOptions, StaticKeyProvider, Vault};
 use std::sync::Arc;
-
-struct FixedKey(Kek);
-impl portcullis_vault::KeyProvider for FixedKey {
-    fn name(&self) -> &'static str {
-        "fixed"
-    }
-    fn current(&self) -> Result<Kek, portcullis_vault::VaultError> {
-        Ok(self.0.clone())
-    }
-    fn next(&self) -> Result<Option<Kek>, portcullis_vault::VaultError> {
-        Ok(None)
-    }
-    fn stage_next(&self, _: &Kek) -> Result<(), portcullis_vault::VaultError> {
-        Ok(())
-    }
-    fn promote_next(&self) -> Result<(), portcullis_vault::VaultError> {
-        Ok(())
-    }
-}
 
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -35,7 +16,7 @@ fn benches(c: &mut Criterion) {
             Arc::new(portcullis_store::SqliteStore::memory().await.unwrap());
         let v = Vault::open(
             store,
-            Arc::new(FixedKey(Kek::from_bytes([3; 32]))),
+            Arc::new(StaticKeyProvider(Kek::from_bytes([3; 32]))),
             Arc::new(LogEventSink),
         )
         .await

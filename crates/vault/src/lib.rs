@@ -24,6 +24,7 @@ pub use error::VaultError;
 pub use events::{EventSink, LogEventSink, VaultEvent};
 pub use generate::Generated;
 pub use model::{PutOptions, SecretInfo, SecretType, SecretValue, VersionInfo};
+pub use provider::StaticKeyProvider;
 pub use provider::{
     EnvKeyProvider, FileKeyProvider, KeyProvider, MASTER_KEY_ENV, MASTER_KEY_NEXT_ENV,
 };

@@ -174,6 +174,36 @@ impl KeyProvider for EnvKeyProvider {
     }
 }
 
+/// A KEK held in memory, with no rotation: for tests and benchmarks. No configuration
+/// selects it.
+pub struct StaticKeyProvider(pub Kek);
+
+impl KeyProvider for StaticKeyProvider {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    fn current(&self) -> Result<Kek, VaultError> {
+        Ok(self.0.clone())
+    }
+
+    fn next(&self) -> Result<Option<Kek>, VaultError> {
+        Ok(None)
+    }
+
+    fn stage_next(&self, _kek: &Kek) -> Result<(), VaultError> {
+        Err(VaultError::KeyProvider(
+            "a static key cannot be rotated".into(),
+        ))
+    }
+
+    fn promote_next(&self) -> Result<(), VaultError> {
+        Err(VaultError::KeyProvider(
+            "a static key cannot be rotated".into(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
