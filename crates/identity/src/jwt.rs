@@ -10,7 +10,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use portcullis_config::JwtIssuerConfig;
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     str::FromStr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -53,6 +53,18 @@ struct Issuer {
 /// Verifies tokens from the configured issuers.
 pub struct JwtVerifier {
     issuers: Vec<Arc<Issuer>>,
+    /// Tokens already verified, by SHA-256 of the token, until their `exp`. Signature checks
+    /// cost tens of microseconds; workflows reuse one token for many calls.
+    verified: Mutex<HashMap<[u8; 32], (JwtClaims, i64)>>,
+}
+
+/// Most verified tokens remembered; the cache is emptied when it is full.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn pem_key(path: &std::path::Path) -> Result<DecodingKey, JwtError> {
@@ -200,7 +212,10 @@ impl JwtVerifier {
             }
             issuers.push(issuer);
         }
-        Ok(Arc::new(JwtVerifier { issuers }))
+        Ok(Arc::new(JwtVerifier {
+            issuers,
+            verified: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Refreshes every JWKS (call periodically).
@@ -219,6 +234,33 @@ impl JwtVerifier {
 
     /// Verifies `token` and returns the caller's claims.
     pub async fn verify(&self, token: &str) -> Result<JwtClaims, JwtError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some((claims, exp)) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest).cloned())
+        {
+            if exp > now {
+                return Ok(claims);
+            }
+        }
+        let (claims, exp) = self.verify_uncached(token).await?;
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= MAX_CACHED_TOKENS {
+                m.retain(|_, (_, e)| *e > now);
+                if m.len() >= MAX_CACHED_TOKENS {
+                    m.clear();
+                }
+            }
+            m.insert(digest, (claims.clone(), exp));
+        }
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(JwtClaims, i64), JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| JwtError::Invalid("malformed header or unsupported algorithm"))?;
         let iss = unverified_issuer(token).ok_or(JwtError::Invalid("no issuer"))?;
@@ -273,6 +315,8 @@ impl JwtVerifier {
         };
         let mut seen = HashSet::new();
         scopes.retain(|s| seen.insert(s.clone()));
-        Ok(JwtClaims { client_id, scopes })
+        // `exp` is required and was validated; the leeway is not extended by the cache.
+        let exp = claims.get("exp").and_then(|e| e.as_i64()).unwrap_or(0);
+        Ok((JwtClaims { client_id, scopes }, exp))
     }
 }
