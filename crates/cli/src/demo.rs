@@ -47,6 +47,21 @@ shutdown_grace = "5s"
 [logging]
 format = "pretty"
 
+# A workflow that may read orders; its API key is issued when the demo starts.
+[[clients]]
+id = "demo-workflow"
+scopes = ["orders:read"]
+
+# The same read, for authenticated callers holding orders:read only.
+[[routes]]
+id = "secure-orders-get"
+methods = ["GET"]
+path = "/api/secure/orders/{{id}}"
+upstream = "http://{upstream}"
+rewrite = "/orders/{{id}}"
+auth = ["api_key"]
+scopes = ["orders:read"]
+
 # Reads are rewritten onto the upstream's own paths.
 [[routes]]
 id = "orders-get"
@@ -123,13 +138,18 @@ async fn run_in(args: &DemoArgs, dir: PathBuf) -> anyhow::Result<ExitCode> {
     let loaded = portcullis_config::load(&config_path).map_err(crate::InvalidConfig)?;
     let running = serve::start(loaded.config, Some(config_path.clone()), LogSink::Stderr).await?;
 
+    let key = match running.gateway.api_keys() {
+        Some(keys) => keys.issue("demo-workflow", None).await?.key,
+        None => anyhow::bail!("the demo gateway has no API key service"),
+    };
     println!(
         "{}",
         instructions(
             running.data_addr,
             running.admin_addr,
             upstream,
-            &config_path
+            &config_path,
+            &key
         )
     );
     running.wait_for_signal().await;
@@ -141,6 +161,7 @@ fn instructions(
     admin: SocketAddr,
     upstream: SocketAddr,
     config: &std::path::Path,
+    key: &str,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Portcullis demo is running.");
@@ -169,6 +190,11 @@ fn instructions(
         (
             format!("curl -i -X POST http://{gw}/api/orders -H 'content-type: application/json' -d \"$(head -c 2048 /dev/zero | tr '\\0' a)\""),
             "413 problem+json: the route takes 1KiB at most",
+        ),
+        (format!("curl -i http://{gw}/api/secure/orders/42"), "401 problem+json: this route needs an API key"),
+        (
+            format!("curl -i http://{gw}/api/secure/orders/42 -H 'Authorization: Bearer {key}'"),
+            "200 for the demo workflow's key (issued at start, shown once)",
         ),
         (format!("curl -i http://{gw}/api/v1/export"), "200 with Deprecation, Sunset and Link headers"),
         (format!("curl -i http://{gw}/api/v0/report"), "410 problem+json: past its sunset"),
