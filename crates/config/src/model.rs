@@ -135,8 +135,38 @@ pub struct RouteConfig {
     pub request_deny_fields: Vec<String>,
     /// Send a signed assertion of the verified caller upstream (`X-Portcullis-Assertion`).
     pub identity_assertion: bool,
+    /// Rate limits; every one must admit a request.
+    pub rate_limits: Vec<RateLimitConfig>,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The authenticated client.
+    Client,
+    /// The client IP.
+    Ip,
+    /// The route as a whole.
+    Route,
+    /// The client on this route.
+    ClientRoute,
+    /// A request header's value.
+    Header(http::HeaderName),
+}
+
+/// `limit` requests per `period`, plus `burst` extra at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// What is counted.
+    pub per: RateKey,
+    /// Requests per period.
+    pub limit: u64,
+    /// The period.
+    pub period: Duration,
+    /// Extra requests allowed at once beyond `limit`.
+    pub burst: u64,
 }
 
 /// Where an object rule reads the requested object's owner from.

@@ -174,10 +174,22 @@ pub(crate) struct RawRoute {
     pub request_deny_fields: Vec<String>,
     #[serde(default)]
     pub identity_assertion: bool,
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<RawRateLimit>>,
     pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub per: String,
+    pub limit: u64,
+    pub period: HumanDuration,
+    #[serde(default)]
+    pub burst: u64,
 }
 
 #[derive(Debug, Deserialize)]

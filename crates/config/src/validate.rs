@@ -711,6 +711,55 @@ fn object_rules(
     out
 }
 
+fn rate_limits(
+    c: &mut Checker,
+    raw: Vec<Spanned<RawRateLimit>>,
+    authenticated: bool,
+    ctx: &str,
+) -> Vec<RateLimitConfig> {
+    let mut out = Vec::new();
+    for rl in raw {
+        let span = rl.span();
+        let r = rl.into_inner();
+        let per = match r.per.as_str() {
+            "client" => RateKey::Client,
+            "ip" => RateKey::Ip,
+            "route" => RateKey::Route,
+            "client_route" => RateKey::ClientRoute,
+            other => match other
+                .strip_prefix("header:")
+                .map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
+            {
+                Some(Ok(h)) => RateKey::Header(h),
+                _ => {
+                    c.error(Some(span), format!("{ctx}: rate_limits per {other:?} is not known; expected client, ip, route, client_route or header:NAME"));
+                    continue;
+                }
+            },
+        };
+        if matches!(per, RateKey::Client | RateKey::ClientRoute) && !authenticated {
+            c.error(
+                Some(span.clone()),
+                format!("{ctx}: a per-client rate limit needs an authenticated caller; add auth"),
+            );
+        }
+        if r.limit == 0 || r.period.0.is_zero() {
+            c.error(
+                Some(span),
+                format!("{ctx}: rate limit needs limit > 0 and a period > 0"),
+            );
+            continue;
+        }
+        out.push(RateLimitConfig {
+            per,
+            limit: r.limit,
+            period: r.period.0,
+            burst: r.burst,
+        });
+    }
+    out
+}
+
 fn response_fields(
     c: &mut Checker,
     raw: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
@@ -861,6 +910,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let auth = route_auth(c, r.auth, &r.scopes, &r.roles, &ctx);
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);
+    let rate_limits = rate_limits(c, r.rate_limits, !auth.is_empty(), &ctx);
 
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
@@ -927,6 +977,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         object_rules,
         request_deny_fields: r.request_deny_fields,
         identity_assertion: r.identity_assertion,
+        rate_limits,
         response_fields,
     })
 }

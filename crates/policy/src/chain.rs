@@ -47,6 +47,12 @@ pub trait Terminal: Send + Sync + 'static {
     async fn call(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError>;
 }
 
+/// Headers a policy wants on the eventual response (rate-limit allowance, say). Insert it
+/// into the request's extensions in `on_request`; the chain moves it to the response,
+/// whatever produces the response.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHeaders(pub http::HeaderMap);
+
 /// A route's policies in front of its terminal. Cheap to clone; immutable once built, so a
 /// request keeps the chain it started with across a hot reload.
 #[derive(Clone)]
@@ -74,13 +80,17 @@ impl Chain {
     pub async fn run(&self, req: Request<Body>, ctx: &RequestContext) -> Response<Body> {
         // The response phase sees the identity that authentication established.
         let mut ctx = ctx.clone();
+        let mut extra = http::HeaderMap::new();
         let mut pending = Some(req);
         let mut passed = 0;
         let mut early = None;
         for policy in self.policies.iter() {
             let Some(req) = pending.take() else { break };
             match policy.on_request(req).await {
-                Ok(Flow::Continue(next)) => {
+                Ok(Flow::Continue(mut next)) => {
+                    if let Some(h) = next.extensions_mut().remove::<ResponseHeaders>() {
+                        extra.extend(h.0);
+                    }
                     if ctx.identity.is_none() {
                         ctx.identity = next.extensions().get::<Identity>().cloned();
                     }
@@ -102,6 +112,9 @@ impl Chain {
                 &ctx,
             ),
         };
+        if !extra.is_empty() {
+            res.headers_mut().extend(extra);
+        }
         for policy in self.policies[..passed].iter().rev() {
             res = match policy.on_response(res, &ctx).await {
                 Ok(r) => r,

@@ -14,12 +14,14 @@ mod chain;
 mod deprecation;
 mod json_path;
 mod object_rules;
+mod rate_limit;
 mod response_fields;
 
 pub use authenticate::{Authenticate, Clients};
 pub use authorize::Authorize;
 pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
-pub use chain::{Chain, Flow, Policy, Terminal};
+pub use chain::{Chain, Flow, Policy, ResponseHeaders, Terminal};
 pub use deprecation::Deprecation;
 pub use object_rules::ObjectRules;
+pub use rate_limit::{Decision, Limiter, MemoryLimiter, RateLimit};
 pub use response_fields::ResponseFields;

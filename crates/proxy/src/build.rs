@@ -8,7 +8,7 @@ use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, ObjectRules, Policy,
-    ResponseFields,
+    RateLimit, ResponseFields,
 };
 use std::sync::Arc;
 
@@ -67,8 +67,18 @@ pub(crate) fn route_chain(
                 route.scopes.clone(),
                 route.roles.clone(),
             )));
-        } // 4. Which objects and fields: the named object must belong to the caller, and the
-          //    body may not set denied fields (reads the body, within max_body).
+        }
+        // Rate limits that count callers: after authentication, so a client is known; only
+        // admitted requests count.
+        if !route.rate_limits.is_empty() {
+            steps.push(Arc::new(RateLimit::new(
+                &route.id,
+                route.rate_limits.clone(),
+                services.limiter.clone(),
+            )));
+        }
+        // 4. Which objects and fields: the named object must belong to the caller, and the
+        //    body may not set denied fields (reads the body, within max_body).
         if !route.object_rules.is_empty() || !route.request_deny_fields.is_empty() {
             steps.push(Arc::new(ObjectRules::new(
                 route.object_rules.clone(),
@@ -76,6 +86,15 @@ pub(crate) fn route_chain(
                 route.max_body,
             )));
         }
+    }
+
+    // Rate limits on public routes (per IP, per route, per header).
+    if route.auth.is_empty() && !route.rate_limits.is_empty() {
+        steps.push(Arc::new(RateLimit::new(
+            &route.id,
+            route.rate_limits.clone(),
+            services.limiter.clone(),
+        )));
     }
 
     // 5. What the caller may see: response fields filtered by role (on the way back).

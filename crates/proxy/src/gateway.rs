@@ -85,6 +85,8 @@ pub struct Services {
     pub jwt: Option<Arc<JwtVerifier>>,
     /// The OAuth 2.0 token issuer, when `[auth.oauth2]` is configured.
     pub oauth: Option<Arc<TokenIssuer>>,
+    /// Where rate-limit state lives.
+    pub limiter: Arc<dyn portcullis_policy::Limiter>,
     /// Authentication-failure lockout.
     pub brute_force: Arc<BruteForce>,
 }
@@ -98,6 +100,7 @@ impl Services {
             api_keys: None,
             jwt: None,
             oauth: None,
+            limiter: portcullis_policy::MemoryLimiter::shared(),
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
         }
     }

@@ -1,0 +1,75 @@
+//! Rate limits through the real gateway: exact under concurrency, with Retry-After and the
+//! IETF RateLimit headers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{client, route, server_section, upstream, Gw};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n\n{}{}",
+        server_section(""),
+        route("limited", "[\"GET\"]", "/limited", &up.url(), "auth = [\"api_key\"]\nrate_limits = [{ per = \"client\", limit = 100, period = \"1m\" }]"),
+        route("by-ip", "[\"GET\"]", "/by-ip", &up.url(), "rate_limits = [{ per = \"ip\", limit = 3, period = \"1m\" }]"),
+    );
+    let gw = Gw::start(&cfg);
+    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
+    let key = client()
+        .post(gw.admin_url("/admin/clients/billing/keys"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["key_once"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = client();
+    let tasks: Vec<_> = (0..150)
+        .map(|_| {
+            let (c, url, key) = (c.clone(), gw.url("/limited"), key.clone());
+            tokio::spawn(async move { c.get(url).bearer_auth(key).send().await.unwrap() })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        let res = t.await.unwrap();
+        assert!(res.headers().contains_key("ratelimit-policy"));
+        match res.status().as_u16() {
+            200 => {
+                assert!(res.headers()["ratelimit"].to_str().unwrap().contains(";r="));
+                ok += 1;
+            }
+            429 => {
+                let retry: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1 && retry <= 60);
+                limited += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, limited), (100, 50));
+
+    // Per IP on a public route.
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..5).map(|_| c.get(gw.url("/by-ip")).send()))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+}
