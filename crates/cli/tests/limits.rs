@@ -52,7 +52,7 @@ async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
                     .unwrap()
                     .parse()
                     .unwrap();
-                assert!(retry >= 1 && retry <= 60);
+                assert!((1..=60).contains(&retry));
                 limited += 1;
             }
             s => panic!("unexpected status {s}"),
