@@ -61,20 +61,6 @@ fn issue(gw: &Gw, client_id: &str) -> String {
     key
 }
 
-/// Issues a key through the admin API: the running gateway knows it at once.
-async fn issue_admin(gw: &Gw, client_id: &str) -> String {
-    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
-    let res = client()
-        .post(gw.admin_url(&format!("/admin/clients/{client_id}/keys")))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let v: serde_json::Value = res.json().await.unwrap();
-    v["key_once"].as_str().unwrap().to_string()
-}
-
 /// Waits until the gateway has loaded keys issued by another process (its one-second watch).
 async fn wait_until_accepted(gw: &Gw, key: &str) {
     for _ in 0..50 {
@@ -173,9 +159,9 @@ async fn api_keys_authenticate_and_scopes_authorize() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
 
     // Known callers without permission: 403.
-    let no_scope = issue_admin(&gw, "reader-without-scope").await;
-    let office = issue_admin(&gw, "office-only").await;
-    let off = issue_admin(&gw, "switched-off").await;
+    let no_scope = gw.issue_key("reader-without-scope").await;
+    let office = gw.issue_key("office-only").await;
+    let off = gw.issue_key("switched-off").await;
     assert_problem(
         c.get(gw.url("/orders/7"))
             .bearer_auth(&no_scope)
@@ -209,10 +195,9 @@ async fn api_keys_authenticate_and_scopes_authorize() {
     .await;
 
     // Revocation through the admin API applies to the very next request.
-    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
     let res = c
         .post(gw.admin_url(&format!("/admin/keys/{id}/revoke")))
-        .bearer_auth(token.trim())
+        .bearer_auth(gw.admin_token())
         .send()
         .await
         .unwrap();
@@ -272,7 +257,7 @@ async fn repeated_failures_lock_the_source_out() {
         config(&up.url(), "")
     );
     let gw = Gw::start(&cfg);
-    let key = issue_admin(&gw, "billing").await;
+    let key = gw.issue_key("billing").await;
     let c = client();
     let bad = format!("pcl_0123456789abcdef_{}", "C".repeat(43));
     for _ in 0..4 {
@@ -332,8 +317,8 @@ async fn object_and_property_rules_protect_other_tenants_data() {
         route("create", "[\"POST\"]", "/orders", &u, "auth = [\"api_key\"]\nmatch = { \"body.customer.tenant\" = \"client.tenant\" }\nrequest_deny_fields = [\"role\", \"account.is_admin\"]"),
     );
     let gw = Gw::start(&cfg);
-    let key = issue_admin(&gw, "billing").await;
-    let auditor = issue_admin(&gw, "auditor").await;
+    let key = gw.issue_key("billing").await;
+    let auditor = gw.issue_key("auditor").await;
     let c = client();
 
     // Own tenant: allowed, and the response is filtered for the caller's role.
@@ -474,7 +459,7 @@ async fn disabling_a_client_by_reload_applies_to_the_next_request() {
     let up = upstream::start(None).await;
     let cfg = config(&up.url(), "");
     let gw = Gw::start(&cfg);
-    let key = issue_admin(&gw, "billing").await;
+    let key = gw.issue_key("billing").await;
     assert_eq!(
         client()
             .get(gw.url("/orders/1"))

@@ -16,19 +16,7 @@ async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
         route("by-ip", "[\"GET\"]", "/by-ip", &up.url(), "rate_limits = [{ per = \"ip\", limit = 3, period = \"1m\" }]"),
     );
     let gw = Gw::start(&cfg);
-    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
-    let key = client()
-        .post(gw.admin_url("/admin/clients/billing/keys"))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["key_once"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = gw.issue_key("billing").await;
     let c = client();
     let tasks: Vec<_> = (0..150)
         .map(|_| {

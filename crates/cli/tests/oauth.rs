@@ -17,17 +17,7 @@ async fn client_credentials_tokens_work_and_can_be_revoked() {
         route("write", "[\"POST\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:write\"]\nidentity_assertion = true"),
     );
     let gw = Gw::start(&cfg);
-    let token = std::fs::read_to_string(gw.dir.path().join("state/admin.token")).unwrap();
-    let res = client()
-        .post(gw.admin_url("/admin/clients/billing/keys"))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap();
-    let secret = res.json::<serde_json::Value>().await.unwrap()["key_once"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = gw.issue_key("billing").await;
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -136,6 +136,27 @@ impl Gw {
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
+    /// The admin API token the gateway created in its data directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Issues an API key for `client_id` through the admin API (known to the gateway at once).
+    pub async fn issue_key(&self, client_id: &str) -> String {
+        let res = client()
+            .post(self.admin_url(&format!("/admin/clients/{client_id}/keys")))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let v: serde_json::Value = res.json().await.unwrap();
+        v["key_once"].as_str().unwrap().to_string()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
