@@ -61,3 +61,49 @@ async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn client_network_rules_apply_per_route_and_server_wide() {
+    let up = upstream::start(None).await;
+    let routes = [
+        route(
+            "denied",
+            "[\"GET\"]",
+            "/denied",
+            &up.url(),
+            "deny_ips = [\"127.0.0.0/8\"]",
+        ),
+        route(
+            "office",
+            "[\"GET\"]",
+            "/office",
+            &up.url(),
+            "allow_ips = [\"10.0.0.0/8\"]",
+        ),
+        route(
+            "local",
+            "[\"GET\"]",
+            "/local",
+            &up.url(),
+            "allow_ips = [\"127.0.0.1\", \"::1\"]",
+        ),
+    ]
+    .concat();
+    let gw = Gw::start(&format!("{}{routes}", server_section("")));
+    let c = client();
+    assert_eq!(c.get(gw.url("/denied")).send().await.unwrap().status(), 403);
+    assert_eq!(c.get(gw.url("/office")).send().await.unwrap().status(), 403);
+    assert_eq!(c.get(gw.url("/local")).send().await.unwrap().status(), 200);
+
+    let locked = Gw::start(&format!(
+        "{}{routes}",
+        server_section("deny_ips = [\"127.0.0.1/32\"]")
+    ));
+    let res = c.get(locked.url("/local")).send().await.unwrap();
+    common::assert_problem(res, 403, "forbidden").await;
+    // Refused before routing: an undeclared path is not revealed as 404 either.
+    assert_eq!(
+        c.get(locked.url("/nope")).send().await.unwrap().status(),
+        403
+    );
+}

@@ -67,3 +67,4 @@ pub fn zero_config() -> Config {
 
 #[cfg(test)]
 mod tests;
+pub use model::IpRules;

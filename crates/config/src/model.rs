@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Client networks allowed on every route (empty: all), checked before routing.
+    pub ip_rules: IpRules,
     /// Directory for the embedded database and other state; created 0700.
     pub data_dir: PathBuf,
     /// How long shutdown waits for in-flight requests before it gives up on them.
@@ -137,8 +139,33 @@ pub struct RouteConfig {
     pub identity_assertion: bool,
     /// Rate limits; every one must admit a request.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Client networks allowed or denied on this route.
+    pub ip_rules: IpRules,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
+}
+
+/// Allow and deny lists of client networks. Deny wins; a non-empty allow list admits only
+/// its networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpRules {
+    /// Networks allowed (empty: all).
+    pub allow: Vec<IpNet>,
+    /// Networks refused.
+    pub deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    /// True when `ip` may pass.
+    pub fn admits(&self, ip: &std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip)))
+    }
+
+    /// True when there is nothing to check.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
 }
 
 /// What a rate limit counts by.

@@ -35,6 +35,10 @@ pub(crate) struct RawServer {
     pub admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny_ips: Vec<Spanned<String>>,
     pub data_dir: Option<PathBuf>,
     pub shutdown_grace: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
@@ -174,6 +178,10 @@ pub(crate) struct RawRoute {
     pub request_deny_fields: Vec<String>,
     #[serde(default)]
     pub identity_assertion: bool,
+    #[serde(default)]
+    pub allow_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny_ips: Vec<Spanned<String>>,
     #[serde(default)]
     pub rate_limits: Vec<Spanned<RawRateLimit>>,
     pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,

@@ -390,3 +390,19 @@ fn clients_and_object_rules_are_validated() {
     ));
     assert!(e[0].message.contains("\"default\""), "{e:?}");
 }
+
+#[test]
+fn ip_rules_deny_wins_and_allow_restricts() {
+    let c = ok(&format!("[server]\ndeny_ips = [\"10.1.0.0/16\"]\nallow_ips = [\"10.0.0.0/8\"]\n{ROUTE}deny_ips = [\"192.0.2.1\"]\n")).config;
+    let ip = |s: &str| {
+        s.parse::<std::net::IpAddr>()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+    };
+    assert!(c.server.ip_rules.admits(&ip("10.2.3.4")));
+    assert!(!c.server.ip_rules.admits(&ip("10.1.3.4")));
+    assert!(!c.server.ip_rules.admits(&ip("192.0.2.9")));
+    assert!(!c.routes[0].ip_rules.admits(&ip("192.0.2.1")));
+    assert!(c.routes[0].ip_rules.admits(&ip("192.0.2.2")));
+    let e = errors(&format!("{ROUTE}allow_ips = [\"nope\"]\n"));
+    assert!(e[0].message.contains("not an IP address"), "{e:?}");
+}

@@ -269,6 +269,10 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         }
     }
 
+    let ip_rules = IpRules {
+        allow: nets(c, raw.allow_ips, "server.allow_ips"),
+        deny: nets(c, raw.deny_ips, "server.deny_ips"),
+    };
     let max_header_count = bounded(
         c,
         raw.max_header_count,
@@ -300,6 +304,7 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         client_ca,
         admin_listen,
         trusted_proxies,
+        ip_rules,
         data_dir: c.path(
             &raw.data_dir
                 .unwrap_or_else(|| PathBuf::from("portcullis-data")),
@@ -313,6 +318,24 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         max_url_bytes,
         dangerous_expose_admin: expose,
     }
+}
+
+fn nets(c: &mut Checker, raw: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for p in raw {
+        let s = p.get_ref().trim();
+        match s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => c.error(
+                Some(p.span()),
+                format!("{what}: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    out
 }
 
 fn bounded<T>(
@@ -911,6 +934,10 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);
     let rate_limits = rate_limits(c, r.rate_limits, !auth.is_empty(), &ctx);
+    let ip_rules = IpRules {
+        allow: nets(c, r.allow_ips, &format!("{ctx}: allow_ips")),
+        deny: nets(c, r.deny_ips, &format!("{ctx}: deny_ips")),
+    };
 
     let ca = r.upstream_ca.map(|p| {
         let path = c.path(p.get_ref());
@@ -978,6 +1005,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         request_deny_fields: r.request_deny_fields,
         identity_assertion: r.identity_assertion,
         rate_limits,
+        ip_rules,
         response_fields,
     })
 }

@@ -7,8 +7,8 @@ use http::Request;
 use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
-    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, ObjectRules, Policy,
-    RateLimit, ResponseFields,
+    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, IpFilter, ObjectRules,
+    Policy, RateLimit, ResponseFields,
 };
 use std::sync::Arc;
 
@@ -20,6 +20,11 @@ pub(crate) fn route_chain(
     clients: &Clients,
 ) -> Chain {
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
+
+    // 0. Where the caller is: route allow/deny lists of client networks (403).
+    if !route.ip_rules.is_empty() {
+        steps.push(Arc::new(IpFilter::new(route.ip_rules.clone())));
+    }
 
     // 1. Retired or retiring: 410 Gone from the sunset on; Deprecation, Sunset and Link
     //    headers on every response before it.

@@ -283,6 +283,10 @@ impl Gateway {
         check_head(&req, generation.limits).map_err(|e| (e, none.clone()))?;
         // 3. A path every server reads the same way (400 otherwise).
         check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none.clone()))?;
+        // Server-wide client network rules, before anything else is revealed (403).
+        if !generation.config.server.ip_rules.admits(&ctx.client_ip) {
+            return Err((GatewayError::Forbidden, none.clone()));
+        }
         // The OAuth 2.0 endpoints, when Portcullis issues tokens.
         if let Some(issuer) = &self.services.oauth {
             if crate::oauth_endpoints::is_endpoint(req.uri().path()) {
