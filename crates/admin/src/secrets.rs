@@ -44,6 +44,7 @@ fn problem(status: StatusCode, slug: &str, title: &str, detail: Option<String>) 
         status: status.as_u16(),
         detail,
         request_id: id.as_str(),
+        errors: Vec::new(),
     };
     (
         status,

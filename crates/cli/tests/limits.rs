@@ -107,3 +107,101 @@ async fn client_network_rules_apply_per_route_and_server_wide() {
         403
     );
 }
+
+#[tokio::test]
+async fn request_bodies_are_validated_against_the_schema() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["sku", "qty"],
+        "properties": { "sku": { "type": "string", "maxLength": 8 }, "qty": { "type": "integer", "minimum": 1 } },
+        "additionalProperties": false
+    });
+    std::fs::write(dir.path().join("order.json"), schema.to_string()).unwrap();
+    let cfg = format!(
+        "{}{}",
+        server_section(""),
+        route(
+            "create",
+            "[\"POST\"]",
+            "/orders",
+            &up.url(),
+            "request_schema = \"order.json\""
+        )
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
+    let gw = Gw::start_in(dir);
+    let c = client();
+    let post = |body: String, ct: &'static str| {
+        let (c, url) = (c.clone(), gw.url("/orders"));
+        async move {
+            c.post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = post(r#"{"sku":"A1","qty":2}"#.into(), "application/json").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["body_len"],
+        20
+    );
+
+    let res = post(
+        r#"{"sku":"SENTINEL-long-value","qty":0,"x":1}"#.into(),
+        "application/json",
+    )
+    .await;
+    let v = common::assert_problem(res, 422, "invalid-body").await;
+    let errors: Vec<(String, String)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["pointer"].as_str().unwrap().into(),
+                e["rule"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        errors.contains(&("/sku".into(), "maxLength".into())),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&("/qty".into(), "minimum".into())),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|(_, r)| r == "additionalProperties"),
+        "{errors:?}"
+    );
+    assert!(
+        !v.to_string().contains("SENTINEL"),
+        "the value was echoed: {v}"
+    );
+    let v = common::assert_problem(
+        post(r#"{"sku":"A1"}"#.into(), "application/json").await,
+        422,
+        "invalid-body",
+    )
+    .await;
+    assert_eq!(v["errors"][0]["rule"], "required");
+    common::assert_problem(
+        post(r#"{"sku":"A1","qty":2}"#.into(), "text/plain").await,
+        415,
+        "unsupported-media-type",
+    )
+    .await;
+    common::assert_problem(
+        post("{not json".into(), "application/json").await,
+        400,
+        "malformed-request",
+    )
+    .await;
+}

@@ -141,6 +141,8 @@ pub struct RouteConfig {
     pub rate_limits: Vec<RateLimitConfig>,
     /// Client networks allowed or denied on this route.
     pub ip_rules: IpRules,
+    /// JSON Schema (2020-12) request bodies must satisfy; JSON content type required.
+    pub request_schema: Option<Arc<serde_json::Value>>,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
 }

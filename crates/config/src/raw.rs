@@ -178,6 +178,7 @@ pub(crate) struct RawRoute {
     pub request_deny_fields: Vec<String>,
     #[serde(default)]
     pub identity_assertion: bool,
+    pub request_schema: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
     #[serde(default)]

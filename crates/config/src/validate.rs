@@ -934,6 +934,23 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);
     let rate_limits = rate_limits(c, r.rate_limits, !auth.is_empty(), &ctx);
+    let request_schema = r.request_schema.and_then(|p| {
+        let path = c.path(p.get_ref());
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+            }) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                c.error(
+                    Some(p.span()),
+                    format!("{ctx}: request_schema {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
     let ip_rules = IpRules {
         allow: nets(c, r.allow_ips, &format!("{ctx}: allow_ips")),
         deny: nets(c, r.deny_ips, &format!("{ctx}: deny_ips")),
@@ -1006,6 +1023,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         identity_assertion: r.identity_assertion,
         rate_limits,
         ip_rules,
+        request_schema,
         response_fields,
     })
 }

@@ -77,6 +77,15 @@ pub enum GatewayError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The request body does not satisfy the route's schema; (JSON pointer, keyword) pairs.
+    #[error("request body invalid")]
+    Invalid {
+        /// Where and which rule failed; never the offending values.
+        errors: Vec<(String, String)>,
+    },
+    /// The request's content type is not one the route accepts.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// The request is malformed.
     #[error("malformed request: {0:?}")]
     Malformed(MalformedKind),
@@ -112,6 +121,8 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -134,6 +145,8 @@ impl GatewayError {
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
             Self::Malformed(_) => "malformed-request",
+            Self::Invalid { .. } => "invalid-body",
+            Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unauthorized { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::TooManyRequests { .. } => "too-many-requests",
@@ -155,6 +168,8 @@ impl GatewayError {
             Self::UriTooLong => "Request target too long",
             Self::HeadersTooLarge => "Request headers too large",
             Self::Malformed(_) => "Malformed request",
+            Self::Invalid { .. } => "Request body does not match the schema",
+            Self::UnsupportedMediaType => "Unsupported content type",
             Self::Unauthorized { .. } => "Authentication required",
             Self::Forbidden => "Not allowed",
             Self::TooManyRequests { .. } => "Too many requests",

@@ -22,6 +22,9 @@ pub struct Problem<'a> {
     pub detail: Option<String>,
     /// The request id, to quote when asking an operator about this request.
     pub request_id: &'a str,
+    /// For schema failures: which JSON pointer failed which rule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<serde_json::Value>,
 }
 
 /// Carried in the extensions of a response made from an error, so the access log and metrics
@@ -44,6 +47,13 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         status: status.as_u16(),
         detail: err.detail(),
         request_id: request_id.as_str(),
+        errors: match err {
+            GatewayError::Invalid { errors } => errors
+                .iter()
+                .map(|(p, r)| serde_json::json!({ "pointer": p, "rule": r }))
+                .collect(),
+            _ => Vec::new(),
+        },
     };
     let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
     let mut res = Response::new(full(body));

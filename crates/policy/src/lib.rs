@@ -17,6 +17,7 @@ mod json_path;
 mod object_rules;
 mod rate_limit;
 mod response_fields;
+mod validate_body;
 
 pub use authenticate::{Authenticate, Clients};
 pub use authorize::Authorize;
@@ -27,3 +28,4 @@ pub use ip_filter::IpFilter;
 pub use object_rules::ObjectRules;
 pub use rate_limit::{Decision, Limiter, MemoryLimiter, RateLimit};
 pub use response_fields::ResponseFields;
+pub use validate_body::ValidateBody;

@@ -8,7 +8,7 @@ use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, IpFilter, ObjectRules,
-    Policy, RateLimit, ResponseFields,
+    Policy, RateLimit, ResponseFields, ValidateBody,
 };
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ pub(crate) fn route_chain(
     upstream: Forwarder,
     services: &Services,
     clients: &Clients,
-) -> Chain {
+) -> Result<Chain, String> {
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
 
     // 0. Where the caller is: route allow/deny lists of client networks (403).
@@ -111,10 +111,12 @@ pub(crate) fn route_chain(
     //    streamed body is cut off the moment it passes the limit.
     steps.push(Arc::new(BodyLimit::new(route.max_body)));
 
-    // Rate limits and validation slot in here as they land: cheap refusals first,
-    // body-reading policies last.
+    // 7. What the body says: JSON Schema validation (reads the body, within max_body).
+    if let Some(schema) = &route.request_schema {
+        steps.push(Arc::new(ValidateBody::new(schema, route.max_body)?));
+    }
 
-    Chain::new(steps, Arc::new(upstream))
+    Ok(Chain::new(steps, Arc::new(upstream)))
 }
 
 /// Stands in for authentication when the gateway has no key service: refuses everything.

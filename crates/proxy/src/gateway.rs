@@ -377,7 +377,12 @@ fn build_generation(
             .insert(CompiledRoute {
                 id: Arc::from(route.id.as_str()),
                 config: route.clone(),
-                chain: route_chain(route, forwarder, services, &known),
+                chain: route_chain(route, forwarder, services, &known).map_err(|reason| {
+                    BuildError::Route {
+                        id: route.id.clone(),
+                        reason,
+                    }
+                })?,
             })
             .map_err(|reason| BuildError::Route {
                 id: route.id.clone(),

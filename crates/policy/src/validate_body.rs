@@ -1,0 +1,78 @@
+//! Request validation: bodies must be JSON (415 otherwise) and satisfy the route's JSON Schema
+//! (2020-12), compiled once when the configuration is built. Failures are 422 problem+json
+//! listing each failing JSON pointer and rule, never the offending values.
+
+use crate::{body_limit::read_limited, Flow, Policy};
+use async_trait::async_trait;
+use http::{header, Request};
+use portcullis_core::{full, Body, GatewayError, MalformedKind};
+
+/// Most errors reported for one request.
+const MAX_REPORTED: usize = 20;
+
+/// The schema policy for one route.
+pub struct ValidateBody {
+    schema: jsonschema::Validator,
+    max_body: u64,
+}
+
+impl ValidateBody {
+    /// Compiles `schema`; an invalid schema is a configuration error.
+    pub fn new(schema: &serde_json::Value, max_body: u64) -> Result<Self, String> {
+        let schema = jsonschema::draft202012::new(schema)
+            .map_err(|e| format!("invalid JSON Schema: {e}"))?;
+        Ok(ValidateBody { schema, max_body })
+    }
+}
+
+fn is_json(ct: Option<&http::HeaderValue>) -> bool {
+    ct.and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+#[async_trait]
+impl Policy for ValidateBody {
+    fn name(&self) -> &'static str {
+        "validate_body"
+    }
+
+    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = read_limited(body, self.max_body).await?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?;
+        let errors: Vec<(String, String)> = self
+            .schema
+            .iter_errors(&value)
+            .take(MAX_REPORTED)
+            .map(|e| {
+                let pointer = e.instance_path.to_string();
+                let schema_path = e.schema_path.to_string();
+                let rule = schema_path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("schema")
+                    .to_string();
+                (
+                    if pointer.is_empty() {
+                        "/".to_string()
+                    } else {
+                        pointer
+                    },
+                    rule,
+                )
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(GatewayError::Invalid { errors });
+        }
+        Ok(Flow::Continue(Request::from_parts(parts, full(bytes))))
+    }
+}
