@@ -205,3 +205,94 @@ async fn request_bodies_are_validated_against_the_schema() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn cors_preflights_and_responses() {
+    let up = upstream::start(None).await;
+    let cors = "cors = { origins = [\"https://app.example\"], headers = [\"content-type\", \"authorization\"], credentials = true, max_age = \"5m\" }";
+    let cfg = format!(
+        "{}[[clients]]\nid = \"c\"\n\n{}",
+        server_section(""),
+        route(
+            "api",
+            "[\"GET\", \"POST\"]",
+            "/api",
+            &up.url(),
+            &format!("auth = [\"api_key\"]\n{cors}")
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    let c = client();
+    let pre = |origin: &'static str, method: &'static str, headers: &'static str| {
+        let (c, url) = (c.clone(), gw.url("/api"));
+        async move {
+            c.request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", method)
+                .header("access-control-request-headers", headers)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = pre("https://app.example", "POST", "content-type, authorization").await;
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST");
+    assert_eq!(h["access-control-max-age"], "300");
+    assert_eq!(
+        pre("https://evil.example", "POST", "content-type")
+            .await
+            .status(),
+        403
+    );
+    // A method the path does not have at all: the route lookup answers 405.
+    assert_eq!(pre("https://app.example", "DELETE", "").await.status(), 405);
+    assert_eq!(
+        pre("https://app.example", "GET", "x-unlisted")
+            .await
+            .status(),
+        403
+    );
+
+    // Actual requests: even a 401 carries the headers for an allowed origin; others get none.
+    let res = c
+        .get(gw.url("/api"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(res.headers()["vary"], "Origin");
+    let res = c
+        .get(gw.url("/api"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+
+    // `*` with credentials is refused by check.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        route(
+            "r",
+            "[\"GET\"]",
+            "/r",
+            &up.url(),
+            "cors = { origins = [\"*\"], credentials = true }",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = common::run_cli(&["check", bad.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("credentials"), "{err}");
+}

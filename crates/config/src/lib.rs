@@ -67,4 +67,5 @@ pub fn zero_config() -> Config {
 
 #[cfg(test)]
 mod tests;
+pub use model::CorsConfig;
 pub use model::IpRules;

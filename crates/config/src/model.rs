@@ -143,6 +143,8 @@ pub struct RouteConfig {
     pub ip_rules: IpRules,
     /// JSON Schema (2020-12) request bodies must satisfy; JSON content type required.
     pub request_schema: Option<Arc<serde_json::Value>>,
+    /// Cross-origin access for browsers.
+    pub cors: Option<CorsConfig>,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
 }
@@ -168,6 +170,23 @@ impl IpRules {
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
     }
+}
+
+/// CORS for one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Allowed origins (`scheme://host[:port]`), or `*` without credentials.
+    pub origins: Vec<String>,
+    /// Allowed methods (default: the route's).
+    pub methods: Vec<String>,
+    /// Allowed request headers (lower-case).
+    pub headers: Vec<String>,
+    /// Response headers scripts may read.
+    pub expose_headers: Vec<String>,
+    /// Cookies and credentials allowed.
+    pub credentials: bool,
+    /// How long browsers may cache a preflight.
+    pub max_age: Duration,
 }
 
 /// What a rate limit counts by.

@@ -179,6 +179,7 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub identity_assertion: bool,
     pub request_schema: Option<Spanned<PathBuf>>,
+    pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
     #[serde(default)]
@@ -189,6 +190,21 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCors {
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    pub max_age: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -934,6 +934,28 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);
     let rate_limits = rate_limits(c, r.rate_limits, !auth.is_empty(), &ctx);
+    let cors = r.cors.map(|raw| {
+        let span = raw.span();
+        let cr = raw.into_inner();
+        let wildcard = cr.origins.iter().any(|o| o == "*");
+        if wildcard && cr.credentials {
+            c.error(Some(span.clone()), format!("{ctx}: cors: origins = [\"*\"] with credentials = true lets any site act with the user's credentials; list the origins"));
+        }
+        for o in cr.origins.iter().filter(|o| *o != "*") {
+            let okay = url::Url::parse(o).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/'));
+            if !okay {
+                c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} must be scheme://host[:port] with no path"));
+            }
+        }
+        CorsConfig {
+            origins: cr.origins,
+            methods: if cr.methods.is_empty() { methods.iter().map(|m| m.to_string()).collect() } else { cr.methods.iter().map(|m| m.to_ascii_uppercase()).collect() },
+            headers: cr.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            expose_headers: cr.expose_headers,
+            credentials: cr.credentials,
+            max_age: cr.max_age.map_or(Duration::from_secs(600), |d| d.0),
+        }
+    });
     let request_schema = r.request_schema.and_then(|p| {
         let path = c.path(p.get_ref());
         match std::fs::read(&path)
@@ -1024,6 +1046,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         rate_limits,
         ip_rules,
         request_schema,
+        cors,
         response_fields,
     })
 }

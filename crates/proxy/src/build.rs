@@ -7,8 +7,8 @@ use http::Request;
 use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
-    Authenticate, Authorize, BodyLimit, Chain, Clients, Deprecation, Flow, IpFilter, ObjectRules,
-    Policy, RateLimit, ResponseFields, ValidateBody,
+    Authenticate, Authorize, BodyLimit, Chain, Clients, Cors, Deprecation, Flow, IpFilter,
+    ObjectRules, Policy, RateLimit, ResponseFields, ValidateBody,
 };
 use std::sync::Arc;
 
@@ -20,6 +20,12 @@ pub(crate) fn route_chain(
     clients: &Clients,
 ) -> Result<Chain, String> {
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
+
+    // Browsers: CORS headers for allowed origins on every response, errors included (first,
+    // so every later refusal carries them). Preflights are answered before routing.
+    if let Some(cors) = &route.cors {
+        steps.push(Arc::new(Cors::new(cors.clone())));
+    }
 
     // 0. Where the caller is: route allow/deny lists of client networks (403).
     if !route.ip_rules.is_empty() {

@@ -303,6 +303,23 @@ impl Gateway {
                 .map_err(|e| (e, route));
             }
         }
+        // CORS preflight: answered for the route the browser is about to call.
+        if req.method() == http::Method::OPTIONS {
+            if let Some(want) = req
+                .headers()
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok())
+            {
+                if let Lookup::Found(route, _) = generation.routes.lookup(&want, req.uri().path()) {
+                    if let Some(cors) = &route.config.cors {
+                        let id = route.id.clone();
+                        return portcullis_policy::preflight(cors, req.headers())
+                            .map(|r| (r, id.clone()))
+                            .map_err(|e| (e, id));
+                    }
+                }
+            }
+        }
         // 4. A declared route, or 404/405 and a count in the undeclared inventory.
         let (route, matched) = match generation.routes.lookup(req.method(), req.uri().path()) {
             Lookup::Found(route, matched) => (route, matched),

@@ -1,0 +1,114 @@
+//! CORS for browsers calling a route: allowed origins get `Access-Control-Allow-*` headers on
+//! every response (errors included); preflight requests are answered by [`preflight`] before
+//! routing by method. Other origins get no CORS headers, so browsers refuse the response.
+
+use crate::{chain::ResponseHeaders, Flow, Policy};
+use async_trait::async_trait;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use portcullis_config::CorsConfig;
+use portcullis_core::{empty, Body, GatewayError};
+
+fn allowed_origin<'a>(
+    cfg: &CorsConfig,
+    origin: Option<&'a HeaderValue>,
+) -> Option<&'a HeaderValue> {
+    let origin = origin?;
+    let o = origin.to_str().ok()?;
+    cfg.origins
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        .then_some(origin)
+}
+
+fn common_headers(cfg: &CorsConfig, origin: &HeaderValue, h: &mut HeaderMap) {
+    // Echo the origin (never `*`), so credentials and caches behave.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if cfg.credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+/// The answer to a preflight request for a route with `cfg`, or an error when the origin,
+/// method or headers are not allowed.
+pub fn preflight(
+    cfg: &CorsConfig,
+    req_headers: &HeaderMap,
+) -> Result<Response<Body>, GatewayError> {
+    let origin =
+        allowed_origin(cfg, req_headers.get(header::ORIGIN)).ok_or(GatewayError::Forbidden)?;
+    let method = req_headers
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !cfg.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+        return Err(GatewayError::Forbidden);
+    }
+    let requested: Vec<String> = req_headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !requested.iter().all(|h| cfg.headers.contains(h)) {
+        return Err(GatewayError::Forbidden);
+    }
+    let mut res = Response::new(empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    let h = res.headers_mut();
+    common_headers(cfg, origin, h);
+    if let Ok(v) = HeaderValue::from_str(&cfg.methods.join(", ")) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if !cfg.headers.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cfg.headers.join(", ")) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(cfg.max_age.as_secs()),
+    );
+    Ok(res)
+}
+
+/// The CORS policy for actual (non-preflight) requests on one route.
+pub struct Cors {
+    cfg: CorsConfig,
+}
+
+impl Cors {
+    /// CORS with `cfg`.
+    pub fn new(cfg: CorsConfig) -> Self {
+        Cors { cfg }
+    }
+}
+
+#[async_trait]
+impl Policy for Cors {
+    fn name(&self) -> &'static str {
+        "cors"
+    }
+
+    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+        if let Some(origin) = allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned()
+        {
+            let mut h = HeaderMap::new();
+            common_headers(&self.cfg, &origin, &mut h);
+            if !self.cfg.expose_headers.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&self.cfg.expose_headers.join(", ")) {
+                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+                }
+            }
+            req.extensions_mut().insert(ResponseHeaders(h));
+        }
+        Ok(Flow::Continue(req))
+    }
+}
