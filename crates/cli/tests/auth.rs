@@ -163,32 +163,20 @@ async fn api_keys_authenticate_and_scopes_authorize() {
     let office = gw.issue_key("office-only").await;
     let off = gw.issue_key("switched-off").await;
     assert_problem(
-        c.get(gw.url("/orders/7"))
-            .bearer_auth(&no_scope)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/orders/7", &no_scope).await,
         403,
         "forbidden",
     )
     .await;
     assert_problem(
-        c.get(gw.url("/orders/7"))
-            .bearer_auth(&office)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/orders/7", &office).await,
         403,
         "forbidden",
     )
     .await;
     // A disabled client is refused like an invalid key.
     assert_problem(
-        c.get(gw.url("/orders/7"))
-            .bearer_auth(&off)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/orders/7", &off).await,
         401,
         "unauthenticated",
     )
@@ -203,11 +191,7 @@ async fn api_keys_authenticate_and_scopes_authorize() {
         .unwrap();
     assert_eq!(res.status(), 204);
     assert_problem(
-        c.get(gw.url("/orders/7"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/orders/7", &key).await,
         401,
         "unauthenticated",
     )
@@ -261,15 +245,7 @@ async fn repeated_failures_lock_the_source_out() {
     let c = client();
     let bad = format!("pcl_0123456789abcdef_{}", "C".repeat(43));
     for _ in 0..4 {
-        assert_eq!(
-            c.get(gw.url("/orders/1"))
-                .bearer_auth(&bad)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            401
-        );
+        assert_eq!(gw.get_with_key("/orders/1", &bad).await.status(), 401);
     }
     let res = c
         .get(gw.url("/orders/1"))
@@ -285,15 +261,7 @@ async fn repeated_failures_lock_the_source_out() {
     assert!(retry > 0 && retry <= 60);
     assert_problem(res, 429, "too-many-requests").await;
     // The source is locked out, even with a valid key, until the cool-down passes.
-    assert_eq!(
-        c.get(gw.url("/orders/1"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(gw.get_with_key("/orders/1", &key).await.status(), 429);
     assert!(
         gw.stdout
             .wait_for(&["auth_failure", "\"locked\":true"], Duration::from_secs(5))
@@ -349,44 +317,22 @@ async fn object_and_property_rules_protect_other_tenants_data() {
 
     // Another tenant's objects, by path, query or body: refused before the upstream sees them.
     assert_problem(
-        c.get(gw.url("/tenants/globex/orders/1"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/tenants/globex/orders/1", &key).await,
         403,
         "forbidden",
     )
     .await;
     assert_eq!(
-        c.get(gw.url("/search?tenant=acme"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_with_key("/search?tenant=acme", &key).await.status(),
         200
     );
     assert_problem(
-        c.get(gw.url("/search?tenant=globex"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        gw.get_with_key("/search?tenant=globex", &key).await,
         403,
         "forbidden",
     )
     .await;
-    assert_problem(
-        c.get(gw.url("/search"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-        403,
-        "forbidden",
-    )
-    .await;
+    assert_problem(gw.get_with_key("/search", &key).await, 403, "forbidden").await;
     let own = serde_json::json!({ "customer": { "tenant": "acme" }, "sku": "A1" });
     let res = c
         .post(gw.url("/orders"))
@@ -444,12 +390,7 @@ async fn object_and_property_rules_protect_other_tenants_data() {
         res.status()
     );
     assert_eq!(
-        c.get(gw.url("/search?tenant=acme"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_with_key("/search?tenant=acme", &key).await.status(),
         200
     );
 }

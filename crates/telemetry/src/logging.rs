@@ -40,11 +40,6 @@ impl LogGuard {
             Err(e) => tracing::warn!(level = %cfg.level, error = %e, "ignoring invalid log level"),
         }
     }
-
-    /// The redactor in use, for code that renders headers into log fields.
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
-    }
 }
 
 /// A writer that redacts whole lines before they reach `inner`.

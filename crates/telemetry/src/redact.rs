@@ -116,11 +116,6 @@ impl Redactor {
         }
     }
 
-    /// True when values under `name` are always redacted.
-    pub fn is_sensitive(&self, name: &str) -> bool {
-        self.current().names.contains(&name.to_ascii_lowercase())
-    }
-
     /// Redacts one log line (JSON or plain text).
     pub fn redact_line(&self, line: &str) -> String {
         let rules = self.current();

@@ -157,6 +157,16 @@ impl Gw {
         v["key_once"].as_str().unwrap().to_string()
     }
 
+    /// GET `path` with `key` as a bearer token.
+    pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
