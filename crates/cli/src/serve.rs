@@ -59,6 +59,20 @@ pub(crate) async fn start(
         .await
         .context("loading API keys")?;
     let mut services = Services::none(&cfg);
+    if let portcullis_config::SharedBackend::Redis(url) = &cfg.shared_state.backend {
+        // Lazy: the gateway starts while Redis is down, and each route applies its
+        // shared_state_failure choice until Redis answers.
+        let redis = portcullis_state::RedisLimiter::new(&portcullis_state::RedisOptions {
+            url: url.clone(),
+            key_prefix: cfg.shared_state.key_prefix.clone(),
+            timeout: cfg.shared_state.timeout,
+        })
+        .map_err(|e| anyhow::anyhow!("shared_state: {e}"))?;
+        if let Err(e) = redis.ping().await {
+            tracing::warn!(error = %e, "shared state (Redis) not reachable at start; rate limits follow each route's shared_state_failure choice until it is");
+        }
+        services.limits.shared = Arc::new(redis);
+    }
     services.vault = Some(vault.clone());
     services.api_keys = Some(api_keys.clone());
     let jwt = portcullis_identity::JwtVerifier::new(&cfg.auth.jwt)

@@ -11,6 +11,7 @@ mod raw;
 mod secret_ref;
 mod units;
 mod validate;
+mod validate_limits;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};
 pub use model::{
@@ -69,3 +70,4 @@ pub fn zero_config() -> Config {
 mod tests;
 pub use model::CorsConfig;
 pub use model::IpRules;
+pub use model::{QuotaConfig, SharedBackend, SharedStateConfig, SharedStateFailure};

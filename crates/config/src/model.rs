@@ -12,6 +12,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where persistent state lives.
     pub store: StoreConfig,
+    /// Where rate-limit counters live: this process, or Redis shared by several instances.
+    pub shared_state: SharedStateConfig,
     /// Log format, level and redaction lists.
     pub logging: LoggingConfig,
     /// Where the vault's master key comes from.
@@ -71,6 +73,59 @@ pub struct TlsFiles {
 pub struct StoreConfig {
     /// A `sqlite://` URL. PostgreSQL arrives with the scale-out work.
     pub url: String,
+}
+
+/// `[shared_state]`: where counters that instances must agree on live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedStateConfig {
+    /// Memory (one instance) or Redis (several).
+    pub backend: SharedBackend,
+    /// How many instances share the limits; with `fall_back_local`, each instance enforces
+    /// `limit / instances` on its own while Redis is unreachable.
+    pub instances: u32,
+    /// Longest wait for Redis before a decision counts as failed.
+    pub timeout: Duration,
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+/// Where shared counters live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SharedBackend {
+    /// In this process (the default; exact for one instance).
+    Memory,
+    /// A Redis server at this `redis://` / `rediss://` URL, which may hold a password.
+    Redis(String),
+}
+
+impl std::fmt::Debug for SharedBackend {
+    // The URL may carry a password: it never reaches a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis(_) => f.write_str("Redis(<url>)"),
+        }
+    }
+}
+
+/// What a route does when the shared state cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SharedStateFailure {
+    /// Decide locally with each limit divided by `shared_state.instances`, and log and meter
+    /// the degradation.
+    #[default]
+    FallBackLocal,
+    /// Refuse with 503.
+    FailClosed,
+}
+
+/// Request quotas over calendar days and months (UTC), persisted in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Requests per UTC day.
+    pub daily: Option<u64>,
+    /// Requests per UTC month.
+    pub monthly: Option<u64>,
 }
 
 /// Log output format.
@@ -139,6 +194,10 @@ pub struct RouteConfig {
     pub identity_assertion: bool,
     /// Rate limits; every one must admit a request.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// What the rate limits do when the shared state is unreachable.
+    pub shared_state_failure: SharedStateFailure,
+    /// Per-client quota on this route.
+    pub quota: Option<QuotaConfig>,
     /// Client networks allowed or denied on this route.
     pub ip_rules: IpRules,
     /// JSON Schema (2020-12) request bodies must satisfy; JSON content type required.
@@ -281,6 +340,8 @@ pub struct ClientConfig {
     pub cert_sans: Vec<String>,
     /// A disabled client is refused at once.
     pub enabled: bool,
+    /// Quota over all of this client's requests.
+    pub quota: Option<QuotaConfig>,
 }
 
 /// `[auth]`.

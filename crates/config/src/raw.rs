@@ -15,6 +15,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub shared_state: RawSharedState,
+    #[serde(default)]
     pub logging: RawLogging,
     #[serde(default)]
     pub vault: RawVault,
@@ -59,6 +61,22 @@ pub(crate) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
     pub url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSharedState {
+    pub url: Option<Spanned<String>>,
+    pub instances: Option<Spanned<u32>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub key_prefix: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuota {
+    pub daily: Option<u64>,
+    pub monthly: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +165,7 @@ pub(crate) struct RawClient {
     #[serde(default)]
     pub cert_sans: Vec<String>,
     pub enabled: Option<bool>,
+    pub quota: Option<Spanned<RawQuota>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +205,8 @@ pub(crate) struct RawRoute {
     pub deny_ips: Vec<Spanned<String>>,
     #[serde(default)]
     pub rate_limits: Vec<Spanned<RawRateLimit>>,
+    pub shared_state_failure: Option<Spanned<String>>,
+    pub quota: Option<Spanned<RawQuota>>,
     pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
     #[serde(default)]
     pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,

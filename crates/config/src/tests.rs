@@ -406,3 +406,63 @@ fn ip_rules_deny_wins_and_allow_restricts() {
     let e = errors(&format!("{ROUTE}allow_ips = [\"nope\"]\n"));
     assert!(e[0].message.contains("not an IP address"), "{e:?}");
 }
+
+#[test]
+fn shared_state_and_quotas_are_validated() {
+    let l = ok("");
+    assert_eq!(l.config.shared_state.backend, SharedBackend::Memory);
+    assert_eq!(l.config.shared_state.instances, 1);
+
+    let l = ok(
+        "[shared_state]\nurl = \"redis://127.0.0.1:6379/2\"\ninstances = 3\ntimeout = \"100ms\"",
+    );
+    assert_eq!(
+        l.config.shared_state.backend,
+        SharedBackend::Redis("redis://127.0.0.1:6379/2".into())
+    );
+    assert_eq!(l.config.shared_state.instances, 3);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+
+    // The password is warned about, and neither the warning nor a debug dump repeats it.
+    let l = ok("[shared_state]\nurl = \"redis://:hunter2pw@10.0.0.5:6379\"");
+    let text: String = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.contains("password") && text.contains("unencrypted"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2pw"));
+    assert!(!format!("{:?}", l.config).contains("hunter2pw"));
+
+    for (doc, needle) in [
+        ("[shared_state]\nurl = \"http://:pw@x\"", "not \"memory\""),
+        ("[shared_state]\ninstances = 0", "at least 1"),
+        ("[shared_state]\ntimeout = \"1m\"", "between"),
+        ("[shared_state]\nurll = \"memory\"", "unknown field"),
+        ("[shared_state]\nkey_prefix = \"a b\"", "key_prefix"),
+        (&format!("{ROUTE}rate_limits = [{{ per = \"ip\", limit = 1, period = \"1s\" }}]\nshared_state_failure = \"ignore\"") as &str, "fall_back_local or fail_closed"),
+        (&format!("{ROUTE}quota = {{ daily = 10 }}") as &str, "authenticated caller"),
+        (&format!("{ROUTE}auth = [\"api_key\"]\nquota = {{ }}") as &str, "daily, monthly or both"),
+        (&format!("{ROUTE}auth = [\"api_key\"]\nquota = {{ daily = 0 }}") as &str, "refuses everything"),
+        (&format!("{ROUTE}auth = [\"api_key\"]\nquota = {{ dayly = 5 }}") as &str, "unknown field"),
+        ("[[clients]]\nid = \"a\"\nquota = { monthly = 0 }", "refuses everything"),
+    ] {
+        let errs = errors(doc);
+        assert!(
+            errs.iter().any(|e| e.message.contains(needle) && e.line.is_some()),
+            "{doc}: {errs:?}"
+        );
+        assert!(!errs.iter().any(|e| e.message.contains(":pw@")));
+    }
+
+    let l = ok(&format!("[[clients]]\nid = \"a\"\nquota = {{ daily = 100, monthly = 2000 }}\n{ROUTE}auth = [\"api_key\"]\nquota = {{ daily = 5 }}\nshared_state_failure = \"fail_closed\""));
+    assert_eq!(
+        l.config.clients[0].quota,
+        Some(QuotaConfig {
+            daily: Some(100),
+            monthly: Some(2000)
+        })
+    );
+    let r = &l.config.routes[0];
+    assert_eq!(r.quota.and_then(|q| q.daily), Some(5));
+    assert_eq!(r.shared_state_failure, SharedStateFailure::FailClosed);
+}

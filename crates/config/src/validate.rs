@@ -28,7 +28,7 @@ const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 /// business tunnelling, and TRACE reflects credentials back (cross-site tracing).
 const ROUTE_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     text: &'a str,
     file: &'a str,
     base: &'a Path,
@@ -46,10 +46,10 @@ impl Checker<'_> {
             message,
         });
     }
-    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.push(Severity::Error, span, message.into());
     }
-    fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.push(Severity::Warning, span, message.into());
     }
     fn path(&self, p: &Path) -> PathBuf {
@@ -75,6 +75,7 @@ pub(crate) fn validate(
     };
     let server = server(&mut c, raw.server);
     let store = store(&mut c, raw.store, &server.data_dir);
+    let shared_state = crate::validate_limits::shared_state(&mut c, raw.shared_state);
     let logging = logging(&mut c, raw.logging);
     let vault = vault(&mut c, raw.vault, &server.data_dir);
     let auth = auth(&mut c, raw.auth);
@@ -145,6 +146,7 @@ pub(crate) fn validate(
         config: Config {
             server,
             store,
+            shared_state,
             logging,
             vault,
             auth,
@@ -620,6 +622,9 @@ fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfi
                 ),
             }
         }
+        let quota = r
+            .quota
+            .and_then(|q| crate::validate_limits::quota(c, q, &format!("client {id:?}")));
         let mut cert_fingerprints = Vec::new();
         for f in r.cert_fingerprints {
             let hex: String = f
@@ -646,6 +651,7 @@ fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfi
             attributes: r.attributes,
             allow_ips,
             enabled: r.enabled.unwrap_or(true),
+            quota,
         }));
     }
     out
@@ -934,6 +940,19 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);
     let rate_limits = rate_limits(c, r.rate_limits, !auth.is_empty(), &ctx);
+    let shared_state_failure =
+        crate::validate_limits::failure_choice(c, r.shared_state_failure, &ctx);
+    let quota = r.quota.and_then(|q| {
+        if auth.is_empty() {
+            c.error(
+                Some(q.span()),
+                format!(
+                    "{ctx}: a quota counts per client and needs an authenticated caller; add auth"
+                ),
+            );
+        }
+        crate::validate_limits::quota(c, q, &ctx)
+    });
     let cors = r.cors.map(|raw| {
         let span = raw.span();
         let cr = raw.into_inner();
@@ -1044,6 +1063,8 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         request_deny_fields: r.request_deny_fields,
         identity_assertion: r.identity_assertion,
         rate_limits,
+        shared_state_failure,
+        quota,
         ip_rules,
         request_schema,
         cors,

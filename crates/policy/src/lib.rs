@@ -28,6 +28,6 @@ pub use cors::{preflight, Cors};
 pub use deprecation::Deprecation;
 pub use ip_filter::IpFilter;
 pub use object_rules::ObjectRules;
-pub use rate_limit::{Decision, Limiter, MemoryLimiter, RateLimit};
+pub use rate_limit::{LimitStore, RateLimit};
 pub use response_fields::ResponseFields;
 pub use validate_body::ValidateBody;

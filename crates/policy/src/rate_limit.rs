@@ -1,119 +1,47 @@
-//! Rate limits: GCRA (the generic cell rate algorithm, equivalent to a token bucket of
-//! `limit + burst` refilled at `limit` per `period`), exact under concurrency, counting only
-//! admitted requests. The in-memory limiter is sharded; a Redis backend for several instances
-//! plugs in behind [`Limiter`].
+//! Rate limits: every limit of a route is decided at once by a [`Limiter`] (GCRA; in memory or
+//! in Redis, see `portcullis-state`), all or nothing, so only admitted requests count. When
+//! the shared state cannot decide, the route's `shared_state_failure` choice applies:
+//! refuse with 503, or decide locally with each limit divided by the number of instances.
 
 use crate::{chain::ResponseHeaders, Flow, Policy};
 use async_trait::async_trait;
 use http::{HeaderValue, Request, Response};
-use portcullis_config::{RateKey, RateLimitConfig};
+use portcullis_config::{RateKey, RateLimitConfig, SharedStateFailure};
 use portcullis_core::{Body, GatewayError, Identity, RequestContext};
-use std::{
-    collections::HashMap,
-    hash::BuildHasher,
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
-};
+use portcullis_state::{all_allowed, Check, Decision, Limiter, MemoryLimiter, Rate};
+use sha2::{Digest, Sha256};
+use std::{sync::Arc, time::Duration};
 
-/// The outcome of one limiter decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    /// Admitted.
-    pub allowed: bool,
-    /// Requests still allowed right now.
-    pub remaining: u64,
-    /// Until the allowance is full again (admitted) or until the next request may pass.
-    pub wait: Duration,
-}
-
-/// A place rate-limit state lives.
-pub trait Limiter: Send + Sync {
-    /// Decides for `key` under `limit` and records the request if it is admitted.
-    fn check(&self, key: &str, limit: &RateLimitConfig) -> Decision;
-}
-
-const SHARDS: usize = 64;
-/// Most keys tracked per shard before idle ones are evicted.
-const MAX_KEYS_PER_SHARD: usize = 16_384;
-
-/// The in-memory limiter: one theoretical arrival time per key, in sharded maps.
-pub struct MemoryLimiter {
-    epoch: Instant,
-    shards: Vec<Mutex<HashMap<String, u64>>>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Default for MemoryLimiter {
-    fn default() -> Self {
-        MemoryLimiter {
-            epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-        }
-    }
-}
-
-impl MemoryLimiter {
-    /// The process-wide limiter.
-    pub fn shared() -> Arc<MemoryLimiter> {
-        static SHARED: OnceLock<Arc<MemoryLimiter>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Arc::new(MemoryLimiter::default()))
-            .clone()
-    }
-}
-
-impl Limiter for MemoryLimiter {
-    fn check(&self, key: &str, l: &RateLimitConfig) -> Decision {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let t = u64::try_from((l.period.as_nanos() / u128::from(l.limit.max(1))).max(1))
-            .unwrap_or(u64::MAX);
-        // The bucket holds `limit + burst`: that many may pass at once.
-        let capacity = l.limit.saturating_add(l.burst);
-        let window = t.saturating_mul(capacity);
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let Ok(mut map) = shard.lock() else {
-            return Decision {
-                allowed: false,
-                remaining: 0,
-                wait: Duration::from_secs(1),
-            };
-        };
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
-        let new_tat = tat.saturating_add(t);
-        if new_tat - now > window {
-            let wait = Duration::from_nanos(new_tat - now - window);
-            return Decision {
-                allowed: false,
-                remaining: 0,
-                wait,
-            };
-        }
-        if map.len() >= MAX_KEYS_PER_SHARD && !map.contains_key(key) {
-            // Keys whose bucket is full again carry no state worth keeping.
-            map.retain(|_, v| *v > now);
-        }
-        map.insert(key.to_string(), new_tat);
-        let used = new_tat - now;
-        Decision {
-            allowed: true,
-            remaining: (window - used) / t,
-            wait: Duration::from_nanos(used),
-        }
-    }
+/// Where a route's limits are decided, and what to do when that place is unreachable.
+#[derive(Clone)]
+pub struct LimitStore {
+    /// The configured limiter (memory, or Redis shared by several instances).
+    pub shared: Arc<dyn Limiter>,
+    /// The local limiter used while the shared one is unreachable.
+    pub local: Arc<MemoryLimiter>,
+    /// How many instances share the limits (the local fallback divides by it).
+    pub instances: u32,
 }
 
 /// The rate-limit policy for one route: every configured limit must admit the request.
 pub struct RateLimit {
     route: Arc<str>,
     limits: Vec<RateLimitConfig>,
-    limiter: Arc<dyn Limiter>,
+    rates: Vec<Rate>,
+    store: LimitStore,
+    on_failure: SharedStateFailure,
     policy_header: HeaderValue,
 }
 
 impl RateLimit {
-    /// Limits for `route` kept in `limiter`.
-    pub fn new(route: &str, limits: Vec<RateLimitConfig>, limiter: Arc<dyn Limiter>) -> Self {
+    /// Limits for `route`, decided in `store`.
+    pub fn new(
+        route: &str,
+        limits: Vec<RateLimitConfig>,
+        store: LimitStore,
+        on_failure: SharedStateFailure,
+    ) -> Self {
+        // IETF RateLimit-Policy: one named policy per limit, quota = what may pass at once.
         let policy = limits
             .iter()
             .enumerate()
@@ -126,40 +54,77 @@ impl RateLimit {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let rates = limits
+            .iter()
+            .map(|l| Rate {
+                limit: l.limit,
+                period: l.period,
+                burst: l.burst,
+            })
+            .collect();
         RateLimit {
             route: Arc::from(route),
             limits,
-            limiter,
+            rates,
+            store,
+            on_failure,
             policy_header: HeaderValue::from_str(&policy)
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
         }
     }
 
+    /// The counter key of limit `i` for this request; `None` when it counts clients and the
+    /// request has none.
     fn key(&self, l: &RateLimitConfig, i: usize, req: &Request<Body>) -> Option<String> {
         let ctx = req.extensions().get::<RequestContext>()?;
-        let client = req
-            .extensions()
-            .get::<Identity>()
-            .map(|id| id.client_id.clone());
+        let client = || req.extensions().get::<Identity>().map(|id| &id.client_id);
         let part = match &l.per {
-            RateKey::Client => format!("c:{}", client?),
+            RateKey::Client => format!("c:{}", client()?),
             RateKey::Ip => format!("ip:{}", ctx.client_ip),
             RateKey::Route => "r".to_string(),
-            RateKey::ClientRoute => format!("cr:{}", client?),
-            RateKey::Header(h) => format!(
-                "h:{}:{}",
-                h,
-                String::from_utf8_lossy(req.headers().get(h).map_or(&b""[..], |v| v.as_bytes()))
-            ),
+            RateKey::ClientRoute => format!("cr:{}", client()?),
+            // Header values may be credentials: only a digest of them is ever stored (in
+            // memory or in Redis). SHA-256, not a seeded hash, so instances agree on the key.
+            RateKey::Header(h) => {
+                let v = req.headers().get(h).map_or(&b""[..], |v| v.as_bytes());
+                let digest = Sha256::digest(v);
+                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                format!("h:{h}:{hex}")
+            }
         };
         Some(format!("{}|{i}|{part}", self.route))
     }
-}
 
-#[derive(Clone, Copy)]
-struct Allowance {
-    remaining: u64,
-    reset: Duration,
+    async fn decide(&self, keys: &[String]) -> Result<Vec<Decision>, GatewayError> {
+        let checks: Vec<Check<'_>> = keys
+            .iter()
+            .zip(&self.rates)
+            .map(|(key, rate)| Check { key, rate: *rate })
+            .collect();
+        match self.store.shared.check(&checks).await {
+            Ok(d) => Ok(d),
+            Err(_) => match self.on_failure {
+                SharedStateFailure::FailClosed => {
+                    metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fail_closed").increment(1);
+                    Err(GatewayError::Unavailable {
+                        retry_after: Some(Duration::from_secs(1)),
+                    })
+                }
+                SharedStateFailure::FallBackLocal => {
+                    metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fall_back_local").increment(1);
+                    let n = self.store.instances;
+                    let local: Vec<Check<'_>> = checks
+                        .iter()
+                        .map(|c| Check {
+                            key: c.key,
+                            rate: c.rate.divided(n),
+                        })
+                        .collect();
+                    Ok(self.store.local.decide(&local))
+                }
+            },
+        }
+    }
 }
 
 #[async_trait]
@@ -169,44 +134,59 @@ impl Policy for RateLimit {
     }
 
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
-        let mut tightest: Option<Allowance> = None;
+        let mut keys = Vec::with_capacity(self.limits.len());
         for (i, l) in self.limits.iter().enumerate() {
             // Fail closed: a per-client limit with no identity refuses rather than skips.
-            let key = self
-                .key(l, i, &req)
-                .ok_or(GatewayError::Unauthorized { presented: false })?;
-            let d = self.limiter.check(&key, l);
-            if !d.allowed {
-                metrics::counter!("portcullis_rate_limited_total", "route" => self.route.to_string(), "limit" => i.to_string()).increment(1);
-                // Answer here rather than fail, so the 429 carries this policy's headers too.
-                let err = GatewayError::TooManyRequests {
-                    retry_after: d.wait.max(Duration::from_secs(1)),
-                };
-                let id = req
-                    .extensions()
-                    .get::<RequestContext>()
-                    .map(|c| c.request_id.clone())
-                    .unwrap_or_else(portcullis_core::RequestId::generate);
-                let mut res = portcullis_core::problem_response(&err, &id);
-                res.headers_mut()
-                    .insert("ratelimit-policy", self.policy_header.clone());
-                res.headers_mut()
-                    .insert("ratelimit", HeaderValue::from_static("\"l\";r=0"));
-                return Ok(Flow::Respond(res));
-            }
-            if tightest.is_none_or(|t| d.remaining < t.remaining) {
-                tightest = Some(Allowance {
-                    remaining: d.remaining,
-                    reset: d.wait,
-                });
-            }
+            keys.push(
+                self.key(l, i, &req)
+                    .ok_or(GatewayError::Unauthorized { presented: false })?,
+            );
         }
-        if let Some(a) = tightest {
-            // IETF RateLimit header: remaining requests and seconds until the allowance is full.
+        let decisions = self.decide(&keys).await?;
+        if !all_allowed(&decisions) {
+            // The binding limit: the refusing one that frees up last.
+            let (i, d) = decisions
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.allowed)
+                .max_by_key(|(_, d)| d.wait)
+                .unwrap_or((0, &decisions[0]));
+            for (j, _) in decisions.iter().enumerate().filter(|(_, d)| !d.allowed) {
+                metrics::counter!("portcullis_rate_limit_decisions_total", "route" => self.route.to_string(), "limit" => j.to_string(), "outcome" => "limited").increment(1);
+            }
+            let wait = d.wait.max(Duration::from_secs(1));
+            // Answer here rather than fail, so the 429 carries this policy's headers too.
+            let err = GatewayError::TooManyRequests { retry_after: wait };
+            let id = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| c.request_id.clone())
+                .unwrap_or_else(portcullis_core::RequestId::generate);
+            let mut res = portcullis_core::problem_response(&err, &id);
+            res.headers_mut()
+                .insert("ratelimit-policy", self.policy_header.clone());
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "\"l{i}\";r=0;t={}",
+                wait.as_secs_f64().ceil() as u64
+            )) {
+                res.headers_mut().insert("ratelimit", v);
+            }
+            return Ok(Flow::Respond(res));
+        }
+        for i in 0..decisions.len() {
+            metrics::counter!("portcullis_rate_limit_decisions_total", "route" => self.route.to_string(), "limit" => i.to_string(), "outcome" => "admitted").increment(1);
+        }
+        // IETF RateLimit header for the tightest limit: requests left and seconds until its
+        // allowance is full again.
+        if let Some((i, d)) = decisions
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, d)| d.remaining)
+        {
             let v = format!(
-                "\"l\";r={};t={}",
-                a.remaining,
-                a.reset.as_secs_f64().ceil() as u64
+                "\"l{i}\";r={};t={}",
+                d.remaining,
+                d.wait.as_secs_f64().ceil() as u64
             );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 let mut h = http::HeaderMap::new();
@@ -225,61 +205,5 @@ impl Policy for RateLimit {
         res.headers_mut()
             .insert("ratelimit-policy", self.policy_header.clone());
         Ok(res)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limit(limit: u64, secs: u64, burst: u64) -> RateLimitConfig {
-        RateLimitConfig {
-            per: RateKey::Client,
-            limit,
-            period: Duration::from_secs(secs),
-            burst,
-        }
-    }
-
-    #[test]
-    fn admits_exactly_limit_plus_burst_at_once() {
-        let m = MemoryLimiter::default();
-        let l = limit(100, 60, 20);
-        let admitted = (0..200).filter(|_| m.check("k", &l).allowed).count();
-        assert_eq!(admitted, 120);
-        let other = (0..10).filter(|_| m.check("other", &l).allowed).count();
-        assert_eq!(other, 10);
-    }
-
-    #[test]
-    fn rejected_requests_do_not_consume_allowance() {
-        let m = MemoryLimiter::default();
-        let l = limit(2, 10, 0);
-        assert!(m.check("k", &l).allowed);
-        let second = m.check("k", &l);
-        assert!(second.allowed);
-        assert_eq!(second.remaining, 0);
-        let first_reject = m.check("k", &l);
-        assert!(!first_reject.allowed);
-        for _ in 0..50 {
-            let again = m.check("k", &l);
-            assert!(!again.allowed);
-            // Had rejections counted, the wait would grow by 5 s each time.
-            assert!(again.wait <= first_reject.wait);
-        }
-    }
-
-    #[test]
-    fn concurrent_callers_get_exactly_the_limit() {
-        let m = Arc::new(MemoryLimiter::default());
-        let l = limit(100, 60, 0);
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let (m, l) = (m.clone(), l.clone());
-                std::thread::spawn(move || (0..50).filter(|_| m.check("k", &l).allowed).count())
-            })
-            .collect();
-        let total: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-        assert_eq!(total, 100);
     }
 }

@@ -85,7 +85,8 @@ pub(crate) fn route_chain(
             steps.push(Arc::new(RateLimit::new(
                 &route.id,
                 route.rate_limits.clone(),
-                services.limiter.clone(),
+                services.limits.clone(),
+                route.shared_state_failure,
             )));
         }
         // 4. Which objects and fields: the named object must belong to the caller, and the
@@ -104,7 +105,8 @@ pub(crate) fn route_chain(
         steps.push(Arc::new(RateLimit::new(
             &route.id,
             route.rate_limits.clone(),
-            services.limiter.clone(),
+            services.limits.clone(),
+            route.shared_state_failure,
         )));
     }
 

@@ -85,8 +85,8 @@ pub struct Services {
     pub jwt: Option<Arc<JwtVerifier>>,
     /// The OAuth 2.0 token issuer, when `[auth.oauth2]` is configured.
     pub oauth: Option<Arc<TokenIssuer>>,
-    /// Where rate-limit state lives.
-    pub limiter: Arc<dyn portcullis_policy::Limiter>,
+    /// Where rate-limit state lives, and the local fallback.
+    pub limits: portcullis_policy::LimitStore,
     /// Authentication-failure lockout.
     pub brute_force: Arc<BruteForce>,
 }
@@ -100,7 +100,11 @@ impl Services {
             api_keys: None,
             jwt: None,
             oauth: None,
-            limiter: portcullis_policy::MemoryLimiter::shared(),
+            limits: portcullis_policy::LimitStore {
+                shared: portcullis_state::MemoryLimiter::shared(),
+                local: portcullis_state::MemoryLimiter::shared(),
+                instances: cfg.shared_state.instances,
+            },
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
         }
     }

@@ -1,0 +1,305 @@
+//! The in-memory limiter: one theoretical arrival time (TAT) per key in sharded maps, so
+//! unrelated keys rarely meet on a lock, with bounded memory.
+
+use crate::{Check, Decision, Limiter, LimiterError, Rate};
+use async_trait::async_trait;
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+const SHARDS: usize = 64;
+/// Most keys tracked per shard (about a million in all) before keys are evicted.
+const MAX_KEYS_PER_SHARD: usize = 16_384;
+
+/// A fast keyed hash with a per-process random seed: keys are attacker-influenced (IPs,
+/// header values), so the seed must not be guessable from outside.
+type Hasher = foldhash::fast::RandomState;
+type Shard = Mutex<HashMap<Box<str>, u64, Hasher>>;
+
+/// Rate-limit state for one instance, in memory.
+pub struct MemoryLimiter {
+    epoch: Instant,
+    shards: Box<[Shard]>,
+    hasher: Hasher,
+    max_per_shard: usize,
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        MemoryLimiter::with_max_keys(SHARDS * MAX_KEYS_PER_SHARD)
+    }
+}
+
+/// GCRA parameters in nanoseconds: the emission interval and the window (interval times
+/// capacity) a key's TAT may run ahead of now.
+fn params(rate: &Rate) -> (u64, u64) {
+    let interval = u64::try_from((rate.period.as_nanos() / u128::from(rate.limit.max(1))).max(1))
+        .unwrap_or(u64::MAX);
+    (interval, interval.saturating_mul(rate.capacity()))
+}
+
+fn decide(tat: Option<u64>, now: u64, rate: &Rate) -> (Decision, u64) {
+    let (interval, window) = params(rate);
+    let tat = tat.unwrap_or(now).max(now);
+    let new_tat = tat.saturating_add(interval);
+    let used = new_tat - now;
+    if used > window {
+        let d = Decision {
+            allowed: false,
+            remaining: 0,
+            wait: Duration::from_nanos(used - window),
+        };
+        return (d, tat);
+    }
+    let d = Decision {
+        allowed: true,
+        remaining: (window - used) / interval,
+        wait: Duration::from_nanos(used),
+    };
+    (d, new_tat)
+}
+
+impl MemoryLimiter {
+    /// The process-wide limiter, shared across config generations so a reload does not reset
+    /// anyone's allowance.
+    pub fn shared() -> Arc<MemoryLimiter> {
+        static SHARED: OnceLock<Arc<MemoryLimiter>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Arc::new(MemoryLimiter::default()))
+            .clone()
+    }
+
+    /// A limiter holding at most about `max_keys` keys.
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        MemoryLimiter {
+            epoch: Instant::now(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Hasher::default())))
+                .collect(),
+            hasher: Hasher::default(),
+            max_per_shard: (max_keys / SHARDS).max(1),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Decides synchronously; see [`Limiter::check`]. A poisoned shard lock (a panic while
+    /// holding it, which the code never does on purpose) refuses: fail closed.
+    pub fn decide(&self, checks: &[Check<'_>]) -> Vec<Decision> {
+        let now = self.now();
+        if let [one] = checks {
+            let Ok(mut map) = self.shards[self.shard_of(one.key)].lock() else {
+                return vec![refused()];
+            };
+            let (d, tat) = decide(map.get(one.key).copied(), now, &one.rate);
+            if d.allowed {
+                store(&mut map, one.key, tat, now, self.max_per_shard);
+            }
+            return vec![d];
+        }
+        // Several limits: lock every shard involved, in index order so two requests never
+        // wait on each other crosswise, then decide all before recording any.
+        let idx: Vec<usize> = checks.iter().map(|c| self.shard_of(c.key)).collect();
+        let mut order = idx.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, _>)> = Vec::with_capacity(order.len());
+        for i in order {
+            let Ok(g) = self.shards[i].lock() else {
+                return checks.iter().map(|_| refused()).collect();
+            };
+            guards.push((i, g));
+        }
+        // Position of each check's shard among the guards.
+        let slots: Vec<usize> = idx
+            .iter()
+            .map(|i| guards.iter().position(|(s, _)| s == i).unwrap_or(0))
+            .collect();
+        let mut decisions = Vec::with_capacity(checks.len());
+        let mut tats = Vec::with_capacity(checks.len());
+        for (c, &at) in checks.iter().zip(&slots) {
+            let (d, tat) = decide(guards[at].1.get(c.key).copied(), now, &c.rate);
+            decisions.push(d);
+            tats.push(tat);
+        }
+        if crate::all_allowed(&decisions) {
+            for ((c, &at), tat) in checks.iter().zip(&slots).zip(tats) {
+                store(&mut guards[at].1, c.key, tat, now, self.max_per_shard);
+            }
+        }
+        decisions
+    }
+}
+
+fn refused() -> Decision {
+    Decision {
+        allowed: false,
+        remaining: 0,
+        wait: Duration::from_secs(1),
+    }
+}
+
+fn store(map: &mut HashMap<Box<str>, u64, Hasher>, key: &str, tat: u64, now: u64, max: usize) {
+    if let Some(v) = map.get_mut(key) {
+        *v = tat;
+        return;
+    }
+    if map.len() >= max {
+        // Keys whose bucket is full again carry no state worth keeping.
+        map.retain(|_, v| *v > now);
+        if map.len() >= max {
+            // Still full of active keys (a key-spraying flood): drop the one nearest to a full
+            // bucket, which loses the least state. Memory stays bounded and no new key is
+            // refused for want of room.
+            if let Some(k) = map.iter().min_by_key(|(_, v)| **v).map(|(k, _)| k.clone()) {
+                map.remove(&k);
+            }
+        }
+    }
+    map.insert(Box::from(key), tat);
+}
+
+#[async_trait]
+impl Limiter for MemoryLimiter {
+    async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, LimiterError> {
+        Ok(self.decide(checks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(limit: u64, secs: u64, burst: u64) -> Rate {
+        Rate {
+            limit,
+            period: Duration::from_secs(secs),
+            burst,
+        }
+    }
+
+    fn one<'a>(key: &'a str, r: Rate) -> [Check<'a>; 1] {
+        [Check { key, rate: r }]
+    }
+
+    #[test]
+    fn admits_exactly_limit_plus_burst_at_once() {
+        let m = MemoryLimiter::default();
+        let r = rate(100, 60, 20);
+        let admitted = (0..200)
+            .filter(|_| m.decide(&one("k", r))[0].allowed)
+            .count();
+        assert_eq!(admitted, 120);
+        let other = (0..10)
+            .filter(|_| m.decide(&one("other", r))[0].allowed)
+            .count();
+        assert_eq!(other, 10, "keys are independent");
+    }
+
+    #[test]
+    fn remaining_counts_down_and_refusal_says_when() {
+        let m = MemoryLimiter::default();
+        let r = rate(3, 60, 0);
+        let rem: Vec<u64> = (0..3)
+            .map(|_| m.decide(&one("k", r))[0].remaining)
+            .collect();
+        assert_eq!(rem, vec![2, 1, 0]);
+        let refused = m.decide(&one("k", r))[0];
+        assert!(!refused.allowed);
+        // One request is allowed again after one emission interval (20 s), less the time
+        // that has already passed.
+        assert!(refused.wait <= Duration::from_secs(20) && refused.wait > Duration::from_secs(19));
+    }
+
+    #[test]
+    fn refused_requests_consume_nothing() {
+        let m = MemoryLimiter::default();
+        let r = rate(2, 3600, 0);
+        assert!(m.decide(&one("k", r))[0].allowed);
+        assert!(m.decide(&one("k", r))[0].allowed);
+        let first_wait = m.decide(&one("k", r))[0].wait;
+        for _ in 0..1000 {
+            assert!(!m.decide(&one("k", r))[0].allowed);
+        }
+        // Hammering while refused did not push the next admission further out.
+        assert!(m.decide(&one("k", r))[0].wait <= first_wait);
+    }
+
+    #[test]
+    fn several_limits_are_all_or_nothing() {
+        let m = MemoryLimiter::default();
+        let wide = rate(100, 60, 0);
+        let narrow = rate(2, 60, 0);
+        let checks = [
+            Check {
+                key: "wide",
+                rate: wide,
+            },
+            Check {
+                key: "narrow",
+                rate: narrow,
+            },
+        ];
+        let admitted = (0..10)
+            .filter(|_| crate::all_allowed(&m.decide(&checks)))
+            .count();
+        assert_eq!(admitted, 2);
+        // The wide limit counted only the two admitted requests, not the eight refused.
+        let d = m.decide(&one("wide", wide))[0];
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 100 - 3);
+    }
+
+    #[test]
+    fn exact_under_threads() {
+        let m = Arc::new(MemoryLimiter::default());
+        let r = rate(100, 60, 0);
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|_| m.decide(&one("shared", r))[0].allowed)
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn memory_is_bounded_under_key_spraying() {
+        let m = MemoryLimiter::with_max_keys(SHARDS * 8);
+        let r = rate(1, 3600, 0);
+        for i in 0..(SHARDS * 8 * 4) {
+            let key = format!("ip:{i}");
+            assert!(
+                m.decide(&one(&key, r))[0].allowed,
+                "a new key is never refused"
+            );
+        }
+        let total: usize = m
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|g| g.len()).unwrap_or(0))
+            .sum();
+        assert!(total <= SHARDS * 8, "{total} keys held");
+    }
+
+    #[test]
+    fn divided_rate_never_reaches_zero() {
+        let r = rate(10, 60, 5);
+        assert_eq!(r.divided(3), rate(3, 60, 1));
+        assert_eq!(rate(1, 60, 0).divided(4).limit, 1);
+    }
+}

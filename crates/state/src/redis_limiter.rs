@@ -1,0 +1,187 @@
+//! The Redis limiter: one Lua script decides every limit of a request atomically on the
+//! server, so any number of Portcullis instances share one exact limit.
+//!
+//! Failure is explicit: when Redis is unreachable, slow or answers nonsense, `check` returns
+//! [`LimiterError::Unavailable`] at once and the caller applies the route's choice (refuse, or
+//! decide locally). After a failure, calls fail fast for [`RETRY_AFTER`] and then one request
+//! probes; the connection manager reconnects by itself, so service resumes without a restart.
+
+use crate::{Check, Decision, Limiter, LimiterError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+/// How long calls fail fast after Redis failed, before one request tries it again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// A `redis://` or `rediss://` URL. May hold a password: never logged.
+    pub url: String,
+    /// Prefix of every key Portcullis writes, so deployments can share a Redis.
+    pub key_prefix: String,
+    /// Longest wait for a connection or an answer.
+    pub timeout: Duration,
+}
+
+/// Rate-limit state in Redis.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    /// Where Redis is, without credentials, for log lines.
+    target: String,
+    epoch: Instant,
+    /// Milliseconds since `epoch` before which calls fail fast; 0 when healthy.
+    down_until: AtomicU64,
+    down: AtomicBool,
+}
+
+impl RedisLimiter {
+    /// A limiter for `opts`. Does not connect yet: the first decision does, so the gateway
+    /// starts (and applies each route's failure choice) even while Redis is down.
+    pub fn new(opts: &RedisOptions) -> Result<Self, LimiterError> {
+        let client = redis::Client::open(opts.url.as_str())
+            .map_err(|_| LimiterError::Unavailable("invalid redis URL".into()))?;
+        let info = client.get_connection_info();
+        let target = info.addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.timeout))
+            .set_response_timeout(Some(opts.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(RETRY_AFTER);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| LimiterError::Unavailable(e.to_string()))?;
+        Ok(RedisLimiter {
+            conn,
+            script: redis::Script::new(include_str!("gcra.lua")),
+            prefix: format!("{}:rl:", opts.key_prefix),
+            timeout: opts.timeout,
+            target,
+            epoch: Instant::now(),
+            down_until: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// While failing fast, lets exactly one caller through per [`RETRY_AFTER`] to probe.
+    fn may_try(&self) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        now >= until
+            && self
+                .down_until
+                .compare_exchange(
+                    until,
+                    now + RETRY_AFTER.as_millis() as u64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    fn failed(&self, why: &str) -> LimiterError {
+        metrics::counter!("portcullis_shared_state_errors_total", "op" => "rate_limit")
+            .increment(1);
+        self.down_until.store(
+            self.now_ms() + RETRY_AFTER.as_millis() as u64,
+            Ordering::Release,
+        );
+        if !self.down.swap(true, Ordering::AcqRel) {
+            metrics::gauge!("portcullis_shared_state_up").set(0.0);
+            tracing::warn!(
+                redis = %self.target,
+                error = why,
+                "shared state unreachable: rate limits follow each route's shared_state_failure \
+                 choice until it is back"
+            );
+        }
+        LimiterError::Unavailable(why.to_string())
+    }
+
+    fn recovered(&self) {
+        if self.down.load(Ordering::Acquire) {
+            self.down_until.store(0, Ordering::Release);
+            if self.down.swap(false, Ordering::AcqRel) {
+                metrics::gauge!("portcullis_shared_state_up").set(1.0);
+                tracing::info!(redis = %self.target, "shared state reachable again");
+            }
+        }
+    }
+
+    /// Sends one PING; for readiness checks and tests.
+    pub async fn ping(&self) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(LimiterError::Unavailable(e.to_string())),
+            Err(_) => Err(LimiterError::Unavailable("timed out".into())),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl Limiter for RedisLimiter {
+    async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, LimiterError> {
+        if !self.may_try() {
+            return Err(LimiterError::Unavailable(
+                "failing fast after an error".into(),
+            ));
+        }
+        let mut inv = self.script.prepare_invoke();
+        for c in checks {
+            // Microseconds keep Lua's doubles exact for centuries of timestamps; an interval
+            // under 1 us (over a million requests a second on one key) is rounded up.
+            let interval = (micros(c.rate.period) / c.rate.limit.max(1)).max(1);
+            inv.key(format!("{}{}", self.prefix, c.key))
+                .arg(interval)
+                .arg(interval.saturating_mul(c.rate.capacity()));
+        }
+        let mut conn = self.conn.clone();
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
+        metrics::histogram!("portcullis_shared_state_seconds", "op" => "rate_limit")
+            .record(started.elapsed().as_secs_f64());
+        let out = match answer {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(self.failed(&e.to_string())),
+            Err(_) => return Err(self.failed("timed out")),
+        };
+        if out.len() != 1 + 3 * checks.len() {
+            return Err(self.failed("unexpected script answer"));
+        }
+        self.recovered();
+        Ok(checks
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let ok = out[1 + 3 * i] == 1;
+                let remaining = u64::try_from(out[2 + 3 * i]).unwrap_or(0);
+                let wait = Duration::from_micros(u64::try_from(out[3 + 3 * i]).unwrap_or(0));
+                Decision {
+                    allowed: ok,
+                    remaining,
+                    wait,
+                }
+            })
+            .collect())
+    }
+}

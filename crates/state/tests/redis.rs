@@ -1,0 +1,184 @@
+//! The Redis limiter against real Redis servers: the machine's shared one on 127.0.0.1:6379
+//! for exactness (under a key prefix of its own), and a private `redis-server` on a free port
+//! for the outage test, so the shared server is never stopped.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use portcullis_state::{
+    all_allowed, Check, Limiter, LimiterError, Rate, RedisLimiter, RedisOptions,
+};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+fn opts(url: &str) -> RedisOptions {
+    RedisOptions {
+        url: url.to_string(),
+        key_prefix: format!(
+            "portcullis-test-{}-{}",
+            std::process::id(),
+            fastrand_suffix()
+        ),
+        timeout: Duration::from_millis(500),
+    }
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn per_minute(limit: u64) -> Rate {
+    Rate {
+        limit,
+        period: Duration::from_secs(60),
+        burst: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_sharing_redis_admit_exactly_the_limit() {
+    // Two limiters are two gateway instances: separate connections, one prefix.
+    let o = opts("redis://127.0.0.1:6379");
+    let a = Arc::new(RedisLimiter::new(&o).unwrap());
+    let b = Arc::new(RedisLimiter::new(&o).unwrap());
+    a.ping()
+        .await
+        .expect("the shared Redis on 127.0.0.1:6379 must be running");
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let c = [Check {
+                key: "route|0|c:client",
+                rate: per_minute(100),
+            }];
+            all_allowed(&l.check(&c).await.unwrap())
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 100);
+}
+
+#[tokio::test]
+async fn several_limits_are_all_or_nothing_and_refusals_cost_nothing() {
+    let l = RedisLimiter::new(&opts("redis://127.0.0.1:6379")).unwrap();
+    let checks = [
+        Check {
+            key: "r|0|wide",
+            rate: per_minute(100),
+        },
+        Check {
+            key: "r|1|narrow",
+            rate: per_minute(2),
+        },
+    ];
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let d = l.check(&checks).await.unwrap();
+        if all_allowed(&d) {
+            admitted += 1;
+        } else {
+            assert!(
+                d[0].allowed && !d[1].allowed,
+                "the narrow limit refuses: {d:?}"
+            );
+            assert!(d[1].wait > Duration::ZERO);
+        }
+    }
+    assert_eq!(admitted, 2);
+    // The wide limit recorded the two admitted requests only.
+    let d = l.check(&checks[..1]).await.unwrap();
+    assert!(d[0].allowed);
+    assert_eq!(d[0].remaining, 100 - 3);
+}
+
+struct PrivateRedis {
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_is_reported_and_service_resumes_when_redis_returns() {
+    let port = free_port();
+    let server = PrivateRedis::start(port);
+    let l = RedisLimiter::new(&opts(&format!("redis://127.0.0.1:{port}"))).unwrap();
+    let c = [Check {
+        key: "r|0|k",
+        rate: per_minute(1000),
+    }];
+    assert!(all_allowed(&l.check(&c).await.unwrap()));
+
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match l.check(&c).await {
+            Err(LimiterError::Unavailable(_)) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "outage never reported"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Failing fast: the next call does not wait for a connection attempt.
+    assert!(l.check(&c).await.is_err());
+
+    let _server = PrivateRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(d) = l.check(&c).await {
+            assert!(all_allowed(&d));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
