@@ -74,6 +74,7 @@ pub(crate) async fn start(
         services.limits.shared = Arc::new(redis);
     }
     services.vault = Some(vault.clone());
+    services.store = Some(store.clone());
     services.api_keys = Some(api_keys.clone());
     let jwt = portcullis_identity::JwtVerifier::new(&cfg.auth.jwt)
         .await

@@ -77,6 +77,14 @@ pub enum GatewayError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The caller's daily or monthly quota is used up.
+    #[error("quota exceeded")]
+    QuotaExceeded {
+        /// Until the quota's window resets.
+        retry_after: Duration,
+        /// `daily` or `monthly`.
+        window: &'static str,
+    },
     /// The request body does not satisfy the route's schema; (JSON pointer, keyword) pairs.
     #[error("request body invalid")]
     Invalid {
@@ -125,7 +133,9 @@ impl GatewayError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } | Self::CredentialUnavailable(_) => {
@@ -150,6 +160,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::TooManyRequests { .. } => "too-many-requests",
+            Self::QuotaExceeded { .. } => "quota-exceeded",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::BadGateway(_) => "upstream-unavailable",
             Self::Unavailable { .. } => "unavailable",
@@ -173,6 +184,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "Authentication required",
             Self::Forbidden => "Not allowed",
             Self::TooManyRequests { .. } => "Too many requests",
+            Self::QuotaExceeded { .. } => "Quota exceeded",
             Self::UpstreamTimeout => "Upstream did not answer in time",
             Self::BadGateway(_) => "Upstream unavailable",
             Self::Unavailable { .. } => "Service unavailable",
@@ -188,6 +200,10 @@ impl GatewayError {
                 "This route accepts bodies of at most {limit} bytes."
             )),
             Self::Malformed(kind) => Some(kind.detail().to_string()),
+            Self::QuotaExceeded { window, .. } => Some(format!(
+                "The {window} request quota is used up; it resets at the start of the next {} (UTC).",
+                if *window == "daily" { "day" } else { "month" }
+            )),
             Self::Gone => Some(
                 "The endpoint passed its sunset date. See the deprecation link published for it."
                     .into(),

@@ -83,7 +83,8 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         GatewayError::Unavailable {
             retry_after: Some(d),
         }
-        | GatewayError::TooManyRequests { retry_after: d } => {
+        | GatewayError::TooManyRequests { retry_after: d }
+        | GatewayError::QuotaExceeded { retry_after: d, .. } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
         GatewayError::Unauthorized { presented } => {

@@ -89,7 +89,11 @@ impl Chain {
             match policy.on_request(req).await {
                 Ok(Flow::Continue(mut next)) => {
                     if let Some(h) = next.extensions_mut().remove::<ResponseHeaders>() {
-                        extra.extend(h.0);
+                        // Appended, not replaced: rate limits and quotas each add an item to
+                        // the same `RateLimit` list header.
+                        for (name, value) in h.0.iter() {
+                            extra.append(name.clone(), value.clone());
+                        }
                     }
                     if ctx.identity.is_none() {
                         ctx.identity = next.extensions().get::<Identity>().cloned();
@@ -112,8 +116,8 @@ impl Chain {
                 &ctx,
             ),
         };
-        if !extra.is_empty() {
-            res.headers_mut().extend(extra);
+        for (name, value) in extra.iter() {
+            res.headers_mut().append(name.clone(), value.clone());
         }
         for policy in self.policies[..passed].iter().rev() {
             res = match policy.on_response(res, &ctx).await {

@@ -203,7 +203,7 @@ impl Policy for RateLimit {
         _ctx: &RequestContext,
     ) -> Result<Response<Body>, GatewayError> {
         res.headers_mut()
-            .insert("ratelimit-policy", self.policy_header.clone());
+            .append("ratelimit-policy", self.policy_header.clone());
         Ok(res)
     }
 }

@@ -8,7 +8,7 @@ use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Cors, Deprecation, Flow, IpFilter,
-    ObjectRules, Policy, RateLimit, ResponseFields, ValidateBody,
+    ObjectRules, Policy, Quota, RateLimit, ResponseFields, ValidateBody,
 };
 use std::sync::Arc;
 
@@ -87,6 +87,16 @@ pub(crate) fn route_chain(
                 route.rate_limits.clone(),
                 services.limits.clone(),
                 route.shared_state_failure,
+            )));
+        }
+        // Quotas: after the rate limits, so floods are shed before they reach the database,
+        // and after authentication, since quotas count clients.
+        if route.quota.is_some() || clients.values().any(|c| c.quota.is_some()) {
+            steps.push(Arc::new(Quota::new(
+                &route.id,
+                route.quota,
+                clients.clone(),
+                services.store.clone(),
             )));
         }
         // 4. Which objects and fields: the named object must belong to the caller, and the

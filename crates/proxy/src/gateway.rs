@@ -89,6 +89,8 @@ pub struct Services {
     pub limits: portcullis_policy::LimitStore,
     /// Authentication-failure lockout.
     pub brute_force: Arc<BruteForce>,
+    /// The store quotas are counted in; without it, routes with quotas refuse (503).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl Services {
@@ -106,6 +108,7 @@ impl Services {
                 instances: cfg.shared_state.instances,
             },
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
+            store: None,
         }
     }
 }
@@ -156,6 +159,9 @@ impl Gateway {
         }
         if o.data_dir != n.data_dir || old.config.store != cfg.store {
             notes.push("data directory or store changed: takes effect after a restart".to_string());
+        }
+        if old.config.shared_state != cfg.shared_state {
+            notes.push("shared_state changed: takes effect after a restart".to_string());
         }
         let generation = build_generation(cfg, &self.clients, old.tls.clone(), &self.services)?;
         self.current.store(Arc::new(generation));

@@ -7,6 +7,7 @@
 
 mod fsperm;
 mod keys;
+mod quotas;
 mod sqlite;
 mod sqlite_vault;
 mod vault;
@@ -16,6 +17,7 @@ use std::{path::Path, sync::Arc};
 
 pub use fsperm::{create_private_dir, create_private_file};
 pub use keys::{ApiKeyRecord, ApiKeyStore};
+pub use quotas::{QuotaCharge, QuotaStore};
 pub use sqlite::SqliteStore;
 pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
 
@@ -74,6 +76,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// API keys.
     fn keys(&self) -> &dyn ApiKeyStore;
+
+    /// Request quota counters.
+    fn quotas(&self) -> &dyn QuotaStore;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created

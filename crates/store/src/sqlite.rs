@@ -105,6 +105,10 @@ impl Store for SqliteStore {
     fn keys(&self) -> &dyn crate::ApiKeyStore {
         self
     }
+
+    fn quotas(&self) -> &dyn crate::QuotaStore {
+        self
+    }
 }
 
 #[cfg(test)]

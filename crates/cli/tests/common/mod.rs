@@ -118,6 +118,16 @@ impl Gw {
         }
     }
 
+    /// Stops the process gracefully and starts a new one on the same directory (state and
+    /// config kept; new ports).
+    pub fn restart(mut self) -> Gw {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(20));
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Gw::start_in(dir)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.data)
     }
