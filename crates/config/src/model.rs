@@ -55,6 +55,13 @@ pub struct ServerConfig {
     pub max_header_bytes: u64,
     /// Longest request target accepted, path and query (414 beyond).
     pub max_url_bytes: u64,
+    /// Most open client connections; beyond it a new connection gets one 503 and is closed.
+    pub max_connections: usize,
+    /// Slowest request body accepted, in bytes per second after `body_rate_grace` (408
+    /// below it); 0 turns the check off. Slow-loris protection for bodies.
+    pub min_body_rate: u64,
+    /// Time a request body gets before `min_body_rate` applies.
+    pub body_rate_grace: Duration,
     /// Admin listener may bind a non-loopback address.
     pub dangerous_expose_admin: bool,
 }
@@ -170,6 +177,8 @@ pub struct RouteConfig {
     pub timeouts: Timeouts,
     /// Largest request body accepted (413 beyond).
     pub max_body: u64,
+    /// Most requests in flight on this route at once (503 beyond, no queueing); none: no limit.
+    pub max_concurrent: Option<u32>,
     /// Free-form labels for the inventory.
     pub tags: Vec<String>,
     /// Deprecation and sunset; past the sunset the route answers 410.

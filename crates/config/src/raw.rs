@@ -47,6 +47,9 @@ pub(crate) struct RawServer {
     pub max_header_count: Option<Spanned<usize>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_url_bytes: Option<Spanned<ByteSize>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub min_body_rate: Option<Spanned<ByteSize>>,
+    pub body_rate_grace: Option<Spanned<HumanDuration>>,
     pub dangerous_expose_admin: Option<Spanned<bool>>,
 }
 
@@ -180,6 +183,7 @@ pub(crate) struct RawRoute {
     pub connect_timeout: Option<Spanned<HumanDuration>>,
     pub read_timeout: Option<Spanned<HumanDuration>>,
     pub max_body: Option<ByteSize>,
+    pub max_concurrent: Option<Spanned<u64>>,
     #[serde(default)]
     pub tags: Vec<String>,
     pub deprecated: Option<Spanned<RawDeprecation>>,

@@ -466,3 +466,44 @@ fn shared_state_and_quotas_are_validated() {
     assert_eq!(r.quota.and_then(|q| q.daily), Some(5));
     assert_eq!(r.shared_state_failure, SharedStateFailure::FailClosed);
 }
+
+#[test]
+fn load_shedding_settings_have_safe_defaults_and_checked_values() {
+    let c = ok(ROUTE).config;
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.min_body_rate, 1024);
+    assert_eq!(c.server.body_rate_grace, std::time::Duration::from_secs(5));
+    assert_eq!(c.routes[0].max_concurrent, None);
+
+    let c = ok(&format!(
+        "[server]\nmax_connections = 2\nmin_body_rate = \"64KiB\"\nbody_rate_grace = \"1s\"\n{ROUTE}max_concurrent = 100\n"
+    ))
+    .config;
+    assert_eq!(c.server.max_connections, 2);
+    assert_eq!(c.server.min_body_rate, 64 * 1024);
+    assert_eq!(c.server.body_rate_grace, std::time::Duration::from_secs(1));
+    assert_eq!(c.routes[0].max_concurrent, Some(100));
+    // 0 turns the body rate check off.
+    assert_eq!(
+        ok("[server]\nmin_body_rate = 0\n")
+            .config
+            .server
+            .min_body_rate,
+        0
+    );
+
+    let e = errors(&format!("{ROUTE}max_concurrent = 0\n"));
+    assert!(e[0].message.contains("max_concurrent is 0"), "{e:?}");
+    assert_eq!((e[0].line, e[0].column), (Some(7), Some(18)));
+    let e = errors(&format!("{ROUTE}max_concurrent = -1\n"));
+    assert_eq!(e[0].line, Some(7), "{e:?}");
+    let e = errors("[server]\nmax_connections = 0\n");
+    assert!(e[0].message.contains("server.max_connections"), "{e:?}");
+    assert_eq!((e[0].line, e[0].column), (Some(2), Some(19)));
+    let e = errors("[server]\nbody_rate_grace = \"0s\"\n");
+    assert!(e[0].message.contains("body_rate_grace"), "{e:?}");
+    assert_eq!(e[0].line, Some(2));
+    let e = errors("[server]\nmin_body_rate = \"fast\"\n");
+    assert!(e[0].message.contains("invalid size"), "{e:?}");
+    assert_eq!(e[0].line, Some(2));
+}

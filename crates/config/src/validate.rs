@@ -299,6 +299,32 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         "server.max_url_bytes",
         |b| b.0,
     );
+    let max_connections = bounded(
+        c,
+        raw.max_connections,
+        10_000,
+        1..=1_000_000,
+        "server.max_connections",
+        |n| *n as u64,
+    );
+    let min_body_rate = bounded(
+        c,
+        raw.min_body_rate,
+        1024,
+        0..=1 << 30,
+        "server.min_body_rate (bytes per second; 0 turns it off)",
+        |b| b.0,
+    );
+    let body_rate_grace = raw.body_rate_grace.map_or(Duration::from_secs(5), |g| {
+        let d = g.get_ref().0;
+        if d.is_zero() || d > Duration::from_secs(600) {
+            c.error(
+                Some(g.span()),
+                "server.body_rate_grace must be greater than zero and at most 10m",
+            );
+        }
+        d
+    });
 
     ServerConfig {
         listen,
@@ -318,6 +344,9 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         max_header_count: max_header_count as usize,
         max_header_bytes,
         max_url_bytes,
+        max_connections: max_connections as usize,
+        min_body_rate,
+        body_rate_grace,
         dangerous_expose_admin: expose,
     }
 }
@@ -953,6 +982,10 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         }
         crate::validate_limits::quota(c, q, &ctx)
     });
+    let max_concurrent = r.max_concurrent.map(|n| {
+        let what = format!("{ctx}: max_concurrent");
+        bounded(c, Some(n), 1, 1..=1_000_000, &what, |n| *n) as u32
+    });
     let cors = r.cors.map(|raw| {
         let span = raw.span();
         let cr = raw.into_inner();
@@ -1048,6 +1081,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             total,
         },
         max_body: r.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
+        max_concurrent,
         tags: r.tags,
         deprecation: deprecation.flatten(),
         preserve_host: r.preserve_host,

@@ -29,6 +29,13 @@ pub fn empty() -> Body {
 #[error("client request body: {0}")]
 pub struct ClientBodyError(#[source] pub BoxError);
 
+/// The client sent its request body more slowly than `server.min_body_rate` allows. Marked,
+/// like [`ClientBodyError`], so whoever reads the body (a policy or the upstream call) answers
+/// 408 rather than 400 or 502; look for it with [`find_cause`] before `ClientBodyError`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body arrived below the minimum rate")]
+pub struct BodyTooSlow;
+
 /// Wraps a client's request body so its read errors carry [`ClientBodyError`].
 pub fn client_body<B>(body: B) -> Body
 where

@@ -55,6 +55,9 @@ pub enum GatewayError {
         /// The route's limit in bytes.
         limit: u64,
     },
+    /// The request body arrived more slowly than `server.min_body_rate` allows.
+    #[error("request body too slow")]
+    RequestTimeout,
     /// The request target is too long.
     #[error("request target too long")]
     UriTooLong,
@@ -113,6 +116,13 @@ pub enum GatewayError {
         /// Suggested wait before retrying.
         retry_after: Option<Duration>,
     },
+    /// Shed under load: the route's concurrency limit or the server's connection cap is
+    /// reached. Answered at once, never queued.
+    #[error("overloaded")]
+    Overloaded {
+        /// Suggested wait before retrying.
+        retry_after: Duration,
+    },
     /// A bug or an unexpected internal failure.
     #[error("internal error")]
     Internal(#[source] BoxError),
@@ -126,6 +136,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gone => StatusCode::GONE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -138,7 +149,7 @@ impl GatewayError {
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::Unavailable { .. } | Self::CredentialUnavailable(_) => {
+            Self::Unavailable { .. } | Self::CredentialUnavailable(_) | Self::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -152,6 +163,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::Gone => "route-retired",
             Self::PayloadTooLarge { .. } => "body-too-large",
+            Self::RequestTimeout => "request-timeout",
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
             Self::Malformed(_) => "malformed-request",
@@ -165,6 +177,7 @@ impl GatewayError {
             Self::BadGateway(_) => "upstream-unavailable",
             Self::Unavailable { .. } => "unavailable",
             Self::CredentialUnavailable(_) => "credential-unavailable",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -176,6 +189,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "Method not allowed on this route",
             Self::Gone => "This endpoint has been retired",
             Self::PayloadTooLarge { .. } => "Request body too large",
+            Self::RequestTimeout => "Request body too slow",
             Self::UriTooLong => "Request target too long",
             Self::HeadersTooLarge => "Request headers too large",
             Self::Malformed(_) => "Malformed request",
@@ -189,6 +203,7 @@ impl GatewayError {
             Self::BadGateway(_) => "Upstream unavailable",
             Self::Unavailable { .. } => "Service unavailable",
             Self::CredentialUnavailable(_) => "Upstream credential unavailable",
+            Self::Overloaded { .. } => "Too busy",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -204,6 +219,12 @@ impl GatewayError {
                 "The {window} request quota is used up; it resets at the start of the next {} (UTC).",
                 if *window == "daily" { "day" } else { "month" }
             )),
+            Self::RequestTimeout => {
+                Some("The request body arrived more slowly than this server accepts.".into())
+            }
+            Self::Overloaded { .. } => Some(
+                "Too many requests are in progress; retry after the time in Retry-After.".into(),
+            ),
             Self::Gone => Some(
                 "The endpoint passed its sunset date. See the deprecation link published for it."
                     .into(),

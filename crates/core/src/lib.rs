@@ -8,7 +8,9 @@ mod identity;
 mod problem;
 mod request_id;
 
-pub use body::{client_body, empty, find_cause, full, Body, BoxError, ClientBodyError};
+pub use body::{
+    client_body, empty, find_cause, full, Body, BodyTooSlow, BoxError, ClientBodyError,
+};
 pub use context::{ClientCert, RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
 pub use identity::{AuthKind, Identity};

@@ -84,7 +84,8 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
             retry_after: Some(d),
         }
         | GatewayError::TooManyRequests { retry_after: d }
-        | GatewayError::QuotaExceeded { retry_after: d, .. } => {
+        | GatewayError::QuotaExceeded { retry_after: d, .. }
+        | GatewayError::Overloaded { retry_after: d } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
         GatewayError::Unauthorized { presented } => {
@@ -102,6 +103,7 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
     }
     if status == StatusCode::PAYLOAD_TOO_LARGE
         || status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        || status == StatusCode::REQUEST_TIMEOUT
     {
         // The rest of the request may still be on the wire; do not try to reuse the connection.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -163,6 +165,17 @@ mod tests {
             &id,
         );
         assert_eq!(res.headers()[header::RETRY_AFTER], "5");
+        let res = problem_response(
+            &GatewayError::Overloaded {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            &id,
+        );
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = problem_response(&GatewayError::RequestTimeout, &id);
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(res.headers()[header::CONNECTION], "close");
     }
 
     fn tokio_rt() -> SimpleRt {

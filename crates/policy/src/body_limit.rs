@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use portcullis_core::{Body, BoxError, GatewayError};
+use portcullis_core::{Body, BodyTooSlow, BoxError, GatewayError};
 use std::{
     pin::Pin,
     task::{Context, Poll},
@@ -151,6 +151,9 @@ pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError>
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(e) if portcullis_core::find_cause::<BodyTooSlow>(e.as_ref()).is_some() => {
+            Err(GatewayError::RequestTimeout)
+        }
         Err(_) => Err(GatewayError::Malformed(
             portcullis_core::MalformedKind::InvalidBody,
         )),
@@ -179,6 +182,19 @@ mod tests {
             too_big,
             Err(GatewayError::PayloadTooLarge { limit: 6 })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_too_slowly_is_a_408() {
+        let slow = portcullis_core::client_body(
+            StreamBody::new(stream::iter(vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"ab"))),
+                Err(Box::new(BodyTooSlow) as BoxError),
+            ]))
+            .boxed_unsync(),
+        );
+        let r = read_limited(slow, 100).await;
+        assert!(matches!(r, Err(GatewayError::RequestTimeout)), "{r:?}");
     }
 
     #[tokio::test]

@@ -1,9 +1,19 @@
 //! The phase contract every policy follows, and the chain that runs them.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{Request, Response};
-use portcullis_core::{problem_response, Body, GatewayError, Identity, RequestContext};
-use std::sync::Arc;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use portcullis_core::{
+    problem_response, Body, BoxError, ErrorInfo, GatewayError, Identity, RequestContext,
+};
+use std::{
+    any::Any,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 /// What a policy decided about a request.
 pub enum Flow {
@@ -53,6 +63,13 @@ pub trait Terminal: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct ResponseHeaders(pub http::HeaderMap);
 
+/// Something a policy needs kept alive until the response body has been sent or dropped (a
+/// concurrency permit, say). Insert it into the request's extensions in `on_request`; the
+/// chain ties it to the response body. A response the gateway made from an error carries no
+/// upstream body, so its holds end at once.
+#[derive(Clone)]
+pub struct HoldUntilSent(pub Arc<dyn Any + Send + Sync>);
+
 /// A route's policies in front of its terminal. Cheap to clone; immutable once built, so a
 /// request keeps the chain it started with across a hot reload.
 #[derive(Clone)]
@@ -81,6 +98,7 @@ impl Chain {
         // The response phase sees the identity that authentication established.
         let mut ctx = ctx.clone();
         let mut extra = http::HeaderMap::new();
+        let mut holds: Vec<HoldUntilSent> = Vec::new();
         let mut pending = Some(req);
         let mut passed = 0;
         let mut early = None;
@@ -94,6 +112,9 @@ impl Chain {
                         for (name, value) in h.0.iter() {
                             extra.append(name.clone(), value.clone());
                         }
+                    }
+                    if let Some(h) = next.extensions_mut().remove::<HoldUntilSent>() {
+                        holds.push(h);
                     }
                     if ctx.identity.is_none() {
                         ctx.identity = next.extensions().get::<Identity>().cloned();
@@ -125,10 +146,49 @@ impl Chain {
                 Err(e) => error_response(&e, &ctx),
             };
         }
+        if !holds.is_empty() && res.extensions().get::<ErrorInfo>().is_none() {
+            res = res.map(|inner| {
+                Held {
+                    inner,
+                    holds: Some(holds),
+                }
+                .boxed_unsync()
+            });
+        }
         res
     }
 }
 
 fn error_response(err: &GatewayError, ctx: &RequestContext) -> Response<Body> {
     problem_response(err, &ctx.request_id)
+}
+
+/// A response body that keeps the request's holds until it ends, fails or is dropped.
+struct Held {
+    inner: Body,
+    holds: Option<Vec<HoldUntilSent>>,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.holds = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -7,8 +7,8 @@ use http::Request;
 use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
-    Authenticate, Authorize, BodyLimit, Chain, Clients, Cors, Deprecation, Flow, IpFilter,
-    ObjectRules, Policy, Quota, RateLimit, ResponseFields, ValidateBody,
+    Authenticate, Authorize, BodyLimit, Chain, Clients, Concurrency, Cors, Deprecation, Flow,
+    IpFilter, ObjectRules, Policy, Quota, RateLimit, ResponseFields, ValidateBody,
 };
 use std::sync::Arc;
 
@@ -36,6 +36,16 @@ pub(crate) fn route_chain(
     //    headers on every response before it.
     if let Some(d) = &route.deprecation {
         steps.push(Arc::new(Deprecation::new(d)));
+    }
+
+    // Load shedding: at most `max_concurrent` requests in flight, 503 + Retry-After beyond,
+    //    never queued. Before authentication, so an overloaded route spends no hashing,
+    //    signature checks or JWKS fetches on requests it will refuse anyway; after the three
+    //    steps above, which refuse in memory without holding a slot, so denied or retired
+    //    traffic cannot take slots from admitted callers. Counters live in this chain: a
+    //    reload starts fresh ones (see `portcullis_policy::Concurrency`).
+    if let Some(limit) = route.max_concurrent {
+        steps.push(Arc::new(Concurrency::new(&route.id, limit)));
     }
 
     // 2. Who is calling: an API key (verified from memory), a JWT from a trusted issuer, or a

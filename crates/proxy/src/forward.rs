@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream, UpstreamHeader};
 use portcullis_core::{
-    find_cause, Body, BoxError, ClientBodyError, GatewayError, Identity, MalformedKind,
-    RequestContext, RouteMatch, REQUEST_ID_HEADER,
+    find_cause, Body, BodyTooSlow, BoxError, ClientBodyError, GatewayError, Identity,
+    MalformedKind, RequestContext, RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_identity::TokenIssuer;
 use portcullis_policy::{BodyTooLarge, Terminal};
@@ -235,6 +235,9 @@ impl Terminal for Forwarder {
             Ok(Err(e)) => {
                 if let Some(b) = find_cause::<BodyTooLarge>(&e) {
                     return Err(GatewayError::PayloadTooLarge { limit: b.limit });
+                }
+                if find_cause::<BodyTooSlow>(&e).is_some() {
+                    return Err(GatewayError::RequestTimeout);
                 }
                 if find_cause::<ClientBodyError>(&e).is_some() {
                     return Err(GatewayError::Malformed(MalformedKind::InvalidBody));

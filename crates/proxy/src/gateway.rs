@@ -2,6 +2,7 @@
 //! and the request entry point.
 
 use crate::{
+    body_rate::request_body,
     build::route_chain,
     client::ClientCache,
     forward::Forwarder,
@@ -297,6 +298,9 @@ impl Gateway {
         if !generation.config.server.ip_rules.admits(&ctx.client_ip) {
             return Err((GatewayError::Forbidden, none.clone()));
         }
+        // From here the body is the gateway's: read errors marked, minimum rate enforced (408).
+        let s = &generation.config.server;
+        let req = req.map(|b| request_body(b, s.min_body_rate, s.body_rate_grace));
         // The OAuth 2.0 endpoints, when Portcullis issues tokens.
         if let Some(issuer) = &self.services.oauth {
             if crate::oauth_endpoints::is_endpoint(req.uri().path()) {
@@ -346,7 +350,7 @@ impl Gateway {
             }
         };
         // 5. The route's policies, then the upstream.
-        let mut req = req.map(portcullis_core::client_body);
+        let mut req = req;
         req.extensions_mut().insert(ctx.clone());
         req.extensions_mut().insert(matched);
         Ok((route.chain.run(req, ctx).await, route.id.clone()))

@@ -5,6 +5,7 @@
 //! [`serve`] accepts connections (HTTP/1.1 and HTTP/2, plaintext or rustls) and drains them on
 //! shutdown. Each declared route is a `portcullis_policy::Chain` built in [`build::route_chain`].
 
+mod body_rate;
 pub mod build;
 mod client;
 mod forward;

@@ -6,8 +6,6 @@
 use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use portcullis_config::ClientConfig;
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
 use portcullis_identity::{BruteForce, OAuthError, TokenIssuer};
@@ -21,7 +19,7 @@ pub(crate) fn is_endpoint(path: &str) -> bool {
     )
 }
 
-const MAX_FORM: usize = 16 * 1024;
+const MAX_FORM: u64 = 16 * 1024;
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut res = Response::new(full(v.to_string()));
@@ -55,7 +53,7 @@ fn oauth_error(e: &OAuthError, basic: bool) -> Response<Body> {
 }
 
 async fn form(
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<(http::request::Parts, HashMap<String, String>), OAuthError> {
     let (parts, body) = req.into_parts();
     let form_type = parts
@@ -71,11 +69,10 @@ async fn form(
     if !form_type {
         return Err(OAuthError::InvalidRequest);
     }
-    let bytes: Bytes = http_body_util::Limited::new(body, MAX_FORM)
-        .collect()
+    // Too large, malformed or too slow (`server.min_body_rate`): all `invalid_request`.
+    let bytes: Bytes = portcullis_policy::read_limited(body, MAX_FORM)
         .await
-        .map_err(|_| OAuthError::InvalidRequest)?
-        .to_bytes();
+        .map_err(|_| OAuthError::InvalidRequest)?;
     let mut map = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(&bytes) {
         // RFC 6749 section 3.2: parameters must not be repeated.
@@ -142,7 +139,7 @@ pub(crate) async fn handle(
     clients: &HashMap<String, Arc<ClientConfig>>,
     guard: &BruteForce,
     ip: IpAddr,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path().to_string();
     if path == "/.well-known/jwks.json" {

@@ -1,15 +1,89 @@
 //! The data-plane listener: accepts TCP connections, terminates TLS when configured, serves
 //! HTTP/1.1 and HTTP/2 (ALPN or prior knowledge), and drains connections on shutdown.
+//!
+//! Open connections are capped by `server.max_connections` (read at every accept, so a reload
+//! changes it for new connections). Over the cap, a plaintext connection is still accepted and
+//! its first HTTP/1 request answered 503 problem+json with `Retry-After` and `Connection:
+//! close`, in a task of its own with a short deadline, so the client learns why. An HTTP/2
+//! (prior knowledge) client over the cap gets its connection closed by the HTTP/1 parser, and
+//! a TLS connection over the cap is closed at once: answering it would first cost a handshake,
+//! the very work shedding is meant to save.
 
 use crate::Gateway;
+use http::{header, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use portcullis_config::ServerConfig;
-use std::{convert::Infallible, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::watch};
+use portcullis_core::{problem_response, GatewayError, RequestId};
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, Semaphore},
+};
+
+/// How long an over-cap connection gets to send the request that is answered with 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+/// Most over-cap connections being answered at once; beyond it they are closed at once, so a
+/// connection flood cannot turn the refusals themselves into the overload.
+const MAX_REFUSALS: usize = 256;
+/// What an over-cap client is told to wait before retrying.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One open data-plane connection counted against `server.max_connections`. Its connection
+/// task owns it, so every way the task ends (done, error, timeout, drain, cancelled at
+/// shutdown) gives the slot back.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        // Only the accept loop takes slots, so the check and the increment cannot interleave
+        // with another taker; releases only make room.
+        if open.fetch_add(1, Ordering::AcqRel) >= max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("portcullis_open_connections").increment(1.0);
+        Some(ConnectionSlot(open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("portcullis_open_connections").decrement(1.0);
+    }
+}
+
+/// Answers the first HTTP/1 request of an over-cap connection with 503 and closes it.
+async fn refuse(stream: TcpStream) {
+    let service = service_fn(|_req| async {
+        let mut res = problem_response(
+            &GatewayError::Overloaded {
+                retry_after: RETRY_AFTER,
+            },
+            &RequestId::generate(),
+        );
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(res)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REFUSAL_DEADLINE)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
+}
 
 /// Flips to `true` when the process should stop accepting and drain.
 pub type ShutdownSignal = watch::Receiver<bool>;
@@ -41,6 +115,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
     let builder = Arc::new(http_builder(&server_cfg));
     let graceful = GracefulShutdown::new();
     let tls = server_cfg.tls.is_some();
+    let open = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    metrics::gauge!("portcullis_open_connections").set(0.0);
     loop {
         tokio::select! {
             biased;
@@ -55,12 +132,24 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                         continue;
                     }
                 };
+                let Some(slot) = ConnectionSlot::take(&open, gateway.config().server.max_connections) else {
+                    metrics::counter!("portcullis_shed_total", "reason" => "connections").increment(1);
+                    tracing::debug!(%peer, "connection cap reached; refusing");
+                    if let (false, Ok(permit)) = (tls, refusals.clone().try_acquire_owned()) {
+                        tokio::spawn(async move {
+                            refuse(stream).await;
+                            drop(permit);
+                        });
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
                 let gateway = gateway.clone();
                 let builder = builder.clone();
                 let handshake_timeout = server_cfg.header_read_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
                         let gateway = gateway.clone();
                         service_fn(move |req| {

@@ -76,6 +76,14 @@ fn describe() {
         "Upstream failures by route and kind."
     );
     metrics::describe_counter!(
+        "portcullis_shed_total",
+        "Requests and connections refused under load, by reason (route_concurrency with its route, or connections)."
+    );
+    metrics::describe_gauge!(
+        "portcullis_open_connections",
+        "Open data-plane client connections (capped by server.max_connections)."
+    );
+    metrics::describe_counter!(
         "portcullis_config_reloads_total",
         "Configuration reloads by result."
     );

@@ -14,24 +14,48 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::mpsc};
 
 /// A running upstream. `arrivals` receives the path of every request as it arrives (before
-/// any deliberate delay), so a test can act while a request is in flight.
+/// any deliberate delay), so a test can act while a request is in flight. Requests to paths
+/// under `/hold` wait until the test lets them go with [`Upstream::release`].
 pub struct Upstream {
     pub addr: SocketAddr,
     pub arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Lets `n` requests waiting under `/hold` (now or later) answer.
+    pub fn release(&self, n: usize) {
+        self.held.add_permits(n);
+    }
+
+    /// Waits (up to 20 s) until `n` more requests have arrived; panics otherwise.
+    pub async fn wait_arrivals(&self, n: usize) {
+        let mut rx = self.arrivals.lock().await;
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("request did not reach the upstream")
+                .unwrap();
+        }
+    }
 }
 
 async fn handle(
     req: Request<Incoming>,
     tx: mpsc::UnboundedSender<String>,
+    held: Arc<tokio::sync::Semaphore>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let _ = tx.send(path.clone());
+    if path.starts_with("/hold") {
+        if let Ok(p) = held.acquire().await {
+            p.forget();
+        }
+    }
     if let Some(ms) = path
         .strip_prefix("/sleep/")
         .and_then(|s| s.parse::<u64>().ok())
@@ -86,6 +110,8 @@ pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
+    let held = Arc::new(tokio::sync::Semaphore::new(0));
+    let held_srv = held.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -93,8 +119,9 @@ pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
             };
             let tx = tx.clone();
             let tls = tls.clone();
+            let held = held_srv.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(req, tx.clone()));
+                let svc = service_fn(move |req| handle(req, tx.clone(), held.clone()));
                 let builder = auto::Builder::new(TokioExecutor::new());
                 match tls {
                     Some(cfg) => {
@@ -112,6 +139,7 @@ pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     Upstream {
         addr,
         arrivals: tokio::sync::Mutex::new(rx),
+        held,
     }
 }
 

@@ -1,0 +1,267 @@
+//! Load shedding and slow-client protection through the real gateway: the per-route
+//! concurrency limit, the connection cap and the minimum request-body rate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::{assert_problem, client, route, server_section, upstream, Gw};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
+
+async fn metrics(gw: &Gw) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_sheds_at_once_and_admits_again_when_requests_finish() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}{}",
+        server_section(""),
+        route(
+            "held",
+            "[\"GET\"]",
+            "/hold/{*rest}",
+            &up.url(),
+            "max_concurrent = 2"
+        ),
+        route("other", "[\"GET\"]", "/other", &up.url(), ""),
+    );
+    let gw = Gw::start(&cfg);
+    let c = client();
+
+    // Two requests in flight, held by the upstream until the test lets them go.
+    let first_two: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, url) = (c.clone(), gw.url(&format!("/hold/{i}")));
+            tokio::spawn(async move {
+                let res = c.get(url).send().await.unwrap();
+                (res.status().as_u16(), res.text().await.unwrap())
+            })
+        })
+        .collect();
+    up.wait_arrivals(2).await;
+
+    // The third is refused at once, without waiting for a slot.
+    let res = c.get(gw.url("/hold/2")).send().await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_problem(res, 503, "overloaded").await;
+    // Other routes are not affected.
+    assert_eq!(c.get(gw.url("/other")).send().await.unwrap().status(), 200);
+
+    up.release(2);
+    for t in first_two {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Both finished: the route admits again.
+    up.release(1);
+    let res = c.get(gw.url("/hold/3")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    let m = metrics(&gw).await;
+    assert!(
+        m.lines().any(|l| l.starts_with("portcullis_shed_total{")
+            && l.contains("reason=\"route_concurrency\"")
+            && l.contains("route=\"held\"")),
+        "{m}"
+    );
+}
+
+/// An HTTP/1.1 keep-alive connection to the gateway.
+async fn connect(gw: &Gw) -> (SendRequest<Empty<Bytes>>, JoinHandle<()>) {
+    let stream = TcpStream::connect(gw.data).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+async fn get(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    sender.ready().await.unwrap();
+    let req = http::Request::get(path)
+        .header("host", "gateway.test")
+        .body(Empty::new())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_get_one_503_and_are_closed() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("max_connections = 2"),
+        route("ok", "[\"GET\"]", "/ok", &up.url(), ""),
+    );
+    let gw = Gw::start(&cfg);
+
+    let (mut a, a_task) = connect(&gw).await;
+    assert_eq!(get(&mut a, "/ok").await.0, 200);
+    let (mut b, _b_task) = connect(&gw).await;
+    assert_eq!(get(&mut b, "/ok").await.0, 200);
+
+    // The third connection is accepted, told why, and closed.
+    let (mut c, c_task) = connect(&gw).await;
+    let (status, headers, body) = get(&mut c, "/ok").await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "urn:portcullis:problem:overloaded");
+    tokio::time::timeout(Duration::from_secs(20), c_task)
+        .await
+        .expect("the over-cap connection was not closed")
+        .unwrap();
+
+    // Connections already open keep working.
+    assert_eq!(get(&mut a, "/ok").await.0, 200);
+    assert_eq!(get(&mut b, "/ok").await.0, 200);
+
+    // Closing one makes room. The gateway notices the close on its own schedule, so retry
+    // (bounded) until the new connection is admitted.
+    drop(a);
+    a_task.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut d, _d_task) = connect(&gw).await;
+        let (status, _, _) = get(&mut d, "/ok").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let m = metrics(&gw).await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("portcullis_shed_total{") && l.contains("reason=\"connections\"")
+        ),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("portcullis_open_connections ")),
+        "{m}"
+    );
+}
+
+/// Sends a request head declaring `Content-Length: 10000`, then only `partial`, and returns
+/// what the gateway answers (bounded by a generous timeout so a regression fails, not hangs).
+async fn trickle(gw: &Gw, path: &str, partial: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: 10000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(partial).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the gateway kept waiting for the body");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_below_the_minimum_rate_gets_408_and_normal_uploads_pass() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("any.json"),
+        r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object"}"#,
+    )
+    .unwrap();
+    let cfg = format!(
+        "{}{}{}",
+        server_section("min_body_rate = \"1MiB\"\nbody_rate_grace = \"2s\""),
+        // Streamed to the upstream.
+        route("upload", "[\"POST\"]", "/upload", &up.url(), ""),
+        // Read whole by a policy first (schema validation).
+        route(
+            "orders",
+            "[\"POST\"]",
+            "/orders",
+            &up.url(),
+            "request_schema = \"any.json\""
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
+    let gw = Gw::start_in(dir);
+
+    for path in ["/upload", "/orders"] {
+        let answer = trickle(&gw, path, b"{\"a\":").await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains("connection: close"), "{path}: {answer}");
+        assert!(
+            answer.contains("urn:portcullis:problem:request-timeout"),
+            "{path}: {answer}"
+        );
+    }
+
+    // Ordinary clients are not affected.
+    let c = client();
+    let res = c
+        .post(gw.url("/upload"))
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["body_len"], 200_000);
+    let res = c
+        .post(gw.url("/orders"))
+        .header("content-type", "application/json")
+        .body(r#"{"sku":"a1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        c.get(gw.url("/missing")).send().await.unwrap().status(),
+        404
+    );
+}
