@@ -33,8 +33,8 @@ impl Params {
         Params { cfg }
     }
 
-    /// Every failure of `path_params` (name, raw captured value) and `query` against the
-    /// declarations, as (pointer, rule) pairs, at most [`MAX_REPORTED`].
+    /// Every failure of the captured path parameters (raw, as routed) and the raw query string
+    /// against the declarations, as (pointer, rule) pairs, at most [`MAX_REPORTED`].
     fn errors(&self, route: Option<&RouteMatch>, query: Option<&str>) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         let mut fail = |section: &str, name: &str, rule: &str| {
