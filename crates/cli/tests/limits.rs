@@ -296,3 +296,158 @@ async fn cors_preflights_and_responses() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("credentials"), "{err}");
 }
+
+/// The (pointer, rule) pairs of a problem's `errors` list.
+fn pointer_rules(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["pointer"].as_str().unwrap().into(),
+                e["rule"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn json_structure_limits_refuse_with_pointer_and_rule() {
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("any.json"),
+        r#"{"$schema": "https://json-schema.org/draft/2020-12/schema"}"#,
+    )
+    .unwrap();
+    let cfg = format!(
+        "{}{}{}",
+        server_section(""),
+        route(
+            "limited",
+            "[\"POST\"]",
+            "/limited",
+            &up.url(),
+            "json_limits = { max_depth = 3, max_string = 16, max_array = 3, max_members = 4 }"
+        ),
+        // No json_limits: the defaults apply because the schema validator parses the body.
+        route(
+            "schema",
+            "[\"POST\"]",
+            "/schema",
+            &up.url(),
+            "request_schema = \"any.json\""
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
+    let gw = Gw::start_in(dir);
+    let c = client();
+    let post = |path: &'static str, body: String, ct: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            c.post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let fine = r#"{"a":[1,2,{"b":"short"}],"c":null}"#;
+    let res = post("/limited", fine.into(), "application/json").await;
+    assert_eq!(res.status(), 200);
+    let echoed: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(echoed["body_len"], fine.len());
+
+    for (body, pointer, rule) in [
+        (r#"{"a":[[{"b":1}]]}"#, "/a/0/0", "max_depth"),
+        (
+            r#"{"a":[1,{"b":"SENTINEL-0123456789"}]}"#,
+            "/a/1/b",
+            "max_string",
+        ),
+        (r#"{"a":{"SENTINEL-key-0123456789":1}}"#, "/a", "max_string"),
+        (r#"{"list":[1,2,3,4]}"#, "/list", "max_array"),
+        (r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#, "/", "max_members"),
+    ] {
+        let res = post("/limited", body.into(), "application/json; charset=utf-8").await;
+        let v = common::assert_problem(res, 400, "json-limit-exceeded").await;
+        assert_eq!(
+            pointer_rules(&v),
+            vec![(pointer.to_string(), rule.to_string())],
+            "{body}"
+        );
+        assert!(!v.to_string().contains("SENTINEL"), "value echoed: {v}");
+    }
+
+    // 100 000 nested arrays: refused at the limit, no stack overflow; the gateway carries on.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let v = common::assert_problem(
+        post("/limited", deep.clone(), "application/json").await,
+        400,
+        "json-limit-exceeded",
+    )
+    .await;
+    assert_eq!(
+        pointer_rules(&v),
+        vec![("/0/0/0".to_string(), "max_depth".to_string())]
+    );
+    // Bodies that are not JSON by their content type are not the checker's business.
+    assert_eq!(
+        post("/limited", deep.clone(), "text/plain").await.status(),
+        200
+    );
+    common::assert_problem(
+        post("/limited", "{not json".into(), "application/json").await,
+        400,
+        "malformed-request",
+    )
+    .await;
+
+    // Default limits (depth 32) where the body is parsed anyway, before the schema sees it.
+    let v = common::assert_problem(
+        post("/schema", deep, "application/json").await,
+        400,
+        "json-limit-exceeded",
+    )
+    .await;
+    assert_eq!(v["errors"][0]["pointer"], "/0".repeat(32));
+    let nested_33 = format!("{}{}", "[".repeat(33), "]".repeat(33));
+    let v = common::assert_problem(
+        post("/schema", nested_33, "application/json").await,
+        400,
+        "json-limit-exceeded",
+    )
+    .await;
+    assert_eq!(v["errors"][0]["rule"], "max_depth");
+    let nested_32 = format!("{}{}", "[".repeat(32), "]".repeat(32));
+    assert_eq!(
+        post("/schema", nested_32, "application/json")
+            .await
+            .status(),
+        200
+    );
+
+    // Zero limits are a configuration error with a location.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        route(
+            "r",
+            "[\"POST\"]",
+            "/r",
+            &up.url(),
+            "json_limits = { max_array = 0 }",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = common::run_cli(&["check", bad.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml:6:") && err.contains("json_limits.max_array must be at least 1"),
+        "{err}"
+    );
+}

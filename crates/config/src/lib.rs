@@ -16,9 +16,10 @@ mod validate_limits;
 pub use diagnostic::{ConfigError, Diagnostic, Severity};
 pub use model::{
     AuthConfig, AuthMethod, BruteForceConfig, ClientConfig, Config, Deprecation, FieldFilter,
-    JwtIssuerConfig, LogFormat, LoggingConfig, OAuth2Config, ObjectRule, ObjectSource, RateKey,
-    RateLimitConfig, RouteConfig, ServerConfig, StoreConfig, Timeouts, TlsFiles, Upstream,
-    UpstreamHeader, UpstreamTls, VaultConfig, VaultKeyProvider,
+    JsonLimits, JwtIssuerConfig, LogFormat, LoggingConfig, OAuth2Config, ObjectRule, ObjectSource,
+    ParamKind, ParamRule, ParamsConfig, RateKey, RateLimitConfig, RouteConfig, ServerConfig,
+    StoreConfig, Timeouts, TlsFiles, Upstream, UpstreamHeader, UpstreamTls, VaultConfig,
+    VaultKeyProvider,
 };
 pub use secret_ref::{parse_template, SecretRef, SecretTemplate};
 pub use units::{ByteSize, HumanDuration};

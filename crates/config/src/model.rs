@@ -211,10 +211,98 @@ pub struct RouteConfig {
     pub ip_rules: IpRules,
     /// JSON Schema (2020-12) request bodies must satisfy; JSON content type required.
     pub request_schema: Option<Arc<serde_json::Value>>,
+    /// Structural limits on JSON request bodies, checked wherever the gateway parses a body.
+    pub json_limits: JsonLimits,
+    /// Declared types of path and query parameters (400 when a request breaks them).
+    pub params: Option<ParamsConfig>,
     /// Cross-origin access for browsers.
     pub cors: Option<CorsConfig>,
     /// Response field filters by role; `default` applies to callers without a listed role.
     pub response_fields: Vec<(String, FieldFilter)>,
+}
+
+/// Structural limits on a JSON request body, so that a small document cannot make the gateway
+/// (or the upstream) do disproportionate work: deep nesting, huge strings, huge arrays or objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Deepest nesting of arrays and objects (the top-level container is depth 1).
+    pub max_depth: u32,
+    /// Longest string in bytes after unescaping; applies to object keys and values.
+    pub max_string: u64,
+    /// Most elements in one array.
+    pub max_array: u64,
+    /// Most members in one object.
+    pub max_members: u64,
+    /// Set when the route declares `json_limits`: then every request with a JSON content type
+    /// is checked, not only bodies a policy (schema, object rules) parses anyway.
+    pub explicit: bool,
+}
+
+impl JsonLimits {
+    /// The limits routes get without `json_limits`, applied wherever a body is parsed anyway.
+    pub const DEFAULT: JsonLimits = JsonLimits {
+        max_depth: 32,
+        max_string: 64 * 1024,
+        max_array: 10_000,
+        max_members: 1_000,
+        explicit: false,
+    };
+}
+
+/// Declared path and query parameters of a route.
+#[derive(Debug, Clone)]
+pub struct ParamsConfig {
+    /// Path parameters by name (each one a parameter of the route's template).
+    pub path: Vec<(String, ParamRule)>,
+    /// Query parameters by name (matched after percent-decoding).
+    pub query: Vec<(String, ParamRule)>,
+    /// Refuse query parameters that are not declared (`unknown_query = "reject"`).
+    pub reject_unknown_query: bool,
+}
+
+/// What one parameter must look like.
+#[derive(Debug, Clone)]
+pub struct ParamRule {
+    /// Query parameters only: the parameter must be present.
+    pub required: bool,
+    /// Its type and the rules that go with the type.
+    pub kind: ParamKind,
+}
+
+/// A parameter's type with the rules that apply to it.
+#[derive(Debug, Clone)]
+pub enum ParamKind {
+    /// Any UTF-8 text; lengths count characters.
+    String {
+        /// Fewest characters.
+        min_length: Option<u64>,
+        /// Most characters.
+        max_length: Option<u64>,
+        /// A regular expression the value must match (unanchored unless it says `^...$`).
+        pattern: Option<regex::Regex>,
+        /// When non-empty, the only values accepted.
+        values: Vec<String>,
+    },
+    /// A decimal integer (`-?[0-9]+`, within 64 bits).
+    Integer {
+        /// Smallest value.
+        minimum: Option<i64>,
+        /// Largest value.
+        maximum: Option<i64>,
+        /// When non-empty, the only values accepted.
+        values: Vec<i64>,
+    },
+    /// A finite decimal number in JSON number syntax.
+    Number {
+        /// Smallest value.
+        minimum: Option<f64>,
+        /// Largest value.
+        maximum: Option<f64>,
+    },
+    /// `true` or `false`.
+    Boolean,
+    /// A hyphenated UUID (`8-4-4-4-12` hex digits).
+    Uuid,
 }
 
 /// Allow and deny lists of client networks. Deny wins; a non-empty allow list admits only

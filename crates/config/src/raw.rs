@@ -202,6 +202,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub identity_assertion: bool,
     pub request_schema: Option<Spanned<PathBuf>>,
+    pub json_limits: Option<RawJsonLimits>,
+    pub params: Option<RawParams>,
     pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
@@ -256,4 +258,77 @@ pub(crate) struct RawDeprecation {
     pub since: Option<Spanned<String>>,
     pub sunset: Spanned<String>,
     pub link: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJsonLimits {
+    pub max_depth: Option<Spanned<u64>>,
+    pub max_string: Option<Spanned<ByteSize>>,
+    pub max_array: Option<Spanned<u64>>,
+    pub max_members: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawParams {
+    #[serde(default)]
+    pub path: std::collections::BTreeMap<String, Spanned<RawParam>>,
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, Spanned<RawParam>>,
+    pub unknown_query: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawParam {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub required: Option<Spanned<bool>>,
+    pub minimum: Option<Spanned<RawScalar>>,
+    pub maximum: Option<Spanned<RawScalar>>,
+    pub min_length: Option<Spanned<u64>>,
+    pub max_length: Option<Spanned<u64>>,
+    pub pattern: Option<Spanned<String>>,
+    #[serde(rename = "enum")]
+    pub values: Option<Spanned<Vec<RawScalar>>>,
+}
+
+/// A TOML scalar whose type validation checks against the parameter's declared type.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RawScalar {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawScalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawScalar, E> {
+                i64::try_from(v)
+                    .map(RawScalar::Int)
+                    .map_err(|_| E::custom("integer out of range"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Float(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar::Str(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawScalar, E> {
+                Ok(RawScalar::Bool(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

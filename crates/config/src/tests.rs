@@ -507,3 +507,157 @@ fn load_shedding_settings_have_safe_defaults_and_checked_values() {
     assert!(e[0].message.contains("invalid size"), "{e:?}");
     assert_eq!(e[0].line, Some(2));
 }
+
+#[test]
+fn json_limits_default_and_explicit() {
+    let r = ok(ROUTE).config.routes[0].clone();
+    assert_eq!(r.json_limits, JsonLimits::DEFAULT);
+    assert!(!r.json_limits.explicit);
+    let r = ok(&format!(
+        "{ROUTE}json_limits = {{ max_depth = 8, max_string = \"1KiB\" }}\n"
+    ))
+    .config
+    .routes[0]
+        .clone();
+    assert_eq!(r.json_limits.max_depth, 8);
+    assert_eq!(r.json_limits.max_string, 1024);
+    assert_eq!(r.json_limits.max_array, JsonLimits::DEFAULT.max_array);
+    assert!(r.json_limits.explicit);
+    // Dotted keys work too.
+    let r = ok(&format!("{ROUTE}json_limits.max_members = 5\n"))
+        .config
+        .routes[0]
+        .clone();
+    assert_eq!(r.json_limits.max_members, 5);
+    assert!(r.json_limits.explicit);
+}
+
+#[test]
+fn json_limits_refuse_nonsense_with_a_location() {
+    for (field, want) in [
+        ("max_depth = 0", "max_depth must be at least 1"),
+        ("max_depth = 101", "between 1 and 100"),
+        ("max_string = 0", "max_string must be at least 1"),
+        ("max_array = 0", "max_array must be at least 1"),
+        ("max_members = 0", "max_members must be at least 1"),
+        ("max_depth = -1", "invalid value"),
+        ("max_strings = 5", "unknown field"),
+    ] {
+        let e = errors(&format!("{ROUTE}json_limits = {{ {field} }}\n"));
+        assert!(e[0].message.contains(want), "{field}: {e:?}");
+        assert_eq!(e[0].line, Some(7), "{field}: {e:?}");
+        assert!(e[0].column.is_some_and(|c| c > 15), "{field}: {e:?}");
+    }
+}
+
+#[test]
+fn typed_params_are_compiled() {
+    let doc = format!(
+        "{ROUTE}{}",
+        r#"params.path = { id = { type = "integer", minimum = 1 } }
+params.query = { limit = { type = "integer", minimum = 1, maximum = 100 }, status = { type = "string", enum = ["open", "closed"] }, q = { type = "string", max_length = 64, pattern = "^[a-z ]+$", required = true }, ratio = { type = "number", maximum = 0.5 }, flag = { type = "boolean" }, ref = { type = "uuid" } }
+params.unknown_query = "reject"
+"#
+    );
+    let r = ok(&doc).config.routes[0].clone();
+    let p = r.params.clone().expect("params");
+    assert!(p.reject_unknown_query);
+    assert_eq!(p.path.len(), 1);
+    assert!(matches!(
+        p.path[0].1.kind,
+        ParamKind::Integer {
+            minimum: Some(1),
+            maximum: None,
+            ..
+        }
+    ));
+    let q = |name: &str| {
+        p.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+    };
+    assert!(q("q").is_some_and(|r| r.required));
+    assert!(q("limit").is_some_and(|r| !r.required));
+    match q("q").map(|r| r.kind) {
+        Some(ParamKind::String {
+            max_length: Some(64),
+            pattern: Some(re),
+            ..
+        }) => assert!(re.is_match("hello world") && !re.is_match("Hello")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        q("status").map(|r| r.kind),
+        Some(ParamKind::String { values, .. }) if values == ["open", "closed"]
+    ));
+    assert!(matches!(
+        q("ratio").map(|r| r.kind),
+        Some(ParamKind::Number { maximum: Some(m), .. }) if m == 0.5
+    ));
+    // A catch-all is named without its star.
+    let files = ROUTE.replace("/orders/{id}", "/files/{*rest}");
+    ok(&format!(
+        "{files}params.path = {{ rest = {{ type = \"string\", max_length = 100 }} }}\n"
+    ));
+}
+
+#[test]
+fn typed_params_refuse_mistakes_with_a_location() {
+    for (params, want) in [
+        (
+            r#"params.path = { nope = { type = "integer" } }"#,
+            "does not capture {nope}",
+        ),
+        (
+            r#"params.path = { id = { type = "integer", required = true } }"#,
+            "always present",
+        ),
+        (r#"params.query = { q = { type = "text" } }"#, "not known"),
+        (
+            r#"params.query = { q = { type = "string", pattern = "[a-" } }"#,
+            "pattern is not a valid regular expression: unclosed character class",
+        ),
+        (
+            r#"params.query = { q = { type = "string", minimum = 1 } }"#,
+            "minimum does not apply to a string parameter",
+        ),
+        (
+            r#"params.query = { q = { type = "uuid", pattern = "x" } }"#,
+            "pattern does not apply to a uuid parameter",
+        ),
+        (
+            r#"params.query = { q = { type = "integer", minimum = 1.5 } }"#,
+            "must be an integer",
+        ),
+        (
+            r#"params.query = { q = { type = "integer", minimum = 5, maximum = 1 } }"#,
+            "greater than maximum",
+        ),
+        (
+            r#"params.query = { q = { type = "string", min_length = 5, max_length = 1 } }"#,
+            "greater than max_length",
+        ),
+        (
+            r#"params.query = { q = { type = "string", enum = [] } }"#,
+            "enum is empty",
+        ),
+        (
+            r#"params.query = { q = { type = "string", enum = ["a", 1] } }"#,
+            "enum value 1 does not have",
+        ),
+        (
+            r#"params.query = { q = { type = "string", max_len = 1 } }"#,
+            "unknown field",
+        ),
+        (
+            r#"params.unknown_query = "deny""#,
+            "expected \"allow\" or \"reject\"",
+        ),
+    ] {
+        let e = errors(&format!("{ROUTE}{params}\n"));
+        assert!(e[0].message.contains(want), "{params}: {e:?}");
+        assert_eq!(e[0].line, Some(7), "{params}: {e:?}");
+        assert!(e[0].column.is_some(), "{params}: {e:?}");
+    }
+}

@@ -19,6 +19,8 @@ use std::{
 use time::{format_description::well_known::Rfc3339, Date, OffsetDateTime};
 use toml::Spanned;
 
+mod input;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1025,6 +1027,8 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             }
         }
     });
+    let json_limits = input::json_limits(c, r.json_limits, &ctx);
+    let params_rules = input::params(c, r.params, &params, &ctx);
     let ip_rules = IpRules {
         allow: nets(c, r.allow_ips, &format!("{ctx}: allow_ips")),
         deny: nets(c, r.deny_ips, &format!("{ctx}: deny_ips")),
@@ -1101,6 +1105,8 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         quota,
         ip_rules,
         request_schema,
+        json_limits,
+        params: params_rules,
         cors,
         response_fields,
     })

@@ -94,6 +94,24 @@ pub enum GatewayError {
         /// Where and which rule failed; never the offending values.
         errors: Vec<(String, String)>,
     },
+    /// A JSON request body breaks one of the route's structural limits (depth, string length,
+    /// array length, object members).
+    #[error("JSON body exceeds a structural limit")]
+    JsonLimit {
+        /// JSON pointer of the offending container or string; never its content.
+        pointer: String,
+        /// Which limit: `max_depth`, `max_string`, `max_array` or `max_members`.
+        rule: &'static str,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// Path or query parameters break the route's declarations; (pointer such as
+    /// `/query/limit`, rule) pairs.
+    #[error("request parameters invalid")]
+    InvalidParams {
+        /// Where and which rule failed; never the offending values.
+        errors: Vec<(String, String)>,
+    },
     /// The request's content type is not one the route accepts.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -139,7 +157,9 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(_) | Self::JsonLimit { .. } | Self::InvalidParams { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -168,6 +188,8 @@ impl GatewayError {
             Self::HeadersTooLarge => "headers-too-large",
             Self::Malformed(_) => "malformed-request",
             Self::Invalid { .. } => "invalid-body",
+            Self::JsonLimit { .. } => "json-limit-exceeded",
+            Self::InvalidParams { .. } => "invalid-parameters",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unauthorized { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
@@ -194,6 +216,8 @@ impl GatewayError {
             Self::HeadersTooLarge => "Request headers too large",
             Self::Malformed(_) => "Malformed request",
             Self::Invalid { .. } => "Request body does not match the schema",
+            Self::JsonLimit { .. } => "JSON body exceeds a structural limit",
+            Self::InvalidParams { .. } => "Request parameters are not valid",
             Self::UnsupportedMediaType => "Unsupported content type",
             Self::Unauthorized { .. } => "Authentication required",
             Self::Forbidden => "Not allowed",
@@ -225,6 +249,9 @@ impl GatewayError {
             Self::Overloaded { .. } => Some(
                 "Too many requests are in progress; retry after the time in Retry-After.".into(),
             ),
+            Self::JsonLimit { rule, limit, .. } => Some(format!(
+                "The JSON body exceeds this route's {rule} limit of {limit}."
+            )),
             Self::Gone => Some(
                 "The endpoint passed its sunset date. See the deprecation link published for it."
                     .into(),

@@ -22,7 +22,7 @@ pub struct Problem<'a> {
     pub detail: Option<String>,
     /// The request id, to quote when asking an operator about this request.
     pub request_id: &'a str,
-    /// For schema failures: which JSON pointer failed which rule.
+    /// For schema, JSON limit and parameter failures: which JSON pointer failed which rule.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<serde_json::Value>,
 }
@@ -48,10 +48,13 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         detail: err.detail(),
         request_id: request_id.as_str(),
         errors: match err {
-            GatewayError::Invalid { errors } => errors
+            GatewayError::Invalid { errors } | GatewayError::InvalidParams { errors } => errors
                 .iter()
                 .map(|(p, r)| serde_json::json!({ "pointer": p, "rule": r }))
                 .collect(),
+            GatewayError::JsonLimit { pointer, rule, .. } => {
+                vec![serde_json::json!({ "pointer": pointer, "rule": rule })]
+            }
             _ => Vec::new(),
         },
     };
@@ -176,6 +179,44 @@ mod tests {
         let res = problem_response(&GatewayError::RequestTimeout, &id);
         assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(res.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn input_failures_list_pointer_and_rule() {
+        let rt = tokio_rt();
+        let id = RequestId::generate();
+        let res = problem_response(
+            &GatewayError::JsonLimit {
+                pointer: "/items/3".into(),
+                rule: "max_depth",
+                limit: 32,
+            },
+            &id,
+        );
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let v = rt.block_on(body_json(res));
+        assert_eq!(v["type"], "urn:portcullis:problem:json-limit-exceeded");
+        assert_eq!(
+            v["errors"],
+            serde_json::json!([{ "pointer": "/items/3", "rule": "max_depth" }])
+        );
+        assert!(v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("max_depth limit of 32")));
+        let res = problem_response(
+            &GatewayError::InvalidParams {
+                errors: vec![
+                    ("/path/id".into(), "type".into()),
+                    ("/query/limit".into(), "duplicate".into()),
+                ],
+            },
+            &id,
+        );
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let v = rt.block_on(body_json(res));
+        assert_eq!(v["type"], "urn:portcullis:problem:invalid-parameters");
+        assert_eq!(v["errors"][1]["pointer"], "/query/limit");
+        assert_eq!(v["errors"][1]["rule"], "duplicate");
     }
 
     fn tokio_rt() -> SimpleRt {

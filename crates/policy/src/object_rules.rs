@@ -26,7 +26,9 @@ impl ObjectRules {
         }
     }
 
-    fn needs_body(&self) -> bool {
+    /// True when the rules read the JSON body (body sources or denied fields), whatever its
+    /// content type.
+    pub fn needs_body(&self) -> bool {
         !self.deny_fields.is_empty()
             || self
                 .rules

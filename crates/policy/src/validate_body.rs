@@ -25,7 +25,8 @@ impl ValidateBody {
     }
 }
 
-fn is_json(ct: Option<&http::HeaderValue>) -> bool {
+/// True for `application/json` and `application/*+json` content types.
+pub(crate) fn is_json(ct: Option<&http::HeaderValue>) -> bool {
     ct.and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| {

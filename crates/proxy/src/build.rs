@@ -8,7 +8,8 @@ use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Concurrency, Cors, Deprecation, Flow,
-    IpFilter, ObjectRules, Policy, Quota, RateLimit, ResponseFields, ValidateBody,
+    IpFilter, JsonLimitCheck, ObjectRules, Params, Policy, Quota, RateLimit, ResponseFields,
+    ValidateBody,
 };
 use std::sync::Arc;
 
@@ -20,6 +21,10 @@ pub(crate) fn route_chain(
     clients: &Clients,
 ) -> Result<Chain, String> {
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
+    // Steps whose place depends on the route; each is taken once, where it fits below.
+    let mut params = route.params.clone().map(Params::new);
+    let mut json_limits = (route.json_limits.explicit || route.request_schema.is_some())
+        .then(|| JsonLimitCheck::new(route.json_limits, route.max_body, false));
 
     // Browsers: CORS headers for allowed origins on every response, errors included (first,
     // so every later refusal carries them). Preflights are answered before routing.
@@ -109,14 +114,31 @@ pub(crate) fn route_chain(
                 services.store.clone(),
             )));
         }
+        // Typed path and query parameters (400). After authentication, authorization and the
+        // rate limits: an anonymous caller learns nothing about the parameters a route takes
+        // (it gets 401 first), and malformed requests still count against the limits. Before
+        // anything uses the values (object rules) or reads the body. No I/O, so cheap.
+        if let Some(p) = params.take() {
+            steps.push(Arc::new(p));
+        }
         // 4. Which objects and fields: the named object must belong to the caller, and the
-        //    body may not set denied fields (reads the body, within max_body).
+        //    body may not set denied fields (reads the body, within max_body). It parses any
+        //    body as JSON, so the JSON structure limits go right before it, for every body.
         if !route.object_rules.is_empty() || !route.request_deny_fields.is_empty() {
-            steps.push(Arc::new(ObjectRules::new(
+            let rules = ObjectRules::new(
                 route.object_rules.clone(),
                 route.request_deny_fields.clone(),
                 route.max_body,
-            )));
+            );
+            if rules.needs_body() {
+                json_limits = None;
+                steps.push(Arc::new(JsonLimitCheck::new(
+                    route.json_limits,
+                    route.max_body,
+                    true,
+                )));
+            }
+            steps.push(Arc::new(rules));
         }
     }
 
@@ -130,6 +152,11 @@ pub(crate) fn route_chain(
         )));
     }
 
+    // Typed parameters on public routes: after their rate limits, as above.
+    if let Some(p) = params.take() {
+        steps.push(Arc::new(p));
+    }
+
     // 5. What the caller may see: response fields filtered by role (on the way back).
     if !route.response_fields.is_empty() {
         steps.push(Arc::new(ResponseFields::new(route.response_fields.clone())));
@@ -138,6 +165,13 @@ pub(crate) fn route_chain(
     // 6. Request size: a declared Content-Length over the limit is refused before reading; a
     //    streamed body is cut off the moment it passes the limit.
     steps.push(Arc::new(BodyLimit::new(route.max_body)));
+    // JSON structure limits (400): depth, string, array and object sizes, checked on the
+    // buffered bytes without building a tree, before the schema validator parses them; on
+    // routes that declare `json_limits`, every JSON body. Once per request: when the object
+    // rules above parse the body, the check already ran before them.
+    if let Some(j) = json_limits.take() {
+        steps.push(Arc::new(j));
+    }
 
     // 7. What the body says: JSON Schema validation (reads the body, within max_body).
     if let Some(schema) = &route.request_schema {
