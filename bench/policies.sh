@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Traffic-protection benchmark (issue 5): POST of a 1 KiB JSON body, in one run, to
+#   (a) nginx as a plain reverse proxy,
+#   (b) Portcullis, a route with no policies,
+#   (c) Portcullis, a route with API-key authentication + a rate limit that is never hit +
+#       JSON Schema validation of the body (and the default JSON structure limits).
+# All on loopback, the same upstream (`portcullis upstream`, which reads the body).
+# Usage: bench/policies.sh   (env: DURATION, CONNS, THREADS, ROUNDS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+UP_PORT=${UP_PORT:-18181}
+NGINX_PORT=${NGINX_PORT:-18182}
+PCL_PORT=${PCL_PORT:-18183}
+PCL_ADMIN=${PCL_ADMIN:-18184}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  echo "bench: installing wrk and nginx (Debian packages)" >&2
+  apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+BIN=target/release/portcullis
+OUT=bench/out-policies
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+"$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
+wait_port $UP_PORT
+
+mkdir -p "$OUT/nginx"
+cat >"$OUT/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $PWD/$OUT/nginx/nginx.pid;
+error_log $PWD/$OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $PWD/$OUT/nginx/access.log;
+  client_body_temp_path $PWD/$OUT/nginx/body;
+  proxy_temp_path $PWD/$OUT/nginx/proxy;
+  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
+  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
+  scgi_temp_path $PWD/$OUT/nginx/scgi;
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+wait_port $NGINX_PORT
+
+cat >"$OUT/order.schema.json" <<'JSON'
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["customer", "items"],
+  "additionalProperties": false,
+  "properties": {
+    "customer": { "type": "string", "maxLength": 64 },
+    "note": { "type": "string", "maxLength": 512 },
+    "items": {
+      "type": "array", "minItems": 1, "maxItems": 50,
+      "items": {
+        "type": "object", "required": ["sku", "qty"], "additionalProperties": false,
+        "properties": { "sku": { "type": "string", "pattern": "^[A-Z0-9-]{3,20}$" }, "qty": { "type": "integer", "minimum": 1, "maximum": 1000 } }
+      }
+    }
+  }
+}
+JSON
+cat >"$OUT/portcullis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PCL_PORT"
+admin_listen = "127.0.0.1:$PCL_ADMIN"
+data_dir = "pcl-data"
+[[clients]]
+id = "bench-client"
+[[routes]]
+id = "guarded"
+methods = ["POST"]
+path = "/guarded/orders"
+rewrite = "/orders"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["api_key"]
+rate_limits = [{ per = "client", limit = 1000000000, period = "1s" }]
+request_schema = "order.schema.json"
+[[routes]]
+id = "plain"
+methods = ["POST"]
+path = "/orders"
+upstream = "http://127.0.0.1:$UP_PORT"
+TOML
+KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
+# The access log goes to a subdirectory: the config watcher watches the config's own
+# directory, and a log file beside the config would wake it on every line written.
+mkdir -p "$OUT/logs"
+"$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/portcullis-access.log" 2>&1 & pids+=($!)
+wait_port $PCL_PORT
+
+# A 1 KiB order that satisfies the schema.
+BODY=$(python3 - <<'PY'
+import json
+items=[{"sku": f"SKU-{i:04d}", "qty": i+1} for i in range(24)]
+doc={"customer": "acme-corp", "items": items, "note": ""}
+s=json.dumps(doc, separators=(",",":"))
+doc["note"]="x"*(1024-len(s))
+s=json.dumps(doc, separators=(",",":"))
+assert len(s)==1024, len(s)
+print(s)
+PY
+)
+cat >"$OUT/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+# Every target must accept the body: one request each, checked before measuring.
+for url in "http://127.0.0.1:$NGINX_PORT/orders" "http://127.0.0.1:$PCL_PORT/orders"; do
+  curl -sf -o /dev/null -H 'content-type: application/json' --data "$BODY" "$url" || { echo "bench: $url refused the body" >&2; exit 1; }
+done
+curl -sf -o /dev/null -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data "$BODY" "http://127.0.0.1:$PCL_PORT/guarded/orders" || { echo "bench: the guarded route refused the body" >&2; exit 1; }
+
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
+run() { # name port round path [header]
+  local f="$OUT/$1-$3.txt"
+  if [ -n "${5:-}" ]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$OUT/post.lua" -H "$5" "http://127.0.0.1:$2$4" >"$f"
+  else
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$OUT/post.lua" "http://127.0.0.1:$2$4" >"$f"
+  fi
+  if grep -q "Non-2xx" "$f"; then echo "bench: $1 answered non-2xx; see $f" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$f")
+  p50=$(awk '$1=="50%" {print $2}' "$f" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' "$f" | to_ms)
+  echo "$1 $3 $rps $p50 $p99" >>"$OUT/results.txt"
+}
+
+wrk -t1 -c8 -d2s -s "$OUT/post.lua" "http://127.0.0.1:$NGINX_PORT/orders" >/dev/null
+wrk -t1 -c8 -d2s -s "$OUT/post.lua" "http://127.0.0.1:$PCL_PORT/orders" >/dev/null
+wrk -t1 -c8 -d2s -s "$OUT/post.lua" -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PCL_PORT/guarded/orders" >/dev/null
+for r in $(seq 1 "$ROUNDS"); do
+  run nginx $NGINX_PORT "$r" /orders
+  run portcullis-plain $PCL_PORT "$r" /orders
+  run portcullis-guarded $PCL_PORT "$r" /guarded/orders "Authorization: Bearer $KEY"
+done
+
+echo "POST 1 KiB JSON; wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median per target; machine: $(nproc) cores, $(uname -r)"
+awk '
+  { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
+  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
+  END {
+    printf "%-20s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
+    split("nginx portcullis-plain portcullis-guarded", order, " ")
+    for (k=1;k<=3;k++) { t=order[k]; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-20s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
+    printf "\nguarded / plain (same run): %.2fx (target >= 0.80x)\n", R["portcullis-guarded"]/R["portcullis-plain"]
+    printf "guarded / nginx:            %.2fx (target >= 1.00x)\n", R["portcullis-guarded"]/R["nginx"]
+  }' "$OUT/results.txt" | tee "$OUT/summary.txt"
