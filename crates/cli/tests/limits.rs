@@ -451,3 +451,66 @@ async fn json_structure_limits_refuse_with_pointer_and_rule() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_client_address_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+    let up = upstream::start(None).await;
+    let routes = [
+        route(
+            "office",
+            "[\"GET\"]",
+            "/office",
+            &up.url(),
+            "allow_ips = [\"10.0.0.0/8\"]",
+        ),
+        route(
+            "v4-only",
+            "[\"GET\"]",
+            "/v4",
+            &up.url(),
+            "allow_ips = [\"127.0.0.1/32\"]",
+        ),
+        route(
+            "no-loopback",
+            "[\"GET\"]",
+            "/deny",
+            &up.url(),
+            "deny_ips = [\"127.0.0.0/8\"]",
+        ),
+    ]
+    .concat();
+    let c = client();
+
+    // An untrusted peer cannot choose its address by sending X-Forwarded-For.
+    let gw = Gw::start(&format!("{}{routes}", server_section("")));
+    let res = c
+        .get(gw.url("/office"))
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("forwarded", "for=10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    // A trusted proxy's X-Forwarded-For is believed.
+    let trusted = Gw::start(&format!(
+        "{}{routes}",
+        server_section("trusted_proxies = [\"127.0.0.1\"]")
+    ));
+    let res = c
+        .get(trusted.url("/office"))
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // A listener on an IPv6 socket sees IPv4 clients as ::ffff:127.0.0.1; IPv4 rules still
+    // apply to them.
+    let v6 = Gw::start(&format!(
+        "[server]\nlisten = \"[::ffff:127.0.0.1]:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\n\n{routes}"
+    ));
+    assert!(v6.data.is_ipv6(), "{}", v6.data);
+    assert_eq!(c.get(v6.url("/v4")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(v6.url("/deny")).send().await.unwrap().status(), 403);
+}
