@@ -38,6 +38,10 @@ const BUILTIN_FIELDS: &[&str] = &[
 struct Rules {
     names: HashSet<String>,
     plain_kv: Regex,
+    /// Matches every line that could need redaction (a listed name anywhere, a credential
+    /// scheme or key prefix, or a `\u` escape that could spell a name); lines it does not
+    /// match are written as they are, without parsing.
+    suspicious: Regex,
 }
 
 /// Scrubs log lines. Cloning shares the rules, and [`Redactor::set_extra`] changes them for
@@ -98,7 +102,17 @@ impl Redactor {
             r#"(?i)\b({alternation})(\s*[=:]\s*)("[^"]*"|\S+)"#
         ))
         .unwrap_or_else(|_| unreachable_regex());
-        Rules { names, plain_kv }
+        // Deliberately broader than the redaction itself: a false hit only costs the full
+        // parse, a miss would leak. `.` matches anything so this can never fail open.
+        let suspicious = Regex::new(&format!(
+            r"(?i)\\u|{alternation}|\b(bearer|basic|digest|negotiate)\s|pcl_"
+        ))
+        .unwrap_or_else(|_| Regex::new(".").unwrap_or_else(|_| unreachable_regex()));
+        Rules {
+            names,
+            plain_kv,
+            suspicious,
+        }
     }
 
     /// Replaces the configured (non-built-in) names.
@@ -119,6 +133,9 @@ impl Redactor {
     /// Redacts one log line (JSON or plain text).
     pub fn redact_line(&self, line: &str) -> String {
         let rules = self.current();
+        if !rules.suspicious.is_match(line) {
+            return line.to_string();
+        }
         let trimmed = line.trim_end_matches('\n');
         if trimmed.starts_with('{') {
             if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(trimmed) {
@@ -274,5 +291,23 @@ mod props {
         fn arbitrary_lines_never_panic(line in any::<String>()) {
             let _ = Redactor::default().redact_line(&line);
         }
+    }
+
+    #[test]
+    fn lines_without_anything_sensitive_pass_untouched_and_escapes_do_not_slip_through() {
+        const S: &str = "SENTINEL-s3cr3t-7f1d";
+        let r = Redactor::default();
+        let benign = "{\"msg\":\"request\",\"route\":\"orders\",\"status\":200,\"ms\":1.5}\n";
+        assert_eq!(r.redact_line(benign), benign);
+        // A name spelled with a JSON escape is still found: the fast path defers to the parse.
+        let escaped = format!("{{\"p\\u0061ssword\":\"{S}\"}}\n");
+        let out = r.redact_line(&escaped);
+        assert!(!out.contains(S), "{out}");
+        // Case and nesting inside a string that holds JSON.
+        let nested = format!("{{\"body\":\"{{\\\"Client_Secret\\\":\\\"{S}\\\"}}\"}}\n");
+        let out = r.redact_line(&nested);
+        assert!(!out.contains(S), "{out}");
+        let out = r.redact_line(&format!("{{\"h\":\"BEARER {S}\"}}\n"));
+        assert!(!out.contains(S), "{out}");
     }
 }
