@@ -12,6 +12,7 @@ mod secret_ref;
 mod units;
 mod validate;
 mod validate_limits;
+mod validate_webhooks;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};
 pub use model::{
@@ -71,4 +72,5 @@ pub fn zero_config() -> Config {
 mod tests;
 pub use model::CorsConfig;
 pub use model::IpRules;
+pub use model::{Delivery, HmacSchemeConfig, WebhookConfig, WebhookProvider};
 pub use model::{QuotaConfig, SharedBackend, SharedStateConfig, SharedStateFailure};

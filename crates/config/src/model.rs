@@ -24,6 +24,87 @@ pub struct Config {
     pub clients: Vec<Arc<ClientConfig>>,
     /// Declared routes, in file order. Shared with the data plane without copying.
     pub routes: Vec<Arc<RouteConfig>>,
+    /// Inbound webhook endpoints (workflow triggers).
+    pub webhooks: Vec<Arc<WebhookConfig>>,
+}
+
+/// One inbound webhook endpoint: who signs it, how, and where verified events go.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Stable identifier, used in metrics, logs and replay keys.
+    pub id: String,
+    /// Exact request path (POST).
+    pub path: String,
+    /// The signature scheme.
+    pub provider: WebhookProvider,
+    /// Signing secrets in the vault; several at once during a rotation.
+    pub secrets: Vec<crate::SecretRef>,
+    /// How far a signed timestamp may be from now, either way.
+    pub tolerance: Duration,
+    /// When non-empty, only these event types are forwarded; others are acknowledged.
+    pub event_types: Vec<String>,
+    /// JSON Schema (2020-12) the payload must satisfy.
+    pub schema: Option<Arc<serde_json::Value>>,
+    /// Where verified events go.
+    pub forward: url::Url,
+    /// Forward while the sender waits, or queue durably first.
+    pub delivery: Delivery,
+    /// Largest body accepted (413 beyond).
+    pub max_body: u64,
+    /// How long an accepted message is remembered to refuse replays and duplicates.
+    pub dedup_window: Duration,
+    /// Deadline for the forward.
+    pub timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// The consumer id the vault binds this endpoint's secrets to.
+    pub fn consumer(&self) -> String {
+        format!("webhook:{}", self.id)
+    }
+}
+
+/// A webhook signature scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookProvider {
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    Standard,
+    /// Stripe (`Stripe-Signature`).
+    Stripe,
+    /// GitHub (`X-Hub-Signature-256`).
+    Github,
+    /// Slack (`X-Slack-Signature`, `X-Slack-Request-Timestamp`).
+    Slack,
+    /// Shopify (`X-Shopify-Hmac-Sha256`).
+    Shopify,
+    /// A generic HMAC scheme.
+    Hmac(HmacSchemeConfig),
+}
+
+/// The generic HMAC scheme's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacSchemeConfig {
+    /// Header carrying the signature.
+    pub signature_header: http::HeaderName,
+    /// `sha256` or `sha512`.
+    pub sha512: bool,
+    /// Signature encoding: base64 when true, hex otherwise.
+    pub base64: bool,
+    /// Text before the signature in the header, such as `sha256=`.
+    pub prefix: Option<String>,
+    /// Header carrying a signed Unix timestamp, when the sender sends one.
+    pub timestamp_header: Option<http::HeaderName>,
+    /// The signed string: `{body}`, optionally with `{timestamp}`.
+    pub template: String,
+}
+
+/// How a verified webhook reaches its workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Forwarded while the sender waits; the backend's status is passed through.
+    Direct,
+    /// Written to a durable outbox before the sender gets 2xx; delivered by a worker.
+    Queued,
 }
 
 /// `[server]`: listeners and connection-level limits.

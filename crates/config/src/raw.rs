@@ -26,6 +26,38 @@ pub(crate) struct RawConfig {
     pub clients: Vec<Spanned<RawClient>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub webhooks: Vec<Spanned<RawWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub id: Spanned<String>,
+    pub path: Spanned<String>,
+    pub provider: Spanned<String>,
+    pub secrets: Spanned<Vec<Spanned<String>>>,
+    pub tolerance: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub schema: Option<Spanned<PathBuf>>,
+    pub forward: Spanned<String>,
+    pub delivery: Option<Spanned<String>>,
+    pub max_body: Option<ByteSize>,
+    pub dedup_window: Option<Spanned<HumanDuration>>,
+    pub timeout: Option<HumanDuration>,
+    pub hmac: Option<Spanned<RawHmacScheme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHmacScheme {
+    pub signature_header: Spanned<String>,
+    pub algorithm: Option<Spanned<String>>,
+    pub encoding: Option<Spanned<String>>,
+    pub prefix: Option<String>,
+    pub timestamp_header: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

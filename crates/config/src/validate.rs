@@ -54,7 +54,7 @@ impl Checker<'_> {
     pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.push(Severity::Warning, span, message.into());
     }
-    fn path(&self, p: &Path) -> PathBuf {
+    pub(crate) fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -136,6 +136,7 @@ pub(crate) fn validate(
             );
         }
     }
+    let webhooks = crate::validate_webhooks::webhooks(&mut c, raw.webhooks, &routes);
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
@@ -154,6 +155,7 @@ pub(crate) fn validate(
             auth,
             clients,
             routes,
+            webhooks,
         },
         warnings: c.found,
     })
@@ -1112,7 +1114,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     })
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -1210,7 +1212,7 @@ fn template_params(c: &mut Checker, t: &Spanned<String>, ctx: &str, what: &str) 
     names
 }
 
-fn upstream_url(c: &mut Checker, raw: &Spanned<String>, ctx: &str) -> Option<Upstream> {
+pub(crate) fn upstream_url(c: &mut Checker, raw: &Spanned<String>, ctx: &str) -> Option<Upstream> {
     let span = Some(raw.span());
     let url = match url::Url::parse(raw.get_ref().trim()) {
         Ok(u) => u,

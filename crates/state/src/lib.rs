@@ -11,9 +11,11 @@
 
 mod memory;
 mod redis_limiter;
+mod replay;
 
 pub use memory::MemoryLimiter;
 pub use redis_limiter::{RedisLimiter, RedisOptions};
+pub use replay::{MemoryReplayCache, ReplayCache};
 
 use async_trait::async_trait;
 use std::time::Duration;
@@ -68,14 +70,17 @@ pub struct Decision {
     pub wait: Duration,
 }
 
-/// Why a limiter could not decide. The caller chooses what that means for the request
-/// (refuse, or decide locally); the limiter never guesses.
+/// Why the shared state could not answer. The caller chooses what that means for the request
+/// (refuse, or decide locally); the state never guesses.
 #[derive(Debug, thiserror::Error)]
-pub enum LimiterError {
+pub enum StateError {
     /// The shared store is unreachable, timed out or answered something unusable.
     #[error("shared state unavailable: {0}")]
     Unavailable(String),
 }
+
+/// The error of a limiter decision.
+pub type LimiterError = StateError;
 
 /// A place rate-limit state lives.
 #[async_trait]

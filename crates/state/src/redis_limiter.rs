@@ -33,6 +33,7 @@ pub struct RedisLimiter {
     conn: ConnectionManager,
     script: redis::Script,
     prefix: String,
+    replay_prefix: String,
     timeout: Duration,
     /// Where Redis is, without credentials, for log lines.
     target: String,
@@ -61,6 +62,7 @@ impl RedisLimiter {
             conn,
             script: redis::Script::new(include_str!("gcra.lua")),
             prefix: format!("{}:rl:", opts.key_prefix),
+            replay_prefix: format!("{}:seen:", opts.key_prefix),
             timeout: opts.timeout,
             target,
             epoch: Instant::now(),
@@ -183,5 +185,47 @@ impl Limiter for RedisLimiter {
                 }
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl crate::ReplayCache for RedisLimiter {
+    async fn remember(&self, key: &str, ttl: Duration) -> Result<bool, LimiterError> {
+        if !self.may_try() {
+            return Err(LimiterError::Unavailable(
+                "failing fast after an error".into(),
+            ));
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{key}", self.replay_prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(self.timeout, cmd.query_async::<Option<String>>(&mut conn)).await;
+        metrics::histogram!("portcullis_shared_state_seconds", "op" => "replay")
+            .record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(v)) => {
+                self.recovered();
+                Ok(v.is_some())
+            }
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("timed out")),
+        }
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{}{key}", self.replay_prefix));
+        match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("timed out")),
+        }
     }
 }

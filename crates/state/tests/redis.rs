@@ -182,3 +182,31 @@ async fn an_outage_is_reported_and_service_resumes_when_redis_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_is_first_seen_by_exactly_one_instance() {
+    use portcullis_state::ReplayCache;
+    let o = opts("redis://127.0.0.1:6379");
+    let a = Arc::new(RedisLimiter::new(&o).unwrap());
+    let b = Arc::new(RedisLimiter::new(&o).unwrap());
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                c.remember("hook|id:msg_1", Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut first = 0;
+    for t in tasks {
+        first += usize::from(t.await.unwrap());
+    }
+    assert_eq!(first, 1);
+    b.forget("hook|id:msg_1").await.unwrap();
+    assert!(a
+        .remember("hook|id:msg_1", Duration::from_secs(60))
+        .await
+        .unwrap());
+}
