@@ -71,7 +71,9 @@ pub(crate) async fn start(
         if let Err(e) = redis.ping().await {
             tracing::warn!(error = %e, "shared state (Redis) not reachable at start; rate limits follow each route's shared_state_failure choice until it is");
         }
-        services.limits.shared = Arc::new(redis);
+        let redis = Arc::new(redis);
+        services.limits.shared = redis.clone();
+        services.replay = redis;
     }
     services.vault = Some(vault.clone());
     services.store = Some(store.clone());
@@ -90,6 +92,17 @@ pub(crate) async fn start(
         .await
         .context("preparing the OAuth token issuer")?;
         services.oauth = Some(issuer);
+    }
+    if let Some(r) = &cfg.webhook_signing {
+        // Fail closed at start: without its own signing secret the gateway would forward
+        // webhooks the backend cannot verify.
+        let secret = vault
+            .resolve(&r.name, "gateway:webhook-signing")
+            .await
+            .with_context(|| format!("webhook_signing.secret {r}"))?;
+        let signer = portcullis_webhooks::StandardSigner::new(secret.expose())
+            .map_err(|e| anyhow::anyhow!("webhook_signing.secret {r}: {e}"))?;
+        services.webhook_signer = Some(Arc::new(signer));
     }
     let gateway = Gateway::new(&cfg, store.clone(), services)?;
     let data = TcpListener::bind(cfg.server.listen)

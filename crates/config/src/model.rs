@@ -26,6 +26,9 @@ pub struct Config {
     pub routes: Vec<Arc<RouteConfig>>,
     /// Inbound webhook endpoints (workflow triggers).
     pub webhooks: Vec<Arc<WebhookConfig>>,
+    /// The vault secret (`whsec_...`) Portcullis signs forwarded webhooks with; required when
+    /// there are webhooks. Bound to the consumer `gateway:webhook-signing`.
+    pub webhook_signing: Option<crate::SecretRef>,
 }
 
 /// One inbound webhook endpoint: who signs it, how, and where verified events go.

@@ -28,6 +28,13 @@ pub(crate) struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub webhooks: Vec<Spanned<RawWebhook>>,
+    pub webhook_signing: Option<Spanned<RawWebhookSigning>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhookSigning {
+    pub secret: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -661,3 +661,51 @@ fn typed_params_refuse_mistakes_with_a_location() {
         assert!(e[0].column.is_some(), "{params}: {e:?}");
     }
 }
+
+#[test]
+fn webhooks_are_validated() {
+    const HOOK: &str = "[webhook_signing]\nsecret = \"{secret:sign}\"\n[[webhooks]]\nid = \"stripe\"\npath = \"/hooks/stripe\"\nforward = \"http://127.0.0.1:7000/wf\"\n";
+    let l = ok(&format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\", \"{{secret:b}}\"]\nevent_types = [\"charge.succeeded\"]"));
+    let w = &l.config.webhooks[0];
+    assert_eq!(w.provider, WebhookProvider::Stripe);
+    assert_eq!(w.secrets.len(), 2);
+    assert_eq!(w.tolerance, std::time::Duration::from_secs(300));
+    assert_eq!(w.dedup_window, std::time::Duration::from_secs(660));
+    assert_eq!(w.delivery, Delivery::Direct);
+    assert_eq!(w.consumer(), "webhook:stripe");
+    let l = ok(&format!(
+        "{HOOK}provider = \"github\"\nsecrets = [\"{{secret:a}}\"]"
+    ));
+    assert_eq!(
+        l.config.webhooks[0].dedup_window,
+        std::time::Duration::from_secs(86_400)
+    );
+    let l = ok(&format!("{HOOK}provider = \"hmac\"\nsecrets = [\"{{secret:a}}\"]\nhmac = {{ signature_header = \"X-Sig\", algorithm = \"sha512\", encoding = \"base64\", timestamp_header = \"x-ts\", template = \"{{timestamp}}.{{body}}\" }}"));
+    match &l.config.webhooks[0].provider {
+        WebhookProvider::Hmac(h) => {
+            assert!(h.sha512 && h.base64);
+            assert_eq!(h.signature_header.as_str(), "x-sig");
+        }
+        p => panic!("{p:?}"),
+    }
+
+    for (doc, needle) in [
+        (format!("{HOOK}provider = \"paypal\"\nsecrets = [\"{{secret:a}}\"]"), "not known"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"whsec_plaintext\"]"), "vault reference"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = []"), "at least one"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ndelivery = \"queued\""), "not available"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ndedup_window = \"1m\""), "twice the tolerance"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ntolerance = \"2h\""), "between 1s and 1h"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nhmac = {{ signature_header = \"x\" }}"), "only to provider"),
+        (format!("{HOOK}provider = \"hmac\"\nsecrets = [\"{{secret:a}}\"]"), "needs an hmac"),
+        (format!("{HOOK}provider = \"hmac\"\nsecrets = [\"{{secret:a}}\"]\nhmac = {{ signature_header = \"x\", template = \"{{timestamp}}.{{body}}\" }}"), "exactly when timestamp_header"),
+        (format!("{HOOK}provider = \"hmac\"\nsecrets = [\"{{secret:a}}\"]\nhmac = {{ signature_header = \"x\", template = \"{{nonce}}{{body}}\" }}"), "knows only"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nsecretz = 1"), "unknown field"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\n[[webhooks]]\nid = \"stripe\"\npath = \"/x\"\nprovider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nforward = \"http://127.0.0.1:1/\""), "already used"),
+        ("[[webhooks]]\nid = \"s\"\npath = \"/h/{id}\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"".to_string(), "exact absolute path"),
+        ("[[webhooks]]\nid = \"s\"\npath = \"/h\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"".to_string(), "[webhook_signing]"),
+    ] {
+        let errs = errors(&doc);
+        assert!(errs.iter().any(|e| e.message.contains(needle)), "{doc}: {errs:?}");
+    }
+}

@@ -137,6 +137,8 @@ pub(crate) fn validate(
         }
     }
     let webhooks = crate::validate_webhooks::webhooks(&mut c, raw.webhooks, &routes);
+    let webhook_signing =
+        crate::validate_webhooks::signing(&mut c, raw.webhook_signing, !webhooks.is_empty());
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
@@ -156,6 +158,7 @@ pub(crate) fn validate(
             clients,
             routes,
             webhooks,
+            webhook_signing,
         },
         warnings: c.found,
     })

@@ -2,7 +2,7 @@
 
 use crate::{
     model::{Delivery, HmacSchemeConfig, RouteConfig, WebhookConfig, WebhookProvider},
-    raw::{RawHmacScheme, RawWebhook},
+    raw::{RawHmacScheme, RawWebhook, RawWebhookSigning},
     validate::{upstream_url, valid_id, Checker},
 };
 use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
@@ -61,7 +61,7 @@ pub(crate) fn webhooks(
         }
         for s in w.secrets.get_ref() {
             match crate::parse_template(s.get_ref()) {
-                Ok(t) if t.prefix.is_empty() && t.suffix.is_empty() && t.secret.is_some() => {
+                Ok(t) if t.prefix.is_empty() && t.suffix.is_empty() && t.secret.as_ref().is_some_and(|r| r.field.is_none()) => {
                     secrets.extend(t.secret);
                 }
                 _ => c.error(Some(s.span()), format!("{ctx}: each secret must be exactly a vault reference such as \"{{secret:stripe-webhook}}\"; signing secrets never belong in the config file")),
@@ -108,7 +108,12 @@ pub(crate) fn webhooks(
         let forward = upstream_url(c, &w.forward, &format!("{ctx}: forward")).map(|u| u.url);
         let delivery = match w.delivery.as_ref().map(|d| d.get_ref().as_str()) {
             None | Some("direct") => Delivery::Direct,
-            Some("queued") => Delivery::Queued,
+            Some("queued") => {
+                // Accepting it before the outbox exists would promise durability the gateway
+                // cannot keep.
+                c.error(w.delivery.as_ref().map(|d| d.span()), format!("{ctx}: delivery = \"queued\" (durable outbox) is not available in this version yet; use \"direct\""));
+                Delivery::Queued
+            }
             Some(other) => {
                 c.error(
                     w.delivery.as_ref().map(|d| d.span()),
@@ -269,6 +274,33 @@ fn load_schema(c: &mut Checker, p: Spanned<PathBuf>, ctx: &str) -> Option<Arc<se
                 Some(p.span()),
                 format!("{ctx}: schema {}: {e}", path.display()),
             );
+            None
+        }
+    }
+}
+
+pub(crate) fn signing(
+    c: &mut Checker,
+    raw: Option<Spanned<RawWebhookSigning>>,
+    needed: bool,
+) -> Option<crate::SecretRef> {
+    let Some(raw) = raw else {
+        if needed {
+            c.error(None, "webhooks are declared but [webhook_signing] is not: set secret = \"{secret:NAME}\" to a whsec_ secret bound to consumer gateway:webhook-signing; the workflow backend verifies forwarded webhooks with it");
+        }
+        return None;
+    };
+    let s = raw.into_inner().secret;
+    match crate::parse_template(s.get_ref()) {
+        Ok(t)
+            if t.prefix.is_empty()
+                && t.suffix.is_empty()
+                && t.secret.as_ref().is_some_and(|r| r.field.is_none()) =>
+        {
+            t.secret
+        }
+        _ => {
+            c.error(Some(s.span()), "webhook_signing.secret must be exactly a vault reference such as \"{secret:portcullis-webhook-signing}\"");
             None
         }
     }

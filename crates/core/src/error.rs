@@ -80,6 +80,10 @@ pub enum GatewayError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// A webhook's signature, timestamp or headers did not verify. One answer for every
+    /// cause; the cause goes to the log only.
+    #[error("webhook verification failed")]
+    WebhookUnverified,
     /// The caller's daily or monthly quota is used up.
     #[error("quota exceeded")]
     QuotaExceeded {
@@ -162,7 +166,7 @@ impl GatewayError {
             }
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } | Self::WebhookUnverified => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } | Self::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -192,6 +196,7 @@ impl GatewayError {
             Self::InvalidParams { .. } => "invalid-parameters",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unauthorized { .. } => "unauthenticated",
+            Self::WebhookUnverified => "webhook-unverified",
             Self::Forbidden => "forbidden",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::QuotaExceeded { .. } => "quota-exceeded",
@@ -220,6 +225,7 @@ impl GatewayError {
             Self::InvalidParams { .. } => "Request parameters are not valid",
             Self::UnsupportedMediaType => "Unsupported content type",
             Self::Unauthorized { .. } => "Authentication required",
+            Self::WebhookUnverified => "Webhook verification failed",
             Self::Forbidden => "Not allowed",
             Self::TooManyRequests { .. } => "Too many requests",
             Self::QuotaExceeded { .. } => "Quota exceeded",

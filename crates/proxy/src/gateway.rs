@@ -72,6 +72,8 @@ struct Generation {
     limits: HeadLimits,
     trusted: Arc<[IpNet]>,
     access_log: bool,
+    /// Webhook endpoints by exact path.
+    webhooks: std::collections::HashMap<String, Arc<crate::webhook::WebhookEndpoint>>,
 }
 
 /// The gateway's shared state.
@@ -92,6 +94,10 @@ pub struct Services {
     pub brute_force: Arc<BruteForce>,
     /// The store quotas are counted in; without it, routes with quotas refuse (503).
     pub store: Option<Arc<dyn Store>>,
+    /// Where accepted webhook messages are remembered (replays and duplicates).
+    pub replay: Arc<dyn portcullis_state::ReplayCache>,
+    /// Portcullis's own Standard Webhooks signer for forwarded webhooks.
+    pub webhook_signer: Option<Arc<portcullis_webhooks::StandardSigner>>,
 }
 
 impl Services {
@@ -110,6 +116,8 @@ impl Services {
             },
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
             store: None,
+            replay: Arc::new(portcullis_state::MemoryReplayCache::default()),
+            webhook_signer: None,
         }
     }
 }
@@ -317,6 +325,15 @@ impl Gateway {
                 .map_err(|e| (e, route));
             }
         }
+        // Webhook endpoints: exact paths, verified before anything else happens.
+        if let Some(hook) = generation.webhooks.get(req.uri().path()) {
+            let id: Arc<str> = Arc::from(hook.id());
+            return hook
+                .handle(req, ctx)
+                .await
+                .map(|r| (r, id.clone()))
+                .map_err(|e| (e, id));
+        }
         // CORS preflight: answered for the route the browser is about to call.
         if req.method() == http::Method::OPTIONS {
             if let Some(want) = req
@@ -424,7 +441,22 @@ fn build_generation(
         Some(files) => Some(load_server_tls(files, cfg.server.client_ca.as_deref())?),
         None => previous_tls,
     };
+    let mut webhooks = std::collections::HashMap::new();
+    for w in &cfg.webhooks {
+        let endpoint = crate::webhook::WebhookEndpoint::new(
+            w.clone(),
+            services.vault.clone(),
+            services.replay.clone(),
+            services.webhook_signer.clone(),
+        )
+        .map_err(|reason| BuildError::Route {
+            id: w.id.clone(),
+            reason,
+        })?;
+        webhooks.insert(w.path.clone(), Arc::new(endpoint));
+    }
     Ok(Generation {
+        webhooks,
         config: Arc::new(cfg.clone()),
         clients: known,
         routes,

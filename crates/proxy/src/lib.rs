@@ -17,6 +17,7 @@ mod observe;
 mod router;
 mod server;
 mod tls;
+mod webhook;
 
 pub use gateway::{BuildError, Gateway, Services};
 pub use headers::client_ip;

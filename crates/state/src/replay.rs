@@ -23,11 +23,14 @@ pub trait ReplayCache: Send + Sync {
 
 const SHARDS: usize = 16;
 
+/// Keys and the instant each stops counting.
+type Shard = Mutex<HashMap<Box<str>, Instant>>;
+
 /// The in-memory replay cache, bounded: when full of live entries it refuses new ones
 /// (an error, so the caller fails closed) rather than forgetting live ones, which would let
 /// replays through.
 pub struct MemoryReplayCache {
-    shards: Box<[Mutex<HashMap<Box<str>, Instant>>]>,
+    shards: Box<[Shard]>,
     hasher: foldhash::fast::RandomState,
     max_per_shard: usize,
 }
@@ -48,7 +51,7 @@ impl MemoryReplayCache {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<Box<str>, Instant>> {
+    fn shard(&self, key: &str) -> &Shard {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 }

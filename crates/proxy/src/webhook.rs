@@ -1,0 +1,304 @@
+//! Inbound webhook endpoints: the workflow triggers. Each request goes through, in order: the
+//! size limit, signature verification over the exact raw bytes (secrets from the vault, every
+//! valid version during a rotation), the replay cache (shared state: memory or Redis), the
+//! event-type allowlist and payload schema, and then delivery to the workflow backend with a
+//! fresh Standard Webhooks signature made with Portcullis's own secret. Nothing touches the
+//! shared state or the store before the signature is verified.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use portcullis_config::{WebhookConfig, WebhookProvider};
+use portcullis_core::{full, Body, GatewayError, RequestContext};
+use portcullis_state::ReplayCache;
+use portcullis_vault::Vault;
+use portcullis_webhooks::{
+    HmacAlgorithm, HmacScheme, Scheme, SigEncoding, StandardSigner, Verifier,
+};
+use std::{sync::Arc, time::Duration};
+use zeroize::Zeroizing;
+
+/// One configured endpoint, ready to serve.
+pub(crate) struct WebhookEndpoint {
+    config: Arc<WebhookConfig>,
+    scheme: Scheme,
+    schema: Option<jsonschema::Validator>,
+    vault: Option<Arc<Vault>>,
+    replay: Arc<dyn ReplayCache>,
+    signer: Option<Arc<StandardSigner>>,
+    http: reqwest::Client,
+}
+
+/// The scheme the verifier crate knows for a configured provider.
+fn scheme(p: &WebhookProvider) -> Scheme {
+    match p {
+        WebhookProvider::Standard => Scheme::Standard,
+        WebhookProvider::Stripe => Scheme::Stripe,
+        WebhookProvider::Github => Scheme::Github,
+        WebhookProvider::Slack => Scheme::Slack,
+        WebhookProvider::Shopify => Scheme::Shopify,
+        WebhookProvider::Hmac(h) => Scheme::Hmac(HmacScheme {
+            signature_header: h.signature_header.clone(),
+            algorithm: if h.sha512 {
+                HmacAlgorithm::Sha512
+            } else {
+                HmacAlgorithm::Sha256
+            },
+            encoding: if h.base64 {
+                SigEncoding::Base64
+            } else {
+                SigEncoding::Hex
+            },
+            prefix: h.prefix.clone(),
+            timestamp_header: h.timestamp_header.clone(),
+            template: h.template.clone(),
+        }),
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn ack(status: StatusCode, what: &'static str) -> Response<Body> {
+    let mut res = Response::new(full(format!("{{\"status\":\"{what}\"}}")));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+impl WebhookEndpoint {
+    /// Compiles `config`'s schema and prepares its delivery client.
+    pub(crate) fn new(
+        config: Arc<WebhookConfig>,
+        vault: Option<Arc<Vault>>,
+        replay: Arc<dyn ReplayCache>,
+        signer: Option<Arc<StandardSigner>>,
+    ) -> Result<Self, String> {
+        let schema = match &config.schema {
+            Some(s) => Some(
+                jsonschema::draft202012::new(s)
+                    .map_err(|e| format!("webhook {:?}: schema: {e}", config.id))?,
+            ),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("webhook {:?}: delivery client: {e}", config.id))?;
+        Ok(WebhookEndpoint {
+            scheme: scheme(&config.provider),
+            config,
+            schema,
+            vault,
+            replay,
+            signer,
+            http,
+        })
+    }
+
+    /// The endpoint id, for logs and metrics.
+    pub(crate) fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    fn failed(&self, ctx: &RequestContext, reason: &str) -> GatewayError {
+        metrics::counter!("portcullis_webhook_rejected_total", "webhook" => self.config.id.clone(), "reason" => reason.to_string()).increment(1);
+        tracing::warn!(
+            webhook = %self.config.id,
+            client_ip = %ctx.client_ip,
+            request_id = %ctx.request_id,
+            reason,
+            "webhook verification failed"
+        );
+        GatewayError::WebhookUnverified
+    }
+
+    /// Every valid version of every configured secret: several secrets and rotation overlaps.
+    async fn secrets(&self) -> Result<Vec<Zeroizing<Vec<u8>>>, GatewayError> {
+        let Some(vault) = &self.vault else {
+            return Err(GatewayError::CredentialUnavailable(
+                "no vault in this process".into(),
+            ));
+        };
+        let consumer = self.config.consumer();
+        let mut out = Vec::new();
+        for r in &self.config.secrets {
+            let values = vault
+                .resolve_all(&r.name, &consumer)
+                .await
+                .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+            out.extend(values.iter().map(|v| Zeroizing::new(v.expose().to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// Handles one delivery from the sender.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Body>,
+        ctx: &RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
+        if req.method() != Method::POST {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: vec![Method::POST],
+            });
+        }
+        // 1. Size.
+        let (parts, body) = req.into_parts();
+        let bytes = portcullis_policy::read_limited(body, self.config.max_body).await?;
+
+        // 2. Signature, over the exact bytes received.
+        let verifier = Verifier::new(
+            self.scheme.clone(),
+            self.secrets().await?,
+            self.config.tolerance,
+        )
+        .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+        let verified = match verifier.verify(&parts.headers, &bytes, unix_now()) {
+            Ok(v) => v,
+            Err(e) => return Err(self.failed(ctx, &e.to_string())),
+        };
+
+        // 3. Replays and duplicates: a verified message is forwarded once within the window.
+        let key = format!("{}|{}", self.config.id, verified.replay_key);
+        match self.replay.remember(&key, self.config.dedup_window).await {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics::counter!("portcullis_webhook_duplicates_total", "webhook" => self.config.id.clone()).increment(1);
+                tracing::info!(webhook = %self.config.id, request_id = %ctx.request_id, "duplicate webhook acknowledged, not forwarded");
+                return Ok(ack(StatusCode::OK, "duplicate"));
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %self.config.id, error = %e, "replay cache unavailable; refusing the delivery so the sender retries");
+                return Err(GatewayError::Unavailable {
+                    retry_after: Some(Duration::from_secs(5)),
+                });
+            }
+        }
+        match self.deliver(&parts.headers, bytes, &verified, ctx).await {
+            Ok(res) if res.status().is_success() || res.status() == StatusCode::ACCEPTED => Ok(res),
+            other => {
+                // Not accepted after all: the sender's retry must not count as a duplicate.
+                if let Err(e) = self.replay.forget(&key).await {
+                    tracing::warn!(webhook = %self.config.id, error = %e, "could not forget a failed delivery in the replay cache");
+                }
+                other
+            }
+        }
+    }
+
+    /// Steps 4 and 5: event types and schema, then the forward.
+    async fn deliver(
+        &self,
+        headers: &http::HeaderMap,
+        bytes: Bytes,
+        verified: &portcullis_webhooks::Verified,
+        ctx: &RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
+        let event_type = portcullis_webhooks::event_type(&self.scheme, headers, &bytes);
+        if !self.config.event_types.is_empty()
+            && !event_type
+                .as_ref()
+                .is_some_and(|t| self.config.event_types.iter().any(|a| a == t))
+        {
+            metrics::counter!("portcullis_webhook_ignored_total", "webhook" => self.config.id.clone()).increment(1);
+            return Ok(ack(StatusCode::ACCEPTED, "ignored"));
+        }
+        if let Some(schema) = &self.schema {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+                GatewayError::Malformed(portcullis_core::MalformedKind::InvalidBody)
+            })?;
+            if !schema.is_valid(&value) {
+                let errors = schema
+                    .iter_errors(&value)
+                    .take(20)
+                    .map(|e| {
+                        let p = e.instance_path.to_string();
+                        let rule = e.schema_path.to_string();
+                        let rule = rule.rsplit('/').next().unwrap_or("schema").to_string();
+                        (if p.is_empty() { "/".to_string() } else { p }, rule)
+                    })
+                    .collect();
+                return Err(GatewayError::Invalid { errors });
+            }
+        }
+        // The id the backend sees: the sender's signed id, or one derived from the signed
+        // material (never from an unsigned delivery header).
+        let id = match &verified.signed_id {
+            Some(id) => id.clone(),
+            None => format!(
+                "msg_{}",
+                verified
+                    .replay_key
+                    .trim_start_matches("h:")
+                    .chars()
+                    .take(32)
+                    .collect::<String>()
+            ),
+        };
+        let ts = unix_now();
+        let mut out = self
+            .http
+            .post(self.config.forward.clone())
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("x-portcullis-webhook", &self.config.id)
+            .header("x-portcullis-provider", self.config_provider())
+            .header("x-request-id", ctx.request_id.to_string());
+        if let Some(t) = &event_type {
+            out = out.header("x-portcullis-event-type", t);
+        }
+        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+            out = out.header(header::CONTENT_TYPE, ct);
+        }
+        // Never forward unsigned: the backend trusts the gateway's signature alone.
+        let Some(signer) = &self.signer else {
+            tracing::error!(webhook = %self.config.id, "no webhook signing secret loaded (restart after setting [webhook_signing]); refusing");
+            return Err(GatewayError::Unavailable {
+                retry_after: Some(Duration::from_secs(30)),
+            });
+        };
+        out = out.header("webhook-signature", signer.sign(&id, ts, &bytes));
+        let started = std::time::Instant::now();
+        let res = out.body(bytes).send().await.map_err(|e| {
+            if e.is_timeout() {
+                GatewayError::UpstreamTimeout
+            } else {
+                GatewayError::BadGateway(Box::new(e))
+            }
+        })?;
+        metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.config.id.clone()).record(started.elapsed().as_secs_f64());
+        let status = res.status();
+        // The backend's status goes back to the sender; its body does not (it is the
+        // workflow's business, and may say more than the sender should learn).
+        metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.config.id.clone(), "status" => status.as_u16().to_string()).increment(1);
+        let mut answer = ack(
+            status,
+            if status.is_success() {
+                "delivered"
+            } else {
+                "backend-error"
+            },
+        );
+        if let Some(ra) = res.headers().get(header::RETRY_AFTER) {
+            answer.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+        }
+        Ok(answer)
+    }
+
+    fn config_provider(&self) -> &'static str {
+        match self.config.provider {
+            WebhookProvider::Standard => "standard",
+            WebhookProvider::Stripe => "stripe",
+            WebhookProvider::Github => "github",
+            WebhookProvider::Slack => "slack",
+            WebhookProvider::Shopify => "shopify",
+            WebhookProvider::Hmac(_) => "hmac",
+        }
+    }
+}
