@@ -4,6 +4,7 @@
 //! work; until then, exposing it beyond loopback takes `dangerous_expose_admin`.
 
 mod secrets;
+mod webhooks;
 
 use axum::{
     extract::State,
@@ -40,6 +41,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/inventory", get(inventory))
         .merge(secrets::routes())
+        .merge(webhooks::routes())
         .fallback(not_found)
         .with_state(state)
 }

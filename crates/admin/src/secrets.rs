@@ -36,7 +36,12 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/admin/keys/{key_id}/revoke", post(revoke_key))
 }
 
-fn problem(status: StatusCode, slug: &str, title: &str, detail: Option<String>) -> Response {
+pub(crate) fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: Option<String>,
+) -> Response {
     let id = RequestId::generate();
     let p = Problem {
         type_uri: format!("urn:portcullis:problem:{slug}"),
@@ -55,7 +60,7 @@ fn problem(status: StatusCode, slug: &str, title: &str, detail: Option<String>) 
 }
 
 /// Why an admin vault call was refused; turned into problem+json in one place.
-enum AdminError {
+pub(crate) enum AdminError {
     Vault(VaultError),
     BadRequest(String),
     Unauthorized,
@@ -117,7 +122,10 @@ impl IntoResponse for AdminError {
 }
 
 /// Checks the bearer token in constant time and returns the vault.
-fn authorize<'a>(s: &'a AdminState, headers: &HeaderMap) -> Result<&'a Arc<Vault>, AdminError> {
+pub(crate) fn authorize<'a>(
+    s: &'a AdminState,
+    headers: &HeaderMap,
+) -> Result<&'a Arc<Vault>, AdminError> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +175,7 @@ fn options(b: &WriteBody) -> Result<PutOptions, AdminError> {
     })
 }
 
-type Answer = Result<Response, AdminError>;
+pub(crate) type Answer = Result<Response, AdminError>;
 
 async fn list(State(s): State<AdminState>, headers: HeaderMap) -> Answer {
     Ok(Json(authorize(&s, &headers)?.list().await?).into_response())

@@ -10,6 +10,7 @@ mod secrets;
 mod serve;
 mod state;
 mod upstream;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, process::ExitCode};
@@ -79,6 +80,14 @@ enum Command {
         #[command(subcommand)]
         command: clients::ClientCommand,
     },
+    /// Webhook triggers: the dead-letter list of queued events.
+    Webhooks {
+        /// The configuration file (TOML); the defaults when omitted.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
+    },
     /// Vault maintenance (master key rotation).
     Vault {
         /// The configuration file (TOML); the defaults when omitted.
@@ -130,6 +139,7 @@ fn main() -> ExitCode {
             Command::Inventory { config, json } => inventory::run(config, json).await,
             Command::Secret { config, command } => secrets::run_secret(config, command).await,
             Command::Client { config, command } => clients::run(config, command).await,
+            Command::Webhooks { config, command } => webhooks::run(config, command).await,
             Command::Vault { config, command } => secrets::run_vault(config, command).await,
             Command::Version => {
                 println!("portcullis {}", env!("CARGO_PKG_VERSION"));

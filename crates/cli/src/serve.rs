@@ -121,6 +121,11 @@ pub(crate) async fn start(
         gateway.clone(),
         signal.clone(),
     )));
+    // Queued webhook events: delivered from the store, including those left by a crash.
+    tasks.push(tokio::spawn(portcullis_proxy::run_outbox(
+        gateway.clone(),
+        signal.clone(),
+    )));
     let token = admin_token(&cfg.server.data_dir).context("preparing the admin token")?;
     let state = AdminState {
         gateway: gateway.clone(),

@@ -260,3 +260,109 @@ async fn a_message_sent_to_two_instances_sharing_redis_is_forwarded_once() {
     assert_eq!(post(&b, "msg_after", ts, body, &sig2).await.status(), 200);
     assert_eq!(next(&mut rx).await.headers["webhook-id"], "msg_after");
 }
+
+fn dlq(gw: &Gw, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["webhooks", "dlq"];
+    all.extend_from_slice(args);
+    all.push("--config");
+    let cfg = gw.config_path();
+    all.push(cfg.to_str().unwrap());
+    common::run_cli(&all, gw.dir.path())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_survive_a_kill_and_dead_letters_can_be_replayed() {
+    let status = Arc::new(AtomicU16::new(503));
+    let (forward, mut rx) = backend(status.clone()).await;
+    let cfg = config(&forward, "").replace(
+        "provider = \"standard\"\n",
+        "provider = \"standard\"\ndelivery = \"queued\"\nmax_age = \"3s\"\n",
+    );
+    let gw = start(&cfg);
+    let body = b"{\"type\":\"order.created\",\"n\":1}";
+    let ts = now();
+
+    // Accepted (202) once it is in the store, while the backend is failing.
+    let res = post(
+        &gw,
+        "msg_q1",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_q1", ts, body),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert!(res.text().await.unwrap().contains("queued"));
+    assert_eq!(next(&mut rx).await.headers["webhook-id"], "msg_q1");
+
+    // kill -9, the backend recovers, the gateway starts again: the event is delivered.
+    let gw = gw.crash_and_restart();
+    // Whatever the killed process sent is already here; what arrives next is the new one's.
+    while let Ok(d) = rx.try_recv() {
+        assert_eq!(d.headers["webhook-id"], "msg_q1");
+    }
+    status.store(200, Ordering::SeqCst);
+    let d = next(&mut rx).await;
+    assert_eq!(d.headers["webhook-id"], "msg_q1");
+    assert_eq!(&d.body[..], body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("portcullis_webhook_outbox_delivered_total{webhook=\"orders\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery not recorded:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A backend that keeps failing: past max_age the event goes to the dead-letter list.
+    status.store(500, Ordering::SeqCst);
+    let res = post(
+        &gw,
+        "msg_q2",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_q2", ts, body),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let dead: Vec<serde_json::Value> = loop {
+        let (code, out, err) = dlq(&gw, &["list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+        if !v.is_empty() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(dead[0]["message_id"], "msg_q2");
+    assert_eq!(dead[0]["last_error"], "status 500");
+    assert!(dead[0].get("body").is_none(), "bodies are not listed");
+    while let Ok(d) = rx.try_recv() {
+        assert_eq!(d.headers["webhook-id"], "msg_q2");
+    }
+
+    // Replayed once the backend works again: delivered, and the list is empty.
+    status.store(200, Ordering::SeqCst);
+    let id = dead[0]["id"].as_i64().unwrap().to_string();
+    let (code, _, err) = dlq(&gw, &["replay", &id]);
+    assert_eq!(code, 0, "{err}");
+    let d = next(&mut rx).await;
+    assert_eq!(d.headers["webhook-id"], "msg_q2");
+    let (_, out, _) = dlq(&gw, &["list", "--json"]);
+    assert_eq!(out.trim(), "[]");
+    let (code, _, _) = dlq(&gw, &["drop", &id]);
+    assert_eq!(code, 1, "nothing left to drop");
+}

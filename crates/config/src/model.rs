@@ -58,6 +58,8 @@ pub struct WebhookConfig {
     pub dedup_window: Duration,
     /// Deadline for the forward.
     pub timeout: Duration,
+    /// Queued delivery: how long an event is retried before it goes to the dead-letter list.
+    pub max_age: Duration,
 }
 
 impl WebhookConfig {

@@ -53,6 +53,7 @@ pub(crate) struct RawWebhook {
     pub max_body: Option<ByteSize>,
     pub dedup_window: Option<Spanned<HumanDuration>>,
     pub timeout: Option<HumanDuration>,
+    pub max_age: Option<Spanned<HumanDuration>>,
     pub hmac: Option<Spanned<RawHmacScheme>>,
 }
 

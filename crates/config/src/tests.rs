@@ -693,7 +693,7 @@ fn webhooks_are_validated() {
         (format!("{HOOK}provider = \"paypal\"\nsecrets = [\"{{secret:a}}\"]"), "not known"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"whsec_plaintext\"]"), "vault reference"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = []"), "at least one"),
-        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ndelivery = \"queued\""), "not available"),
+        (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ndelivery = \"later\""), "direct or queued"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ndedup_window = \"1m\""), "twice the tolerance"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\ntolerance = \"2h\""), "between 1s and 1h"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nhmac = {{ signature_header = \"x\" }}"), "only to provider"),

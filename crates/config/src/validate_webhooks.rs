@@ -11,6 +11,7 @@ use toml::Spanned;
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Schemes that sign no timestamp can only be de-duplicated for as long as they are remembered.
 const DEFAULT_UNTIMED_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -108,12 +109,7 @@ pub(crate) fn webhooks(
         let forward = upstream_url(c, &w.forward, &format!("{ctx}: forward")).map(|u| u.url);
         let delivery = match w.delivery.as_ref().map(|d| d.get_ref().as_str()) {
             None | Some("direct") => Delivery::Direct,
-            Some("queued") => {
-                // Accepting it before the outbox exists would promise durability the gateway
-                // cannot keep.
-                c.error(w.delivery.as_ref().map(|d| d.span()), format!("{ctx}: delivery = \"queued\" (durable outbox) is not available in this version yet; use \"direct\""));
-                Delivery::Queued
-            }
+            Some("queued") => Delivery::Queued,
             Some(other) => {
                 c.error(
                     w.delivery.as_ref().map(|d| d.span()),
@@ -121,6 +117,17 @@ pub(crate) fn webhooks(
                 );
                 Delivery::Direct
             }
+        };
+        let max_age = match &w.max_age {
+            Some(a) if a.get_ref().0 < Duration::from_secs(1) => {
+                c.error(
+                    Some(a.span()),
+                    format!("{ctx}: max_age must be at least 1s"),
+                );
+                DEFAULT_MAX_AGE
+            }
+            Some(a) => a.get_ref().0,
+            None => DEFAULT_MAX_AGE,
         };
         let (Some(provider), Some(forward)) = (provider, forward) else {
             continue;
@@ -138,6 +145,7 @@ pub(crate) fn webhooks(
             max_body: w.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
             dedup_window,
             timeout: w.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
+            max_age,
         }));
     }
     out

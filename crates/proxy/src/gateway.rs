@@ -98,6 +98,8 @@ pub struct Services {
     pub replay: Arc<dyn portcullis_state::ReplayCache>,
     /// Portcullis's own Standard Webhooks signer for forwarded webhooks.
     pub webhook_signer: Option<Arc<portcullis_webhooks::StandardSigner>>,
+    /// Wakes the outbox worker when an event is queued.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Services {
@@ -118,6 +120,7 @@ impl Services {
             store: None,
             replay: Arc::new(portcullis_state::MemoryReplayCache::default()),
             webhook_signer: None,
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -232,6 +235,21 @@ impl Gateway {
     /// Marks the gateway as shutting down (readiness turns false).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The process-wide services.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The webhook endpoint `id` of the running configuration.
+    pub(crate) fn webhook(&self, id: &str) -> Option<Arc<crate::webhook::WebhookEndpoint>> {
+        self.current
+            .load()
+            .webhooks
+            .values()
+            .find(|w| w.id() == id)
+            .cloned()
     }
 
     /// True once shutdown has begun.
@@ -448,6 +466,10 @@ fn build_generation(
             services.vault.clone(),
             services.replay.clone(),
             services.webhook_signer.clone(),
+            services.store.clone().map(|store| crate::webhook::Outbox {
+                store,
+                wake: services.outbox_wake.clone(),
+            }),
         )
         .map_err(|reason| BuildError::Route {
             id: w.id.clone(),

@@ -7,9 +7,10 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use portcullis_config::{WebhookConfig, WebhookProvider};
+use portcullis_config::{Delivery, WebhookConfig, WebhookProvider};
 use portcullis_core::{full, Body, GatewayError, RequestContext};
 use portcullis_state::ReplayCache;
+use portcullis_store::{OutboxEvent, Store};
 use portcullis_vault::Vault;
 use portcullis_webhooks::{
     HmacAlgorithm, HmacScheme, Scheme, SigEncoding, StandardSigner, Verifier,
@@ -26,6 +27,22 @@ pub(crate) struct WebhookEndpoint {
     replay: Arc<dyn ReplayCache>,
     signer: Option<Arc<StandardSigner>>,
     http: reqwest::Client,
+    outbox: Option<Outbox>,
+}
+
+/// Where queued events go, and how the worker is woken.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    /// The store holding the outbox.
+    pub store: Arc<dyn Store>,
+    /// Woken after each enqueue, so delivery starts at once.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// What the backend answered one delivery attempt.
+pub(crate) struct Sent {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
 }
 
 /// The scheme the verifier crate knows for a configured provider.
@@ -76,6 +93,7 @@ impl WebhookEndpoint {
         vault: Option<Arc<Vault>>,
         replay: Arc<dyn ReplayCache>,
         signer: Option<Arc<StandardSigner>>,
+        outbox: Option<Outbox>,
     ) -> Result<Self, String> {
         let schema = match &config.schema {
             Some(s) => Some(
@@ -98,7 +116,13 @@ impl WebhookEndpoint {
             replay,
             signer,
             http,
+            outbox,
         })
+    }
+
+    /// The endpoint's configuration.
+    pub(crate) fn config(&self) -> &WebhookConfig {
+        &self.config
     }
 
     /// The endpoint id, for logs and metrics.
@@ -192,7 +216,7 @@ impl WebhookEndpoint {
         }
     }
 
-    /// Steps 4 and 5: event types and schema, then the forward.
+    /// Steps 4 and 5: event types and schema, then the forward or the outbox.
     async fn deliver(
         &self,
         headers: &http::HeaderMap,
@@ -241,21 +265,90 @@ impl WebhookEndpoint {
                     .collect::<String>()
             ),
         };
-        let ts = unix_now();
-        let mut out = self
-            .http
-            .post(self.config.forward.clone())
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("x-portcullis-webhook", &self.config.id)
-            .header("x-portcullis-provider", self.config_provider())
-            .header("x-request-id", ctx.request_id.to_string());
-        if let Some(t) = &event_type {
-            out = out.header("x-portcullis-event-type", t);
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if self.config.delivery == Delivery::Queued {
+            return self.enqueue(id, event_type, content_type, bytes).await;
         }
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            out = out.header(header::CONTENT_TYPE, ct);
+        let sent = self
+            .send(
+                &id,
+                event_type.as_deref(),
+                content_type.as_deref(),
+                bytes,
+                Some(&ctx.request_id.to_string()),
+            )
+            .await?;
+        // The backend's status goes back to the sender; its body does not (it is the
+        // workflow's business, and may say more than the sender should learn).
+        let mut answer = ack(
+            sent.status,
+            if sent.status.is_success() {
+                "delivered"
+            } else {
+                "backend-error"
+            },
+        );
+        if let Some(ra) = sent.retry_after {
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(ra.as_secs()));
         }
+        Ok(answer)
+    }
+
+    /// Queued delivery: the event is durable before the sender hears 2xx.
+    async fn enqueue(
+        &self,
+        id: String,
+        event_type: Option<String>,
+        content_type: Option<String>,
+        bytes: Bytes,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some(outbox) = &self.outbox else {
+            return Err(GatewayError::Unavailable {
+                retry_after: Some(Duration::from_secs(30)),
+            });
+        };
+        let now = unix_now();
+        let event = OutboxEvent {
+            id: 0,
+            webhook: self.config.id.clone(),
+            message_id: id,
+            event_type,
+            content_type,
+            body: bytes.to_vec(),
+            received_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+        };
+        match outbox.store.outbox().enqueue(&event).await {
+            Ok(_) => {
+                metrics::counter!("portcullis_webhook_queued_total", "webhook" => self.config.id.clone()).increment(1);
+                outbox.wake.notify_one();
+                Ok(ack(StatusCode::ACCEPTED, "queued"))
+            }
+            Err(e) => {
+                tracing::error!(webhook = %self.config.id, error = %e, "could not queue a verified webhook; refusing so the sender retries");
+                Err(GatewayError::Unavailable {
+                    retry_after: Some(Duration::from_secs(5)),
+                })
+            }
+        }
+    }
+
+    /// One delivery attempt to the workflow backend, signed with the gateway's own secret.
+    pub(crate) async fn send(
+        &self,
+        id: &str,
+        event_type: Option<&str>,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        request_id: Option<&str>,
+    ) -> Result<Sent, GatewayError> {
         // Never forward unsigned: the backend trusts the gateway's signature alone.
         let Some(signer) = &self.signer else {
             tracing::error!(webhook = %self.config.id, "no webhook signing secret loaded (restart after setting [webhook_signing]); refusing");
@@ -263,7 +356,24 @@ impl WebhookEndpoint {
                 retry_after: Some(Duration::from_secs(30)),
             });
         };
-        out = out.header("webhook-signature", signer.sign(&id, ts, &bytes));
+        let ts = unix_now();
+        let mut out = self
+            .http
+            .post(self.config.forward.clone())
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signer.sign(id, ts, &bytes))
+            .header("x-portcullis-webhook", &self.config.id)
+            .header("x-portcullis-provider", self.config_provider());
+        if let Some(r) = request_id {
+            out = out.header("x-request-id", r);
+        }
+        if let Some(t) = event_type {
+            out = out.header("x-portcullis-event-type", t);
+        }
+        if let Some(ct) = content_type {
+            out = out.header(header::CONTENT_TYPE, ct);
+        }
         let started = std::time::Instant::now();
         let res = out.body(bytes).send().await.map_err(|e| {
             if e.is_timeout() {
@@ -274,21 +384,17 @@ impl WebhookEndpoint {
         })?;
         metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.config.id.clone()).record(started.elapsed().as_secs_f64());
         let status = res.status();
-        // The backend's status goes back to the sender; its body does not (it is the
-        // workflow's business, and may say more than the sender should learn).
         metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.config.id.clone(), "status" => status.as_u16().to_string()).increment(1);
-        let mut answer = ack(
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Ok(Sent {
             status,
-            if status.is_success() {
-                "delivered"
-            } else {
-                "backend-error"
-            },
-        );
-        if let Some(ra) = res.headers().get(header::RETRY_AFTER) {
-            answer.headers_mut().insert(header::RETRY_AFTER, ra.clone());
-        }
-        Ok(answer)
+            retry_after,
+        })
     }
 
     fn config_provider(&self) -> &'static str {

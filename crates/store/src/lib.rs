@@ -7,6 +7,7 @@
 
 mod fsperm;
 mod keys;
+mod outbox;
 mod quotas;
 mod sqlite;
 mod sqlite_vault;
@@ -17,6 +18,7 @@ use std::{path::Path, sync::Arc};
 
 pub use fsperm::{create_private_dir, create_private_file};
 pub use keys::{ApiKeyRecord, ApiKeyStore};
+pub use outbox::{OutboxEvent, OutboxStore};
 pub use quotas::{QuotaCharge, QuotaStore};
 pub use sqlite::SqliteStore;
 pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
@@ -79,6 +81,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Request quota counters.
     fn quotas(&self) -> &dyn QuotaStore;
+
+    /// The webhook outbox and dead-letter list.
+    fn outbox(&self) -> &dyn OutboxStore;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created

@@ -109,6 +109,10 @@ impl Store for SqliteStore {
     fn quotas(&self) -> &dyn crate::QuotaStore {
         self
     }
+
+    fn outbox(&self) -> &dyn crate::OutboxStore {
+        self
+    }
 }
 
 #[cfg(test)]

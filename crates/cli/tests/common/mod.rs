@@ -128,6 +128,16 @@ impl Gw {
         Gw::start_in(dir)
     }
 
+    /// Kills the process with SIGKILL (no shutdown at all) and starts a new one on the same
+    /// directory.
+    pub fn crash_and_restart(mut self) -> Gw {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Gw::start_in(dir)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.data)
     }

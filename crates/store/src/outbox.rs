@@ -1,0 +1,261 @@
+//! The webhook outbox: verified events persisted before the sender is answered, delivered by
+//! a worker, and kept in a dead-letter list when delivery keeps failing past the maximum age.
+
+use crate::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use sqlx::Row;
+
+/// A verified webhook event waiting for delivery (or dead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Row id.
+    pub id: i64,
+    /// The webhook endpoint id.
+    pub webhook: String,
+    /// The id the backend sees (`webhook-id`); unique per endpoint.
+    pub message_id: String,
+    /// The event type, when the scheme names one.
+    pub event_type: Option<String>,
+    /// The sender's Content-Type.
+    pub content_type: Option<String>,
+    /// The exact body bytes received.
+    pub body: Vec<u8>,
+    /// Unix seconds.
+    pub received_at: i64,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// Unix seconds.
+    pub next_attempt_at: i64,
+    /// Why the last attempt failed (status or error kind; never a secret).
+    pub last_error: Option<String>,
+}
+
+/// Outbox storage operations.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Adds an event, due now; false when the endpoint already holds this message id.
+    async fn enqueue(&self, e: &OutboxEvent) -> Result<bool, StoreError>;
+    /// Pending events due at `now` and not leased, oldest first, at most `limit`; each is
+    /// leased until `lease_until` so no other worker takes it meanwhile.
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Delivered: removed.
+    async fn delivered(&self, id: i64) -> Result<(), StoreError>;
+    /// Failed: retried at `next_attempt_at`.
+    async fn retry_later(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// Failed for good: moved to the dead-letter list.
+    async fn dead(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError>;
+    /// The dead-letter list, oldest first.
+    async fn dead_letters(&self) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Puts a dead event back in the queue, due now, with a fresh age; false if no such
+    /// dead event.
+    async fn replay_dead(&self, id: i64, now: i64) -> Result<bool, StoreError>;
+    /// Deletes a dead event; false if no such dead event.
+    async fn drop_dead(&self, id: i64) -> Result<bool, StoreError>;
+    /// Events still pending.
+    async fn pending_count(&self) -> Result<i64, StoreError>;
+    /// Ends every lease: at start-up, when this process is the only worker on the store, an
+    /// attempt cut short by a crash is due again at once instead of when its lease runs out.
+    async fn release_leases(&self) -> Result<(), StoreError>;
+}
+
+fn event(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: r.try_get("id")?,
+        webhook: r.try_get("webhook")?,
+        message_id: r.try_get("message_id")?,
+        event_type: r.try_get("event_type")?,
+        content_type: r.try_get("content_type")?,
+        body: r.try_get("body")?,
+        received_at: r.try_get("received_at")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+const COLUMNS: &str = "id, webhook, message_id, event_type, content_type, body, received_at, attempts, next_attempt_at, last_error";
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn enqueue(&self, e: &OutboxEvent) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_outbox (webhook, message_id, event_type, content_type, body, received_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (webhook, message_id) DO NOTHING",
+        )
+        .bind(&e.webhook)
+        .bind(&e.message_id)
+        .bind(&e.event_type)
+        .bind(&e.content_type)
+        .bind(&e.body)
+        .bind(e.received_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        // A worker that dies mid-delivery leaves the event leased; the lease runs out (or is
+        // released at the next start) and the event is due again: never lost.
+        let rows = sqlx::query(&format!(
+            "UPDATE webhook_outbox SET lease_until = ?2 WHERE id IN \
+             (SELECT id FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 \
+              AND (lease_until IS NULL OR lease_until < ?1) ORDER BY id LIMIT ?3) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<OutboxEvent> = rows.iter().map(event).collect::<Result<_, _>>()?;
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    async fn delivered(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, lease_until = NULL WHERE id = ?1")
+            .bind(id)
+            .bind(attempts)
+            .bind(next_attempt_at)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_outbox SET state = 'dead', attempts = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1")
+            .bind(id)
+            .bind(attempts)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM webhook_outbox WHERE state = 'dead' ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event).collect()
+    }
+
+    async fn replay_dead(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_outbox SET state = 'pending', attempts = 0, received_at = ?2, next_attempt_at = ?2 WHERE id = ?1 AND state = 'dead'")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn drop_dead(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_outbox WHERE id = ?1 AND state = 'dead'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_leases(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn pending_count(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM webhook_outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str) -> OutboxEvent {
+        OutboxEvent {
+            id: 0,
+            webhook: "orders".into(),
+            message_id: id.into(),
+            event_type: None,
+            content_type: Some("application/json".into()),
+            body: b"{\"a\":1}\xff".to_vec(),
+            received_at: 100,
+            attempts: 0,
+            next_attempt_at: 100,
+            last_error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_claimed_once_retried_and_dead_lettered() {
+        let s = SqliteStore::memory().await.unwrap();
+        assert!(s.enqueue(&ev("m1")).await.unwrap());
+        assert!(
+            !s.enqueue(&ev("m1")).await.unwrap(),
+            "one row per message id"
+        );
+        assert!(s.enqueue(&ev("m2")).await.unwrap());
+        let got = s.claim_due(100, 130, 10).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].body, b"{\"a\":1}\xff".to_vec());
+        assert!(
+            s.claim_due(120, 150, 10).await.unwrap().is_empty(),
+            "leased"
+        );
+        // A crash mid-delivery: the lease is released at the next start.
+        s.release_leases().await.unwrap();
+        assert_eq!(s.claim_due(120, 150, 10).await.unwrap().len(), 2);
+        s.delivered(got[0].id).await.unwrap();
+        s.retry_later(got[1].id, 1, 200, "503").await.unwrap();
+        assert!(s.claim_due(199, 230, 10).await.unwrap().is_empty());
+        let again = s.claim_due(200, 230, 10).await.unwrap();
+        assert_eq!((again.len(), again[0].attempts), (1, 1));
+        s.dead(again[0].id, 2, "max age").await.unwrap();
+        assert_eq!(s.pending_count().await.unwrap(), 0);
+        let dead = s.dead_letters().await.unwrap();
+        assert_eq!(dead[0].last_error.as_deref(), Some("max age"));
+        assert!(s.replay_dead(dead[0].id, 300).await.unwrap());
+        assert_eq!(s.claim_due(300, 330, 10).await.unwrap().len(), 1);
+        assert!(!s.drop_dead(dead[0].id).await.unwrap(), "pending, not dead");
+    }
+}
