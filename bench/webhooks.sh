@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Webhook trigger benchmark (issue 6): POST of a 1 KiB JSON event, in one run, to
+#   (a) a Portcullis route with no policies that forwards to the upstream, and
+#   (b) a Standard Webhooks endpoint (signature check, replay cache, direct delivery with the
+#       gateway's own signature) that forwards to the same upstream.
+# Every request to (b) carries a distinct, validly signed message id (pre-generated), so each
+# one is verified, remembered and forwarded; none is a duplicate.
+# Usage: bench/webhooks.sh   (env: DURATION, CONNS, ROUNDS, MESSAGES)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-32}
+THREADS=1   # one wrk thread: each request takes the next pre-signed message id
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-400000}
+UP_PORT=${UP_PORT:-18281}
+PCL_PORT=${PCL_PORT:-18283}
+PCL_ADMIN=${PCL_ADMIN:-18284}
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --quiet
+BIN=target/release/portcullis
+OUT=bench/out-webhooks
+rm -rf "$OUT"; mkdir -p "$OUT/logs"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+"$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/logs/upstream.log" 2>&1 & pids+=($!)
+wait_port $UP_PORT
+
+HOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
+SIGNING_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
+cat >"$OUT/portcullis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PCL_PORT"
+admin_listen = "127.0.0.1:$PCL_ADMIN"
+data_dir = "pcl-data"
+[webhook_signing]
+secret = "{secret:pcl-signing}"
+[[webhooks]]
+id = "events"
+path = "/hooks/events"
+provider = "standard"
+secrets = ["{secret:events-hook}"]
+tolerance = "1h"
+forward = "http://127.0.0.1:$UP_PORT/orders"
+[[routes]]
+id = "plain"
+methods = ["POST"]
+path = "/orders"
+upstream = "http://127.0.0.1:$UP_PORT"
+TOML
+printf '%s' "$HOOK_SECRET" | "$BIN" secret put events-hook --consumer webhook:events --config "$OUT/portcullis.toml" 2>/dev/null
+printf '%s' "$SIGNING_SECRET" | "$BIN" secret put pcl-signing --consumer gateway:webhook-signing --config "$OUT/portcullis.toml" 2>/dev/null
+"$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/portcullis.log" 2>&1 & pids+=($!)
+wait_port $PCL_PORT
+
+# The body and MESSAGES signed (id, timestamp, signature) triples for it.
+python3 - "$HOOK_SECRET" "$MESSAGES" "$OUT" <<'PY'
+import base64, hmac, hashlib, json, sys, time
+secret, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+key = base64.b64decode(secret[len("whsec_"):])
+doc = {"type": "order.created", "data": {"id": "ord_1", "items": [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(20)]}, "note": ""}
+s = json.dumps(doc, separators=(",", ":"))
+doc["note"] = "x" * (1024 - len(s))
+body = json.dumps(doc, separators=(",", ":")).encode()
+assert len(body) == 1024
+open(f"{out}/body.json", "wb").write(body)
+ts = str(int(time.time()))
+with open(f"{out}/messages.txt", "w") as f:
+    for i in range(n):
+        mid = f"msg_{i:08d}"
+        sig = base64.b64encode(hmac.new(key, f"{mid}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+        f.write(f"{mid} {ts} v1,{sig}\n")
+PY
+cat >"$OUT/hook.lua" <<LUA
+local base = 0
+local body = io.open("$OUT/body.json", "rb"):read("*a")
+local msgs, n = {}, 0
+for line in io.lines("$OUT/messages.txt") do n = n + 1; msgs[n] = line end
+local i = base
+function request()
+  i = i + 1
+  if i > n then error("bench: ran out of pre-signed messages; raise MESSAGES") end
+  local id, ts, sig = msgs[i]:match("(%S+) (%S+) (%S+)")
+  return wrk.format("POST", "/hooks/events", { ["content-type"] = "application/json", ["webhook-id"] = id, ["webhook-timestamp"] = ts, ["webhook-signature"] = sig }, body)
+end
+LUA
+cat >"$OUT/plain.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$OUT/body.json", "rb"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
+run() { # name round script path
+  local f="$OUT/$1-$2.txt"
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$PCL_PORT$4" >"$f"
+  if grep -q "Non-2xx" "$f"; then echo "bench: $1 answered non-2xx; see $f" >&2; exit 1; fi
+  echo "$1 $2 $(awk '/^Requests\/sec/ {print $2}' "$f") $(awk '$1=="50%" {print $2}' "$f" | to_ms) $(awk '$1=="99%" {print $2}' "$f" | to_ms)" >>"$OUT/results.txt"
+}
+wrk -t1 -c8 -d2s -s "$OUT/plain.lua" "http://127.0.0.1:$PCL_PORT/orders" >/dev/null
+for r in $(seq 1 "$ROUNDS"); do
+  run plain "$r" "$OUT/plain.lua" /orders
+  # Ids must stay unique across rounds: each round starts at its own slice of the messages.
+  sed -i "s/^local base = .*/local base = $(( (r - 1) * MESSAGES / ROUNDS ))/" "$OUT/hook.lua"
+  run webhook "$r" "$OUT/hook.lua" /hooks/events
+done
+grep -q '"duplicate"' "$OUT/logs/portcullis.log" && echo "bench: duplicates seen" >&2 || true
+
+echo "POST 1 KiB JSON; wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median; machine: $(nproc) cores, $(uname -r)"
+awk '
+  { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
+  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
+  END {
+    printf "%-10s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
+    split("plain webhook", order, " ")
+    for (k=1;k<=2;k++) { t=order[k]; R[t]=median(rps[t]); printf "%-10s %12.0f %10.3f %10.3f\n", t, R[t], median(p50[t]), median(p99[t]) }
+    printf "\nwebhook / no-policy route (same run): %.2fx (target >= 0.80x)\n", R["webhook"]/R["plain"]
+  }' "$OUT/results.txt" | tee "$OUT/summary.txt"
