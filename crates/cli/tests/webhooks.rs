@@ -348,6 +348,23 @@ async fn queued_events_survive_a_kill_and_dead_letters_can_be_replayed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(dead[0]["message_id"], "msg_q2");
+    // The admin API shows the same list, with the admin token only.
+    let admin = client()
+        .get(gw.admin_url("/admin/webhooks/dlq"))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    let listed: Vec<serde_json::Value> = admin.json().await.unwrap();
+    assert_eq!(listed[0]["message_id"], "msg_q2");
+    assert_eq!(listed[0]["body_bytes"], body.len());
+    let anonymous = client()
+        .get(gw.admin_url("/admin/webhooks/dlq"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
     assert_eq!(dead[0]["last_error"], "status 500");
     assert!(dead[0].get("body").is_none(), "bodies are not listed");
     while let Ok(d) = rx.try_recv() {
