@@ -226,6 +226,33 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
     // reached the backend in between.
     assert_eq!(next(&mut rx).await.headers["webhook-id"], "msg_5");
 
+    // A new secret version in the vault is picked up without a restart (the verifier is
+    // rebuilt when the set of valid versions changes).
+    const NEXT_SECRET: &str = "whsec_bmV4dC1zZWNyZXQtdmVyc2lvbi0xMjM0NTY3ODkw";
+    put_secret(
+        &gw.config_path(),
+        "orders-hook",
+        "webhook:orders",
+        NEXT_SECRET,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("msg_rot_{n}");
+        let res = post(&gw, &id, ts, body, &sign(NEXT_SECRET, &id, ts, body)).await;
+        if res.status() == 200 {
+            assert_eq!(next(&mut rx).await.headers["webhook-id"], id.as_str());
+            break;
+        }
+        assert_eq!(res.status(), 401);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new secret version never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(logs.contains("webhook verification failed"));
     for secret in [

@@ -28,6 +28,8 @@ pub(crate) struct WebhookEndpoint {
     signer: Option<Arc<StandardSigner>>,
     http: reqwest::Client,
     outbox: Option<Outbox>,
+    /// The verifier for the secret versions it was built from.
+    verifier_cache: arc_swap::ArcSwapOption<(Vec<i64>, Arc<Verifier>)>,
 }
 
 /// Where queued events go, and how the worker is woken.
@@ -117,6 +119,7 @@ impl WebhookEndpoint {
             signer,
             http,
             outbox,
+            verifier_cache: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -142,23 +145,44 @@ impl WebhookEndpoint {
         GatewayError::WebhookUnverified
     }
 
-    /// Every valid version of every configured secret: several secrets and rotation overlaps.
-    async fn secrets(&self) -> Result<Vec<Zeroizing<Vec<u8>>>, GatewayError> {
+    /// The verifier for every valid version of every configured secret (several secrets and
+    /// rotation overlaps). The vault is asked on every request, so a revocation or expiry
+    /// applies at once; the verifier is rebuilt only when the set of versions changes.
+    async fn verifier(&self) -> Result<Arc<Verifier>, GatewayError> {
         let Some(vault) = &self.vault else {
             return Err(GatewayError::CredentialUnavailable(
                 "no vault in this process".into(),
             ));
         };
         let consumer = self.config.consumer();
-        let mut out = Vec::new();
+        let mut values = Vec::new();
+        let mut versions = Vec::new();
         for r in &self.config.secrets {
-            let values = vault
+            for v in vault
                 .resolve_all(&r.name, &consumer)
                 .await
-                .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
-            out.extend(values.iter().map(|v| Zeroizing::new(v.expose().to_vec())));
+                .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?
+            {
+                versions.push(v.version);
+                values.push(v);
+            }
         }
-        Ok(out)
+        if let Some(cached) = self.verifier_cache.load_full() {
+            if cached.0 == versions {
+                return Ok(cached.1.clone());
+            }
+        }
+        let secrets = values
+            .iter()
+            .map(|v| Zeroizing::new(v.expose().to_vec()))
+            .collect();
+        let verifier = Arc::new(
+            Verifier::new(self.scheme.clone(), secrets, self.config.tolerance)
+                .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?,
+        );
+        self.verifier_cache
+            .store(Some(Arc::new((versions, verifier.clone()))));
+        Ok(verifier)
     }
 
     /// Handles one delivery from the sender.
@@ -177,12 +201,7 @@ impl WebhookEndpoint {
         let bytes = portcullis_policy::read_limited(body, self.config.max_body).await?;
 
         // 2. Signature, over the exact bytes received.
-        let verifier = Verifier::new(
-            self.scheme.clone(),
-            self.secrets().await?,
-            self.config.tolerance,
-        )
-        .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+        let verifier = self.verifier().await?;
         let verified = match verifier.verify(&parts.headers, &bytes, unix_now()) {
             Ok(v) => v,
             Err(e) => return Err(self.failed(ctx, &e.to_string())),
