@@ -4,6 +4,8 @@
 #   no policies beyond the defaults.
 # Every process runs on this machine's loopback. Results: requests/s, p50 and p99 latency, and
 # the ratios of Portcullis to nginx. Usage: bench/proxy.sh  (env: DURATION, CONNS, THREADS, ROUNDS)
+# With BASELINE_BIN=/path/to/another/portcullis, that binary also serves the no-policy route
+# (target "baseline") in the same rounds, for an A/B comparison within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,9 @@ UP_PORT=${UP_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
 PCL_PORT=${PCL_PORT:-18083}
 PCL_ADMIN=${PCL_ADMIN:-18084}
+BASE_PORT=${BASE_PORT:-18085}
+BASE_ADMIN=${BASE_ADMIN:-18086}
+BASELINE_BIN=${BASELINE_BIN:-}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
@@ -92,8 +97,28 @@ path = "/{*rest}"
 upstream = "http://127.0.0.1:$UP_PORT"
 TOML
 KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
-"$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/portcullis-access.log" 2>&1 & pids+=($!)
+# The access log goes outside the config's directory: the hot-reload watcher watches that
+# directory, and a log file inside it would wake the watcher on every write.
+mkdir -p "$OUT/logs"
+"$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/portcullis-access.log" 2>&1 & pids+=($!)
 wait_port $PCL_PORT
+
+# (e) optionally, a baseline Portcullis binary with the no-policy route, for A/B runs.
+if [ -n "$BASELINE_BIN" ]; then
+  cat >"$OUT/baseline.toml" <<TOML
+[server]
+listen = "127.0.0.1:$BASE_PORT"
+admin_listen = "127.0.0.1:$BASE_ADMIN"
+data_dir = "pcl-data-baseline"
+[[routes]]
+id = "bench"
+methods = ["GET"]
+path = "/{*rest}"
+upstream = "http://127.0.0.1:$UP_PORT"
+TOML
+  "$BASELINE_BIN" serve --config "$OUT/baseline.toml" >"$OUT/logs/baseline-access.log" 2>&1 & pids+=($!)
+  wait_port $BASE_PORT
+fi
 
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 run() { # name port round [path] [header]
@@ -112,12 +137,13 @@ run() { # name port round [path] [header]
 }
 
 # Warm up every path, then interleave the targets round by round so drift hits all alike.
-for port in $UP_PORT $NGINX_PORT $PCL_PORT; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
+for port in $UP_PORT $NGINX_PORT $PCL_PORT ${BASELINE_BIN:+$BASE_PORT}; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
 for r in $(seq 1 "$ROUNDS"); do
   run direct $UP_PORT "$r"
   run nginx $NGINX_PORT "$r"
   run portcullis $PCL_PORT "$r"
   run portcullis-apikey $PCL_PORT "$r" /auth/bench/item "Authorization: Bearer $KEY"
+  if [ -n "$BASELINE_BIN" ]; then run baseline $BASE_PORT "$r"; fi
 done
 grep -q "Non-2xx" "$OUT"/portcullis-apikey-*.txt && { echo "bench: the API-key route answered non-2xx; see $OUT" >&2; exit 1; }
 
@@ -127,10 +153,11 @@ awk '
   function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
   END {
     printf "%-18s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
-    split("direct nginx portcullis portcullis-apikey", order, " ")
-    for (k=1;k<=4;k++) { t=order[k]; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-18s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
+    n=split("direct nginx portcullis portcullis-apikey baseline", order, " ")
+    for (k=1;k<=n;k++) { t=order[k]; if (!(t in rps)) continue; R[t]=median(rps[t]); P5[t]=median(p50[t]); P9[t]=median(p99[t]); printf "%-18s %12.0f %10.3f %10.3f\n", t, R[t], P5[t], P9[t] }
     printf "\nportcullis/nginx throughput: %.2fx (target >= 0.90x)\n", R["portcullis"]/R["nginx"]
     printf "portcullis p99 - nginx p99:  %+.3f ms (target <= +1.000 ms)\n", P9["portcullis"]-P9["nginx"]
     printf "portcullis/direct throughput: %.2fx\n", R["portcullis"]/R["direct"]
     printf "api-key route / no-policy route throughput: %.2fx (target >= 0.90x)\n", R["portcullis-apikey"]/R["portcullis"]
+    if ("baseline" in R) printf "portcullis/baseline throughput: %.2fx; baseline/nginx: %.2fx\n", R["portcullis"]/R["baseline"], R["baseline"]/R["nginx"]
   }' "$OUT/results.txt" | tee "$OUT/summary.txt"
