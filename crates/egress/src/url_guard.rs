@@ -38,8 +38,18 @@ pub fn check_header_value(value: &[u8]) -> Result<(), Refusal> {
 /// backslashes, which the URL parser would otherwise remove or reinterpret.
 pub fn parse_destination(raw: &str, policy: &Policy) -> Result<(Url, Target), Refusal> {
     check_raw(raw)?;
+    if let Some((_, after)) = raw.split_once("://") {
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        // `http://:@host/` parses to a URL without userinfo; refuse the attempt all the same.
+        if after[..end].contains('@') {
+            return Err(Refusal::Userinfo);
+        }
+        // The parser resolves `..`, `%2e%2e` and `.%2e`: look at the path as written.
+        let rest = &after[end..];
+        let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+        check_path_text(&rest[..path_end])?;
+    }
     let url = Url::parse(raw).map_err(|e| Refusal::Unparseable(e.to_string()))?;
-    // The parser percent-decodes the host; `%2f` or a dot segment in the path is still visible.
     check_path_text(url.path())?;
     let target = check_url(&url, policy)?;
     Ok((url, target))
@@ -164,7 +174,7 @@ fn check_path_text(path: &str) -> Result<(), Refusal> {
             if form == b"." || form == b".." {
                 return Err(Refusal::DotSegment);
             }
-            if form.iter().any(|b| b.is_ascii_control() || *b == b' ') {
+            if form.iter().any(|b| b.is_ascii_control()) {
                 return Err(Refusal::ControlCharacter);
             }
         }
