@@ -271,6 +271,31 @@ async fn corpus_reasons() {
     ));
 }
 
+/// The `url` crate (WHATWG) turns every numeric host form into an IPv4 host, so the guard
+/// classifies the address, not a name; this pins that behaviour down.
+#[test]
+fn url_crate_normalises_numeric_hosts() {
+    let lo = url::Host::Ipv4("127.0.0.1".parse().unwrap());
+    for raw in [
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+        "http://127.1/",
+        "http://0x7F.0.0.0x1/",
+        "http://017700000001/",
+        "http://127.0.0.1./",
+        "http://127%2e0%2e0%2e1/",
+        "http://\u{ff11}\u{ff12}\u{ff17}.0.0.1/",
+    ] {
+        let url = Url::parse(raw).unwrap();
+        assert_eq!(url.host(), Some(lo.clone()), "{raw}");
+    }
+    // Not numbers by WHATWG rules: invalid, so never a name the resolver could interpret.
+    for raw in ["http://0x7g.1/", "http://1.2.3.4.5/", "http://256.1.1.1/"] {
+        assert!(Url::parse(raw).is_err(), "{raw}");
+    }
+}
+
 #[test]
 fn caller_paths_refused() {
     let policy = Policy::default();
