@@ -76,7 +76,8 @@ pub struct BreakerConfig {
     pub buckets: u32,
     /// No opening before the window holds this many outcomes.
     pub min_requests: u32,
-    /// Opens when failures / outcomes reaches this (0..=1).
+    /// Opens when failures / outcomes reaches this (in `(0, 1]`; 0 would open on
+    /// `min_requests` outcomes whatever they were, so the config should refuse it).
     pub failure_ratio: f64,
     /// How long it stays open before probing.
     pub open_for: Duration,
