@@ -11,6 +11,7 @@ mod raw;
 mod secret_ref;
 mod units;
 mod validate;
+mod validate_integrations;
 mod validate_limits;
 mod validate_webhooks;
 
@@ -72,5 +73,6 @@ pub fn zero_config() -> Config {
 mod tests;
 pub use model::CorsConfig;
 pub use model::IpRules;
+pub use model::{CredentialConfig, CredentialPlacement, IntegrationConfig};
 pub use model::{Delivery, HmacSchemeConfig, WebhookConfig, WebhookProvider};
 pub use model::{QuotaConfig, SharedBackend, SharedStateConfig, SharedStateFailure};

@@ -29,6 +29,65 @@ pub struct Config {
     /// The vault secret (`whsec_...`) Portcullis signs forwarded webhooks with; required when
     /// there are webhooks. Bound to the consumer `gateway:webhook-signing`.
     pub webhook_signing: Option<crate::SecretRef>,
+    /// Third-party APIs workflows call through the gateway (egress).
+    pub integrations: Vec<Arc<IntegrationConfig>>,
+}
+
+/// One egress integration: a third-party API, what workflows may call on it, and the
+/// credential the gateway adds.
+#[derive(Debug, Clone)]
+pub struct IntegrationConfig {
+    /// Stable identifier: the `<id>` in `/egress/<id>/...`.
+    pub id: String,
+    /// The only destination: scheme, host, port and base path.
+    pub base_url: url::Url,
+    /// Allowed (methods, path template) pairs; everything else is refused.
+    pub allow: Vec<(Vec<http::Method>, String)>,
+    /// Clients that may use it.
+    pub clients: Vec<String>,
+    /// The credential added to every call.
+    pub credential: Option<CredentialConfig>,
+    /// Whole-call deadline.
+    pub timeout: Duration,
+    /// Connect deadline (resolution, TCP, TLS).
+    pub connect_timeout: Duration,
+    /// Largest request body a workflow may send.
+    pub max_body: u64,
+    /// Largest response body passed back (502 beyond).
+    pub max_response: u64,
+    /// Response headers removed before the workflow sees the response (with `set-cookie`).
+    pub strip_response_headers: Vec<http::HeaderName>,
+    /// Networks re-admitted although the SSRF guard refuses them. Dangerous.
+    pub dangerous_allow_cidrs: Vec<IpNet>,
+}
+
+impl IntegrationConfig {
+    /// The consumer id the vault binds this integration's credential to.
+    pub fn consumer(&self) -> String {
+        format!("integration:{}", self.id)
+    }
+}
+
+/// Where an integration's credential goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialPlacement {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `<header>: <secret>`.
+    Header(http::HeaderName),
+    /// `Authorization: Basic <base64(secret)>`, the secret being `user:password`.
+    Basic,
+    /// `?<param>=<secret>` on the query string.
+    Query(String),
+}
+
+/// An integration's credential: a vault secret and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialConfig {
+    /// Where it goes.
+    pub placement: CredentialPlacement,
+    /// The vault secret's name (bound to consumer `integration:<id>`).
+    pub secret: String,
 }
 
 /// One inbound webhook endpoint: who signs it, how, and where verified events go.

@@ -29,6 +29,43 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub webhooks: Vec<Spanned<RawWebhook>>,
     pub webhook_signing: Option<Spanned<RawWebhookSigning>>,
+    #[serde(default)]
+    pub integrations: Vec<Spanned<RawIntegration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIntegration {
+    pub id: Spanned<String>,
+    pub base_url: Spanned<String>,
+    pub allow: Spanned<Vec<Spanned<RawAllow>>>,
+    pub clients: Spanned<Vec<String>>,
+    pub credential: Option<Spanned<RawCredential>>,
+    pub timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub max_body: Option<ByteSize>,
+    pub max_response: Option<ByteSize>,
+    #[serde(default)]
+    pub strip_response_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub dangerous_allow_cidrs: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAllow {
+    pub methods: Vec<Spanned<String>>,
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub secret: Spanned<String>,
+    pub header: Option<Spanned<String>>,
+    pub param: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -709,3 +709,34 @@ fn webhooks_are_validated() {
         assert!(errs.iter().any(|e| e.message.contains(needle)), "{doc}: {errs:?}");
     }
 }
+
+#[test]
+fn integrations_are_validated() {
+    const C: &str = "[[clients]]\nid = \"wf\"\n";
+    let l = ok(&format!("{C}[[integrations]]\nid = \"gh\"\nbase_url = \"https://api.github.com\"\nallow = [{{ methods = [\"get\"], path = \"/repos/{{o}}/{{r}}\" }}]\nclients = [\"wf\"]\ncredential = {{ type = \"header\", header = \"X-Token\", secret = \"{{secret:gh}}\" }}"));
+    let i = &l.config.integrations[0];
+    assert_eq!(i.allow[0].0, vec![http::Method::GET]);
+    assert_eq!(i.consumer(), "integration:gh");
+    assert!(
+        matches!(&i.credential.as_ref().map(|c| &c.placement), Some(CredentialPlacement::Header(h)) if h.as_str() == "x-token")
+    );
+    let l = ok(&format!("{C}[[integrations]]\nid = \"lab\"\nbase_url = \"http://127.0.0.1:9\"\nallow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\ndangerous_allow_cidrs = [\"127.0.0.1/32\"]"));
+    let text: String = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.contains("dangerous_allow_cidrs") && text.contains("plain http"),
+        "{text}"
+    );
+    for (doc, needle) in [
+        ("base_url = \"https://u:p@api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]", "no credentials"),
+        ("base_url = \"ftp://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]", "http(s)"),
+        ("base_url = \"https://api.example\"\nallow = []\nclients = [\"wf\"]", "at least one"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/a/../b\" }]\nclients = [\"wf\"]", "dot segments"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"nobody\"]", "not declared"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\ncredential = { type = \"bearer\", secret = \"plaintext\" }", "vault reference"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\ncredential = { type = \"oauth2\", secret = \"{secret:a}\" }", "not supported"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\nretries = 3", "unknown field"),
+    ] {
+        let errs = errors(&format!("{C}[[integrations]]\nid = \"i\"\n{doc}"));
+        assert!(errs.iter().any(|e| e.message.contains(needle)), "{doc}: {errs:?}");
+    }
+}

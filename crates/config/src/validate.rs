@@ -139,6 +139,8 @@ pub(crate) fn validate(
     let webhooks = crate::validate_webhooks::webhooks(&mut c, raw.webhooks, &routes);
     let webhook_signing =
         crate::validate_webhooks::signing(&mut c, raw.webhook_signing, !webhooks.is_empty());
+    let integrations =
+        crate::validate_integrations::integrations(&mut c, raw.integrations, &clients);
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
@@ -159,6 +161,7 @@ pub(crate) fn validate(
             routes,
             webhooks,
             webhook_signing,
+            integrations,
         },
         warnings: c.found,
     })

@@ -194,3 +194,29 @@ impl Policy for Refuse {
         Err(GatewayError::Unauthorized { presented: false })
     }
 }
+
+/// The chain of an egress integration: the workflow authenticates with any method the
+/// gateway has (API key, JWT, Portcullis-issued token), then the egress terminal decides the
+/// rest. Without any identity service the chain refuses everyone.
+pub(crate) fn egress_chain(
+    id: &str,
+    terminal: crate::egress::EgressTerminal,
+    services: &Services,
+    clients: &Clients,
+) -> Chain {
+    let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
+    if services.api_keys.is_none() && services.jwt.is_none() && services.oauth.is_none() {
+        steps.push(Arc::new(Refuse));
+    } else {
+        steps.push(Arc::new(Authenticate::new(
+            services.api_keys.clone(),
+            services.jwt.clone(),
+            services.oauth.clone(),
+            false,
+            clients.clone(),
+            services.brute_force.clone(),
+            &format!("egress:{id}"),
+        )));
+    }
+    Chain::new(steps, Arc::new(terminal))
+}

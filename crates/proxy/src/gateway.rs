@@ -74,6 +74,8 @@ struct Generation {
     access_log: bool,
     /// Webhook endpoints by exact path.
     webhooks: std::collections::HashMap<String, Arc<crate::webhook::WebhookEndpoint>>,
+    /// Egress integrations by id: authentication, then the egress terminal.
+    integrations: std::collections::HashMap<String, portcullis_policy::Chain>,
 }
 
 /// The gateway's shared state.
@@ -352,6 +354,16 @@ impl Gateway {
                 .map(|r| (r, id.clone()))
                 .map_err(|e| (e, id));
         }
+        // Egress: workflows calling third-party APIs through an integration.
+        if let Some(rest) = req.uri().path().strip_prefix("/egress/") {
+            let id = rest.split('/').next().unwrap_or("");
+            if let Some(chain) = generation.integrations.get(id) {
+                let name: Arc<str> = Arc::from(id);
+                let mut req = req;
+                req.extensions_mut().insert(ctx.clone());
+                return Ok((chain.run(req, ctx).await, name));
+            }
+        }
         // CORS preflight: answered for the route the browser is about to call.
         if req.method() == http::Method::OPTIONS {
             if let Some(want) = req
@@ -477,7 +489,18 @@ fn build_generation(
         })?;
         webhooks.insert(w.path.clone(), Arc::new(endpoint));
     }
+    let mut integrations = std::collections::HashMap::new();
+    for i in &cfg.integrations {
+        let terminal = crate::egress::EgressTerminal::new(i.clone(), services.vault.clone())
+            .map_err(|reason| BuildError::Route {
+                id: i.id.clone(),
+                reason,
+            })?;
+        let chain = crate::build::egress_chain(&i.id, terminal, services, &known);
+        integrations.insert(i.id.clone(), chain);
+    }
     Ok(Generation {
+        integrations,
         webhooks,
         config: Arc::new(cfg.clone()),
         clients: known,

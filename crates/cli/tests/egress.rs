@@ -1,0 +1,124 @@
+//! Egress through the real gateway: a workflow calls a third-party API (a real local HTTP
+//! server) through an integration; the gateway checks client, method and path, adds the
+//! credential from the vault, refuses internal destinations, and never lets the credential
+//! reach the workflow, even when the third party echoes it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_problem, client, server_section, upstream, Gw, BIN};
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+const SENTINEL: &str = "SENTINEL-thirdparty-token-8c1e";
+
+fn put_secret(cfg: &std::path::Path, name: &str, consumer: &str, value: &str) {
+    let mut child = Command::new(BIN)
+        .args(["secret", "put", name, "--consumer", consumer, "--config"])
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_destinations() {
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n[[clients]]\nid = \"other\"\n\n\
+         [[integrations]]\nid = \"github\"\nbase_url = \"http://127.0.0.1:{port}/api\"\n\
+         allow = [{{ methods = [\"GET\", \"POST\"], path = \"/repos/{{owner}}/{{repo}}/issues\" }}]\n\
+         clients = [\"billing\"]\ncredential = {{ type = \"bearer\", secret = \"{{secret:gh-token}}\" }}\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\n\n\
+         [[integrations]]\nid = \"search\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/search\" }}]\nclients = [\"billing\"]\n\
+         credential = {{ type = \"query\", param = \"token\", secret = \"{{secret:search-token}}\" }}\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\n\n\
+         [[integrations]]\nid = \"internal\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/search\" }}]\nclients = [\"billing\"]\n",
+        server_section("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    put_secret(&path, "gh-token", "integration:github", SENTINEL);
+    put_secret(&path, "search-token", "integration:search", SENTINEL);
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("billing").await;
+    let other = gw.issue_key("other").await;
+    let c = client();
+
+    // Allowed: the credential goes upstream (the echo shows where it was), the workflow's own
+    // key does not, and the echoed credential never comes back.
+    let res = c
+        .get(gw.url("/egress/github/repos/acme/app/issues?state=open"))
+        .bearer_auth(&key)
+        .header("cookie", "workflow=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("set-cookie").is_none());
+    let text = res.text().await.unwrap();
+    assert!(!text.contains(SENTINEL), "{text}");
+    assert!(
+        !text.contains(&key),
+        "the workflow's key went to the third party"
+    );
+    let echo: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(echo["path"], "/api/repos/acme/app/issues");
+    assert_eq!(echo["query"], "state=open");
+    assert_eq!(echo["headers"]["authorization"], "Bearer [REDACTED]");
+    assert!(echo["headers"].get("cookie").is_none());
+
+    let res = c
+        .get(gw.url("/egress/search/search?q=x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let echo: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(echo["query"], "q=x&token=[REDACTED]");
+
+    // Refused: undeclared method or path, another client, no credential, an internal
+    // destination without the dangerous exception.
+    let refused = [
+        c.delete(gw.url("/egress/github/repos/acme/app/issues"))
+            .bearer_auth(&key),
+        c.get(gw.url("/egress/github/repos/acme/app/pulls"))
+            .bearer_auth(&key),
+        c.get(gw.url("/egress/github/repos/acme/app/issues"))
+            .bearer_auth(&other),
+        c.get(gw.url("/egress/internal/search")).bearer_auth(&key),
+    ];
+    for r in refused {
+        assert_problem(r.send().await.unwrap(), 403, "forbidden").await;
+    }
+    let anonymous = c
+        .get(gw.url("/egress/github/repos/acme/app/issues"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+    assert!(!logs.contains(SENTINEL), "credential in logs");
+    assert!(logs.contains("egress request refused"));
+}

@@ -1,0 +1,185 @@
+//! Validation of `[[integrations]]`: egress destinations, their allowlists and credentials.
+
+use crate::{
+    model::{ClientConfig, CredentialConfig, CredentialPlacement, IntegrationConfig},
+    raw::{RawCredential, RawIntegration},
+    validate::{valid_id, Checker},
+};
+use ipnet::IpNet;
+use std::{collections::HashSet, sync::Arc, time::Duration};
+use toml::Spanned;
+
+pub(crate) fn integrations(
+    c: &mut Checker,
+    raw: Vec<Spanned<RawIntegration>>,
+    clients: &[Arc<ClientConfig>],
+) -> Vec<Arc<IntegrationConfig>> {
+    let known: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
+    let mut ids = HashSet::new();
+    let mut out = Vec::new();
+    for i in raw {
+        let i = i.into_inner();
+        let id = i.id.get_ref().clone();
+        if !valid_id(&id) || !ids.insert(id.clone()) {
+            c.error(Some(i.id.span()), format!("integration id {id:?} is not valid or not unique; expected 1-64 letters, digits, '.', '_' or '-'"));
+            continue;
+        }
+        let ctx = format!("integration {id:?}");
+        let base_url = match url::Url::parse(i.base_url.get_ref().trim()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                if u.scheme() == "http" {
+                    c.warn(
+                        Some(i.base_url.span()),
+                        format!(
+                            "{ctx}: base_url is plain http://; the credential travels unencrypted"
+                        ),
+                    );
+                }
+                Some(u)
+            }
+            _ => {
+                c.error(Some(i.base_url.span()), format!("{ctx}: base_url must be an absolute http(s) URL with a host and no credentials, query or fragment"));
+                None
+            }
+        };
+        let mut allow = Vec::new();
+        if i.allow.get_ref().is_empty() {
+            c.error(Some(i.allow.span()), format!("{ctx}: allow needs at least one {{ methods = [...], path = \"/...\" }}; everything else is refused"));
+        }
+        for a in i.allow.into_inner() {
+            let a = a.into_inner();
+            let mut methods = Vec::new();
+            for m in &a.methods {
+                match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => methods.push(m),
+                    Err(_) => c.error(
+                        Some(m.span()),
+                        format!("{ctx}: {:?} is not an HTTP method", m.get_ref()),
+                    ),
+                }
+            }
+            let p = a.path.get_ref();
+            if methods.is_empty()
+                || !p.starts_with('/')
+                || p.contains("..")
+                || p.contains(['?', '#', '%', '\\'])
+            {
+                c.error(Some(a.path.span()), format!("{ctx}: allow entry needs methods and a path template such as \"/repos/{{owner}}/{{repo}}/issues\" (no query, dot segments or escapes)"));
+                continue;
+            }
+            allow.push((methods, p.clone()));
+        }
+        for cl in i.clients.get_ref() {
+            if !known.contains(cl.as_str()) {
+                c.error(
+                    Some(i.clients.span()),
+                    format!("{ctx}: client {cl:?} is not declared in [[clients]]"),
+                );
+            }
+        }
+        let credential = i.credential.and_then(|cr| credential(c, cr, &ctx));
+        let mut dangerous_allow_cidrs = Vec::new();
+        for n in &i.dangerous_allow_cidrs {
+            match n.get_ref().parse::<IpNet>() {
+                Ok(net) => {
+                    c.warn(Some(n.span()), format!("{ctx}: dangerous_allow_cidrs re-admits {net}, which the SSRF guard refuses; only for a destination you control"));
+                    dangerous_allow_cidrs.push(net.trunc());
+                }
+                Err(_) => c.error(
+                    Some(n.span()),
+                    format!("{ctx}: {:?} is not a CIDR", n.get_ref()),
+                ),
+            }
+        }
+        let mut strip = Vec::new();
+        for h in &i.strip_response_headers {
+            match http::HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
+                Ok(n) => strip.push(n),
+                Err(_) => c.error(
+                    Some(h.span()),
+                    format!("{ctx}: {:?} is not a header name", h.get_ref()),
+                ),
+            }
+        }
+        let Some(base_url) = base_url else { continue };
+        out.push(Arc::new(IntegrationConfig {
+            id,
+            base_url,
+            allow,
+            clients: i.clients.into_inner(),
+            credential,
+            timeout: i.timeout.map_or(Duration::from_secs(30), |t| t.0),
+            connect_timeout: i.connect_timeout.map_or(Duration::from_secs(5), |t| t.0),
+            max_body: i.max_body.map_or(1024 * 1024, |b| b.0),
+            max_response: i.max_response.map_or(10 * 1024 * 1024, |b| b.0),
+            strip_response_headers: strip,
+            dangerous_allow_cidrs,
+        }));
+    }
+    out
+}
+
+fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option<CredentialConfig> {
+    let span = raw.span();
+    let r = raw.into_inner();
+    let secret = match crate::parse_template(r.secret.get_ref()) {
+        Ok(t)
+            if t.prefix.is_empty()
+                && t.suffix.is_empty()
+                && t.secret.as_ref().is_some_and(|s| s.field.is_none()) =>
+        {
+            t.secret.map(|s| s.name)
+        }
+        _ => None,
+    };
+    let Some(secret) = secret else {
+        c.error(Some(r.secret.span()), format!("{ctx}: credential.secret must be exactly a vault reference such as \"{{secret:github-token}}\""));
+        return None;
+    };
+    let placement = match r.kind.get_ref().as_str() {
+        "bearer" => CredentialPlacement::Bearer,
+        "basic" => CredentialPlacement::Basic,
+        "header" => match r
+            .header
+            .as_ref()
+            .map(|h| http::HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()))
+        {
+            Some(Ok(h)) => CredentialPlacement::Header(h),
+            _ => {
+                c.error(
+                    Some(span),
+                    format!("{ctx}: credential type \"header\" needs header = \"NAME\""),
+                );
+                return None;
+            }
+        },
+        "query" => match r.param {
+            Some(p)
+                if !p.is_empty()
+                    && p.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')) =>
+            {
+                CredentialPlacement::Query(p)
+            }
+            _ => {
+                c.error(
+                    Some(span),
+                    format!("{ctx}: credential type \"query\" needs param = \"NAME\""),
+                );
+                return None;
+            }
+        },
+        other => {
+            c.error(Some(r.kind.span()), format!("{ctx}: credential type {other:?} is not supported here; expected bearer, header, basic or query (OAuth 2.0 grants are not built yet)"));
+            return None;
+        }
+    };
+    Some(CredentialConfig { placement, secret })
+}

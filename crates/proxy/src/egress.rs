@@ -1,0 +1,296 @@
+//! Egress: workflows call third-party APIs through the gateway at
+//! `/egress/<integration>/<path>`. Each integration is a policy chain (authentication of the
+//! workflow) in front of [`EgressTerminal`], which checks that the client may use the
+//! integration and that the method and path are allowed, builds the destination from the
+//! configured base URL only (SSRF guard: `portcullis-egress`), adds the credential from the
+//! vault, and hands back the response with cookies and configured headers stripped and any
+//! echo of the credential replaced. The workflow never holds the third party's secret.
+
+use async_trait::async_trait;
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use portcullis_config::{CredentialPlacement, IntegrationConfig};
+use portcullis_core::{full, Body, GatewayError, Identity};
+use portcullis_egress::{
+    join_destination, ClientOptions, EgressError, GuardedClient, Policy, SystemLookup, Timeouts,
+};
+use portcullis_policy::Terminal;
+use portcullis_vault::Vault;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// What replaces an echoed credential in a response.
+const REDACTED: &[u8] = b"[REDACTED]";
+
+/// Request headers a workflow may pass on to the third party; everything else (its own
+/// credentials above all) stays behind.
+const PASSED_REQUEST_HEADERS: &[header::HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+];
+
+/// Response headers never handed to the workflow.
+const DROPPED_RESPONSE_HEADERS: &[header::HeaderName] = &[
+    header::SET_COOKIE,
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+];
+
+/// The terminal of an integration's chain.
+pub(crate) struct EgressTerminal {
+    config: Arc<IntegrationConfig>,
+    client: GuardedClient,
+    policy: Arc<Policy>,
+    vault: Option<Arc<Vault>>,
+    allowed: matchit::Router<Vec<Method>>,
+    prefix: String,
+}
+
+impl EgressTerminal {
+    /// Prepares the guarded client and the allowlist for `config`.
+    pub(crate) fn new(
+        config: Arc<IntegrationConfig>,
+        vault: Option<Arc<Vault>>,
+    ) -> Result<Self, String> {
+        let policy = Arc::new(Policy {
+            allow_cidrs: config.dangerous_allow_cidrs.clone(),
+            ..Policy::default()
+        });
+        let options = ClientOptions {
+            timeouts: Timeouts {
+                connect: config.connect_timeout,
+                read: config.timeout,
+                total: config.timeout,
+            },
+            ..ClientOptions::default()
+        };
+        let client = GuardedClient::new(policy.clone(), Arc::new(SystemLookup), &options)
+            .map_err(|e| format!("integration {:?}: client: {e}", config.id))?;
+        let mut allowed: matchit::Router<Vec<Method>> = matchit::Router::new();
+        // Several entries may share a template; their methods are merged.
+        let mut by_path: Vec<(String, Vec<Method>)> = Vec::new();
+        for (methods, path) in &config.allow {
+            match by_path.iter_mut().find(|(p, _)| p == path) {
+                Some((_, m)) => m.extend(methods.iter().cloned()),
+                None => by_path.push((path.clone(), methods.clone())),
+            }
+        }
+        for (path, methods) in by_path {
+            allowed
+                .insert(path.clone(), methods)
+                .map_err(|e| format!("integration {:?}: allow path {path:?}: {e}", config.id))?;
+        }
+        Ok(EgressTerminal {
+            prefix: format!("/egress/{}", config.id),
+            config,
+            client,
+            policy,
+            vault,
+            allowed,
+        })
+    }
+
+    async fn secret(&self) -> Result<Option<Zeroizing<Vec<u8>>>, GatewayError> {
+        let Some(cred) = &self.config.credential else {
+            return Ok(None);
+        };
+        let Some(vault) = &self.vault else {
+            return Err(GatewayError::CredentialUnavailable(
+                "no vault in this process".into(),
+            ));
+        };
+        let v = vault
+            .resolve(&cred.secret, &self.config.consumer())
+            .await
+            .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+        Ok(Some(Zeroizing::new(v.expose().to_vec())))
+    }
+}
+
+fn refuse(id: &str, why: &str) -> GatewayError {
+    metrics::counter!("portcullis_egress_refused_total", "integration" => id.to_string(), "reason" => why.to_string()).increment(1);
+    tracing::warn!(integration = id, reason = why, "egress request refused");
+    GatewayError::Forbidden
+}
+
+/// Replaces every occurrence of each needle in `hay`.
+fn scrub(hay: &[u8], needles: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for n in needles.iter().filter(|n| n.len() >= 4) {
+        let src = out.as_deref().unwrap_or(hay);
+        if memchr::memmem::find(src, n).is_none() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(src.len());
+        let mut last = 0;
+        for at in memchr::memmem::find_iter(src, n) {
+            if at < last {
+                continue;
+            }
+            next.extend_from_slice(&src[last..at]);
+            next.extend_from_slice(REDACTED);
+            last = at + n.len();
+        }
+        next.extend_from_slice(&src[last..]);
+        out = Some(next);
+    }
+    out
+}
+
+#[async_trait]
+impl Terminal for EgressTerminal {
+    async fn call(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let id = self.config.id.as_str();
+        let client = req
+            .extensions()
+            .get::<Identity>()
+            .map(|i| i.client_id.clone())
+            .ok_or(GatewayError::Unauthorized { presented: false })?;
+        if !self.config.clients.iter().any(|c| c.as_str() == &*client) {
+            return Err(refuse(id, "client not allowed"));
+        }
+        let path = req.uri().path();
+        let rest = path.strip_prefix(self.prefix.as_str()).unwrap_or("");
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let allowed = self
+            .allowed
+            .at(rest)
+            .map(|m| m.value.contains(req.method()))
+            .unwrap_or(false);
+        if !allowed {
+            return Err(refuse(id, "method and path not allowed"));
+        }
+        let pq = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        let (mut url, _) = join_destination(&self.config.base_url, &pq, &self.policy)
+            .map_err(|r| refuse(id, r.kind()))?;
+        let secret = self.secret().await?;
+        let method = req.method().clone();
+        let mut headers = HeaderMap::new();
+        for name in PASSED_REQUEST_HEADERS {
+            for v in req.headers().get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(v) = req.headers().get("idempotency-key") {
+            headers.insert("idempotency-key", v.clone());
+        }
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        if let (Some(cred), Some(secret)) = (&self.config.credential, &secret) {
+            needles.push(secret.to_vec());
+            let value = |s: String| {
+                HeaderValue::from_str(&s).map_err(|_| {
+                    GatewayError::CredentialUnavailable(
+                        "credential is not a valid header value".into(),
+                    )
+                })
+            };
+            let text = String::from_utf8_lossy(secret).into_owned();
+            match &cred.placement {
+                CredentialPlacement::Bearer => {
+                    let mut v = value(format!("Bearer {text}"))?;
+                    v.set_sensitive(true);
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+                CredentialPlacement::Header(h) => {
+                    let mut v = value(text)?;
+                    v.set_sensitive(true);
+                    headers.insert(h.clone(), v);
+                }
+                CredentialPlacement::Basic => {
+                    let encoded = B64.encode(secret.as_slice());
+                    needles.push(encoded.clone().into_bytes());
+                    let mut v = value(format!("Basic {encoded}"))?;
+                    v.set_sensitive(true);
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+                CredentialPlacement::Query(p) => {
+                    url.query_pairs_mut().append_pair(p, &text);
+                }
+            }
+        }
+        let body = portcullis_policy::read_limited(req.into_body(), self.config.max_body).await?;
+        let mut out = reqwest::Request::new(method.clone(), url);
+        *out.headers_mut() = headers;
+        if !body.is_empty() {
+            *out.body_mut() = Some(reqwest::Body::from(body));
+        }
+        let started = std::time::Instant::now();
+        let res = self.client.execute(out).await.map_err(|e| match e {
+            EgressError::Refused(r) => refuse(id, r.kind()),
+            EgressError::Http(e) if e.is_timeout() => GatewayError::UpstreamTimeout,
+            EgressError::Http(e) => GatewayError::BadGateway(Box::new(e)),
+        })?;
+        let status = res.status();
+        let mut back = HeaderMap::new();
+        for (name, v) in res.headers() {
+            if DROPPED_RESPONSE_HEADERS.contains(name)
+                || self.config.strip_response_headers.contains(name)
+            {
+                continue;
+            }
+            back.append(name.clone(), v.clone());
+        }
+        // The response is untrusted input: bounded, and never allowed to carry the credential
+        // back to the workflow.
+        let mut res = res;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| GatewayError::BadGateway(Box::new(e)))?
+        {
+            if (buf.len() + chunk.len()) as u64 > self.config.max_response {
+                return Err(GatewayError::BadGateway(
+                    "third-party response larger than max_response".into(),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let needles: Vec<&[u8]> = needles.iter().map(|n| n.as_slice()).collect();
+        let mut scrubbed = 0u64;
+        if let Some(clean) = scrub(&buf, &needles) {
+            buf = clean;
+            scrubbed += 1;
+        }
+        for v in back.values_mut() {
+            if let Some(clean) = scrub(v.as_bytes(), &needles) {
+                *v = HeaderValue::from_bytes(&clean)
+                    .unwrap_or(HeaderValue::from_static("[REDACTED]"));
+                scrubbed += 1;
+            }
+        }
+        if scrubbed > 0 {
+            metrics::counter!("portcullis_egress_credential_echoes_total", "integration" => id.to_string()).increment(scrubbed);
+            tracing::warn!(
+                integration = id,
+                "the third party echoed the credential; replaced before the workflow saw it"
+            );
+        }
+        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %method, status = status.as_u16(), duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
+        metrics::counter!("portcullis_egress_calls_total", "integration" => id.to_string(), "status" => status.as_u16().to_string()).increment(1);
+        let mut response = Response::new(full(Bytes::from(buf)));
+        *response.status_mut() = status;
+        *response.headers_mut() = back;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn every_echo_is_replaced() {
+        let out = scrub(b"a SECRETxyz b SECRETxyz", &[b"SECRETxyz"]).unwrap_or_default();
+        assert_eq!(out, b"a [REDACTED] b [REDACTED]".to_vec());
+        assert!(scrub(b"nothing here", &[b"SECRETxyz"]).is_none());
+    }
+}
