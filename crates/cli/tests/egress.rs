@@ -122,3 +122,87 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
     assert!(!logs.contains(SENTINEL), "credential in logs");
     assert!(logs.contains("egress request refused"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n\n\
+         [[integrations]]\nid = \"flaky\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\", \"POST\"], path = \"/status/{{code}}\" }}]\n\
+         clients = [\"billing\"]\ndangerous_allow_cidrs = [\"127.0.0.1/32\"]\n\
+         retry = {{ attempts = 3, base = \"10ms\", max = \"50ms\" }}\n\
+         circuit_breaker = {{ failure_ratio = 0.5, min_requests = 8, open_for = \"1h\" }}\n",
+        server_section("")
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("billing").await;
+    let c = client();
+    let mut arrivals = up.arrivals.lock().await;
+    let count = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+
+    // An idempotent call to a failing third party: three attempts, then its answer.
+    let res = c
+        .get(gw.url("/egress/flaky/status/503"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(count(&mut arrivals), 3);
+    // A POST is never repeated without an Idempotency-Key; with one it is.
+    let res = c
+        .post(gw.url("/egress/flaky/status/503"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(count(&mut arrivals), 1);
+    let res = c
+        .post(gw.url("/egress/flaky/status/503"))
+        .bearer_auth(&key)
+        .header("idempotency-key", "order-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(count(&mut arrivals), 3);
+    // Seven failures so far, out of seven; one more reaches min_requests and opens the
+    // breaker, after which calls are refused without reaching the third party.
+    let _ = c
+        .post(gw.url("/egress/flaky/status/500"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(count(&mut arrivals), 1);
+    let res = c
+        .get(gw.url("/egress/flaky/status/200"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_problem(res, 503, "unavailable").await;
+    assert_eq!(count(&mut arrivals), 0, "an open breaker sends nothing");
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portcullis_egress_retries_total{integration=\"flaky\"} 4"),
+        "{metrics}"
+    );
+}

@@ -59,6 +59,10 @@ pub struct IntegrationConfig {
     pub strip_response_headers: Vec<http::HeaderName>,
     /// Networks re-admitted although the SSRF guard refuses them. Dangerous.
     pub dangerous_allow_cidrs: Vec<IpNet>,
+    /// Total attempts (1 = no retry), first-retry ceiling and largest ceiling (full jitter).
+    pub retry: (u32, Duration, Duration),
+    /// Circuit breaker: failure ratio, minimum requests in the window, time open.
+    pub breaker: (f64, u32, Duration),
 }
 
 impl IntegrationConfig {

@@ -49,6 +49,24 @@ pub(crate) struct RawIntegration {
     pub strip_response_headers: Vec<Spanned<String>>,
     #[serde(default)]
     pub dangerous_allow_cidrs: Vec<Spanned<String>>,
+    pub retry: Option<Spanned<RawRetry>>,
+    pub circuit_breaker: Option<Spanned<RawBreaker>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub attempts: Option<u32>,
+    pub base: Option<HumanDuration>,
+    pub max: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub failure_ratio: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub open_for: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

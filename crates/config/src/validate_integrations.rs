@@ -108,6 +108,41 @@ pub(crate) fn integrations(
                 ),
             }
         }
+        let retry = match i.retry {
+            Some(r) => {
+                let span = r.span();
+                let r = r.into_inner();
+                let v = (
+                    r.attempts.unwrap_or(3),
+                    r.base.map_or(Duration::from_millis(200), |d| d.0),
+                    r.max.map_or(Duration::from_secs(10), |d| d.0),
+                );
+                if v.0 == 0 || v.0 > 10 || v.1.is_zero() || v.2 < v.1 {
+                    c.error(
+                        Some(span),
+                        format!("{ctx}: retry needs 1-10 attempts and 0 < base <= max"),
+                    );
+                }
+                v
+            }
+            None => (3, Duration::from_millis(200), Duration::from_secs(10)),
+        };
+        let breaker = match i.circuit_breaker {
+            Some(b) => {
+                let span = b.span();
+                let b = b.into_inner();
+                let v = (
+                    b.failure_ratio.unwrap_or(0.5),
+                    b.min_requests.unwrap_or(20),
+                    b.open_for.map_or(Duration::from_secs(30), |d| d.0),
+                );
+                if !(v.0 > 0.0 && v.0 <= 1.0) || v.1 == 0 || v.2.is_zero() {
+                    c.error(Some(span), format!("{ctx}: circuit_breaker needs 0 < failure_ratio <= 1, min_requests >= 1 and open_for > 0"));
+                }
+                v
+            }
+            None => (0.5, 20, Duration::from_secs(30)),
+        };
         let Some(base_url) = base_url else { continue };
         out.push(Arc::new(IntegrationConfig {
             id,
@@ -121,6 +156,8 @@ pub(crate) fn integrations(
             max_response: i.max_response.map_or(10 * 1024 * 1024, |b| b.0),
             strip_response_headers: strip,
             dangerous_allow_cidrs,
+            retry,
+            breaker,
         }));
     }
     out

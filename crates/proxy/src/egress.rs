@@ -13,7 +13,10 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use portcullis_config::{CredentialPlacement, IntegrationConfig};
 use portcullis_core::{full, Body, GatewayError, Identity};
 use portcullis_egress::{
-    join_destination, ClientOptions, EgressError, GuardedClient, Policy, SystemLookup, Timeouts,
+    breaker::{Breaker, BreakerConfig, SystemClock},
+    join_destination,
+    retry::{may_retry, parse_retry_after, retryable_status, RetryBudget, RetryPolicy},
+    ClientOptions, EgressError, GuardedClient, Policy, SystemLookup, Timeouts,
 };
 use portcullis_policy::Terminal;
 use portcullis_vault::Vault;
@@ -49,6 +52,9 @@ pub(crate) struct EgressTerminal {
     vault: Option<Arc<Vault>>,
     allowed: matchit::Router<Vec<Method>>,
     prefix: String,
+    retry: RetryPolicy,
+    budget: RetryBudget,
+    breaker: Breaker,
 }
 
 impl EgressTerminal {
@@ -85,7 +91,27 @@ impl EgressTerminal {
                 .insert(path.clone(), methods)
                 .map_err(|e| format!("integration {:?}: allow path {path:?}: {e}", config.id))?;
         }
+        let (attempts, base, max) = config.retry;
+        let (failure_ratio, min_requests, open_for) = config.breaker;
+        let breaker = Breaker::new(
+            config.id.clone(),
+            BreakerConfig {
+                failure_ratio,
+                min_requests,
+                open_for,
+                ..BreakerConfig::default()
+            },
+            Arc::new(SystemClock),
+        );
         Ok(EgressTerminal {
+            retry: RetryPolicy {
+                attempts,
+                base,
+                max,
+            },
+            // Retries may add at most a fifth to the calls a third party sees.
+            budget: RetryBudget::new(0.2, 20),
+            breaker,
             prefix: format!("/egress/{}", config.id),
             config,
             client,
@@ -217,17 +243,69 @@ impl Terminal for EgressTerminal {
             }
         }
         let body = portcullis_policy::read_limited(req.into_body(), self.config.max_body).await?;
-        let mut out = reqwest::Request::new(method.clone(), url);
-        *out.headers_mut() = headers;
-        if !body.is_empty() {
-            *out.body_mut() = Some(reqwest::Body::from(body));
-        }
+        let retryable = may_retry(&method, headers.contains_key("idempotency-key"));
         let started = std::time::Instant::now();
-        let res = self.client.execute(out).await.map_err(|e| match e {
-            EgressError::Refused(r) => refuse(id, r.kind()),
-            EgressError::Http(e) if e.is_timeout() => GatewayError::UpstreamTimeout,
-            EgressError::Http(e) => GatewayError::BadGateway(Box::new(e)),
-        })?;
+        let deadline = started + self.config.timeout;
+        let mut rng = fastrand::Rng::new();
+        self.budget.on_request();
+        let mut retry: u32 = 0;
+        let res = loop {
+            let permit = self.breaker.try_acquire().map_err(|r| {
+                metrics::counter!("portcullis_egress_refused_total", "integration" => id.to_string(), "reason" => "circuit open").increment(1);
+                GatewayError::Unavailable {
+                    retry_after: Some(r.retry_in.max(std::time::Duration::from_secs(1))),
+                }
+            })?;
+            metrics::gauge!("portcullis_egress_breaker_state", "integration" => id.to_string())
+                .set(self.breaker.state().as_gauge());
+            let mut out = reqwest::Request::new(method.clone(), url.clone());
+            *out.headers_mut() = headers.clone();
+            if !body.is_empty() {
+                *out.body_mut() = Some(reqwest::Body::from(body.clone()));
+            }
+            let (retry_after, failure) = match self.client.execute(out).await {
+                Ok(res) if !retryable_status(res.status()) => {
+                    if res.status().is_server_error() {
+                        permit.failure();
+                    } else {
+                        permit.success();
+                    }
+                    break res;
+                }
+                Ok(res) => {
+                    permit.failure();
+                    let ra = res
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                    (ra, Ok(res))
+                }
+                // A refused destination is not the third party's failure: it counts nothing.
+                Err(EgressError::Refused(r)) => return Err(refuse(id, r.kind())),
+                Err(EgressError::Http(e)) => {
+                    permit.failure();
+                    (None, Err(e))
+                }
+            };
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let wait = if retryable {
+                self.retry
+                    .next_delay(retry, retry_after, remaining, &mut rng)
+            } else {
+                None
+            };
+            match (wait, failure) {
+                (Some(wait), _) if self.budget.try_retry() => {
+                    metrics::counter!("portcullis_egress_retries_total", "integration" => id.to_string()).increment(1);
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                (_, Ok(res)) => break res,
+                (_, Err(e)) if e.is_timeout() => return Err(GatewayError::UpstreamTimeout),
+                (_, Err(e)) => return Err(GatewayError::BadGateway(Box::new(e))),
+            }
+        };
         let status = res.status();
         let mut back = HeaderMap::new();
         for (name, v) in res.headers() {
@@ -274,7 +352,7 @@ impl Terminal for EgressTerminal {
                 "the third party echoed the credential; replaced before the workflow saw it"
             );
         }
-        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %method, status = status.as_u16(), duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
+        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %method, status = status.as_u16(), attempts = retry + 1, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
         metrics::counter!("portcullis_egress_calls_total", "integration" => id.to_string(), "status" => status.as_u16().to_string()).increment(1);
         let mut response = Response::new(full(Bytes::from(buf)));
         *response.status_mut() = status;

@@ -88,7 +88,13 @@ async fn handle(
         "body_len": body.len(),
     });
     let mut res = Response::new(Full::new(Bytes::from(echo.to_string())));
-    *res.status_mut() = StatusCode::OK;
+    // `/status/<code>...` answers with that status (a failing third party, say).
+    *res.status_mut() = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
     let h = res.headers_mut();
     h.insert(
         "content-type",
