@@ -206,3 +206,61 @@ async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_that_break_the_declared_shape_are_refused_with_502() {
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wants-items.json"),
+        r#"{"type":"object","required":["items"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("echo.json"),
+        r#"{"type":"object","required":["path","method"],"properties":{"method":{"const":"GET"}}}"#,
+    )
+    .unwrap();
+    let integration = |id: &str, extra: &str| {
+        format!(
+            "[[integrations]]\nid = \"{id}\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+             allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"billing\"]\n\
+             dangerous_allow_cidrs = [\"127.0.0.1/32\"]\n{extra}\n"
+        )
+    };
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n\n{}{}{}",
+        server_section(""),
+        integration("strict", "response_schema = \"wants-items.json\""),
+        integration(
+            "fits",
+            "response_schema = \"echo.json\"\nresponse_content_types = [\"application/json\"]"
+        ),
+        integration("html-only", "response_content_types = [\"text/html\"]"),
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("billing").await;
+    let c = client();
+    let ok = c
+        .get(gw.url("/egress/fits/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    for id in ["strict", "html-only"] {
+        let res = c
+            .get(gw.url(&format!("/egress/{id}/x")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let p = assert_problem(res, 502, "upstream-unavailable").await;
+        assert!(
+            !p.to_string().contains("body_len"),
+            "the third party's body leaked: {p}"
+        );
+    }
+}

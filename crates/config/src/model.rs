@@ -63,6 +63,10 @@ pub struct IntegrationConfig {
     pub retry: (u32, Duration, Duration),
     /// Circuit breaker: failure ratio, minimum requests in the window, time open.
     pub breaker: (f64, u32, Duration),
+    /// JSON Schema (2020-12) successful responses must satisfy (502 otherwise).
+    pub response_schema: Option<Arc<serde_json::Value>>,
+    /// Media types a response may have (lower-case, no parameters); empty: any.
+    pub response_content_types: Vec<String>,
 }
 
 impl IntegrationConfig {

@@ -51,6 +51,9 @@ pub(crate) struct RawIntegration {
     pub dangerous_allow_cidrs: Vec<Spanned<String>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub circuit_breaker: Option<Spanned<RawBreaker>>,
+    pub response_schema: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub response_content_types: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

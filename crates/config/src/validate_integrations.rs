@@ -143,6 +143,23 @@ pub(crate) fn integrations(
             }
             None => (0.5, 20, Duration::from_secs(30)),
         };
+        let response_schema = i.response_schema.and_then(|p| {
+            let path = c.path(p.get_ref());
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                }) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    c.error(
+                        Some(p.span()),
+                        format!("{ctx}: response_schema {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
         let Some(base_url) = base_url else { continue };
         out.push(Arc::new(IntegrationConfig {
             id,
@@ -158,6 +175,12 @@ pub(crate) fn integrations(
             dangerous_allow_cidrs,
             retry,
             breaker,
+            response_schema,
+            response_content_types: i
+                .response_content_types
+                .iter()
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect(),
         }));
     }
     out

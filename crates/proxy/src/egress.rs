@@ -55,6 +55,7 @@ pub(crate) struct EgressTerminal {
     retry: RetryPolicy,
     budget: RetryBudget,
     breaker: Breaker,
+    response_schema: Option<jsonschema::Validator>,
 }
 
 impl EgressTerminal {
@@ -103,7 +104,15 @@ impl EgressTerminal {
             },
             Arc::new(SystemClock),
         );
+        let response_schema = match &config.response_schema {
+            Some(s) => Some(
+                jsonschema::draft202012::new(s)
+                    .map_err(|e| format!("integration {:?}: response_schema: {e}", config.id))?,
+            ),
+            None => None,
+        };
         Ok(EgressTerminal {
+            response_schema,
             retry: RetryPolicy {
                 attempts,
                 base,
@@ -119,6 +128,43 @@ impl EgressTerminal {
             vault,
             allowed,
         })
+    }
+
+    fn check_response(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
+        let id = self.config.id.as_str();
+        let bad = |why: &'static str| {
+            metrics::counter!("portcullis_egress_bad_responses_total", "integration" => id.to_string(), "reason" => why).increment(1);
+            tracing::warn!(
+                integration = id,
+                reason = why,
+                "third-party response refused"
+            );
+            GatewayError::BadGateway(why.into())
+        };
+        if !self.config.response_content_types.is_empty() {
+            let media = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            if !self.config.response_content_types.contains(&media) {
+                return Err(bad("content type not allowed"));
+            }
+        }
+        if let Some(schema) = &self.response_schema {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|_| bad("response is not JSON"))?;
+            if !schema.is_valid(&value) {
+                return Err(bad("response does not match the schema"));
+            }
+        }
+        Ok(())
     }
 
     async fn secret(&self) -> Result<Option<Zeroizing<Vec<u8>>>, GatewayError> {
@@ -331,6 +377,11 @@ impl Terminal for EgressTerminal {
                 ));
             }
             buf.extend_from_slice(&chunk);
+        }
+        // Third-party data is untrusted input: the declared content types and schema hold, or
+        // the workflow gets 502 and never sees the body.
+        if status.is_success() {
+            self.check_response(&back, &buf)?;
         }
         let needles: Vec<&[u8]> = needles.iter().map(|n| n.as_slice()).collect();
         let mut scrubbed = 0u64;
