@@ -40,6 +40,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/inventory", get(inventory))
+        .route("/admin/integrations", get(integrations))
         .merge(secrets::routes())
         .merge(webhooks::routes())
         .fallback(not_found)
@@ -100,6 +101,17 @@ async fn inventory(State(s): State<AdminState>) -> Response {
         Ok(report) => Json(report).into_response(),
         Err(e) => problem(GatewayError::Internal(Box::new(e))),
     }
+}
+
+/// Egress integrations and their circuit-breaker state.
+async fn integrations(State(s): State<AdminState>) -> Response {
+    let list: Vec<serde_json::Value> = s
+        .gateway
+        .integration_states()
+        .into_iter()
+        .map(|(id, state)| serde_json::json!({ "id": id, "circuit_breaker": state }))
+        .collect();
+    Json(list).into_response()
 }
 
 async fn not_found() -> Response {

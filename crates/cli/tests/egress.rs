@@ -193,6 +193,16 @@ async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
     assert!(res.headers().contains_key("retry-after"));
     assert_problem(res, 503, "unavailable").await;
     assert_eq!(count(&mut arrivals), 0, "an open breaker sends nothing");
+    let states: serde_json::Value = c
+        .get(gw.admin_url("/admin/integrations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(states[0]["id"], "flaky");
+    assert_eq!(states[0]["circuit_breaker"], "open");
     let metrics = c
         .get(gw.admin_url("/metrics"))
         .send()

@@ -200,7 +200,7 @@ impl Policy for Refuse {
 /// rest. Without any identity service the chain refuses everyone.
 pub(crate) fn egress_chain(
     id: &str,
-    terminal: crate::egress::EgressTerminal,
+    terminal: Arc<crate::egress::EgressTerminal>,
     services: &Services,
     clients: &Clients,
 ) -> Chain {
@@ -218,5 +218,5 @@ pub(crate) fn egress_chain(
             &format!("egress:{id}"),
         )));
     }
-    Chain::new(steps, Arc::new(terminal))
+    Chain::new(steps, terminal)
 }

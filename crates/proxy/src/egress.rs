@@ -130,6 +130,11 @@ impl EgressTerminal {
         })
     }
 
+    /// The circuit breaker's state, for the admin API.
+    pub(crate) fn breaker_state(&self) -> &'static str {
+        self.breaker.state().as_str()
+    }
+
     fn check_response(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
         let id = self.config.id.as_str();
         let bad = |why: &'static str| {

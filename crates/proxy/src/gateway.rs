@@ -74,8 +74,12 @@ struct Generation {
     access_log: bool,
     /// Webhook endpoints by exact path.
     webhooks: std::collections::HashMap<String, Arc<crate::webhook::WebhookEndpoint>>,
-    /// Egress integrations by id: authentication, then the egress terminal.
-    integrations: std::collections::HashMap<String, portcullis_policy::Chain>,
+    /// Egress integrations by id: authentication, then the egress terminal (kept beside the
+    /// chain for its breaker state).
+    integrations: std::collections::HashMap<
+        String,
+        (portcullis_policy::Chain, Arc<crate::egress::EgressTerminal>),
+    >,
 }
 
 /// The gateway's shared state.
@@ -254,6 +258,18 @@ impl Gateway {
             .cloned()
     }
 
+    /// Each egress integration's circuit-breaker state (`closed`, `open`, `half_open`).
+    pub fn integration_states(&self) -> Vec<(String, &'static str)> {
+        let g = self.current.load();
+        let mut out: Vec<(String, &'static str)> = g
+            .integrations
+            .iter()
+            .map(|(id, (_, t))| (id.clone(), t.breaker_state()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// True once shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
@@ -357,7 +373,7 @@ impl Gateway {
         // Egress: workflows calling third-party APIs through an integration.
         if let Some(rest) = req.uri().path().strip_prefix("/egress/") {
             let id = rest.split('/').next().unwrap_or("");
-            if let Some(chain) = generation.integrations.get(id) {
+            if let Some((chain, _)) = generation.integrations.get(id) {
                 let name: Arc<str> = Arc::from(id);
                 let mut req = req;
                 req.extensions_mut().insert(ctx.clone());
@@ -491,13 +507,16 @@ fn build_generation(
     }
     let mut integrations = std::collections::HashMap::new();
     for i in &cfg.integrations {
-        let terminal = crate::egress::EgressTerminal::new(i.clone(), services.vault.clone())
-            .map_err(|reason| BuildError::Route {
-                id: i.id.clone(),
-                reason,
-            })?;
-        let chain = crate::build::egress_chain(&i.id, terminal, services, &known);
-        integrations.insert(i.id.clone(), chain);
+        let terminal = Arc::new(
+            crate::egress::EgressTerminal::new(i.clone(), services.vault.clone()).map_err(
+                |reason| BuildError::Route {
+                    id: i.id.clone(),
+                    reason,
+                },
+            )?,
+        );
+        let chain = crate::build::egress_chain(&i.id, terminal.clone(), services, &known);
+        integrations.insert(i.id.clone(), (chain, terminal));
     }
     Ok(Generation {
         integrations,
