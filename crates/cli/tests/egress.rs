@@ -248,6 +248,9 @@ async fn responses_that_break_the_declared_shape_are_refused_with_502() {
             "response_schema = \"echo.json\"\nresponse_content_types = [\"application/json\"]"
         ),
         integration("html-only", "response_content_types = [\"text/html\"]"),
+    ) + &integration(
+        "minimal",
+        "response_fields = { allow = [\"path\", \"query\", \"headers\"], deny = [\"headers.host\"], mask = [\"query\"] }",
     );
     std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
     let gw = Gw::start_in(dir);
@@ -260,6 +263,23 @@ async fn responses_that_break_the_declared_shape_are_refused_with_502() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // Data minimization: only allowed fields, denied paths gone, masked values.
+    let v: serde_json::Value = c
+        .get(gw.url("/egress/minimal/x?q=1234567890"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["path"], "/x");
+    assert!(
+        v.get("method").is_none() && v.get("body_len").is_none(),
+        "{v}"
+    );
+    assert!(v["headers"].get("host").is_none(), "{v}");
+    assert_eq!(v["query"], "****7890");
     for id in ["strict", "html-only"] {
         let res = c
             .get(gw.url(&format!("/egress/{id}/x")))

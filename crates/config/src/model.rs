@@ -67,6 +67,21 @@ pub struct IntegrationConfig {
     pub response_schema: Option<Arc<serde_json::Value>>,
     /// Media types a response may have (lower-case, no parameters); empty: any.
     pub response_content_types: Vec<String>,
+    /// Data minimization of JSON responses.
+    pub response_filter: Option<ResponseFilter>,
+}
+
+/// Which fields of a third party's JSON response a workflow sees, and which are masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseFilter {
+    /// Top-level fields kept (`None`: all).
+    pub allow: Option<Vec<String>>,
+    /// Dotted paths removed.
+    pub deny: Vec<String>,
+    /// Dotted paths masked.
+    pub mask: Vec<String>,
+    /// Masking by hash (`sha256:...`) instead of keeping the last four characters.
+    pub mask_hash: bool,
 }
 
 impl IntegrationConfig {

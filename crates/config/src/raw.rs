@@ -54,6 +54,18 @@ pub(crate) struct RawIntegration {
     pub response_schema: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub response_content_types: Vec<String>,
+    pub response_fields: Option<Spanned<RawResponseFilter>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResponseFilter {
+    pub allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub mask: Vec<String>,
+    pub mask_style: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -160,6 +160,26 @@ pub(crate) fn integrations(
                 }
             }
         });
+        let response_filter = i.response_fields.map(|f| {
+            let f = f.into_inner();
+            let mask_hash = match f.mask_style.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("last4") => false,
+                Some("hash") => true,
+                Some(other) => {
+                    c.error(
+                        f.mask_style.as_ref().map(|m| m.span()),
+                        format!("{ctx}: mask_style {other:?} is not known; expected last4 or hash"),
+                    );
+                    false
+                }
+            };
+            crate::model::ResponseFilter {
+                allow: f.allow,
+                deny: f.deny,
+                mask: f.mask,
+                mask_hash,
+            }
+        });
         let Some(base_url) = base_url else { continue };
         out.push(Arc::new(IntegrationConfig {
             id,
@@ -176,6 +196,7 @@ pub(crate) fn integrations(
             retry,
             breaker,
             response_schema,
+            response_filter,
             response_content_types: i
                 .response_content_types
                 .iter()

@@ -42,6 +42,30 @@ pub(crate) fn remove(v: &mut Value, path: &str) {
     walk(v, &path.split('.').collect::<Vec<_>>());
 }
 
+/// Applies `f` to the value at `path` everywhere it occurs (through arrays).
+pub(crate) fn update(v: &mut Value, path: &str, f: &dyn Fn(&mut Value)) {
+    fn walk(v: &mut Value, segs: &[&str], f: &dyn Fn(&mut Value)) {
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, segs, f)),
+            Value::Object(m) => match segs {
+                [] => {}
+                [last] => {
+                    if let Some(x) = m.get_mut(*last) {
+                        f(x);
+                    }
+                }
+                [first, rest @ ..] => {
+                    if let Some(x) = m.get_mut(*first) {
+                        walk(x, rest, f);
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+    walk(v, &path.split('.').collect::<Vec<_>>(), f);
+}
+
 /// Keeps only the top-level fields named in `allow` (of each element, for an array).
 pub(crate) fn keep_only(v: &mut Value, allow: &[String]) {
     match v {

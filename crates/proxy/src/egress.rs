@@ -387,6 +387,24 @@ impl Terminal for EgressTerminal {
         // the workflow gets 502 and never sees the body.
         if status.is_success() {
             self.check_response(&back, &buf)?;
+            if let Some(f) = &self.config.response_filter {
+                // Minimization cannot be skipped: a body it cannot parse is refused.
+                let mut v: serde_json::Value = serde_json::from_slice(&buf).map_err(|_| {
+                    GatewayError::BadGateway("response to minimize is not JSON".into())
+                })?;
+                portcullis_policy::minimize(
+                    &mut v,
+                    f.allow.as_deref(),
+                    &f.deny,
+                    &f.mask,
+                    if f.mask_hash {
+                        portcullis_policy::MaskStyle::Hash
+                    } else {
+                        portcullis_policy::MaskStyle::Last4
+                    },
+                );
+                buf = v.to_string().into_bytes();
+            }
         }
         let needles: Vec<&[u8]> = needles.iter().map(|n| n.as_slice()).collect();
         let mut scrubbed = 0u64;
