@@ -294,3 +294,39 @@ async fn responses_that_break_the_declared_shape_are_refused_with_502() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_rate_limit_keeps_workflows_inside_the_third_partys_quota() {
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let cfg = format!(
+        "{}[[clients]]\nid = \"a\"\n[[clients]]\nid = \"b\"\n\n\
+         [[integrations]]\nid = \"quota\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"a\", \"b\"]\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nrate_limit = {{ limit = 3, period = \"1h\" }}\n",
+        server_section("")
+    );
+    let gw = Gw::start(&cfg);
+    let (ka, kb) = (gw.issue_key("a").await, gw.issue_key("b").await);
+    let c = client();
+    let mut statuses = Vec::new();
+    for key in [&ka, &kb, &ka, &kb, &ka] {
+        let res = c
+            .get(gw.url("/egress/quota/x"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry > 0);
+        }
+        statuses.push(res.status().as_u16());
+    }
+    // One allowance for the integration, whichever workflow calls.
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+}

@@ -69,6 +69,9 @@ pub struct IntegrationConfig {
     pub response_content_types: Vec<String>,
     /// Data minimization of JSON responses.
     pub response_filter: Option<ResponseFilter>,
+    /// Calls per period to the third party, shared by every workflow and every instance on
+    /// the shared state; callers over it wait up to `max_wait`, then get 429.
+    pub rate_limit: Option<(RateLimitConfig, Duration)>,
 }
 
 /// Which fields of a third party's JSON response a workflow sees, and which are masked.

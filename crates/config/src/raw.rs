@@ -55,6 +55,17 @@ pub(crate) struct RawIntegration {
     #[serde(default)]
     pub response_content_types: Vec<String>,
     pub response_fields: Option<Spanned<RawResponseFilter>>,
+    pub rate_limit: Option<Spanned<RawOutboundLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutboundLimit {
+    pub limit: u64,
+    pub period: HumanDuration,
+    #[serde(default)]
+    pub burst: u64,
+    pub max_wait: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

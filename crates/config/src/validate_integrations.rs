@@ -180,6 +180,26 @@ pub(crate) fn integrations(
                 mask_hash,
             }
         });
+        let rate_limit = i.rate_limit.and_then(|r| {
+            let span = r.span();
+            let r = r.into_inner();
+            if r.limit == 0 || r.period.0.is_zero() {
+                c.error(
+                    Some(span),
+                    format!("{ctx}: rate_limit needs limit > 0 and a period > 0"),
+                );
+                return None;
+            }
+            Some((
+                crate::model::RateLimitConfig {
+                    per: crate::model::RateKey::Route,
+                    limit: r.limit,
+                    period: r.period.0,
+                    burst: r.burst,
+                },
+                r.max_wait.map_or(Duration::ZERO, |d| d.0),
+            ))
+        });
         let Some(base_url) = base_url else { continue };
         out.push(Arc::new(IntegrationConfig {
             id,
@@ -197,6 +217,7 @@ pub(crate) fn integrations(
             breaker,
             response_schema,
             response_filter,
+            rate_limit,
             response_content_types: i
                 .response_content_types
                 .iter()

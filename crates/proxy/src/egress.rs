@@ -56,6 +56,7 @@ pub(crate) struct EgressTerminal {
     budget: RetryBudget,
     breaker: Breaker,
     response_schema: Option<jsonschema::Validator>,
+    limits: Option<portcullis_policy::LimitStore>,
 }
 
 impl EgressTerminal {
@@ -63,6 +64,7 @@ impl EgressTerminal {
     pub(crate) fn new(
         config: Arc<IntegrationConfig>,
         vault: Option<Arc<Vault>>,
+        limits: Option<portcullis_policy::LimitStore>,
     ) -> Result<Self, String> {
         let policy = Arc::new(Policy {
             allow_cidrs: config.dangerous_allow_cidrs.clone(),
@@ -112,6 +114,7 @@ impl EgressTerminal {
             None => None,
         };
         Ok(EgressTerminal {
+            limits,
             response_schema,
             retry: RetryPolicy {
                 attempts,
@@ -128,6 +131,46 @@ impl EgressTerminal {
             vault,
             allowed,
         })
+    }
+
+    /// Waits for the integration's outbound allowance (up to `max_wait`), or refuses with 429.
+    /// Decided in the shared state, so every instance stays inside one third-party quota; if
+    /// the shared state cannot decide, each instance uses its share locally.
+    async fn outbound_allowance(&self) -> Result<(), GatewayError> {
+        let (Some((limit, max_wait)), Some(store)) = (&self.config.rate_limit, &self.limits) else {
+            return Ok(());
+        };
+        let key = format!("egress|{}", self.config.id);
+        let rate = portcullis_state::Rate {
+            limit: limit.limit,
+            period: limit.period,
+            burst: limit.burst,
+        };
+        let waited_until = std::time::Instant::now() + *max_wait;
+        loop {
+            let check = [portcullis_state::Check { key: &key, rate }];
+            let d = match store.shared.check(&check).await {
+                Ok(d) => d[0],
+                Err(_) => {
+                    let local = [portcullis_state::Check {
+                        key: &key,
+                        rate: rate.divided(store.instances),
+                    }];
+                    store.local.decide(&local)[0]
+                }
+            };
+            if d.allowed {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now + d.wait > waited_until {
+                metrics::counter!("portcullis_egress_rate_limited_total", "integration" => self.config.id.clone()).increment(1);
+                return Err(GatewayError::TooManyRequests {
+                    retry_after: d.wait.max(std::time::Duration::from_secs(1)),
+                });
+            }
+            tokio::time::sleep(d.wait).await;
+        }
     }
 
     /// The circuit breaker's state, for the admin API.
@@ -301,6 +344,8 @@ impl Terminal for EgressTerminal {
         self.budget.on_request();
         let mut retry: u32 = 0;
         let res = loop {
+            // Every attempt, retries included, is a call the third party counts.
+            self.outbound_allowance().await?;
             let permit = self.breaker.try_acquire().map_err(|r| {
                 metrics::counter!("portcullis_egress_refused_total", "integration" => id.to_string(), "reason" => "circuit open").increment(1);
                 GatewayError::Unavailable {

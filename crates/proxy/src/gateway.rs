@@ -508,12 +508,15 @@ fn build_generation(
     let mut integrations = std::collections::HashMap::new();
     for i in &cfg.integrations {
         let terminal = Arc::new(
-            crate::egress::EgressTerminal::new(i.clone(), services.vault.clone()).map_err(
-                |reason| BuildError::Route {
-                    id: i.id.clone(),
-                    reason,
-                },
-            )?,
+            crate::egress::EgressTerminal::new(
+                i.clone(),
+                services.vault.clone(),
+                Some(services.limits.clone()),
+            )
+            .map_err(|reason| BuildError::Route {
+                id: i.id.clone(),
+                reason,
+            })?,
         );
         let chain = crate::build::egress_chain(&i.id, terminal.clone(), services, &known);
         integrations.insert(i.id.clone(), (chain, terminal));
