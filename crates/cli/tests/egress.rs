@@ -330,3 +330,117 @@ async fn the_outbound_rate_limit_keeps_workflows_inside_the_third_partys_quota()
     // One allowance for the integration, whichever workflow calls.
     assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
 }
+
+/// A local OAuth 2.0 token endpoint: counts requests, checks the client's credentials, and
+/// issues `tok-<n>` tokens valid for an hour.
+async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .map(|v| v.to_str().unwrap().to_string());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = String::from_utf8_lossy(&body).to_string();
+                            // client_id "crm-client", client_secret "CLIENT-SECRET-SENTINEL" via Basic.
+                            let good = auth.as_deref()
+                                == Some("Basic Y3JtLWNsaWVudDpDTElFTlQtU0VDUkVULVNFTlRJTkVM")
+                                && body.contains("grant_type=client_credentials");
+                            let (status, text) = if good {
+                                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                                (200, format!("{{\"access_token\":\"tok-{n}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600}}"))
+                            } else {
+                                (401, "{\"error\":\"invalid_client\"}".to_string())
+                            };
+                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::from(text)));
+                            *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            res.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/oauth/token"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oauth_tokens_are_fetched_once_for_concurrent_callers_and_refetched_once_on_401() {
+    use std::sync::atomic::Ordering;
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let (token_url, fetched) = token_server().await;
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n\n\
+         [[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}, {{ methods = [\"GET\"], path = \"/status/{{code}}\" }}]\n\
+         clients = [\"billing\"]\ndangerous_allow_cidrs = [\"127.0.0.1/32\"]\n\
+         retry = {{ attempts = 1 }}\n\
+         credential = {{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\", scopes = [\"api\"] }}\n",
+        server_section("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    put_secret(
+        &path,
+        "crm-client",
+        "integration:crm",
+        "{\"client_id\":\"crm-client\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\"}",
+    );
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("billing").await;
+    let c = client();
+
+    // 50 concurrent calls: one token request.
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, url, key) = (c.clone(), gw.url("/egress/crm/x"), key.clone());
+            tokio::spawn(async move { c.get(url).bearer_auth(key).send().await.unwrap() })
+        })
+        .collect();
+    for call in calls {
+        let res = call.await.unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(
+            !text.contains("ACCESS-SENTINEL") && !text.contains("CLIENT-SECRET"),
+            "{text}"
+        );
+        assert!(text.contains("Bearer [REDACTED]"), "{text}");
+    }
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+
+    // The third party refuses the token: one new token, one more try, then its answer.
+    let res = c
+        .get(gw.url("/egress/crm/status/401"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(fetched.load(Ordering::SeqCst), 2);
+
+    let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+    assert!(!logs.contains("SENTINEL"), "a secret or token in the logs");
+}

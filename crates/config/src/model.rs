@@ -105,6 +105,14 @@ pub enum CredentialPlacement {
     Basic,
     /// `?<param>=<secret>` on the query string.
     Query(String),
+    /// `Authorization: Bearer <token>` with a token from an OAuth 2.0 client-credentials
+    /// grant; the secret is a JSON object with `client_id` and `client_secret`.
+    OAuth2ClientCredentials {
+        /// The token endpoint.
+        token_url: url::Url,
+        /// Scopes requested.
+        scopes: Vec<String>,
+    },
 }
 
 /// An integration's credential: a vault secret and where it goes.

@@ -110,6 +110,9 @@ pub(crate) struct RawCredential {
     pub secret: Spanned<String>,
     pub header: Option<Spanned<String>>,
     pub param: Option<String>,
+    pub token_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -278,8 +278,33 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
                 return None;
             }
         },
+        "oauth2_client_credentials" => {
+            let url = r
+                .token_url
+                .as_ref()
+                .and_then(|u| url::Url::parse(u.get_ref()).ok());
+            match url {
+                Some(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.username().is_empty() =>
+                {
+                    if u.scheme() == "http" {
+                        c.warn(r.token_url.as_ref().map(|t| t.span()), format!("{ctx}: token_url is plain http://; the client secret travels unencrypted"));
+                    }
+                    CredentialPlacement::OAuth2ClientCredentials {
+                        token_url: u,
+                        scopes: r.scopes,
+                    }
+                }
+                _ => {
+                    c.error(Some(span), format!("{ctx}: credential type \"oauth2_client_credentials\" needs token_url = \"https://...\""));
+                    return None;
+                }
+            }
+        }
         other => {
-            c.error(Some(r.kind.span()), format!("{ctx}: credential type {other:?} is not supported here; expected bearer, header, basic or query (OAuth 2.0 grants are not built yet)"));
+            c.error(Some(r.kind.span()), format!("{ctx}: credential type {other:?} is not supported here; expected bearer, header, basic, query or oauth2_client_credentials"));
             return None;
         }
     };

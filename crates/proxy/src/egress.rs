@@ -57,6 +57,9 @@ pub(crate) struct EgressTerminal {
     breaker: Breaker,
     response_schema: Option<jsonschema::Validator>,
     limits: Option<portcullis_policy::LimitStore>,
+    /// The OAuth access token and when it stops being used; the lock makes refreshes single
+    /// flight (concurrent callers wait for the one refresh and then use its token).
+    token: tokio::sync::Mutex<Option<(Zeroizing<String>, std::time::Instant)>>,
 }
 
 impl EgressTerminal {
@@ -114,6 +117,7 @@ impl EgressTerminal {
             None => None,
         };
         Ok(EgressTerminal {
+            token: tokio::sync::Mutex::new(None),
             limits,
             response_schema,
             retry: RetryPolicy {
@@ -171,6 +175,72 @@ impl EgressTerminal {
             }
             tokio::time::sleep(d.wait).await;
         }
+    }
+
+    /// An access token from the client-credentials grant: the cached one while it has more
+    /// than a minute (or a tenth of its life) left, else a fresh one, fetched once for all
+    /// concurrent callers. `stale` names a token the third party just refused (401): it is
+    /// replaced unless another caller replaced it already.
+    async fn access_token(
+        &self,
+        token_url: &url::Url,
+        scopes: &[String],
+        stale: Option<&str>,
+    ) -> Result<Zeroizing<String>, GatewayError> {
+        use oauth2::{basic::BasicClient, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+        let mut slot = self.token.lock().await;
+        if let Some((tok, until)) = slot.as_ref() {
+            if std::time::Instant::now() < *until && stale != Some(tok.as_str()) {
+                return Ok(tok.clone());
+            }
+        }
+        let (Some(vault), Some(cred)) = (&self.vault, &self.config.credential) else {
+            return Err(GatewayError::CredentialUnavailable(
+                "no vault in this process".into(),
+            ));
+        };
+        let secret = vault
+            .resolve(&cred.secret, &self.config.consumer())
+            .await
+            .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+        let field = |name: &str| {
+            secret
+                .field(name)
+                .map(|v| String::from_utf8_lossy(v.expose()).into_owned())
+                .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))
+        };
+        let token_uri = TokenUrl::new(token_url.to_string())
+            .map_err(|e| GatewayError::CredentialUnavailable(Box::new(e)))?;
+        let client = BasicClient::new(ClientId::new(field("client_id")?))
+            .set_client_secret(ClientSecret::new(field("client_secret")?))
+            .set_token_uri(token_uri);
+        let started = std::time::Instant::now();
+        let answer = client
+            .exchange_client_credentials()
+            .add_scopes(scopes.iter().map(|s| Scope::new(s.clone())))
+            .request_async(self.client.inner())
+            .await;
+        let tok = match answer {
+            Ok(t) => t,
+            Err(e) => {
+                // The cause is logged (the token endpoint's error code, never a secret); the
+                // workflow gets 503 credential-unavailable.
+                metrics::counter!("portcullis_egress_token_failures_total", "integration" => self.config.id.clone()).increment(1);
+                tracing::error!(integration = %self.config.id, error = %e, "OAuth token request failed");
+                *slot = None;
+                return Err(GatewayError::CredentialUnavailable(
+                    "the OAuth token request failed".into(),
+                ));
+            }
+        };
+        let life = tok
+            .expires_in()
+            .unwrap_or(std::time::Duration::from_secs(300));
+        let margin = (life / 10).min(std::time::Duration::from_secs(60));
+        let access = Zeroizing::new(tok.access_token().secret().clone());
+        *slot = Some((access.clone(), started + life.saturating_sub(margin)));
+        metrics::counter!("portcullis_egress_token_refreshes_total", "integration" => self.config.id.clone()).increment(1);
+        Ok(access)
     }
 
     /// The circuit breaker's state, for the admin API.
@@ -334,8 +404,28 @@ impl Terminal for EgressTerminal {
                 CredentialPlacement::Query(p) => {
                     url.query_pairs_mut().append_pair(p, &text);
                 }
+                CredentialPlacement::OAuth2ClientCredentials { .. } => {}
             }
         }
+        // OAuth: the access token is the credential the third party sees.
+        let oauth = match self.config.credential.as_ref().map(|c| &c.placement) {
+            Some(CredentialPlacement::OAuth2ClientCredentials { token_url, scopes }) => {
+                Some((token_url.clone(), scopes.clone()))
+            }
+            _ => None,
+        };
+        let mut token: Option<Zeroizing<String>> = None;
+        if let Some((token_url, scopes)) = &oauth {
+            let t = self.access_token(token_url, scopes, None).await?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.as_str())).map_err(|_| {
+                GatewayError::CredentialUnavailable("token is not a valid header value".into())
+            })?;
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+            needles.push(t.as_bytes().to_vec());
+            token = Some(t);
+        }
+        let mut refetched = false;
         let body = portcullis_policy::read_limited(req.into_body(), self.config.max_body).await?;
         let retryable = may_retry(&method, headers.contains_key("idempotency-key"));
         let started = std::time::Instant::now();
@@ -360,6 +450,31 @@ impl Terminal for EgressTerminal {
                 *out.body_mut() = Some(reqwest::Body::from(body.clone()));
             }
             let (retry_after, failure) = match self.client.execute(out).await {
+                // A token the third party refuses is replaced once, and the call made again.
+                Ok(res)
+                    if res.status() == http::StatusCode::UNAUTHORIZED
+                        && !refetched
+                        && oauth.is_some() =>
+                {
+                    permit.success();
+                    refetched = true;
+                    if let (Some((token_url, scopes)), Some(old)) = (&oauth, &token) {
+                        let fresh = self
+                            .access_token(token_url, scopes, Some(old.as_str()))
+                            .await?;
+                        let mut v = HeaderValue::from_str(&format!("Bearer {}", fresh.as_str()))
+                            .map_err(|_| {
+                                GatewayError::CredentialUnavailable(
+                                    "token is not a valid header value".into(),
+                                )
+                            })?;
+                        v.set_sensitive(true);
+                        headers.insert(header::AUTHORIZATION, v);
+                        needles.push(fresh.as_bytes().to_vec());
+                        token = Some(fresh);
+                    }
+                    continue;
+                }
                 Ok(res) if !retryable_status(res.status()) => {
                     if res.status().is_server_error() {
                         permit.failure();
