@@ -60,7 +60,7 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
 /// must exist, be usable, and be bound to the consumer that references it. Returns (errors,
 /// warnings). Never creates state: without a store file or key there is nothing to check.
 async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
-    let refs: Vec<(String, String)> = cfg
+    let mut refs: Vec<(String, String)> = cfg
         .routes
         .iter()
         .flat_map(|r| {
@@ -72,6 +72,19 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
             })
         })
         .collect();
+    // Webhook signing secrets, the gateway's own webhook signing secret, and integration
+    // credentials are bound to their consumers the same way.
+    for w in &cfg.webhooks {
+        refs.extend(w.secrets.iter().map(|s| (w.consumer(), s.name.clone())));
+    }
+    if let Some(s) = &cfg.webhook_signing {
+        refs.push(("gateway:webhook-signing".to_string(), s.name.clone()));
+    }
+    for i in &cfg.integrations {
+        if let Some(c) = &i.credential {
+            refs.push((i.consumer(), c.secret.clone()));
+        }
+    }
     let db = cfg.store.url.strip_prefix("sqlite://").map(Path::new);
     if db.is_some_and(|p| !p.exists()) {
         let warn = (!refs.is_empty()).then(|| {

@@ -444,3 +444,28 @@ async fn oauth_tokens_are_fetched_once_for_concurrent_callers_and_refetched_once
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(!logs.contains("SENTINEL"), "a secret or token in the logs");
 }
+
+#[test]
+fn check_verifies_that_integration_and_webhook_secrets_are_bound_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"gh\"\nbase_url = \"https://api.github.com\"\n\
+             allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+             credential = {{ type = \"bearer\", secret = \"{{secret:gh-token}}\" }}\n",
+            server_section("")
+        ),
+    )
+    .unwrap();
+    // Bound to another consumer: check fails and says so.
+    put_secret(&cfg, "gh-token", "integration:other", "token-value-123");
+    let out = Command::new(BIN).arg("check").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("integration:gh references secret \"gh-token\", which is not bound to it"),
+        "{err}"
+    );
+}
