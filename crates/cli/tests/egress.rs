@@ -469,3 +469,113 @@ fn check_verifies_that_integration_and_webhook_secrets_are_bound_to_them() {
         "{err}"
     );
 }
+
+/// A third party whose every answer is a redirect to `to`.
+async fn redirector(to: String) -> u16 {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let to = to.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        let to = to.clone();
+                        async move {
+                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                            *res.status_mut() = hyper::StatusCode::FOUND;
+                            res.headers_mut().insert("location", to.parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_handed_back_or_followed_without_taking_the_credential_along() {
+    let up = upstream::start(None).await;
+    let landed = format!("http://127.0.0.1:{}/landed", up.addr.port());
+    let port = redirector(landed.clone()).await;
+    let integration = |id: &str, cred: &str, follow: u32| {
+        format!(
+            "[[integrations]]\nid = \"{id}\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+             allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+             dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nfollow_redirects = {follow}\n\
+             credential = {{ {cred}, secret = \"{{secret:tok-{id}}}\" }}\n"
+        )
+    };
+    let cfg = format!(
+        "{}[[clients]]\nid = \"wf\"\n{}{}{}",
+        server_section(""),
+        integration("stay", "type = \"bearer\"", 0),
+        integration("bearer", "type = \"bearer\"", 2),
+        integration("header", "type = \"header\", header = \"x-key\"", 2),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    for id in ["stay", "bearer", "header"] {
+        put_secret(
+            &path,
+            &format!("tok-{id}"),
+            &format!("integration:{id}"),
+            SENTINEL,
+        );
+    }
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("wf").await;
+    let c = client();
+    let mut arrivals = up.arrivals.lock().await;
+
+    // Not followed by default: the 3xx comes back.
+    let res = c
+        .get(gw.url("/egress/stay/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], landed.as_str());
+    assert!(arrivals.try_recv().is_err());
+
+    // Followed to another origin: the Authorization header stays behind.
+    let res = c
+        .get(gw.url("/egress/bearer/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echo: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(echo["path"], "/landed");
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
+    assert_eq!(arrivals.try_recv().unwrap(), "/landed");
+
+    // A credential in a custom header: a hop to another origin is refused, not followed.
+    let res = c
+        .get(gw.url("/egress/header/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status() == 502 || res.status() == 403,
+        "{}",
+        res.status()
+    );
+    assert!(
+        arrivals.try_recv().is_err(),
+        "the credential's request reached another origin"
+    );
+}

@@ -72,6 +72,8 @@ pub struct IntegrationConfig {
     /// Calls per period to the third party, shared by every workflow and every instance on
     /// the shared state; callers over it wait up to `max_wait`, then get 429.
     pub rate_limit: Option<(RateLimitConfig, Duration)>,
+    /// Redirect hops followed (0: 3xx answers are handed back). Every hop is re-checked.
+    pub follow_redirects: u32,
 }
 
 /// Which fields of a third party's JSON response a workflow sees, and which are masked.

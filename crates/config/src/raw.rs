@@ -56,6 +56,7 @@ pub(crate) struct RawIntegration {
     pub response_content_types: Vec<String>,
     pub response_fields: Option<Spanned<RawResponseFilter>>,
     pub rate_limit: Option<Spanned<RawOutboundLimit>>,
+    pub follow_redirects: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -218,6 +218,17 @@ pub(crate) fn integrations(
             response_schema,
             response_filter,
             rate_limit,
+            follow_redirects: match &i.follow_redirects {
+                Some(n) if *n.get_ref() > 10 => {
+                    c.error(
+                        Some(n.span()),
+                        format!("{ctx}: follow_redirects is at most 10"),
+                    );
+                    10
+                }
+                Some(n) => *n.get_ref(),
+                None => 0,
+            },
             response_content_types: i
                 .response_content_types
                 .iter()

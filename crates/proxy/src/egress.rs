@@ -73,11 +73,26 @@ impl EgressTerminal {
             allow_cidrs: config.dangerous_allow_cidrs.clone(),
             ..Policy::default()
         });
+        // Following redirects: reqwest drops `Authorization` on a hop to another origin by
+        // itself; a credential in any other header or in the query could leak, so those
+        // integrations follow only same-origin hops.
+        let header_credential = matches!(
+            config.credential.as_ref().map(|c| &c.placement),
+            Some(CredentialPlacement::Header(_) | CredentialPlacement::Query(_))
+        );
         let options = ClientOptions {
             timeouts: Timeouts {
                 connect: config.connect_timeout,
                 read: config.timeout,
                 total: config.timeout,
+            },
+            redirects: if config.follow_redirects == 0 {
+                portcullis_egress::Redirects::None
+            } else {
+                portcullis_egress::Redirects::Follow {
+                    max_hops: config.follow_redirects as usize,
+                    same_origin_only: header_credential,
+                }
             },
             ..ClientOptions::default()
         };
