@@ -109,7 +109,9 @@ async fn integrations(State(s): State<AdminState>) -> Response {
         .gateway
         .integration_states()
         .into_iter()
-        .map(|(id, state)| serde_json::json!({ "id": id, "circuit_breaker": state }))
+        .map(|(id, state, healthy)| {
+            serde_json::json!({ "id": id, "circuit_breaker": state, "primary_healthy": healthy })
+        })
         .collect();
     Json(list).into_response()
 }

@@ -579,3 +579,57 @@ async fn redirects_are_handed_back_or_followed_without_taking_the_credential_alo
         "the credential's request reached another origin"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_fails_its_health_check_gives_way_to_the_fallback() {
+    let up = upstream::start(None).await;
+    // The primary: a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = format!(
+        "{}[[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"ha\"\nbase_url = \"http://127.0.0.1:{dead}\"\n\
+         fallback_base_url = \"http://127.0.0.1:{}/backup\"\n\
+         health_check = {{ path = \"/health\", interval = \"100ms\", unhealthy_after = 1 }}\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n",
+        server_section(""),
+        up.addr.port()
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("wf").await;
+    let c = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let echo: serde_json::Value = loop {
+        let res = c
+            .get(gw.url("/egress/ha/x"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break res.json().await.unwrap();
+        }
+        // Before the health check notices: the primary is unreachable (502), or the breaker
+        // has opened on it (503).
+        assert!(
+            matches!(res.status().as_u16(), 502 | 503),
+            "{}",
+            res.status()
+        );
+        assert!(std::time::Instant::now() < deadline, "never failed over");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(echo["path"], "/backup/x");
+    let states: serde_json::Value = c
+        .get(gw.admin_url("/admin/integrations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(states[0]["primary_healthy"], false);
+}

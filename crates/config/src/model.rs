@@ -74,6 +74,10 @@ pub struct IntegrationConfig {
     pub rate_limit: Option<(RateLimitConfig, Duration)>,
     /// Redirect hops followed (0: 3xx answers are handed back). Every hop is re-checked.
     pub follow_redirects: u32,
+    /// Where calls go while the primary base URL fails its health check.
+    pub fallback_base_url: Option<url::Url>,
+    /// Active health check of the primary: path, interval, failures before it counts as down.
+    pub health_check: Option<(String, Duration, u32)>,
 }
 
 /// Which fields of a third party's JSON response a workflow sees, and which are masked.

@@ -57,6 +57,16 @@ pub(crate) struct RawIntegration {
     pub response_fields: Option<Spanned<RawResponseFilter>>,
     pub rate_limit: Option<Spanned<RawOutboundLimit>>,
     pub follow_redirects: Option<Spanned<u32>>,
+    pub fallback_base_url: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub path: String,
+    pub interval: Option<HumanDuration>,
+    pub unhealthy_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

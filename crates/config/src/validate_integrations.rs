@@ -218,6 +218,27 @@ pub(crate) fn integrations(
             response_schema,
             response_filter,
             rate_limit,
+            fallback_base_url: i.fallback_base_url.as_ref().and_then(|f| {
+                match url::Url::parse(f.get_ref().trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.username().is_empty() && u.query().is_none() => Some(u),
+                    _ => {
+                        c.error(Some(f.span()), format!("{ctx}: fallback_base_url must be an absolute http(s) URL with a host and no credentials or query"));
+                        None
+                    }
+                }
+            }),
+            health_check: i.health_check.as_ref().and_then(|h| {
+                let r = h.get_ref();
+                if !r.path.starts_with('/') {
+                    c.error(Some(h.span()), format!("{ctx}: health_check.path must start with /"));
+                    return None;
+                }
+                Some((
+                    r.path.clone(),
+                    r.interval.as_ref().map_or(Duration::from_secs(10), |d| d.0).max(Duration::from_millis(100)),
+                    r.unhealthy_after.unwrap_or(2).max(1),
+                ))
+            }),
             follow_redirects: match &i.follow_redirects {
                 Some(n) if *n.get_ref() > 10 => {
                     c.error(

@@ -60,6 +60,8 @@ pub(crate) struct EgressTerminal {
     /// The OAuth access token and when it stops being used; the lock makes refreshes single
     /// flight (concurrent callers wait for the one refresh and then use its token).
     token: tokio::sync::Mutex<Option<(Zeroizing<String>, std::time::Instant)>>,
+    /// False while the primary base URL fails its health check (calls go to the fallback).
+    primary_healthy: std::sync::atomic::AtomicBool,
 }
 
 impl EgressTerminal {
@@ -132,6 +134,7 @@ impl EgressTerminal {
             None => None,
         };
         Ok(EgressTerminal {
+            primary_healthy: std::sync::atomic::AtomicBool::new(true),
             token: tokio::sync::Mutex::new(None),
             limits,
             response_schema,
@@ -258,6 +261,52 @@ impl EgressTerminal {
         Ok(access)
     }
 
+    /// Starts the primary's active health check, when one is configured. The task holds only
+    /// a weak reference: it ends when a reload drops this terminal.
+    pub(crate) fn start_health_check(self: &Arc<Self>) {
+        let Some((path, interval, unhealthy_after)) = self.config.health_check.clone() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(t) = weak.upgrade() else { return };
+                let ok = match join_destination(&t.config.base_url, &path, &t.policy) {
+                    Ok((url, _)) => {
+                        let req = reqwest::Request::new(Method::GET, url);
+                        matches!(t.client.execute(req).await, Ok(r) if r.status().is_success())
+                    }
+                    Err(_) => false,
+                };
+                failures = if ok { 0 } else { failures.saturating_add(1) };
+                let healthy = failures < unhealthy_after;
+                let was = t
+                    .primary_healthy
+                    .swap(healthy, std::sync::atomic::Ordering::AcqRel);
+                metrics::gauge!("portcullis_egress_primary_healthy", "integration" => t.config.id.clone())
+                    .set(if healthy { 1.0 } else { 0.0 });
+                if was != healthy {
+                    if healthy {
+                        tracing::info!(integration = %t.config.id, "primary base URL healthy again");
+                    } else {
+                        tracing::warn!(integration = %t.config.id, fallback = t.config.fallback_base_url.is_some(), "primary base URL failed its health check");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the primary base URL passes its health check.
+    pub(crate) fn primary_healthy(&self) -> bool {
+        self.primary_healthy
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The circuit breaker's state, for the admin API.
     pub(crate) fn breaker_state(&self) -> &'static str {
         self.breaker.state().as_str()
@@ -374,8 +423,12 @@ impl Terminal for EgressTerminal {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
-        let (mut url, _) = join_destination(&self.config.base_url, &pq, &self.policy)
-            .map_err(|r| refuse(id, r.kind()))?;
+        let base = match &self.config.fallback_base_url {
+            Some(fallback) if !self.primary_healthy() => fallback,
+            _ => &self.config.base_url,
+        };
+        let (mut url, _) =
+            join_destination(base, &pq, &self.policy).map_err(|r| refuse(id, r.kind()))?;
         let secret = self.secret().await?;
         let method = req.method().clone();
         let mut headers = HeaderMap::new();

@@ -258,13 +258,14 @@ impl Gateway {
             .cloned()
     }
 
-    /// Each egress integration's circuit-breaker state (`closed`, `open`, `half_open`).
-    pub fn integration_states(&self) -> Vec<(String, &'static str)> {
+    /// Each egress integration's circuit-breaker state (`closed`, `open`, `half_open`) and
+    /// whether its primary base URL passes its health check.
+    pub fn integration_states(&self) -> Vec<(String, &'static str, bool)> {
         let g = self.current.load();
-        let mut out: Vec<(String, &'static str)> = g
+        let mut out: Vec<(String, &'static str, bool)> = g
             .integrations
             .iter()
-            .map(|(id, (_, t))| (id.clone(), t.breaker_state()))
+            .map(|(id, (_, t))| (id.clone(), t.breaker_state(), t.primary_healthy()))
             .collect();
         out.sort();
         out
@@ -518,6 +519,7 @@ fn build_generation(
                 reason,
             })?,
         );
+        terminal.start_health_check();
         let chain = crate::build::egress_chain(&i.id, terminal.clone(), services, &known);
         integrations.insert(i.id.clone(), (chain, terminal));
     }
