@@ -633,3 +633,46 @@ async fn a_primary_that_fails_its_health_check_gives_way_to_the_fallback() {
         .unwrap();
     assert_eq!(states[0]["primary_healthy"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_destinations_in_integration_config_are_refused_at_call_time() {
+    // Base URLs an operator might write (or paste) that point inside: every call is refused
+    // with 403, without the dangerous exception. (The full corpus, with names resolving to
+    // internal addresses, runs against crates/egress.)
+    let bases = [
+        "http://127.0.0.1:9",
+        "http://0x7f.0.0.1:9",
+        "http://2130706433:9",
+        "http://0177.0.0.1:9",
+        "http://127.1:9",
+        "http://[::1]:9",
+        "http://[::ffff:127.0.0.1]:9",
+        "http://169.254.169.254",
+        "http://[fd00:ec2::254]",
+        "http://10.0.0.1",
+        "http://192.168.1.1",
+        "http://100.64.0.1",
+        "http://[64:ff9b::7f00:1]",
+        "http://[2002:7f00:1::]",
+        "http://0.0.0.0:9",
+        "http://localhost:9",
+    ];
+    let mut cfg = format!("{}[[clients]]\nid = \"wf\"\n", server_section(""));
+    for (n, base) in bases.iter().enumerate() {
+        cfg.push_str(&format!(
+            "[[integrations]]\nid = \"i{n}\"\nbase_url = \"{base}\"\nallow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\nretry = {{ attempts = 1 }}\n"
+        ));
+    }
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("wf").await;
+    let c = client();
+    for (n, base) in bases.iter().enumerate() {
+        let res = c
+            .get(gw.url(&format!("/egress/i{n}/x")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{base} was not refused");
+    }
+}
