@@ -676,3 +676,103 @@ async fn internal_destinations_in_integration_config_are_refused_at_call_time() 
         assert_eq!(res.status(), 403, "{base} was not refused");
     }
 }
+
+/// A token endpoint for the refresh-token grant that rotates the refresh token on every use
+/// and refuses a retired one.
+async fn rotating_token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = String::from_utf8_lossy(&body).to_string();
+                            let n = counter.load(Ordering::SeqCst);
+                            let current = format!("refresh_token=rt-{n}");
+                            let (status, text) = if body.contains("grant_type=refresh_token")
+                                && body.contains(&current)
+                            {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                (200, format!("{{\"access_token\":\"acc-{}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{}\"}}", n + 1, n + 1))
+                            } else {
+                                (400, "{\"error\":\"invalid_grant\"}".to_string())
+                            };
+                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::from(text)));
+                            *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            res.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/token"), issued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_is_kept_in_the_vault_for_the_next_refresh() {
+    use std::sync::atomic::Ordering;
+    let up = upstream::start(None).await;
+    let port = up.addr.port();
+    let (token_url, issued) = rotating_token_server().await;
+    let cfg = format!(
+        "{}[[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}, {{ methods = [\"GET\"], path = \"/status/{{code}}\" }}]\n\
+         clients = [\"wf\"]\ndangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n\
+         credential = {{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}\n",
+        server_section("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    put_secret(
+        &path,
+        "crm-refresh",
+        "integration:crm",
+        "{\"client_id\":\"crm\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\",\"refresh_token\":\"rt-0\"}",
+    );
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("wf").await;
+    let c = client();
+    let res = c
+        .get(gw.url("/egress/crm/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+    // The third party refuses the token; the refetch presents the rotated refresh token
+    // (rt-1, read back from the vault). Had it presented rt-0 the issuer would refuse it and
+    // the workflow would get 503 instead of the third party's own 401.
+    let res = c
+        .get(gw.url("/egress/crm/status/401"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(issued.load(Ordering::SeqCst), 2);
+    let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+    assert!(
+        !logs.contains("SENTINEL") && !logs.contains("rt-1"),
+        "a secret in the logs"
+    );
+}

@@ -119,6 +119,15 @@ pub enum CredentialPlacement {
         /// Scopes requested.
         scopes: Vec<String>,
     },
+    /// `Authorization: Bearer <token>` with a token from an OAuth 2.0 refresh-token grant;
+    /// the secret is a JSON object with `client_id`, `client_secret` and `refresh_token`, and
+    /// a rotated refresh token is written back to the vault as a new version.
+    OAuth2RefreshToken {
+        /// The token endpoint.
+        token_url: url::Url,
+        /// Scopes requested.
+        scopes: Vec<String>,
+    },
 }
 
 /// An integration's credential: a vault secret and where it goes.

@@ -310,7 +310,7 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
                 return None;
             }
         },
-        "oauth2_client_credentials" => {
+        kind @ ("oauth2_client_credentials" | "oauth2_refresh_token") => {
             let url = r
                 .token_url
                 .as_ref()
@@ -324,9 +324,16 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
                     if u.scheme() == "http" {
                         c.warn(r.token_url.as_ref().map(|t| t.span()), format!("{ctx}: token_url is plain http://; the client secret travels unencrypted"));
                     }
-                    CredentialPlacement::OAuth2ClientCredentials {
-                        token_url: u,
-                        scopes: r.scopes,
+                    if kind == "oauth2_refresh_token" {
+                        CredentialPlacement::OAuth2RefreshToken {
+                            token_url: u,
+                            scopes: r.scopes,
+                        }
+                    } else {
+                        CredentialPlacement::OAuth2ClientCredentials {
+                            token_url: u,
+                            scopes: r.scopes,
+                        }
                     }
                 }
                 _ => {
@@ -336,7 +343,7 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
             }
         }
         other => {
-            c.error(Some(r.kind.span()), format!("{ctx}: credential type {other:?} is not supported here; expected bearer, header, basic, query or oauth2_client_credentials"));
+            c.error(Some(r.kind.span()), format!("{ctx}: credential type {other:?} is not supported here; expected bearer, header, basic, query, oauth2_client_credentials or oauth2_refresh_token"));
             return None;
         }
     };

@@ -205,7 +205,10 @@ impl EgressTerminal {
         scopes: &[String],
         stale: Option<&str>,
     ) -> Result<Zeroizing<String>, GatewayError> {
-        use oauth2::{basic::BasicClient, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+        use oauth2::{
+            basic::BasicClient, ClientId, ClientSecret, RefreshToken, Scope, TokenResponse,
+            TokenUrl,
+        };
         let mut slot = self.token.lock().await;
         if let Some((tok, until)) = slot.as_ref() {
             if std::time::Instant::now() < *until && stale != Some(tok.as_str()) {
@@ -233,11 +236,23 @@ impl EgressTerminal {
             .set_client_secret(ClientSecret::new(field("client_secret")?))
             .set_token_uri(token_uri);
         let started = std::time::Instant::now();
-        let answer = client
-            .exchange_client_credentials()
-            .add_scopes(scopes.iter().map(|s| Scope::new(s.clone())))
-            .request_async(self.client.inner())
-            .await;
+        let refresh = matches!(
+            cred.placement,
+            CredentialPlacement::OAuth2RefreshToken { .. }
+        );
+        let answer = if refresh {
+            client
+                .exchange_refresh_token(&RefreshToken::new(field("refresh_token")?))
+                .add_scopes(scopes.iter().map(|s| Scope::new(s.clone())))
+                .request_async(self.client.inner())
+                .await
+        } else {
+            client
+                .exchange_client_credentials()
+                .add_scopes(scopes.iter().map(|s| Scope::new(s.clone())))
+                .request_async(self.client.inner())
+                .await
+        };
         let tok = match answer {
             Ok(t) => t,
             Err(e) => {
@@ -256,6 +271,26 @@ impl EgressTerminal {
             .unwrap_or(std::time::Duration::from_secs(300));
         let margin = (life / 10).min(std::time::Duration::from_secs(60));
         let access = Zeroizing::new(tok.access_token().secret().clone());
+        // A rotated refresh token replaces the old one in the vault, or the next refresh
+        // would present a token the issuer has already retired.
+        if let (true, Some(next)) = (refresh, tok.refresh_token()) {
+            let stored = serde_json::json!({
+                "client_id": field("client_id")?,
+                "client_secret": field("client_secret")?,
+                "refresh_token": next.secret(),
+            });
+            let bytes = Zeroizing::new(stored.to_string().into_bytes());
+            if let Err(e) = vault
+                .put(
+                    &cred.secret,
+                    &bytes,
+                    &portcullis_vault::PutOptions::default(),
+                )
+                .await
+            {
+                tracing::error!(integration = %self.config.id, error = %e, "could not store the rotated refresh token; the next refresh may fail");
+            }
+        }
         *slot = Some((access.clone(), started + life.saturating_sub(margin)));
         metrics::counter!("portcullis_egress_token_refreshes_total", "integration" => self.config.id.clone()).increment(1);
         Ok(access)
@@ -472,14 +507,16 @@ impl Terminal for EgressTerminal {
                 CredentialPlacement::Query(p) => {
                     url.query_pairs_mut().append_pair(p, &text);
                 }
-                CredentialPlacement::OAuth2ClientCredentials { .. } => {}
+                CredentialPlacement::OAuth2ClientCredentials { .. }
+                | CredentialPlacement::OAuth2RefreshToken { .. } => {}
             }
         }
         // OAuth: the access token is the credential the third party sees.
         let oauth = match self.config.credential.as_ref().map(|c| &c.placement) {
-            Some(CredentialPlacement::OAuth2ClientCredentials { token_url, scopes }) => {
-                Some((token_url.clone(), scopes.clone()))
-            }
+            Some(
+                CredentialPlacement::OAuth2ClientCredentials { token_url, scopes }
+                | CredentialPlacement::OAuth2RefreshToken { token_url, scopes },
+            ) => Some((token_url.clone(), scopes.clone())),
             _ => None,
         };
         let mut token: Option<Zeroizing<String>> = None;
