@@ -776,3 +776,51 @@ async fn a_rotated_refresh_token_is_kept_in_the_vault_for_the_next_refresh() {
         "a secret in the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_integration_accepts_only_the_pinned_certificate() {
+    use base64::Engine;
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    use sha2::Digest;
+    let pki = upstream::TestPki::new();
+    let up = upstream::start(Some(pki.server_config())).await;
+    let port = up.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let leaf = CertificateDer::from_pem_slice(pki.leaf_pem.as_bytes()).unwrap();
+    let right =
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(leaf.as_ref()));
+    let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let integration = |id: &str, pin: &str| {
+        format!(
+            "[[integrations]]\nid = \"{id}\"\nbase_url = \"https://127.0.0.1:{port}\"\nca = \"ca.pem\"\n\
+             pin_sha256 = [\"{pin}\"]\nallow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+             dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n"
+        )
+    };
+    let cfg = format!(
+        "{}[[clients]]\nid = \"wf\"\n{}{}",
+        server_section(""),
+        integration("pinned", &right),
+        integration("mispinned", &wrong)
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
+    let gw = Gw::start_in(dir);
+    let key = gw.issue_key("wf").await;
+    let c = client();
+    let ok = c
+        .get(gw.url("/egress/pinned/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The same valid chain, a different pin: the handshake is refused.
+    let bad = c
+        .get(gw.url("/egress/mispinned/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 502, "upstream-unavailable").await;
+}

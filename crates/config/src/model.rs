@@ -78,6 +78,10 @@ pub struct IntegrationConfig {
     pub fallback_base_url: Option<url::Url>,
     /// Active health check of the primary: path, interval, failures before it counts as down.
     pub health_check: Option<(String, Duration, u32)>,
+    /// A private CA (PEM) trusted beside the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// SHA-256 pins (of the certificate or its public key) the server's leaf must match.
+    pub pin_sha256: Vec<[u8; 32]>,
 }
 
 /// Which fields of a third party's JSON response a workflow sees, and which are masked.

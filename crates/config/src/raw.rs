@@ -59,6 +59,9 @@ pub(crate) struct RawIntegration {
     pub follow_redirects: Option<Spanned<u32>>,
     pub fallback_base_url: Option<Spanned<String>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub pin_sha256: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

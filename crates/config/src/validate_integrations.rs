@@ -239,6 +239,31 @@ pub(crate) fn integrations(
                     r.unhealthy_after.unwrap_or(2).max(1),
                 ))
             }),
+            ca: i.ca.as_ref().map(|p| {
+                let path = c.path(p.get_ref());
+                if !path.exists() {
+                    c.error(Some(p.span()), format!("{ctx}: ca {} does not exist", path.display()));
+                }
+                path
+            }),
+            pin_sha256: i
+                .pin_sha256
+                .iter()
+                .filter_map(|p| {
+                    use base64::Engine;
+                    match base64::engine::general_purpose::STANDARD
+                        .decode(p.get_ref().trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    {
+                        Some(pin) => Some(pin),
+                        None => {
+                            c.error(Some(p.span()), format!("{ctx}: pin_sha256 entries are base64 SHA-256 digests (44 characters) of a certificate or its public key"));
+                            None
+                        }
+                    }
+                })
+                .collect(),
             follow_redirects: match &i.follow_redirects {
                 Some(n) if *n.get_ref() > 10 => {
                     c.error(

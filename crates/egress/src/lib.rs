@@ -14,6 +14,7 @@
 
 pub mod breaker;
 pub mod error;
+pub mod pin;
 pub mod resolver;
 pub mod retry;
 pub mod ssrf;

@@ -221,6 +221,10 @@ pub struct ClientOptions {
     pub extra_roots: Vec<reqwest::Certificate>,
     /// Leave out the built-in webpki roots (trust only `extra_roots`).
     pub no_builtin_roots: bool,
+    /// Extra trusted roots as DER, for a pinned client (which builds its own TLS settings).
+    pub roots_der: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// SHA-256 pins of the server's certificate or public key; empty: no pinning.
+    pub pins: Vec<[u8; 32]>,
 }
 
 /// Builds a reqwest client whose every connection goes through a [`GuardedResolver`]: no
@@ -255,6 +259,29 @@ pub fn client(
         .timeout(options.timeouts.total);
     for root in &options.extra_roots {
         builder = builder.add_root_certificate(root.clone());
+    }
+    if !options.pins.is_empty() {
+        // Pinned: a rustls configuration of our own (same roots, TLS 1.2+) whose verifier
+        // also requires a pin. reqwest's own root settings above do not apply to it.
+        match crate::pin::pinned_tls(&options.pins, &options.roots_der, !options.no_builtin_roots) {
+            Ok(tls) => builder = builder.use_preconfigured_tls(tls),
+            Err(e) => {
+                // Fail closed: without enforceable pins, trust nothing, so no TLS connection
+                // succeeds.
+                tracing::error!(error = %e, "certificate pins cannot be enforced; refusing every TLS connection");
+                let nothing = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+                if let Ok(nothing) = nothing {
+                    builder = builder.use_preconfigured_tls(nothing);
+                }
+            }
+        }
     }
     builder.build()
 }

@@ -82,7 +82,28 @@ impl EgressTerminal {
             config.credential.as_ref().map(|c| &c.placement),
             Some(CredentialPlacement::Header(_) | CredentialPlacement::Query(_))
         );
+        // A private CA: trusted beside the webpki roots, by the plain and the pinned client.
+        let mut roots_der = Vec::new();
+        let mut extra_roots = Vec::new();
+        if let Some(path) = &config.ca {
+            use rustls_pki_types::pem::PemObject;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("integration {:?}: ca {}: {e}", config.id, path.display()))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    format!("integration {:?}: ca {}: {e}", config.id, path.display())
+                })?;
+                extra_roots.push(
+                    reqwest::Certificate::from_der(cert.as_ref())
+                        .map_err(|e| format!("integration {:?}: ca: {e}", config.id))?,
+                );
+                roots_der.push(cert.into_owned());
+            }
+        }
         let options = ClientOptions {
+            extra_roots,
+            roots_der,
+            pins: config.pin_sha256.clone(),
             timeouts: Timeouts {
                 connect: config.connect_timeout,
                 read: config.timeout,
