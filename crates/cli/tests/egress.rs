@@ -121,6 +121,15 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(!logs.contains(SENTINEL), "credential in logs");
     assert!(logs.contains("egress request refused"));
+    // One line per call, with the path template rather than the concrete path.
+    assert!(
+        logs.lines().any(|l| l.contains("\"egress call\"")
+            && l.contains("\"integration\":\"github\"")
+            && l.contains("\"path\":\"/repos/{owner}/{repo}/issues\"")
+            && l.contains("\"client\":\"billing\"")
+            && l.contains("\"attempts\":1")),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

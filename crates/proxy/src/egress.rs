@@ -50,7 +50,8 @@ pub(crate) struct EgressTerminal {
     client: GuardedClient,
     policy: Arc<Policy>,
     vault: Option<Arc<Vault>>,
-    allowed: matchit::Router<Vec<Method>>,
+    /// Allowed path templates, with their template text (for the log) and methods.
+    allowed: matchit::Router<(String, Vec<Method>)>,
     prefix: String,
     retry: RetryPolicy,
     budget: RetryBudget,
@@ -121,7 +122,7 @@ impl EgressTerminal {
         };
         let client = GuardedClient::new(policy.clone(), Arc::new(SystemLookup), &options)
             .map_err(|e| format!("integration {:?}: client: {e}", config.id))?;
-        let mut allowed: matchit::Router<Vec<Method>> = matchit::Router::new();
+        let mut allowed: matchit::Router<(String, Vec<Method>)> = matchit::Router::new();
         // Several entries may share a template; their methods are merged.
         let mut by_path: Vec<(String, Vec<Method>)> = Vec::new();
         for (methods, path) in &config.allow {
@@ -132,7 +133,7 @@ impl EgressTerminal {
         }
         for (path, methods) in by_path {
             allowed
-                .insert(path.clone(), methods)
+                .insert(path.clone(), (path.clone(), methods))
                 .map_err(|e| format!("integration {:?}: allow path {path:?}: {e}", config.id))?;
         }
         let (attempts, base, max) = config.retry;
@@ -467,14 +468,10 @@ impl Terminal for EgressTerminal {
         let path = req.uri().path();
         let rest = path.strip_prefix(self.prefix.as_str()).unwrap_or("");
         let rest = if rest.is_empty() { "/" } else { rest };
-        let allowed = self
-            .allowed
-            .at(rest)
-            .map(|m| m.value.contains(req.method()))
-            .unwrap_or(false);
-        if !allowed {
-            return Err(refuse(id, "method and path not allowed"));
-        }
+        let template = match self.allowed.at(rest) {
+            Ok(m) if m.value.1.contains(req.method()) => m.value.0.clone(),
+            _ => return Err(refuse(id, "method and path not allowed")),
+        };
         let pq = match req.uri().query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
@@ -712,7 +709,7 @@ impl Terminal for EgressTerminal {
                 "the third party echoed the credential; replaced before the workflow saw it"
             );
         }
-        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %method, status = status.as_u16(), attempts = retry + 1, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
+        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %method, path = %template, status = status.as_u16(), attempts = retry + 1, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
         metrics::counter!("portcullis_egress_calls_total", "integration" => id.to_string(), "status" => status.as_u16().to_string()).increment(1);
         let mut response = Response::new(full(Bytes::from(buf)));
         *response.status_mut() = status;
