@@ -6,36 +6,12 @@
 
 mod common;
 
-use common::{assert_problem, client, server_section, upstream, Gw, BIN};
-use std::{
-    io::Write,
-    process::{Command, Stdio},
+use common::{
+    assert_problem, client, json_response, put_secret, serve_fn, server_section, upstream, Gw, BIN,
 };
+use std::process::Command;
 
 const SENTINEL: &str = "SENTINEL-thirdparty-token-8c1e";
-
-fn put_secret(cfg: &std::path::Path, name: &str, consumer: &str, value: &str) {
-    let mut child = Command::new(BIN)
-        .args(["secret", "put", name, "--consumer", consumer, "--config"])
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_destinations() {
@@ -212,14 +188,7 @@ async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
         .unwrap();
     assert_eq!(states[0]["id"], "flaky");
     assert_eq!(states[0]["circuit_breaker"], "open");
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("portcullis_egress_retries_total{integration=\"flaky\"} 4"),
         "{metrics}"
@@ -343,53 +312,23 @@ async fn the_outbound_rate_limit_keeps_workflows_inside_the_third_partys_quota()
 /// A local OAuth 2.0 token endpoint: counts requests, checks the client's credentials, and
 /// issues `tok-<n>` tokens valid for an hour.
 async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let count = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let counter = counter.clone();
-                        async move {
-                            let auth = req
-                                .headers()
-                                .get("authorization")
-                                .map(|v| v.to_str().unwrap().to_string());
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let body = String::from_utf8_lossy(&body).to_string();
-                            // client_id "crm-client", client_secret "CLIENT-SECRET-SENTINEL" via Basic.
-                            let good = auth.as_deref()
-                                == Some("Basic Y3JtLWNsaWVudDpDTElFTlQtU0VDUkVULVNFTlRJTkVM")
-                                && body.contains("grant_type=client_credentials");
-                            let (status, text) = if good {
-                                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                                (200, format!("{{\"access_token\":\"tok-{n}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600}}"))
-                            } else {
-                                (401, "{\"error\":\"invalid_client\"}".to_string())
-                            };
-                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::from(text)));
-                            *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            res.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = serve_fn(move |head, body| {
+        let auth = head.headers.get("authorization").map(|v| v.to_str().unwrap().to_string());
+        let body = String::from_utf8_lossy(&body).to_string();
+        // client_id "crm-client", client_secret "CLIENT-SECRET-SENTINEL" via Basic.
+        let good = auth.as_deref() == Some("Basic Y3JtLWNsaWVudDpDTElFTlQtU0VDUkVULVNFTlRJTkVM")
+            && body.contains("grant_type=client_credentials");
+        if good {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            json_response(200, format!("{{\"access_token\":\"tok-{n}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600}}"))
+        } else {
+            json_response(401, "{\"error\":\"invalid_client\"}")
         }
-    });
+    })
+    .await;
     (format!("http://{addr}/oauth/token"), count)
 }
 
@@ -481,34 +420,14 @@ fn check_verifies_that_integration_and_webhook_secrets_are_bound_to_them() {
 
 /// A third party whose every answer is a redirect to `to`.
 async fn redirector(to: String) -> u16 {
-    use http_body_util::Full;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let to = to.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: hyper::Request<hyper::body::Incoming>| {
-                        let to = to.clone();
-                        async move {
-                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::new()));
-                            *res.status_mut() = hyper::StatusCode::FOUND;
-                            res.headers_mut().insert("location", to.parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    port
+    serve_fn(move |_, _| {
+        let mut res = http::Response::new(String::new());
+        *res.status_mut() = http::StatusCode::FOUND;
+        res.headers_mut().insert("location", to.parse().unwrap());
+        res
+    })
+    .await
+    .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,49 +608,20 @@ async fn internal_destinations_in_integration_config_are_refused_at_call_time() 
 /// A token endpoint for the refresh-token grant that rotates the refresh token on every use
 /// and refuses a retired one.
 async fn rotating_token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let issued = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = issued.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let counter = counter.clone();
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let body = String::from_utf8_lossy(&body).to_string();
-                            let n = counter.load(Ordering::SeqCst);
-                            let current = format!("refresh_token=rt-{n}");
-                            let (status, text) = if body.contains("grant_type=refresh_token")
-                                && body.contains(&current)
-                            {
-                                counter.fetch_add(1, Ordering::SeqCst);
-                                (200, format!("{{\"access_token\":\"acc-{}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{}\"}}", n + 1, n + 1))
-                            } else {
-                                (400, "{\"error\":\"invalid_grant\"}".to_string())
-                            };
-                            let mut res = hyper::Response::new(Full::new(bytes::Bytes::from(text)));
-                            *res.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            res.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = serve_fn(move |_, body| {
+        let body = String::from_utf8_lossy(&body).to_string();
+        let n = counter.load(Ordering::SeqCst);
+        if body.contains("grant_type=refresh_token") && body.contains(&format!("refresh_token=rt-{n}")) {
+            counter.fetch_add(1, Ordering::SeqCst);
+            json_response(200, format!("{{\"access_token\":\"acc-{}-ACCESS-SENTINEL\",\"token_type\":\"bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{}\"}}", n + 1, n + 1))
+        } else {
+            json_response(400, "{\"error\":\"invalid_grant\"}")
         }
-    });
+    })
+    .await;
     (format!("http://{addr}/token"), issued)
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_problem, client, route, server_section, upstream, Gw};
+use common::{assert_problem, route, server_section, upstream, Gw};
 
 fn header(res: &reqwest::Response, name: &str) -> String {
     res.headers()
@@ -26,7 +26,6 @@ async fn quotas_count_admitted_requests_and_survive_a_restart() {
     );
     let gw = Gw::start(&cfg);
     let key = gw.issue_key("billing").await;
-    let c = client();
 
     let first = gw.get_with_key("/b", &key).await;
     assert_eq!(first.status(), 200);
@@ -56,14 +55,7 @@ async fn quotas_count_admitted_requests_and_survive_a_restart() {
     let refused = gw.get_with_key("/a", &key).await;
     assert_problem(refused, 429, "quota-exceeded").await;
 
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("portcullis_quota_exceeded_total{route=\"a\",quota=\"client-daily\"} 1"),
         "{metrics}"

@@ -96,14 +96,7 @@ async fn a_redis_outage_follows_each_routes_choice_and_recovers() {
         );
     }
     assert_eq!(statuses, vec![200, 200, 429, 429, 429]);
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             "portcullis_rate_limit_degraded_total{route=\"local\",mode=\"fall_back_local\"}"
@@ -170,14 +163,7 @@ async fn the_redis_password_never_reaches_logs_metrics_or_check_output() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("holds a Redis password") || err.contains("holds a Redis password"));
     for g in [&gw, &gw_bad] {
-        let metrics = c
-            .get(g.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = g.metrics().await;
         let all = format!(
             "{}{}{}{out}{err}{body}",
             g.stdout.all(),

@@ -17,14 +17,7 @@ use tokio::{
 };
 
 async fn metrics(gw: &Gw) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    gw.metrics().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

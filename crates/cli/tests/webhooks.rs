@@ -8,13 +8,9 @@ mod common;
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
-use common::{assert_problem, client, server_section, Gw, BIN};
+use common::{assert_problem, client, put_secret, server_section, Gw};
 use hmac::Mac;
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, service::service_fn, Request, Response};
 use std::{
-    io::Write,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicU16, Ordering},
         Arc,
@@ -34,34 +30,15 @@ struct Delivery {
 
 /// A workflow backend that records every delivery and answers with `status`.
 async fn backend(status: Arc<AtomicU16>) -> (String, mpsc::UnboundedReceiver<Delivery>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (tx, status) = (tx.clone(), status.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let (tx, status) = (tx.clone(), status.clone());
-                    async move {
-                        let headers = req.headers().clone();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let _ = tx.send(Delivery { headers, body });
-                        let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *res.status_mut() =
-                            http::StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
-                        Ok::<_, std::convert::Infallible>(res)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = common::serve_fn(move |head, body| {
+        let _ = tx.send(Delivery {
+            headers: head.headers,
+            body,
+        });
+        common::json_response(status.load(Ordering::SeqCst), "{}")
+    })
+    .await;
     (format!("http://{addr}/workflows/orders"), rx)
 }
 
@@ -78,29 +55,6 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn put_secret(cfg: &std::path::Path, name: &str, consumer: &str, value: &str) {
-    let mut child = Command::new(BIN)
-        .args(["secret", "put", name, "--consumer", consumer, "--config"])
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn config(forward: &str, extra: &str) -> String {
@@ -334,14 +288,7 @@ async fn queued_events_survive_a_kill_and_dead_letters_can_be_replayed() {
     assert_eq!(&d.body[..], body);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let m = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = gw.metrics().await;
         if m.contains("portcullis_webhook_outbox_delivered_total{webhook=\"orders\"} 1") {
             break;
         }

@@ -265,3 +265,94 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, slug: &str) -> 
     assert_eq!(v["request_id"].as_str(), rid.as_deref());
     v
 }
+
+/// A one-off HTTP/1.1 server on a loopback port (a token endpoint, a redirecting or
+/// recording third party): every request's head and whole body go to `handler`, whose
+/// response is sent back. Returns the address.
+pub async fn serve_fn<F>(handler: F) -> SocketAddr
+where
+    F: Fn(http::request::Parts, bytes::Bytes) -> http::Response<String> + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = http_body_util::BodyExt::collect(body)
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let res = handler(parts, body)
+                                .map(|s| http_body_util::Full::new(bytes::Bytes::from(s)));
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A response with `status`, a JSON content type and `body`.
+pub fn json_response(status: u16, body: impl Into<String>) -> http::Response<String> {
+    let mut res = http::Response::new(body.into());
+    *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    res.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Stores `value` as secret `name` bound to `consumer`, through `portcullis secret put`.
+pub fn put_secret(cfg: &Path, name: &str, consumer: &str, value: &str) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["secret", "put", name, "--consumer", consumer, "--config"])
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Gw {
+    /// The Prometheus text of the admin listener's /metrics.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
