@@ -5,6 +5,8 @@
 # Usage: bench/egress.sh   (env: DURATION, CONNS, THREADS, ROUNDS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
@@ -19,10 +21,6 @@ cargo build --release --quiet
 BIN=target/release/portcullis
 OUT=bench/out-egress
 rm -rf "$OUT"; mkdir -p "$OUT/logs"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/logs/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
@@ -47,7 +45,6 @@ KEY=$("$BIN" client key issue bench-workflow --config "$OUT/portcullis.toml" 2>/
 wait_port $PCL_PORT
 curl -sf -o /dev/null -H "authorization: Bearer $KEY" "http://127.0.0.1:$PCL_PORT/egress/api/bench/item" || { echo "bench: the egress route refused" >&2; exit 1; }
 
-to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 run() { # name round url [header]
   local f="$OUT/$1-$2.txt"
   if [ -n "${4:-}" ]; then wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "$4" "$3" >"$f"; else wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$3" >"$f"; fi

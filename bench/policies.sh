@@ -8,6 +8,8 @@
 # Usage: bench/policies.sh   (env: DURATION, CONNS, THREADS, ROUNDS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
@@ -18,7 +20,6 @@ NGINX_PORT=${NGINX_PORT:-18182}
 PCL_PORT=${PCL_PORT:-18183}
 PCL_ADMIN=${PCL_ADMIN:-18184}
 
-need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
   echo "bench: installing wrk and nginx (Debian packages)" >&2
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
@@ -30,10 +31,6 @@ BIN=target/release/portcullis
 OUT=bench/out-policies
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
@@ -138,7 +135,6 @@ for url in "http://127.0.0.1:$NGINX_PORT/orders" "http://127.0.0.1:$PCL_PORT/ord
 done
 curl -sf -o /dev/null -H "authorization: Bearer $KEY" -H 'content-type: application/json' --data "$BODY" "http://127.0.0.1:$PCL_PORT/guarded/orders" || { echo "bench: the guarded route refused the body" >&2; exit 1; }
 
-to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 run() { # name port round path [header]
   local f="$OUT/$1-$3.txt"
   if [ -n "${5:-}" ]; then

@@ -8,6 +8,8 @@
 # (target "baseline") in the same rounds, for an A/B comparison within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
@@ -21,7 +23,6 @@ BASE_PORT=${BASE_PORT:-18085}
 BASE_ADMIN=${BASE_ADMIN:-18086}
 BASELINE_BIN=${BASELINE_BIN:-}
 
-need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
   echo "bench: installing wrk and nginx (Debian packages)" >&2
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
@@ -33,11 +34,7 @@ BIN=target/release/portcullis
 OUT=bench/out
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # (a) the upstream: Portcullis's own example service (plain hyper).
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
@@ -120,7 +117,6 @@ TOML
   wait_port $BASE_PORT
 fi
 
-to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 run() { # name port round [path] [header]
   local f="$OUT/$1-$3.txt"
   local path=${4:-/bench/item}

@@ -8,6 +8,8 @@
 # Usage: bench/webhooks.sh   (env: DURATION, CONNS, ROUNDS, MESSAGES)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
@@ -23,10 +25,6 @@ cargo build --release --quiet
 BIN=target/release/portcullis
 OUT=bench/out-webhooks
 rm -rf "$OUT"; mkdir -p "$OUT/logs"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/logs/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
@@ -95,7 +93,6 @@ wrk.body = io.open("$OUT/body.json", "rb"):read("*a")
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 run() { # name round script path
   local f="$OUT/$1-$2.txt"
   wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$PCL_PORT$4" >"$f"
