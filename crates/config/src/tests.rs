@@ -673,6 +673,12 @@ fn webhooks_are_validated() {
     assert_eq!(w.dedup_window, std::time::Duration::from_secs(660));
     assert_eq!(w.delivery, Delivery::Direct);
     assert_eq!(w.consumer(), "webhook:stripe");
+    let l = ok("[[webhooks]]\nid = \"s\"\npath = \"/h\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"");
+    assert_eq!(
+        l.config.webhook_signing.map(|s| s.name).as_deref(),
+        Some("portcullis-webhook-signing"),
+        "the signing secret's default name"
+    );
     let l = ok(&format!(
         "{HOOK}provider = \"github\"\nsecrets = [\"{{secret:a}}\"]"
     ));
@@ -703,7 +709,6 @@ fn webhooks_are_validated() {
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nsecretz = 1"), "unknown field"),
         (format!("{HOOK}provider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\n[[webhooks]]\nid = \"stripe\"\npath = \"/x\"\nprovider = \"stripe\"\nsecrets = [\"{{secret:a}}\"]\nforward = \"http://127.0.0.1:1/\""), "already used"),
         ("[[webhooks]]\nid = \"s\"\npath = \"/h/{id}\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"".to_string(), "exact absolute path"),
-        ("[[webhooks]]\nid = \"s\"\npath = \"/h\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"".to_string(), "[webhook_signing]"),
     ] {
         let errs = errors(&doc);
         assert!(errs.iter().any(|e| e.message.contains(needle)), "{doc}: {errs:?}");
@@ -732,7 +737,7 @@ fn integrations_are_validated() {
         ("base_url = \"https://api.example\"\nallow = []\nclients = [\"wf\"]", "at least one"),
         ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/a/../b\" }]\nclients = [\"wf\"]", "dot segments"),
         ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"nobody\"]", "not declared"),
-        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\ncredential = { type = \"bearer\", secret = \"plaintext\" }", "vault reference"),
+        ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\ncredential = { type = \"bearer\", secret = \"plain text!\" }", "name a vault secret"),
         ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\ncredential = { type = \"oauth2\", secret = \"{secret:a}\" }", "not supported"),
         ("base_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\nretries = 3", "unknown field"),
     ] {

@@ -288,7 +288,10 @@ pub(crate) fn integrations(
 fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option<CredentialConfig> {
     let span = raw.span();
     let r = raw.into_inner();
-    let secret = match crate::parse_template(r.secret.get_ref()) {
+    // The field names a vault secret: `{secret:NAME}` or just `NAME`. A pasted token is
+    // never used as one: it would have to exist in the vault under that name.
+    let raw_secret = r.secret.get_ref().trim();
+    let secret = match crate::parse_template(raw_secret) {
         Ok(t)
             if t.prefix.is_empty()
                 && t.suffix.is_empty()
@@ -296,10 +299,20 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
         {
             t.secret.map(|s| s.name)
         }
+        Ok(t)
+            if t.secret.is_none()
+                && !raw_secret.is_empty()
+                && raw_secret.len() <= 128
+                && raw_secret
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.')) =>
+        {
+            Some(raw_secret.to_string())
+        }
         _ => None,
     };
     let Some(secret) = secret else {
-        c.error(Some(r.secret.span()), format!("{ctx}: credential.secret must be exactly a vault reference such as \"{{secret:github-token}}\""));
+        c.error(Some(r.secret.span()), format!("{ctx}: credential.secret must name a vault secret, such as \"github-token\" or \"{{secret:github-token}}\""));
         return None;
     };
     let placement = match r.kind.get_ref().as_str() {

@@ -293,10 +293,12 @@ pub(crate) fn signing(
     needed: bool,
 ) -> Option<crate::SecretRef> {
     let Some(raw) = raw else {
-        if needed {
-            c.error(None, "webhooks are declared but [webhook_signing] is not: set secret = \"{secret:NAME}\" to a whsec_ secret bound to consumer gateway:webhook-signing; the workflow backend verifies forwarded webhooks with it");
-        }
-        return None;
+        // The default name: `portcullis secret put portcullis-webhook-signing --consumer
+        // gateway:webhook-signing` is all it takes; serve refuses to start without it.
+        return needed.then(|| crate::SecretRef {
+            name: "portcullis-webhook-signing".to_string(),
+            field: None,
+        });
     };
     let s = raw.into_inner().secret;
     match crate::parse_template(s.get_ref()) {
