@@ -94,18 +94,28 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 
+    // Lines reach stdout through the log writer thread: wait for them before reading all.
+    assert!(gw
+        .stdout
+        .wait_for(
+            &["egress request refused"],
+            std::time::Duration::from_secs(10)
+        )
+        .is_some());
+    // One line per call, with the path template rather than the concrete path.
+    let line = gw.stdout.wait_for(
+        &[
+            "\"egress call\"",
+            "\"integration\":\"github\"",
+            "\"path\":\"/repos/{owner}/{repo}/issues\"",
+            "\"client\":\"billing\"",
+            "\"attempts\":1",
+        ],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(line.is_some(), "{}", gw.stdout.all());
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(!logs.contains(SENTINEL), "credential in logs");
-    assert!(logs.contains("egress request refused"));
-    // One line per call, with the path template rather than the concrete path.
-    assert!(
-        logs.lines().any(|l| l.contains("\"egress call\"")
-            && l.contains("\"integration\":\"github\"")
-            && l.contains("\"path\":\"/repos/{owner}/{repo}/issues\"")
-            && l.contains("\"client\":\"billing\"")
-            && l.contains("\"attempts\":1")),
-        "{logs}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

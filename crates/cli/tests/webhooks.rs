@@ -207,8 +207,11 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    assert!(gw
+        .stdout
+        .wait_for(&["webhook verification failed"], Duration::from_secs(10))
+        .is_some());
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
-    assert!(logs.contains("webhook verification failed"));
     for secret in [
         HOOK_SECRET,
         GATEWAY_SECRET,
