@@ -21,6 +21,28 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/admin/webhooks/dlq", get(list))
         .route("/admin/webhooks/dlq/{id}/replay", post(replay))
         .route("/admin/webhooks/dlq/{id}", delete(drop_event))
+        .route("/admin/webhooks/failures", get(failures))
+}
+
+/// Failed verifications per endpoint and source address, most first.
+async fn failures(State(s): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorize(&s, &headers)?;
+    let rows: Vec<serde_json::Value> = s
+        .gateway
+        .services()
+        .webhook_failures
+        .snapshot()
+        .into_iter()
+        .map(|f| {
+            serde_json::json!({
+                "webhook": f.webhook,
+                "source": f.source.to_string(),
+                "count": f.count,
+                "last_seen": f.last_seen,
+            })
+        })
+        .collect();
+    Ok(Json(rows).into_response())
 }
 
 /// A dead event as shown to operators.

@@ -211,6 +211,26 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
         .stdout
         .wait_for(&["webhook verification failed"], Duration::from_secs(10))
         .is_some());
+    // Counted per endpoint and source, for operators and alerts (admin token required).
+    let failures: Vec<serde_json::Value> = client()
+        .get(gw.admin_url("/admin/webhooks/failures"))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failures[0]["webhook"], "orders");
+    assert_eq!(failures[0]["source"], "127.0.0.1");
+    assert!(failures[0]["count"].as_u64().unwrap() >= 4, "{failures:?}");
+    let anonymous = client()
+        .get(gw.admin_url("/admin/webhooks/failures"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     for secret in [
         HOOK_SECRET,

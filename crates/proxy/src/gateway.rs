@@ -106,6 +106,8 @@ pub struct Services {
     pub webhook_signer: Option<Arc<portcullis_webhooks::StandardSigner>>,
     /// Wakes the outbox worker when an event is queued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Failed webhook verifications per endpoint and source address.
+    pub webhook_failures: Arc<crate::WebhookFailures>,
 }
 
 impl Services {
@@ -127,6 +129,7 @@ impl Services {
             replay: Arc::new(portcullis_state::MemoryReplayCache::default()),
             webhook_signer: None,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            webhook_failures: Arc::new(crate::WebhookFailures::default()),
         }
     }
 }
@@ -494,6 +497,7 @@ fn build_generation(
             w.clone(),
             services.vault.clone(),
             services.replay.clone(),
+            services.webhook_failures.clone(),
             services.webhook_signer.clone(),
             services.store.clone().map(|store| crate::webhook::Outbox {
                 store,

@@ -20,6 +20,7 @@ mod router;
 mod server;
 mod tls;
 mod webhook;
+mod webhook_failures;
 
 pub use gateway::{BuildError, Gateway, Services};
 pub use headers::client_ip;
@@ -28,3 +29,4 @@ pub use outbox_worker::run_outbox;
 pub use router::check_path;
 pub use server::{serve, ShutdownSignal};
 pub use tls::load_server_tls;
+pub use webhook_failures::{FailureCount, WebhookFailures};

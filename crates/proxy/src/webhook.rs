@@ -25,6 +25,7 @@ pub(crate) struct WebhookEndpoint {
     schema: Option<jsonschema::Validator>,
     vault: Option<Arc<Vault>>,
     replay: Arc<dyn ReplayCache>,
+    failures: Arc<crate::WebhookFailures>,
     signer: Option<Arc<StandardSigner>>,
     http: reqwest::Client,
     outbox: Option<Outbox>,
@@ -94,6 +95,7 @@ impl WebhookEndpoint {
         config: Arc<WebhookConfig>,
         vault: Option<Arc<Vault>>,
         replay: Arc<dyn ReplayCache>,
+        failures: Arc<crate::WebhookFailures>,
         signer: Option<Arc<StandardSigner>>,
         outbox: Option<Outbox>,
     ) -> Result<Self, String> {
@@ -116,6 +118,7 @@ impl WebhookEndpoint {
             schema,
             vault,
             replay,
+            failures,
             signer,
             http,
             outbox,
@@ -135,6 +138,7 @@ impl WebhookEndpoint {
 
     fn failed(&self, ctx: &RequestContext, reason: &str) -> GatewayError {
         metrics::counter!("portcullis_webhook_rejected_total", "webhook" => self.config.id.clone(), "reason" => reason.to_string()).increment(1);
+        self.failures.record(&self.config.id, ctx.client_ip);
         tracing::warn!(
             webhook = %self.config.id,
             client_ip = %ctx.client_ip,
