@@ -1018,23 +1018,9 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
             max_age: cr.max_age.map_or(Duration::from_secs(600), |d| d.0),
         }
     });
-    let request_schema = r.request_schema.and_then(|p| {
-        let path = c.path(p.get_ref());
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-            }) {
-            Ok(v) => Some(Arc::new(v)),
-            Err(e) => {
-                c.error(
-                    Some(p.span()),
-                    format!("{ctx}: request_schema {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
+    let request_schema = r
+        .request_schema
+        .and_then(|p| load_json_schema(c, p, &format!("{ctx}: request_schema")));
     let json_limits = input::json_limits(c, r.json_limits, &ctx);
     let params_rules = input::params(c, r.params, &params, &ctx);
     let ip_rules = IpRules {
@@ -1118,6 +1104,26 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         cors,
         response_fields,
     })
+}
+
+/// Reads and parses a JSON Schema file named in the config (relative to the config's
+/// directory); a missing or invalid file is an error at `what`'s location.
+pub(crate) fn load_json_schema(
+    c: &mut Checker,
+    p: Spanned<PathBuf>,
+    what: &str,
+) -> Option<Arc<serde_json::Value>> {
+    let path = c.path(p.get_ref());
+    match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(v) => Some(Arc::new(v)),
+        Err(e) => {
+            c.error(Some(p.span()), format!("{what} {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 pub(crate) fn valid_id(id: &str) -> bool {

@@ -3,7 +3,7 @@
 use crate::{
     model::{ClientConfig, CredentialConfig, CredentialPlacement, IntegrationConfig},
     raw::{RawCredential, RawIntegration},
-    validate::{valid_id, Checker},
+    validate::{load_json_schema, valid_id, Checker},
 };
 use ipnet::IpNet;
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -143,23 +143,9 @@ pub(crate) fn integrations(
             }
             None => (0.5, 20, Duration::from_secs(30)),
         };
-        let response_schema = i.response_schema.and_then(|p| {
-            let path = c.path(p.get_ref());
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-                }) {
-                Ok(v) => Some(Arc::new(v)),
-                Err(e) => {
-                    c.error(
-                        Some(p.span()),
-                        format!("{ctx}: response_schema {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
+        let response_schema = i
+            .response_schema
+            .and_then(|p| load_json_schema(c, p, &format!("{ctx}: response_schema")));
         let response_filter = i.response_fields.map(|f| {
             let f = f.into_inner();
             let mask_hash = match f.mask_style.as_ref().map(|m| m.get_ref().as_str()) {

@@ -3,9 +3,9 @@
 use crate::{
     model::{Delivery, HmacSchemeConfig, RouteConfig, WebhookConfig, WebhookProvider},
     raw::{RawHmacScheme, RawWebhook, RawWebhookSigning},
-    validate::{upstream_url, valid_id, Checker},
+    validate::{load_json_schema, upstream_url, valid_id, Checker},
 };
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 use toml::Spanned;
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -105,7 +105,9 @@ pub(crate) fn webhooks(
             None if signs_time => least,
             None => DEFAULT_UNTIMED_WINDOW,
         };
-        let schema = w.schema.and_then(|p| load_schema(c, p, &ctx));
+        let schema = w
+            .schema
+            .and_then(|p| load_json_schema(c, p, &format!("{ctx}: schema")));
         let forward = upstream_url(c, &w.forward, &format!("{ctx}: forward")).map(|u| u.url);
         let delivery = match w.delivery.as_ref().map(|d| d.get_ref().as_str()) {
             None | Some("direct") => Delivery::Direct,
@@ -268,23 +270,6 @@ fn hmac_scheme(
         timestamp_header,
         template,
     })
-}
-
-fn load_schema(c: &mut Checker, p: Spanned<PathBuf>, ctx: &str) -> Option<Arc<serde_json::Value>> {
-    let path = c.path(p.get_ref());
-    match std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => Some(Arc::new(v)),
-        Err(e) => {
-            c.error(
-                Some(p.span()),
-                format!("{ctx}: schema {}: {e}", path.display()),
-            );
-            None
-        }
-    }
 }
 
 pub(crate) fn signing(

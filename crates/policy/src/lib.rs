@@ -40,4 +40,4 @@ pub use params::Params;
 pub use quota::Quota;
 pub use rate_limit::{LimitStore, RateLimit};
 pub use response_fields::ResponseFields;
-pub use validate_body::ValidateBody;
+pub use validate_body::{schema_errors, ValidateBody};

@@ -54,31 +54,37 @@ impl Policy for ValidateBody {
         if self.schema.is_valid(&value) {
             return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
         }
-        let errors: Vec<(String, String)> = self
-            .schema
-            .iter_errors(&value)
-            .take(MAX_REPORTED)
-            .map(|e| {
-                let pointer = e.instance_path.to_string();
-                let schema_path = e.schema_path.to_string();
-                let rule = schema_path
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("schema")
-                    .to_string();
-                (
-                    if pointer.is_empty() {
-                        "/".to_string()
-                    } else {
-                        pointer
-                    },
-                    rule,
-                )
-            })
-            .collect();
+        let errors = schema_errors(&self.schema, &value);
         if !errors.is_empty() {
             return Err(GatewayError::Invalid { errors });
         }
         Ok(Flow::Continue(Request::from_parts(parts, full(bytes))))
     }
+}
+
+/// The (JSON pointer, failed keyword) pairs of a document that fails `schema`, at most 20;
+/// never the offending values. The root is written `/`.
+pub fn schema_errors(
+    schema: &jsonschema::Validator,
+    value: &serde_json::Value,
+) -> Vec<(String, String)> {
+    schema
+        .iter_errors(value)
+        .take(MAX_REPORTED)
+        .map(|e| {
+            let pointer = e.instance_path.to_string();
+            let schema_path = e.schema_path.to_string();
+            let rule = schema_path
+                .rsplit('/')
+                .next()
+                .unwrap_or("schema")
+                .to_string();
+            let pointer = if pointer.is_empty() {
+                "/".to_string()
+            } else {
+                pointer
+            };
+            (pointer, rule)
+        })
+        .collect()
 }

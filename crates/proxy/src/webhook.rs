@@ -261,16 +261,7 @@ impl WebhookEndpoint {
                 GatewayError::Malformed(portcullis_core::MalformedKind::InvalidBody)
             })?;
             if !schema.is_valid(&value) {
-                let errors = schema
-                    .iter_errors(&value)
-                    .take(20)
-                    .map(|e| {
-                        let p = e.instance_path.to_string();
-                        let rule = e.schema_path.to_string();
-                        let rule = rule.rsplit('/').next().unwrap_or("schema").to_string();
-                        (if p.is_empty() { "/".to_string() } else { p }, rule)
-                    })
-                    .collect();
+                let errors = portcullis_policy::schema_errors(schema, &value);
                 return Err(GatewayError::Invalid { errors });
             }
         }
