@@ -2,14 +2,14 @@
 
 use http::{Method, StatusCode};
 use portcullis_core::{ErrorInfo, RequestContext};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// What the access log and metrics record about a finished request head.
 pub(crate) struct Outcome<'a> {
     pub ctx: &'a RequestContext,
     pub method: &'a Method,
     pub path: &'a str,
-    pub route: &'a str,
+    pub route: &'a Arc<str>,
     pub status: StatusCode,
     pub error: Option<&'a ErrorInfo>,
     pub elapsed: Duration,
@@ -19,28 +19,57 @@ pub(crate) fn record(o: &Outcome<'_>, access_log: bool) {
     let method = portcullis_telemetry::method_label(o.method);
     metrics::counter!(
         "portcullis_http_requests_total",
-        "route" => o.route.to_string(),
+        "route" => o.route.clone(),
         "method" => method,
-        "status" => o.status.as_u16().to_string()
+        "status" => status_label(o.status)
     )
     .increment(1);
-    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => o.route.to_string())
+    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => o.route.clone())
         .record(o.elapsed.as_secs_f64());
 
     if !access_log {
         return;
     }
-    // The query string is left out on purpose: it is where tokens and personal data leak.
-    tracing::info!(
-        target: "portcullis::access",
-        request_id = %o.ctx.request_id,
-        client_ip = %o.ctx.client_ip,
+    portcullis_telemetry::log_access(&portcullis_telemetry::AccessRecord {
+        request_id: o.ctx.request_id.as_str(),
+        client_ip: o.ctx.client_ip,
         method,
-        path = o.path,
-        route = o.route,
-        status = o.status.as_u16(),
-        duration_ms = o.elapsed.as_secs_f64() * 1000.0,
-        error = o.error.map(|e| e.slug),
-        cause = o.error.and_then(|e| e.cause.as_deref()),
-    );
+        path: o.path,
+        route: o.route,
+        status: o.status.as_u16(),
+        elapsed: o.elapsed,
+        error: o.error.map(|e| e.slug),
+        cause: o.error.and_then(|e| e.cause.as_deref()),
+    });
+}
+
+/// The status as a metric label; the common codes without an allocation.
+fn status_label(s: StatusCode) -> metrics::SharedString {
+    let known = match s.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        410 => "410",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(known)
 }

@@ -5,10 +5,13 @@
 //! remembering to scrub: whatever is logged, a sensitive header or field name gets its value
 //! replaced, and credential-shaped values are masked wherever they appear.
 
+mod access;
 mod logging;
 mod metrics_export;
 mod redact;
+mod writer;
 
+pub use access::{log_access, AccessRecord};
 pub use logging::{init_logging, LogGuard, LogSink};
 pub use metrics_export::{init_metrics, method_label, Metrics};
 pub use redact::{Redactor, REDACTED};

@@ -20,7 +20,7 @@ pub enum LogSink {
 /// Keeps the background writer alive (dropping it flushes pending lines) and allows the level
 /// and redaction lists to change on reload.
 pub struct LogGuard {
-    _worker: tracing_appender::non_blocking::WorkerGuard,
+    _writer: crate::writer::WriterGuard,
     filter: reload::Handle<EnvFilter, Registry>,
     redactor: Redactor,
 }
@@ -42,36 +42,6 @@ impl LogGuard {
     }
 }
 
-/// A writer that redacts whole lines before they reach `inner`.
-struct RedactingWriter<W> {
-    inner: W,
-    redactor: Redactor,
-    pending: Vec<u8>,
-}
-
-impl<W: Write> Write for RedactingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line);
-            self.inner
-                .write_all(self.redactor.redact_line(&text).as_bytes())?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            let text = String::from_utf8_lossy(&rest);
-            self.inner
-                .write_all(self.redactor.redact_line(&text).as_bytes())?;
-        }
-        self.inner.flush()
-    }
-}
-
 /// Installs the global subscriber. `PORTCULLIS_LOG`, when set, overrides the configured level.
 /// Fails if the level is not a valid filter or a subscriber is already installed.
 pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, String> {
@@ -84,14 +54,11 @@ pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, Stri
         LogSink::Stdout => Box::new(io::stdout()),
         LogSink::Stderr => Box::new(io::stderr()),
     };
-    let writer = RedactingWriter {
-        inner: out,
-        redactor: redactor.clone(),
-        pending: Vec::new(),
-    };
-    let (nb, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(64 * 1024)
-        .finish(writer);
+    let (nb, writer) = crate::writer::spawn(out, redactor.clone())
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+    if cfg.format == LogFormat::Json {
+        crate::access::set_json_sink(nb.clone());
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let result = match cfg.format {
         LogFormat::Json => registry
@@ -116,7 +83,7 @@ pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, Stri
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(LogGuard {
-        _worker: worker,
+        _writer: writer,
         filter: handle,
         redactor,
     })

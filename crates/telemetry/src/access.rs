@@ -1,0 +1,259 @@
+//! The access log's fast path: one JSON line per request, written straight to the log writer.
+//!
+//! The line has exactly the keys tracing's JSON formatter gives an event with these fields
+//! (`timestamp`, `level`, the fields, `target`), so readers of the log see one format. It is
+//! built by hand because the generic formatter (a serde visitor per field, `Display` for every
+//! value) was about a quarter of the gateway's instructions per request on the benchmark; see
+//! `bench/RESULTS.md`. The line still goes through the writer thread's redaction like every
+//! other line, and the configured level still applies (`target: portcullis::access`, INFO).
+//! With the plain-text format, or before logging is set up, the line goes through tracing.
+
+use crate::writer::LineSink;
+use std::{
+    cell::RefCell,
+    io::Write,
+    net::IpAddr,
+    sync::OnceLock,
+    time::{Duration, SystemTime},
+};
+
+/// The JSON sink, set once by `init_logging` when the format is JSON.
+static JSON_SINK: OnceLock<LineSink> = OnceLock::new();
+
+thread_local! {
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+pub(crate) fn set_json_sink(sink: LineSink) {
+    // A second logger in one process (never the case in the binary) keeps the first sink.
+    let _ = JSON_SINK.set(sink);
+}
+
+/// What the access log records about one finished request. The query string is not among
+/// the fields on purpose: it is where tokens and personal data leak.
+pub struct AccessRecord<'a> {
+    /// The request id sent back to the client.
+    pub request_id: &'a str,
+    /// The client address the gateway believed (peer, or trusted `X-Forwarded-For`).
+    pub client_ip: IpAddr,
+    /// Request method.
+    pub method: &'a str,
+    /// Request path, without the query.
+    pub path: &'a str,
+    /// Route id, or `-`, `undeclared`, a webhook or integration id.
+    pub route: &'a str,
+    /// Response status.
+    pub status: u16,
+    /// Time from the request head to the response head.
+    pub elapsed: Duration,
+    /// The problem slug when the gateway answered with an error.
+    pub error: Option<&'a str>,
+    /// The internal cause of that error (logged, never sent to the client).
+    pub cause: Option<&'a str>,
+}
+
+/// Writes one access-log line, if the configured level lets `portcullis::access` INFO through.
+pub fn log_access(r: &AccessRecord<'_>) {
+    if !tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some(sink) = JSON_SINK.get() else {
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = r.request_id,
+            client_ip = %r.client_ip,
+            method = r.method,
+            path = r.path,
+            route = r.route,
+            status = r.status,
+            duration_ms = r.elapsed.as_secs_f64() * 1000.0,
+            error = r.error,
+            cause = r.cause,
+        );
+        return;
+    };
+    LINE.with(|line| {
+        // Re-entrancy cannot happen (nothing below logs), but never panic on it.
+        let Ok(mut line) = line.try_borrow_mut() else {
+            return;
+        };
+        line.clear();
+        r.write_json(&mut line, SystemTime::now());
+        sink.write_line(&line);
+    });
+}
+
+impl AccessRecord<'_> {
+    fn write_json(&self, out: &mut Vec<u8>, now: SystemTime) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(out, now);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
+        json_str(out, self.request_id);
+        out.extend_from_slice(b",\"client_ip\":\"");
+        write_ip(out, self.client_ip);
+        out.extend_from_slice(b"\",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        out.extend_from_slice(b",\"route\":");
+        json_str(out, self.route);
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status));
+        out.extend_from_slice(b",\"duration_ms\":");
+        let micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX);
+        push_u64(out, micros / 1000);
+        out.push(b'.');
+        push_padded(out, micros % 1000, 3);
+        if let Some(e) = self.error {
+            out.extend_from_slice(b",\"error\":");
+            json_str(out, e);
+        }
+        if let Some(c) = self.cause {
+            out.extend_from_slice(b",\"cause\":");
+            json_str(out, c);
+        }
+        out.extend_from_slice(b",\"target\":\"portcullis::access\"}\n");
+    }
+}
+
+/// A JSON string literal, escaped by serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// RFC 3339 in UTC with microseconds, as tracing's formatter writes it.
+fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let t = time::OffsetDateTime::from(now);
+    push_padded(out, u64::try_from(t.year()).unwrap_or(0), 4);
+    out.push(b'-');
+    push_padded(out, u64::from(u8::from(t.month())), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(t.day()), 2);
+    out.push(b'T');
+    push_padded(out, u64::from(t.hour()), 2);
+    out.push(b':');
+    push_padded(out, u64::from(t.minute()), 2);
+    out.push(b':');
+    push_padded(out, u64::from(t.second()), 2);
+    out.push(b'.');
+    push_padded(out, u64::from(t.microsecond()), 6);
+    out.push(b'Z');
+}
+
+/// An address as `Display` writes it, without the formatting machinery for IPv4.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` in at least `width` digits, zero-padded.
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let digits = if n == 0 { 1 } else { n.ilog10() as usize + 1 };
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits)));
+    push_u64(out, n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn line(r: &AccessRecord<'_>, now: SystemTime) -> serde_json::Value {
+        let mut out = Vec::new();
+        r.write_json(&mut out, now);
+        assert_eq!(out.last(), Some(&b'\n'));
+        serde_json::from_slice(&out).expect("a JSON line")
+    }
+
+    fn record<'a>(path: &'a str, cause: Option<&'a str>) -> AccessRecord<'a> {
+        AccessRecord {
+            request_id: "req-1",
+            client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+            method: "GET",
+            path,
+            route: "orders",
+            status: 502,
+            elapsed: Duration::from_micros(12_345),
+            error: cause.map(|_| "bad-gateway"),
+            cause,
+        }
+    }
+
+    #[test]
+    fn the_line_has_the_keys_and_values_of_the_tracing_format() {
+        // 2026-12-01T19:46:09.000042Z
+        let now = SystemTime::UNIX_EPOCH + Duration::new(1_796_154_369, 42_000);
+        let v = line(&record("/orders/1", Some("connection refused")), now);
+        assert_eq!(v["timestamp"], "2026-12-01T19:46:09.000042Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "portcullis::access");
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["client_ip"], "198.51.100.7");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/orders/1");
+        assert_eq!(v["route"], "orders");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["duration_ms"], 12.345);
+        assert_eq!(v["error"], "bad-gateway");
+        assert_eq!(v["cause"], "connection refused");
+    }
+
+    #[test]
+    fn absent_error_fields_are_left_out() {
+        let v = line(&record("/", None), SystemTime::now());
+        let obj = v.as_object().expect("object");
+        assert!(!obj.contains_key("error") && !obj.contains_key("cause"));
+    }
+
+    #[test]
+    fn strings_are_escaped_and_addresses_written_like_display() {
+        let mut r = record("/a\"b\\c\u{1}\n", Some("line\r\nbreak"));
+        for ip in [
+            IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)),
+            IpAddr::V4(Ipv4Addr::new(255, 10, 1, 100)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6("2001:db8::ffff:1.2.3.4".parse().expect("v6")),
+        ] {
+            r.client_ip = ip;
+            let v = line(&r, SystemTime::now());
+            assert_eq!(v["client_ip"], ip.to_string());
+            assert_eq!(v["path"], "/a\"b\\c\u{1}\n");
+            assert_eq!(v["cause"], "line\r\nbreak");
+        }
+    }
+
+    #[test]
+    fn durations_keep_microseconds() {
+        for (us, want) in [(0, 0.0), (7, 0.007), (1_000, 1.0), (999_999, 999.999)] {
+            let mut r = record("/", None);
+            r.elapsed = Duration::from_micros(us);
+            assert_eq!(line(&r, SystemTime::now())["duration_ms"], want, "{us} us");
+        }
+    }
+}
