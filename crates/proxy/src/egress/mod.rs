@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
-use portcullis_config::{CredentialPlacement, IntegrationConfig};
+use portcullis_config::{BreakerSettings, CredentialPlacement, IntegrationConfig};
 use portcullis_core::{full, Body, GatewayError, Identity};
 use portcullis_egress::{
     breaker::{Breaker, BreakerConfig, SystemClock},
@@ -91,15 +91,9 @@ impl EgressTerminal {
         let client = guarded_client(&config, policy.clone())?;
         let allowed = allowlist(&config)?;
         let (attempts, base, max) = config.retry;
-        let (failure_ratio, min_requests, open_for) = config.breaker;
         let breaker = Breaker::new(
             config.id.clone(),
-            BreakerConfig {
-                failure_ratio,
-                min_requests,
-                open_for,
-                ..BreakerConfig::default()
-            },
+            breaker_config(&config.breaker),
             Arc::new(SystemClock),
         );
         let response_schema = match &config.response_schema {
@@ -482,6 +476,19 @@ fn guarded_client(
         .map_err(|e| format!("integration {:?}: client: {e}", config.id))
 }
 
+/// The breaker's thresholds from the integration's settings (the window's slice count is
+/// not a setting: ten slices make the window move smoothly enough at any length).
+fn breaker_config(s: &BreakerSettings) -> BreakerConfig {
+    BreakerConfig {
+        window: s.window,
+        min_requests: s.min_requests,
+        failure_ratio: s.failure_ratio,
+        open_for: s.open_for,
+        half_open_probes: s.half_open_probes,
+        ..BreakerConfig::default()
+    }
+}
+
 /// The allowed (template → methods) router. Several entries may share a template; their
 /// methods are merged.
 fn allowlist(config: &IntegrationConfig) -> Result<matchit::Router<(String, Vec<Method>)>, String> {
@@ -555,5 +562,74 @@ impl Terminal for EgressTerminal {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::breaker_config;
+    use portcullis_egress::breaker::{Breaker, BreakerState, ManualClock};
+    use std::{sync::Arc, time::Duration};
+
+    /// The breaker an integration's configuration text produces, on a manual clock.
+    fn breaker_from(table: &str) -> (Breaker, Arc<ManualClock>) {
+        let text = format!(
+            "[[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"https://api.example\"\n\
+             allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\ncircuit_breaker = {table}\n"
+        );
+        let loaded = match portcullis_config::parse(&text, "test.toml", std::path::Path::new(".")) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let clock = Arc::new(ManualClock::new());
+        let b = Breaker::new(
+            "crm",
+            breaker_config(&loaded.config.integrations[0].breaker),
+            clock.clone(),
+        );
+        (b, clock)
+    }
+
+    fn fail(b: &Breaker, n: usize) {
+        for _ in 0..n {
+            if let Ok(p) = b.try_acquire() {
+                p.failure();
+            }
+        }
+    }
+
+    #[test]
+    fn the_configured_window_and_probe_count_reach_the_breaker() {
+        // window = "1m": failures 40 s apart still count together (the default 30 s would
+        // have forgotten the first), and three probes go out while half-open.
+        let (b, clock) = breaker_from(
+            "{ window = \"1m\", half_open_probes = 3, min_requests = 2, open_for = \"10s\" }",
+        );
+        fail(&b, 1);
+        clock.advance(Duration::from_secs(40));
+        fail(&b, 1);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(10));
+        let probes: Vec<_> = (0..3).filter_map(|_| b.try_acquire().ok()).collect();
+        assert_eq!(probes.len(), 3);
+        assert!(
+            b.try_acquire().is_err(),
+            "a fourth probe while three are out"
+        );
+
+        // The same failures with window = "20s": the first is forgotten, it stays closed.
+        let (b, clock) = breaker_from("{ window = \"20s\", min_requests = 2 }");
+        fail(&b, 1);
+        clock.advance(Duration::from_secs(40));
+        fail(&b, 1);
+        assert_eq!(b.state(), BreakerState::Closed);
+
+        // Defaults: one probe at a time.
+        let (b, clock) = breaker_from("{ min_requests = 1 }");
+        fail(&b, 1);
+        clock.advance(Duration::from_secs(30));
+        let first = b.try_acquire();
+        assert!(first.is_ok());
+        assert!(b.try_acquire().is_err());
     }
 }
