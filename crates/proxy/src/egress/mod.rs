@@ -11,7 +11,9 @@
 //! credential ([`EgressTerminal::credential`], OAuth tokens in `token.rs`), the attempts
 //! ([`EgressTerminal::send`]), and what comes back (`response.rs`).
 
+mod audit;
 mod response;
+mod seal;
 mod token;
 
 use async_trait::async_trait;
@@ -83,6 +85,7 @@ impl EgressTerminal {
         config: Arc<IntegrationConfig>,
         vault: Option<Arc<Vault>>,
         limits: Option<portcullis_policy::LimitStore>,
+        shared_tokens: Option<Arc<dyn portcullis_state::TokenCache>>,
     ) -> Result<Self, String> {
         let policy = Arc::new(Policy {
             allow_cidrs: config.dangerous_allow_cidrs.clone(),
@@ -91,10 +94,11 @@ impl EgressTerminal {
         let client = guarded_client(&config, policy.clone())?;
         let allowed = allowlist(&config)?;
         let (attempts, base, max) = config.retry;
-        let breaker = Breaker::new(
+        let breaker = Breaker::with_observer(
             config.id.clone(),
             breaker_config(&config.breaker),
             Arc::new(SystemClock),
+            Arc::new(audit::breaker),
         );
         let response_schema = match &config.response_schema {
             Some(s) => Some(
@@ -105,7 +109,12 @@ impl EgressTerminal {
         };
         Ok(EgressTerminal {
             primary_healthy: AtomicBool::new(true),
-            tokens: token::TokenSource::new(&config, vault.clone(), client.inner().clone()),
+            tokens: token::TokenSource::new(
+                &config,
+                vault.clone(),
+                client.inner().clone(),
+                shared_tokens,
+            ),
             limits,
             response_schema,
             retry: RetryPolicy {
@@ -335,13 +344,14 @@ impl EgressTerminal {
 
     /// Step 5: the attempts. Every attempt passes the outbound rate limit and the circuit
     /// breaker; idempotent calls are retried with backoff inside the deadline and the retry
-    /// budget; a refused OAuth token is replaced once. Returns the third party's answer and
-    /// the number of attempts counted for the log (token refetches are not retries).
+    /// budget; a refused OAuth token is replaced once. `attempts` counts the requests that
+    /// reached the third party (retries and the token refetch's repeat included).
     async fn send(
         &self,
         out: &mut Outbound,
         body: Bytes,
-    ) -> Result<(reqwest::Response, u32), GatewayError> {
+        attempts: &mut u32,
+    ) -> Result<reqwest::Response, GatewayError> {
         let id = self.config.id.as_str();
         let retryable = may_retry(&out.method, out.headers.contains_key("idempotency-key"));
         let deadline = Instant::now() + self.config.timeout;
@@ -365,7 +375,11 @@ impl EgressTerminal {
             if !body.is_empty() {
                 *req.body_mut() = Some(reqwest::Body::from(body.clone()));
             }
-            let (retry_after, failure) = match self.client.execute(req).await {
+            let sent = self.client.execute(req).await;
+            if !matches!(sent, Err(EgressError::Refused(_))) {
+                *attempts += 1;
+            }
+            let (retry_after, failure) = match sent {
                 // A token the third party refuses is replaced once, and the call made again.
                 Ok(res)
                     if res.status() == http::StatusCode::UNAUTHORIZED
@@ -385,7 +399,7 @@ impl EgressTerminal {
                     } else {
                         permit.success();
                     }
-                    return Ok((res, retry + 1));
+                    return Ok(res);
                 }
                 Ok(res) => {
                     permit.failure();
@@ -416,7 +430,7 @@ impl EgressTerminal {
                     tokio::time::sleep(wait).await;
                     retry += 1;
                 }
-                (_, Ok(res)) => return Ok((res, retry + 1)),
+                (_, Ok(res)) => return Ok(res),
                 (_, Err(e)) if e.is_timeout() => return Err(GatewayError::UpstreamTimeout),
                 (_, Err(e)) => return Err(GatewayError::BadGateway(Box::new(e))),
             }
@@ -540,10 +554,30 @@ fn refuse(id: &str, why: &str) -> GatewayError {
 
 #[async_trait]
 impl Terminal for EgressTerminal {
+    /// Runs the steps and writes the call's audit event, however it ends.
     async fn call(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let mut record = audit::CallRecord::new(req.method().clone());
+        let result = self.steps(req, &mut record).await;
+        audit::call(
+            &self.config.id,
+            &record,
+            result.as_ref().map(|r| r.status().as_u16()),
+        );
+        result
+    }
+}
+
+impl EgressTerminal {
+    async fn steps(
+        &self,
+        req: Request<Body>,
+        record: &mut audit::CallRecord,
+    ) -> Result<Response<Body>, GatewayError> {
         let id = self.config.id.as_str();
         let client = self.caller(&req)?;
+        record.client = Some(client.clone());
         let template = self.template(&req)?;
+        record.template = Some(template.clone());
         let mut out = Outbound {
             url: self.destination(req.uri())?,
             method: req.method().clone(),
@@ -554,9 +588,9 @@ impl Terminal for EgressTerminal {
         self.credential(&mut out).await?;
         let body = portcullis_policy::read_limited(req.into_body(), self.config.max_body).await?;
         let started = Instant::now();
-        let (res, attempts) = self.send(&mut out, body).await?;
+        let res = self.send(&mut out, body, &mut record.attempts).await?;
         let (status, headers, body) = self.answer(res, &out.needles).await?;
-        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %out.method, path = %template, status = status.as_u16(), attempts, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
+        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %out.method, path = %template, status = status.as_u16(), attempts = record.attempts, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
         metrics::counter!("portcullis_egress_calls_total", "integration" => id.to_string(), "status" => status.as_u16().to_string()).increment(1);
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
