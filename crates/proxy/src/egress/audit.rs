@@ -17,7 +17,9 @@ pub(super) struct CallRecord {
     pub(super) method: Method,
     /// The allowed template the path matched (`None` before, or when none did).
     pub(super) template: Option<String>,
-    /// Requests that went to the third party (retries and a token refetch included).
+    /// Requests the gateway tried to send (retries and a token refetch's repeat included;
+    /// one the SSRF guard stopped counts too, one the breaker or rate limit held back does
+    /// not).
     pub(super) attempts: u32,
 }
 
@@ -33,13 +35,19 @@ impl CallRecord {
 }
 
 /// One egress call: `forwarded` (the third party answered; `status` is its status),
-/// `refused` (nothing was sent: client, method, path, destination, rate limit or open
-/// breaker) or `failed` (sent, but no usable answer: timeout, connection, refused response).
+/// `refused` (the gateway said no: client, method, path, destination or redirect hop, rate
+/// limit, open breaker) or `failed` (no credential, or no usable answer: timeout,
+/// connection, a response refused for its shape).
 pub(super) fn call(integration: &str, r: &CallRecord, result: Result<u16, &GatewayError>) {
     let (status, outcome, problem) = match result {
         Ok(status) => (status, "forwarded", None),
-        Err(e) if r.attempts == 0 => (e.status().as_u16(), "refused", Some(e.slug())),
-        Err(e) => (e.status().as_u16(), "failed", Some(e.slug())),
+        Err(
+            e @ (GatewayError::CredentialUnavailable(_)
+            | GatewayError::BadGateway(_)
+            | GatewayError::UpstreamTimeout
+            | GatewayError::Internal(_)),
+        ) => (e.status().as_u16(), "failed", Some(e.slug())),
+        Err(e) => (e.status().as_u16(), "refused", Some(e.slug())),
     };
     tracing::info!(
         target: "portcullis::audit",

@@ -226,7 +226,7 @@ impl EgressTerminal {
             _ => &self.config.base_url,
         };
         let (url, _) = join_destination(base, &pq, &self.policy)
-            .map_err(|r| refuse(&self.config.id, r.kind()))?;
+            .map_err(|r| refuse_destination(&self.config.id, r.kind()))?;
         Ok(url)
     }
 
@@ -344,8 +344,8 @@ impl EgressTerminal {
 
     /// Step 5: the attempts. Every attempt passes the outbound rate limit and the circuit
     /// breaker; idempotent calls are retried with backoff inside the deadline and the retry
-    /// budget; a refused OAuth token is replaced once. `attempts` counts the requests that
-    /// reached the third party (retries and the token refetch's repeat included).
+    /// budget; a refused OAuth token is replaced once. `attempts` counts the requests handed
+    /// to the client (retries and the token refetch's repeat included).
     async fn send(
         &self,
         out: &mut Outbound,
@@ -375,11 +375,8 @@ impl EgressTerminal {
             if !body.is_empty() {
                 *req.body_mut() = Some(reqwest::Body::from(body.clone()));
             }
-            let sent = self.client.execute(req).await;
-            if !matches!(sent, Err(EgressError::Refused(_))) {
-                *attempts += 1;
-            }
-            let (retry_after, failure) = match sent {
+            *attempts += 1;
+            let (retry_after, failure) = match self.client.execute(req).await {
                 // A token the third party refuses is replaced once, and the call made again.
                 Ok(res)
                     if res.status() == http::StatusCode::UNAUTHORIZED
@@ -411,7 +408,7 @@ impl EgressTerminal {
                     (ra, Ok(res))
                 }
                 // A refused destination is not the third party's failure: it counts nothing.
-                Err(EgressError::Refused(r)) => return Err(refuse(id, r.kind())),
+                Err(EgressError::Refused(r)) => return Err(refuse_destination(id, r.kind())),
                 Err(EgressError::Http(e)) => {
                     permit.failure();
                     (None, Err(e))
@@ -546,10 +543,22 @@ fn sensitive(text: String) -> Result<HeaderValue, GatewayError> {
     Ok(v)
 }
 
+/// A request the integration does not allow (client, method, path): 403 `forbidden`.
 fn refuse(id: &str, why: &str) -> GatewayError {
+    count_refusal(id, why);
+    GatewayError::Forbidden
+}
+
+/// A destination the SSRF guard refuses: 403 `destination-refused`, the reason (a stable
+/// kind, never an address) in the log and the metric label only.
+fn refuse_destination(id: &str, why: &str) -> GatewayError {
+    count_refusal(id, why);
+    GatewayError::DestinationRefused
+}
+
+fn count_refusal(id: &str, why: &str) {
     metrics::counter!("portcullis_egress_refused_total", "integration" => id.to_string(), "reason" => why.to_string()).increment(1);
     tracing::warn!(integration = id, reason = why, "egress request refused");
-    GatewayError::Forbidden
 }
 
 #[async_trait]
