@@ -73,7 +73,10 @@ pub(crate) async fn start(
         }
         let redis = Arc::new(redis);
         services.limits.shared = redis.clone();
-        services.replay = redis;
+        services.replay = redis.clone();
+        // Egress OAuth tokens are shared (sealed) only through Redis; the in-memory state
+        // keeps them per process as before.
+        services.egress_tokens = Some(redis);
     }
     services.vault = Some(vault.clone());
     services.store = Some(store.clone());

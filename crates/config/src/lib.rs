@@ -73,6 +73,8 @@ pub fn zero_config() -> Config {
 mod tests;
 pub use model::CorsConfig;
 pub use model::IpRules;
-pub use model::{CredentialConfig, CredentialPlacement, IntegrationConfig, ResponseFilter};
+pub use model::{
+    BreakerSettings, CredentialConfig, CredentialPlacement, IntegrationConfig, ResponseFilter,
+};
 pub use model::{Delivery, HmacSchemeConfig, WebhookConfig, WebhookProvider};
 pub use model::{QuotaConfig, SharedBackend, SharedStateConfig, SharedStateFailure};

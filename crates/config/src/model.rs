@@ -61,8 +61,8 @@ pub struct IntegrationConfig {
     pub dangerous_allow_cidrs: Vec<IpNet>,
     /// Total attempts (1 = no retry), first-retry ceiling and largest ceiling (full jitter).
     pub retry: (u32, Duration, Duration),
-    /// Circuit breaker: failure ratio, minimum requests in the window, time open.
-    pub breaker: (f64, u32, Duration),
+    /// Circuit-breaker thresholds.
+    pub breaker: BreakerSettings,
     /// JSON Schema (2020-12) successful responses must satisfy (502 otherwise).
     pub response_schema: Option<Arc<serde_json::Value>>,
     /// Media types a response may have (lower-case, no parameters); empty: any.
@@ -82,6 +82,33 @@ pub struct IntegrationConfig {
     pub ca: Option<PathBuf>,
     /// SHA-256 pins (of the certificate or its public key) the server's leaf must match.
     pub pin_sha256: Vec<[u8; 32]>,
+}
+
+/// When an integration's circuit breaker opens and how it recovers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// Opens when failures / outcomes in the window reaches this, in `(0, 1]`.
+    pub failure_ratio: f64,
+    /// No opening before the window holds this many outcomes.
+    pub min_requests: u32,
+    /// How long it stays open before probing.
+    pub open_for: Duration,
+    /// The rolling window outcomes are counted over.
+    pub window: Duration,
+    /// Calls admitted at a time as probes while half-open; the first success closes it.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            open_for: Duration::from_secs(30),
+            window: Duration::from_secs(30),
+            half_open_probes: 1,
+        }
+    }
 }
 
 /// Which fields of a third party's JSON response a workflow sees, and which are masked.

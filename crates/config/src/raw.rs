@@ -107,6 +107,8 @@ pub(crate) struct RawBreaker {
     pub failure_ratio: Option<f64>,
     pub min_requests: Option<u32>,
     pub open_for: Option<HumanDuration>,
+    pub window: Option<Spanned<HumanDuration>>,
+    pub half_open_probes: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

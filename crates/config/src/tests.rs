@@ -745,3 +745,77 @@ fn integrations_are_validated() {
         assert!(errs.iter().any(|e| e.message.contains(needle)), "{doc}: {errs:?}");
     }
 }
+
+#[test]
+fn circuit_breaker_window_and_probes_are_configurable_and_checked_where_written() {
+    const HEAD: &str = "[[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"i\"\nbase_url = \"https://api.example\"\nallow = [{ methods = [\"GET\"], path = \"/x\" }]\nclients = [\"wf\"]\n";
+    // Without the table, or with only the older fields: the defaults hold (existing files stay valid).
+    let d = ok(HEAD).config.integrations[0].breaker;
+    assert_eq!(d, BreakerSettings::default());
+    assert_eq!(d.window, std::time::Duration::from_secs(30));
+    assert_eq!(d.half_open_probes, 1);
+    let old = ok(&format!(
+        "{HEAD}circuit_breaker = {{ failure_ratio = 0.25, min_requests = 4, open_for = \"5s\" }}\n"
+    ))
+    .config
+    .integrations[0]
+        .breaker;
+    assert_eq!(
+        (
+            old.failure_ratio,
+            old.min_requests,
+            old.open_for,
+            old.window,
+            old.half_open_probes
+        ),
+        (
+            0.25,
+            4,
+            std::time::Duration::from_secs(5),
+            d.window,
+            d.half_open_probes
+        )
+    );
+    let b = ok(&format!(
+        "{HEAD}circuit_breaker = {{ window = \"2m\", half_open_probes = 3 }}\n"
+    ))
+    .config
+    .integrations[0]
+        .breaker;
+    assert_eq!(b.window, std::time::Duration::from_secs(120));
+    assert_eq!(b.half_open_probes, 3);
+    assert_eq!(b.min_requests, d.min_requests);
+
+    // Out-of-range values: an error on the line and column of the value itself.
+    for (table, needle, column) in [
+        ("{ window = \"10ms\" }", "circuit_breaker.window", 30),
+        ("{ window = \"2h\" }", "circuit_breaker.window", 30),
+        (
+            "{ half_open_probes = 0 }",
+            "circuit_breaker.half_open_probes",
+            40,
+        ),
+        (
+            "{ half_open_probes = 101 }",
+            "circuit_breaker.half_open_probes",
+            40,
+        ),
+        ("{ failure_ratio = 0.0 }", "0 < failure_ratio <= 1", 19),
+    ] {
+        let e = errors(&format!("{HEAD}circuit_breaker = {table}\n"));
+        assert_eq!(e.len(), 1, "{table}: {e:?}");
+        assert!(e[0].message.contains(needle), "{table}: {}", e[0]);
+        assert_eq!(
+            (e[0].line, e[0].column),
+            (Some(8), Some(column)),
+            "{table}: {}",
+            e[0]
+        );
+    }
+    // Unknown fields are still refused.
+    let e = errors(&format!("{HEAD}circuit_breaker = {{ probes = 2 }}\n"));
+    assert!(
+        e.iter().any(|e| e.message.contains("unknown field")),
+        "{e:?}"
+    );
+}

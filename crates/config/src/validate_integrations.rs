@@ -1,8 +1,10 @@
 //! Validation of `[[integrations]]`: egress destinations, their allowlists and credentials.
 
 use crate::{
-    model::{ClientConfig, CredentialConfig, CredentialPlacement, IntegrationConfig},
-    raw::{RawCredential, RawIntegration},
+    model::{
+        BreakerSettings, ClientConfig, CredentialConfig, CredentialPlacement, IntegrationConfig,
+    },
+    raw::{RawBreaker, RawCredential, RawIntegration},
     validate::{load_json_schema, valid_id, Checker},
 };
 use ipnet::IpNet;
@@ -127,22 +129,9 @@ pub(crate) fn integrations(
             }
             None => (3, Duration::from_millis(200), Duration::from_secs(10)),
         };
-        let breaker = match i.circuit_breaker {
-            Some(b) => {
-                let span = b.span();
-                let b = b.into_inner();
-                let v = (
-                    b.failure_ratio.unwrap_or(0.5),
-                    b.min_requests.unwrap_or(20),
-                    b.open_for.map_or(Duration::from_secs(30), |d| d.0),
-                );
-                if !(v.0 > 0.0 && v.0 <= 1.0) || v.1 == 0 || v.2.is_zero() {
-                    c.error(Some(span), format!("{ctx}: circuit_breaker needs 0 < failure_ratio <= 1, min_requests >= 1 and open_for > 0"));
-                }
-                v
-            }
-            None => (0.5, 20, Duration::from_secs(30)),
-        };
+        let breaker = i
+            .circuit_breaker
+            .map_or_else(BreakerSettings::default, |b| breaker(c, b, &ctx));
         let response_schema = i
             .response_schema
             .and_then(|p| load_json_schema(c, p, &format!("{ctx}: response_schema")));
@@ -372,4 +361,50 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
         }
     };
     Some(CredentialConfig { placement, secret })
+}
+
+/// The breaker's limits: ratios outside `(0, 1]` never or always open, and a window far
+/// shorter than a call or probes beyond a small number defeat the point of a breaker.
+const WINDOW_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+const MAX_PROBES: u32 = 100;
+
+fn breaker(c: &mut Checker, raw: Spanned<RawBreaker>, ctx: &str) -> BreakerSettings {
+    let span = raw.span();
+    let b = raw.into_inner();
+    let d = BreakerSettings::default();
+    let v = BreakerSettings {
+        failure_ratio: b.failure_ratio.unwrap_or(d.failure_ratio),
+        min_requests: b.min_requests.unwrap_or(d.min_requests),
+        open_for: b.open_for.map_or(d.open_for, |t| t.0),
+        window: b.window.as_ref().map_or(d.window, |w| w.get_ref().0),
+        half_open_probes: b
+            .half_open_probes
+            .as_ref()
+            .map_or(d.half_open_probes, |p| *p.get_ref()),
+    };
+    if !(v.failure_ratio > 0.0 && v.failure_ratio <= 1.0)
+        || v.min_requests == 0
+        || v.open_for.is_zero()
+    {
+        c.error(Some(span), format!("{ctx}: circuit_breaker needs 0 < failure_ratio <= 1, min_requests >= 1 and open_for > 0"));
+    }
+    if let Some(w) = &b.window {
+        if w.get_ref().0 < WINDOW_RANGE.0 || w.get_ref().0 > WINDOW_RANGE.1 {
+            c.error(
+                Some(w.span()),
+                format!("{ctx}: circuit_breaker.window must be between 100ms and 1h"),
+            );
+        }
+    }
+    if let Some(p) = &b.half_open_probes {
+        if *p.get_ref() == 0 || *p.get_ref() > MAX_PROBES {
+            c.error(
+                Some(p.span()),
+                format!(
+                    "{ctx}: circuit_breaker.half_open_probes must be between 1 and {MAX_PROBES}"
+                ),
+            );
+        }
+    }
+    v
 }

@@ -74,6 +74,12 @@ pub enum GatewayError {
     /// A known caller lacks the scope, role or network this request needs.
     #[error("forbidden")]
     Forbidden,
+    /// An egress destination the SSRF guard refuses: an internal address, a name that resolves
+    /// to one, a redirect to one, or a URL trick in the caller's path. One answer for every
+    /// cause, so the egress gateway cannot be used to map the internal network; the cause
+    /// goes to the log only.
+    #[error("destination refused")]
+    DestinationRefused,
     /// Too many requests, or locked out after repeated authentication failures.
     #[error("too many requests")]
     TooManyRequests {
@@ -167,7 +173,7 @@ impl GatewayError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized { .. } | Self::WebhookUnverified => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::DestinationRefused => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } | Self::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -198,6 +204,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "unauthenticated",
             Self::WebhookUnverified => "webhook-unverified",
             Self::Forbidden => "forbidden",
+            Self::DestinationRefused => "destination-refused",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::QuotaExceeded { .. } => "quota-exceeded",
             Self::UpstreamTimeout => "upstream-timeout",
@@ -227,6 +234,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "Authentication required",
             Self::WebhookUnverified => "Webhook verification failed",
             Self::Forbidden => "Not allowed",
+            Self::DestinationRefused => "Destination refused",
             Self::TooManyRequests { .. } => "Too many requests",
             Self::QuotaExceeded { .. } => "Quota exceeded",
             Self::UpstreamTimeout => "Upstream did not answer in time",

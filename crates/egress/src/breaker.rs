@@ -98,6 +98,10 @@ impl Default for BreakerConfig {
     }
 }
 
+/// Told of every state change (for the audit trail). Called while the breaker's lock is
+/// held, so it must be quick and must not call back into the breaker; a log line is fine.
+pub type Observer = Arc<dyn Fn(&str, BreakerState, BreakerState) + Send + Sync>;
+
 /// The state reported to metrics and the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -167,6 +171,16 @@ struct Shared {
     epoch: Instant,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    observer: Option<ObserverSlot>,
+}
+
+/// The observer, in a wrapper so `Shared` can keep deriving `Debug`.
+struct ObserverSlot(Observer);
+
+impl Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// A circuit breaker. Cheap to clone (shared state).
@@ -178,13 +192,33 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker named `name` (the integration id, used as the metrics label).
     pub fn new(name: impl Into<String>, config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        Self::build(name.into(), config, clock, None)
+    }
+
+    /// A closed breaker whose state changes are also reported to `observer` (name, from, to).
+    pub fn with_observer(
+        name: impl Into<String>,
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        observer: Observer,
+    ) -> Self {
+        Self::build(name.into(), config, clock, Some(ObserverSlot(observer)))
+    }
+
+    fn build(
+        name: String,
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        observer: Option<ObserverSlot>,
+    ) -> Self {
         let buckets = config.buckets.max(1);
         let bucket_len = (config.window / buckets).max(Duration::from_millis(1));
         let epoch = clock.now();
         let breaker = Self {
             shared: Arc::new(Shared {
-                name: name.into(),
+                name,
                 config,
+                observer,
                 bucket_len,
                 epoch,
                 clock,
@@ -268,6 +302,7 @@ impl Shared {
     }
 
     fn transition(&self, inner: &mut Inner, to: State) {
+        let from = inner.state.public();
         inner.state = to;
         inner.generation += 1;
         for b in &mut inner.buckets {
@@ -275,6 +310,9 @@ impl Shared {
         }
         tracing::info!(integration = %self.name, state = to.public().as_str(), "circuit breaker");
         self.publish(to.public());
+        if let Some(ObserverSlot(observe)) = &self.observer {
+            observe(&self.name, from, to.public());
+        }
     }
 
     fn publish(&self, state: BreakerState) {

@@ -147,3 +147,98 @@ fn late_outcome_from_closed_does_not_affect_open() {
     probe.success();
     assert_eq!(b.state(), BreakerState::Closed);
 }
+
+fn configured(window: Duration, half_open_probes: u32) -> (Breaker, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let config = BreakerConfig {
+        window,
+        half_open_probes,
+        min_requests: 10,
+        failure_ratio: 0.5,
+        open_for: Duration::from_secs(30),
+        ..BreakerConfig::default()
+    };
+    (Breaker::new("crm", config, clock.clone()), clock)
+}
+
+#[test]
+fn the_configured_window_length_decides_what_is_remembered() {
+    // Nine failures, then one more 20 s later: a 60 s window still holds the nine and opens,
+    // a 5 s window has forgotten them and stays closed.
+    for (window, opens) in [
+        (Duration::from_secs(60), true),
+        (Duration::from_secs(5), false),
+    ] {
+        let (b, clock) = configured(window, 1);
+        fail(&b, 9);
+        clock.advance(Duration::from_secs(20));
+        fail(&b, 1);
+        let want = if opens {
+            BreakerState::Open
+        } else {
+            BreakerState::Closed
+        };
+        assert_eq!(b.state(), want, "window {window:?}");
+    }
+    // Inside a short window the same failures do count: 9 at t = 0, 1 at t = 4 s of 5 s.
+    let (b, clock) = configured(Duration::from_secs(5), 1);
+    fail(&b, 9);
+    clock.advance(Duration::from_secs(4));
+    fail(&b, 1);
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn the_configured_number_of_half_open_probes_is_admitted_and_no_more() {
+    for probes in [1u32, 3, 5] {
+        let (b, clock) = configured(Duration::from_secs(10), probes);
+        fail(&b, 10);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(30));
+        let permits: Vec<_> = (0..probes).map(|_| b.try_acquire().unwrap()).collect();
+        assert!(permits.iter().all(|p| p.is_probe()));
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_in,
+            Duration::ZERO,
+            "{probes} probes admitted, the next one must wait"
+        );
+        // A probe's failure reopens at once; the others' late outcomes change nothing.
+        let mut permits = permits.into_iter();
+        permits.next().unwrap().failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        for p in permits {
+            p.success();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}
+
+#[test]
+fn every_state_change_is_reported_to_the_observer() {
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<(String, BreakerState, BreakerState)>>> = Arc::default();
+    let log = seen.clone();
+    let clock = Arc::new(ManualClock::new());
+    let b = Breaker::with_observer(
+        "crm",
+        BreakerConfig {
+            min_requests: 2,
+            ..BreakerConfig::default()
+        },
+        clock.clone(),
+        Arc::new(move |name, from, to| log.lock().unwrap().push((name.to_string(), from, to))),
+    );
+    fail(&b, 2);
+    clock.advance(Duration::from_secs(30));
+    b.try_acquire().unwrap().success();
+    use BreakerState::{Closed, HalfOpen, Open};
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![
+            ("crm".to_string(), Closed, Open),
+            ("crm".to_string(), Open, HalfOpen),
+            ("crm".to_string(), HalfOpen, Closed),
+        ]
+    );
+}

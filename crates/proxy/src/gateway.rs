@@ -108,6 +108,9 @@ pub struct Services {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Failed webhook verifications per endpoint and source address.
     pub webhook_failures: Arc<crate::WebhookFailures>,
+    /// Where egress OAuth access tokens are shared between instances (Redis); `None` keeps
+    /// them in each process only.
+    pub egress_tokens: Option<Arc<dyn portcullis_state::TokenCache>>,
 }
 
 impl Services {
@@ -130,6 +133,7 @@ impl Services {
             webhook_signer: None,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_failures: Arc::new(crate::WebhookFailures::default()),
+            egress_tokens: None,
         }
     }
 }
@@ -517,6 +521,7 @@ fn build_generation(
                 i.clone(),
                 services.vault.clone(),
                 Some(services.limits.clone()),
+                services.egress_tokens.clone(),
             )
             .map_err(|reason| BuildError::Route {
                 id: i.id.clone(),

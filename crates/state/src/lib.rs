@@ -1,6 +1,7 @@
 //! Shared state: where counters live that several requests, or several Portcullis instances,
 //! must agree on. Today that is rate-limit state, in memory for one instance ([`MemoryLimiter`])
-//! or in Redis for several ([`RedisLimiter`]); replay caches for webhooks plug in here next.
+//! or in Redis for several ([`RedisLimiter`]); webhook replay caches ([`ReplayCache`]); and
+//! sealed egress OAuth access tokens with their refresh locks ([`TokenCache`]).
 //!
 //! Both limiters implement GCRA (the generic cell rate algorithm): one "theoretical arrival
 //! time" per key, equivalent to a token bucket of `limit + burst` refilled at `limit` per
@@ -12,10 +13,12 @@
 mod memory;
 mod redis_limiter;
 mod replay;
+mod token_cache;
 
 pub use memory::MemoryLimiter;
 pub use redis_limiter::{RedisLimiter, RedisOptions};
 pub use replay::{MemoryReplayCache, ReplayCache};
+pub use token_cache::{MemoryTokenCache, TokenCache};
 
 use async_trait::async_trait;
 use std::time::Duration;

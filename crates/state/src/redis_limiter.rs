@@ -34,6 +34,9 @@ pub struct RedisLimiter {
     script: redis::Script,
     prefix: String,
     replay_prefix: String,
+    token_prefix: String,
+    lock_prefix: String,
+    unlock: redis::Script,
     timeout: Duration,
     /// Where Redis is, without credentials, for log lines.
     target: String,
@@ -63,6 +66,12 @@ impl RedisLimiter {
             script: redis::Script::new(include_str!("gcra.lua")),
             prefix: format!("{}:rl:", opts.key_prefix),
             replay_prefix: format!("{}:seen:", opts.key_prefix),
+            token_prefix: format!("{}:egress-token:", opts.key_prefix),
+            lock_prefix: format!("{}:egress-token-lock:", opts.key_prefix),
+            // Deletes the lock only while it still holds this owner's value.
+            unlock: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            ),
             timeout: opts.timeout,
             target,
             epoch: Instant::now(),
@@ -94,9 +103,8 @@ impl RedisLimiter {
                 .is_ok()
     }
 
-    fn failed(&self, why: &str) -> LimiterError {
-        metrics::counter!("portcullis_shared_state_errors_total", "op" => "rate_limit")
-            .increment(1);
+    fn failed(&self, op: &'static str, why: &str) -> LimiterError {
+        metrics::counter!("portcullis_shared_state_errors_total", "op" => op).increment(1);
         self.down_until.store(
             self.now_ms() + RETRY_AFTER.as_millis() as u64,
             Ordering::Release,
@@ -107,7 +115,7 @@ impl RedisLimiter {
                 redis = %self.target,
                 error = why,
                 "shared state unreachable: rate limits follow each route's shared_state_failure \
-                 choice until it is back"
+                 choice, and egress OAuth tokens are cached per instance, until it is back"
             );
         }
         LimiterError::Unavailable(why.to_string())
@@ -164,11 +172,11 @@ impl Limiter for RedisLimiter {
             .record(started.elapsed().as_secs_f64());
         let out = match answer {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(self.failed(&e.to_string())),
-            Err(_) => return Err(self.failed("timed out")),
+            Ok(Err(e)) => return Err(self.failed("rate_limit", &e.to_string())),
+            Err(_) => return Err(self.failed("rate_limit", "timed out")),
         };
         if out.len() != 1 + 3 * checks.len() {
-            return Err(self.failed("unexpected script answer"));
+            return Err(self.failed("rate_limit", "unexpected script answer"));
         }
         self.recovered();
         Ok(checks
@@ -213,8 +221,8 @@ impl crate::ReplayCache for RedisLimiter {
                 self.recovered();
                 Ok(v.is_some())
             }
-            Ok(Err(e)) => Err(self.failed(&e.to_string())),
-            Err(_) => Err(self.failed("timed out")),
+            Ok(Err(e)) => Err(self.failed("replay", &e.to_string())),
+            Err(_) => Err(self.failed("replay", "timed out")),
         }
     }
 
@@ -224,8 +232,90 @@ impl crate::ReplayCache for RedisLimiter {
         cmd.arg(format!("{}{key}", self.replay_prefix));
         match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.failed(&e.to_string())),
-            Err(_) => Err(self.failed("timed out")),
+            Ok(Err(e)) => Err(self.failed("replay", &e.to_string())),
+            Err(_) => Err(self.failed("replay", "timed out")),
         }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisLimiter {
+    /// Runs one command for the token cache under the timeout, with the same fail-fast and
+    /// recovery as every other use of this connection.
+    async fn token_op<T: redis::FromRedisValue>(
+        &self,
+        cmd: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, LimiterError> {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, cmd).await;
+        metrics::histogram!("portcullis_shared_state_seconds", "op" => "egress_token")
+            .record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(v)) => {
+                self.recovered();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.failed("egress_token", &e.to_string())),
+            Err(_) => Err(self.failed("egress_token", "timed out")),
+        }
+    }
+
+    fn fast_fail(&self) -> Result<(), LimiterError> {
+        if self.may_try() {
+            Ok(())
+        } else {
+            Err(LimiterError::Unavailable(
+                "failing fast after an error".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl crate::TokenCache for RedisLimiter {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LimiterError> {
+        self.fast_fail()?;
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}{key}", self.token_prefix));
+        self.token_op(cmd.query_async::<Option<Vec<u8>>>(&mut conn))
+            .await
+    }
+
+    async fn put(&self, key: &str, sealed: &[u8], ttl: Duration) -> Result<(), LimiterError> {
+        self.fast_fail()?;
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{key}", self.token_prefix))
+            .arg(sealed)
+            .arg("PX")
+            .arg(millis(ttl));
+        self.token_op(cmd.query_async::<()>(&mut conn)).await
+    }
+
+    async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, LimiterError> {
+        self.fast_fail()?;
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{key}", self.lock_prefix))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        self.token_op(cmd.query_async::<Option<String>>(&mut conn))
+            .await
+            .map(|v| v.is_some())
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.unlock.prepare_invoke();
+        inv.key(format!("{}{key}", self.lock_prefix)).arg(owner);
+        self.token_op(inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 }

@@ -210,3 +210,89 @@ async fn a_message_is_first_seen_by_exactly_one_instance() {
         .await
         .unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_entries_are_shared_and_the_refresh_lock_has_one_holder() {
+    use portcullis_state::TokenCache;
+    let o = opts("redis://127.0.0.1:6379");
+    let a = Arc::new(RedisLimiter::new(&o).unwrap());
+    let b = Arc::new(RedisLimiter::new(&o).unwrap());
+    // Opaque bytes (the gateway stores sealed tokens), including bytes that are not UTF-8.
+    let sealed = [1u8, 0, 255, 254, 7, 42];
+    assert!(a.get("crm:k1").await.unwrap().is_none());
+    a.put("crm:k1", &sealed, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(b.get("crm:k1").await.unwrap().as_deref(), Some(&sealed[..]));
+
+    // Twenty contenders on two instances: exactly one holds the lock.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                c.try_lock("crm:k1", &format!("owner-{i}"), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .then_some(i)
+            })
+        })
+        .collect();
+    let mut holders = Vec::new();
+    for t in tasks {
+        holders.extend(t.await.unwrap());
+    }
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    // Only the holder releases it.
+    let other = (holders[0] + 1) % 20;
+    b.unlock("crm:k1", &format!("owner-{other}")).await.unwrap();
+    assert!(!a
+        .try_lock("crm:k1", "late", Duration::from_secs(60))
+        .await
+        .unwrap());
+    a.unlock("crm:k1", &format!("owner-{}", holders[0]))
+        .await
+        .unwrap();
+    assert!(b
+        .try_lock("crm:k1", "late", Duration::from_secs(60))
+        .await
+        .unwrap());
+
+    // Entries and locks expire with the TTL they were given.
+    a.put("crm:short", &sealed, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(a
+        .try_lock("crm:short", "x", Duration::from_millis(50))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(b.get("crm:short").await.unwrap().is_none());
+    assert!(b
+        .try_lock("crm:short", "y", Duration::from_secs(1))
+        .await
+        .unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_cache_reports_an_outage_instead_of_guessing() {
+    use portcullis_state::TokenCache;
+    let port = free_port();
+    let server = PrivateRedis::start(port);
+    let l = RedisLimiter::new(&opts(&format!("redis://127.0.0.1:{port}"))).unwrap();
+    l.put("crm:k", b"sealed", Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match l.get("crm:k").await {
+            Err(LimiterError::Unavailable(_)) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "outage never reported"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(l
+        .try_lock("crm:k", "o", Duration::from_secs(1))
+        .await
+        .is_err());
+}

@@ -356,3 +356,41 @@ impl Gw {
             .unwrap()
     }
 }
+
+/// A local OAuth 2.0 token endpoint for the client-credentials grant: checks the client's
+/// credentials (HTTP Basic, as the `oauth2` crate sends them), answers after `delay` (so
+/// that concurrent callers overlap with a fetch), counts the tokens it issues, and issues
+/// `tok-<n>-<suffix>` valid for an hour. Returns the token URL and the count.
+pub async fn token_server(
+    client_id: &str,
+    client_secret: &str,
+    suffix: &str,
+    delay: Duration,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use base64::Engine;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"))
+    );
+    let suffix = suffix.to_string();
+    let addr = serve_fn(move |head, body| {
+        // A blocking sleep in the handler: one-off test server, a few requests at a time.
+        std::thread::sleep(delay);
+        let auth = head
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let body = String::from_utf8_lossy(&body).to_string();
+        if auth == Some(expected.as_str()) && body.contains("grant_type=client_credentials") {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            json_response(200, format!("{{\"access_token\":\"tok-{n}-{suffix}\",\"token_type\":\"bearer\",\"expires_in\":3600}}"))
+        } else {
+            json_response(401, "{\"error\":\"invalid_client\"}")
+        }
+    })
+    .await;
+    (format!("http://{addr}/oauth/token"), count)
+}

@@ -1,0 +1,263 @@
+//! OAuth access tokens shared by two gateway processes through the real Redis on
+//! 127.0.0.1:6379 (each test under a key prefix of its own): one token fetch for concurrent
+//! callers on both, one refetch in all when the third party refuses it, never a token in
+//! plaintext in Redis or the logs; and the per-process fallback when Redis is gone (a
+//! private redis-server the test stops).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{client, put_secret, redis::PrivateRedis, serve_fn, server_section, token_server, Gw};
+use std::{
+    collections::HashSet,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+
+const CLIENT_SECRET: &str = "CLIENT-SECRET-SENTINEL-5d1f";
+
+/// A name unique to this run, for key prefixes and token sentinels.
+fn unique(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// A third party that answers 200 to any bearer token except the revoked ones (401).
+async fn third_party() -> (u16, Arc<Mutex<HashSet<String>>>) {
+    let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let r = revoked.clone();
+    let addr = serve_fn(move |head, _| {
+        let token = head
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string();
+        let refused = token.is_empty() || r.lock().unwrap().contains(&token);
+        common::json_response(if refused { 401 } else { 200 }, "{\"ok\":true}")
+    })
+    .await;
+    (addr.port(), revoked)
+}
+
+/// One gateway of the pair: its own directory and vault, the same client secret in it.
+fn gateway(redis_url: &str, prefix: &str, port: u16, token_url: &str) -> Gw {
+    let cfg = format!(
+        "{}[shared_state]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n\
+         [[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n\
+         credential = {{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\" }}\n",
+        server_section("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    put_secret(
+        &path,
+        "crm-client",
+        "integration:crm",
+        &format!("{{\"client_id\":\"crm-client\",\"client_secret\":\"{CLIENT_SECRET}\"}}"),
+    );
+    Gw::start_in(dir)
+}
+
+/// `n` concurrent calls spread over the gateways; every status.
+async fn calls(gws: &[(&Gw, &str)], n: usize) -> Vec<u16> {
+    let c = client();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (gw, key) = gws[i % gws.len()];
+            let (c, url, key) = (c.clone(), gw.url("/egress/crm/x"), key.to_string());
+            tokio::spawn(async move {
+                c.get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Every key under `prefix` with its value (all are plain strings) and remaining TTL.
+async fn keys_under(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<(String, Vec<u8>, i64)> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query_async(conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await.unwrap();
+        out.push((k, v.unwrap_or_default(), ttl));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_one_token_and_replace_a_refused_one_once() {
+    let sentinel = unique("ACCESS-SENTINEL");
+    let prefix = unique("pcl-test-tokens");
+    // A token endpoint slow enough that callers on both instances overlap with a fetch.
+    let (token_url, fetched) = token_server(
+        "crm-client",
+        CLIENT_SECRET,
+        &sentinel,
+        Duration::from_millis(300),
+    )
+    .await;
+    let (port, revoked) = third_party().await;
+    let redis_url = "redis://127.0.0.1:6379";
+    let a = gateway(redis_url, &prefix, port, &token_url);
+    let b = gateway(redis_url, &prefix, port, &token_url);
+    let (ka, kb) = (a.issue_key("wf").await, b.issue_key("wf").await);
+    let pair = [(&a, ka.as_str()), (&b, kb.as_str())];
+
+    // 40 concurrent callers, half on each instance: one token for all of them.
+    let statuses = calls(&pair, 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        1,
+        "one fetch across both instances"
+    );
+
+    // The third party stops accepting it: every instance's callers get a 401 once, and one
+    // new token is fetched in all, by one instance, and used by both.
+    revoked.lock().unwrap().insert(format!("tok-1-{sentinel}"));
+    let statuses = calls(&pair, 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        2,
+        "one refetch across both instances"
+    );
+    // And both instances keep using it.
+    let statuses = calls(&pair, 10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(fetched.load(Ordering::SeqCst), 2);
+
+    // What the test put in Redis: the shared token entry exists, sealed, with a TTL of the
+    // token's usable life (an hour less the one-minute margin) ...
+    let redis = redis::Client::open(redis_url).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let entries = keys_under(&mut conn, &prefix).await;
+    let tokens: Vec<_> = entries
+        .iter()
+        .filter(|(k, _, _)| k.starts_with(&format!("{prefix}:egress-token:crm:")))
+        .collect();
+    assert_eq!(tokens.len(), 1, "{entries:?}");
+    let (_, value, ttl) = tokens[0];
+    assert!(value.len() > sentinel.len(), "{value:?}");
+    assert!(*ttl > 3_400_000 && *ttl <= 3_540_000, "ttl {ttl} ms");
+    // ... and no value anywhere under the prefix holds a token, plain or base64, or the
+    // client secret.
+    use base64::Engine;
+    for (k, v, _) in &entries {
+        let text = String::from_utf8_lossy(v);
+        for never in [
+            sentinel.clone(),
+            format!("tok-2-{sentinel}"),
+            base64::engine::general_purpose::STANDARD.encode(format!("tok-2-{sentinel}")),
+            CLIENT_SECRET.to_string(),
+        ] {
+            assert!(!text.contains(&never), "{never} in plaintext under {k}");
+        }
+        assert!(!k.contains(&sentinel), "{k}");
+    }
+    // The gateways' logs do not hold it either.
+    for gw in [&a, &b] {
+        let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+        assert!(!logs.contains(&sentinel), "a token in the logs");
+        assert!(
+            !logs.contains(CLIENT_SECRET),
+            "the client secret in the logs"
+        );
+    }
+    for (k, _, _) in entries {
+        let _: i64 = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_falls_back_to_tokens_fetched_and_cached_per_instance() {
+    let sentinel = unique("ACCESS-SENTINEL");
+    let (token_url, fetched) =
+        token_server("crm-client", CLIENT_SECRET, &sentinel, Duration::ZERO).await;
+    let (port, revoked) = third_party().await;
+    let redis = PrivateRedis::start();
+    let gw = gateway(&redis.url(), "pcl", port, &token_url);
+    let key = gw.issue_key("wf").await;
+    let pair = [(&gw, key.as_str())];
+    assert_eq!(calls(&pair, 5).await, vec![200; 5]);
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+    // The token went to the private Redis, so the shared path was in use.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(keys_under(&mut conn, "pcl:egress-token").await.len(), 1);
+    drop(conn);
+
+    // Redis goes away. Each refused token is replaced by a fetch of this instance's own, and
+    // the calls succeed.
+    drop(redis);
+    for n in 1..=3 {
+        revoked
+            .lock()
+            .unwrap()
+            .insert(format!("tok-{n}-{sentinel}"));
+        assert_eq!(
+            calls(&pair, 3).await,
+            vec![200; 3],
+            "after revoking tok-{n}"
+        );
+        assert_eq!(fetched.load(Ordering::SeqCst), n + 1);
+    }
+    // Logged once for the outage, counted every time.
+    let line = "shared token cache unreachable";
+    assert!(
+        gw.stdout
+            .wait_for(&[line], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
+    let logged = gw.stdout.all().lines().filter(|l| l.contains(line)).count();
+    assert_eq!(logged, 1, "{}", gw.stdout.all());
+    let metrics = gw.metrics().await;
+    let fallbacks: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("portcullis_egress_token_cache_fallbacks_total{integration=\"crm\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(fallbacks >= 3.0, "{metrics}");
+    let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+    assert!(!logs.contains(&sentinel), "a token in the logs");
+}
