@@ -7,6 +7,7 @@ mod error;
 mod identity;
 mod problem;
 mod request_id;
+pub mod text;
 
 pub use body::{
     client_body, empty, find_cause, full, Body, BodyTooSlow, BoxError, ClientBodyError,

@@ -3,23 +3,29 @@
 //! logs together.
 
 use http::HeaderValue;
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 /// The header that carries the request id both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`. Anything else a client sends is
 /// replaced, so an id can never smuggle log-injection or header-splitting characters.
+///
+/// It is kept as the header value it travels as: a client's id shares the bytes hyper read,
+/// and setting it on the upstream request and on the response is a reference-count increment.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// Uses the client's id when it is well-formed, otherwise makes a new one.
     pub fn from_header_or_new(value: Option<&HeaderValue>) -> Self {
         value
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| Self::is_valid(s))
-            .map(|s| RequestId(Arc::from(s)))
+            .filter(|v| v.to_str().is_ok_and(Self::is_valid))
+            .map(|v| {
+                let mut v = v.clone();
+                v.set_sensitive(false);
+                RequestId(v)
+            })
             .unwrap_or_else(Self::generate)
     }
 
@@ -28,7 +34,11 @@ impl RequestId {
     pub fn generate() -> Self {
         let bytes = fastrand::u128(..).to_le_bytes();
         let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-        RequestId(Arc::from(id.hyphenated().to_string()))
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
+        RequestId(
+            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     /// True when `s` is acceptable as a request id.
@@ -41,25 +51,25 @@ impl RequestId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Valid ids are visible ASCII by construction.
+        self.0.to_str().unwrap_or("invalid")
     }
 
     /// The id as a header value.
     pub fn header_value(&self) -> HeaderValue {
-        // Valid ids are visible ASCII by construction.
-        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        self.0.clone()
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestId({})", self.0)
+        write!(f, "RequestId({})", self.as_str())
     }
 }
 

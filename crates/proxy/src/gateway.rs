@@ -341,14 +341,15 @@ impl Gateway {
         req: Request<Incoming>,
         ctx: &RequestContext,
     ) -> Result<(Response<Body>, Arc<str>), (GatewayError, Arc<str>)> {
-        let none: Arc<str> = Arc::from("-");
+        // Only refused requests need the "-" route name; built then, not for every request.
+        let none = || -> Arc<str> { Arc::from("-") };
         // 2. Request head within limits (414, 431) before anything else looks at it.
-        check_head(&req, generation.limits).map_err(|e| (e, none.clone()))?;
+        check_head(&req, generation.limits).map_err(|e| (e, none()))?;
         // 3. A path every server reads the same way (400 otherwise).
-        check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none.clone()))?;
+        check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none()))?;
         // Server-wide client network rules, before anything else is revealed (403).
         if !generation.config.server.ip_rules.admits(&ctx.client_ip) {
-            return Err((GatewayError::Forbidden, none.clone()));
+            return Err((GatewayError::Forbidden, none()));
         }
         // From here the body is the gateway's: read errors marked, minimum rate enforced (408).
         let s = &generation.config.server;

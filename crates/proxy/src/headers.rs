@@ -3,6 +3,7 @@
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use portcullis_core::text::push_ip;
 use std::net::{IpAddr, SocketAddr};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the non-standard ones proxies also drop.
@@ -20,6 +21,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` is removed too: the gateway does not tunnel protocol upgrades.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names finds whether there is anything to remove at all; most
+    // requests and responses carry no hop-by-hop header, and a lookup per listed name (ten
+    // hashes) would be the larger cost.
+    if !h
+        .keys()
+        .any(|n| HOP_BY_HOP.contains(n) || *n == header::UPGRADE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -35,6 +45,10 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove(header::UPGRADE);
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 fn normalise(ip: IpAddr) -> IpAddr {
     match ip {
@@ -57,7 +71,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
     }
     let mut client = peer;
     let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -88,58 +102,65 @@ pub(crate) fn set_forwarding(
     let proto = if tls { "https" } else { "http" };
 
     // What earlier proxies recorded is kept only when a trusted proxy passed it on.
-    let prior = |name: &str| -> String {
-        if !from_trusted {
-            return String::new();
-        }
-        let values: Vec<&str> = h
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        values.join(", ")
-    };
-    let prior_xff = prior("x-forwarded-for");
-    let prior_fwd = prior("forwarded");
-    if !from_trusted {
-        h.remove("x-forwarded-proto");
-        h.remove("x-forwarded-host");
+    let mut xff: Vec<u8> = Vec::with_capacity(64);
+    let mut fwd: Vec<u8> = Vec::with_capacity(96);
+    if from_trusted {
+        join_values(h, &X_FORWARDED_FOR, &mut xff);
+        join_values(h, &header::FORWARDED, &mut fwd);
+    } else {
+        h.remove(X_FORWARDED_PROTO);
+        h.remove(X_FORWARDED_HOST);
     }
-    h.remove("x-forwarded-for");
+    h.remove(X_FORWARDED_FOR);
     h.remove(header::FORWARDED);
 
-    let xff = if prior_xff.is_empty() {
-        peer_ip.to_string()
-    } else {
-        format!("{prior_xff}, {peer_ip}")
-    };
-    let for_token = match peer_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={for_token};proto={proto}");
+    if !xff.is_empty() {
+        xff.extend_from_slice(b", ");
+    }
+    push_ip(&mut xff, peer_ip);
+    if !fwd.is_empty() {
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(b"for=");
+    match peer_ip {
+        IpAddr::V4(_) => push_ip(&mut fwd, peer_ip),
+        IpAddr::V6(_) => {
+            fwd.extend_from_slice(b"\"[");
+            push_ip(&mut fwd, peer_ip);
+            fwd.extend_from_slice(b"]\"");
+        }
+    }
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
     if let Some(host) = host.and_then(|v| v.to_str().ok()) {
-        element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+        fwd.push(b'"');
     }
-    let fwd = if prior_fwd.is_empty() {
-        element
-    } else {
-        format!("{prior_fwd}, {element}")
-    };
 
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
         h.insert(header::FORWARDED, v);
     }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
-        if !h.contains_key("x-forwarded-host") {
-            h.insert("x-forwarded-host", host.clone());
+        if !h.contains_key(X_FORWARDED_HOST) {
+            h.insert(X_FORWARDED_HOST, host.clone());
         }
+    }
+}
+
+/// Appends every value of `name`, joined by ", " (the values that are text).
+fn join_values(h: &HeaderMap, name: &HeaderName, out: &mut Vec<u8>) {
+    for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v.as_bytes());
     }
 }
 
@@ -228,6 +249,37 @@ mod tests {
             h[header::FORWARDED],
             "for=\"[::1]\";proto=http;host=\"gw.example\""
         );
+    }
+    #[test]
+    fn a_trusted_proxys_records_are_extended_not_replaced() {
+        let mut h = xff("198.51.100.7");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=198.51.100.7"),
+        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let peer: SocketAddr = "10.0.0.2:5000"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        set_forwarding(
+            &mut h,
+            peer,
+            true,
+            Some(&HeaderValue::from_static("gw.\"exa\\mple")),
+            &nets(&["10.0.0.0/8"]),
+        );
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.9, 10.0.0.2");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=198.51.100.7, for=10.0.0.2;proto=https;host=\"gw.example\""
+        );
+        // The trusted proxy's own proto is kept.
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "gw.\"exa\\mple");
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::CONNECTION));
     }
 }
 

@@ -9,9 +9,9 @@
 //! With the plain-text format, or before logging is set up, the line goes through tracing.
 
 use crate::writer::LineSink;
+use portcullis_core::text::{push_ip as write_ip, push_u64};
 use std::{
     cell::RefCell,
-    io::Write,
     net::IpAddr,
     sync::OnceLock,
     time::{Duration, SystemTime},
@@ -139,37 +139,6 @@ fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b'.');
     push_padded(out, u64::from(t.microsecond()), 6);
     out.push(b'Z');
-}
-
-/// An address as `Display` writes it, without the formatting machinery for IPv4.
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// `n` in at least `width` digits, zero-padded.
