@@ -112,6 +112,11 @@ pub fn check_path(path: &str) -> Result<(), MalformedKind> {
     if !path.starts_with('/') {
         return Err(MalformedKind::InvalidPath);
     }
+    // Without `%`, a backslash or `.` none of the checks below can match: most paths stop here,
+    // without the lower-cased copy.
+    if !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b'.')) {
+        return Ok(());
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
         return Err(MalformedKind::EncodedSeparator);
