@@ -9,14 +9,21 @@
 //! nothing. Nesting recurses once per level, and the configured depth (at most 100) stops it
 //! before serde_json's own backstop (which refuses the 128th level); a body of 100 000 `[` is
 //! refused at the limit, with its pointer.
+//!
+//! When a later policy of the route parses the body (the schema, object rules), the same walk
+//! builds the `serde_json::Value` instead ([`TreeBuilder`]) and leaves it in the request's
+//! extensions as [`ParsedJson`], so the body is parsed once, not twice. The two walks are one
+//! generic visitor: the counting one builds `()` and still allocates nothing.
 
 use crate::{body_limit::read_limited, validate_body::is_json, Flow, Policy};
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{header, Request};
 use portcullis_config::JsonLimits;
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use std::{borrow::Cow, cell::RefCell, fmt};
+use serde_json::Value;
+use std::{borrow::Cow, cell::RefCell, fmt, marker::PhantomData, sync::Arc};
 
 /// Why a body failed the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,16 +62,28 @@ impl JsonFault {
 
 /// Checks that `bytes` is one JSON document within `limits`, without building it.
 pub fn check_json(bytes: &[u8], limits: &JsonLimits) -> Result<(), JsonFault> {
+    walk::<NoTree>(bytes, limits)
+}
+
+/// Checks `bytes` like [`check_json`] and returns the document, built in the same pass.
+pub(crate) fn parse_json_within(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonFault> {
+    walk::<TreeBuilder>(bytes, limits)
+}
+
+fn walk<B: Build>(bytes: &[u8], limits: &JsonLimits) -> Result<B::Out, JsonFault> {
     let fault = RefCell::new(None);
-    let walker = Walker {
+    let walker = Walker::<B> {
         limits,
         depth: 0,
         fault: &fault,
+        build: PhantomData,
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = walker.deserialize(&mut de).and_then(|()| de.end());
+    let parsed = walker
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
     match (parsed, fault.into_inner()) {
-        (Ok(()), _) => Ok(()),
+        (Ok(v), _) => Ok(v),
         (Err(_), Some(f)) => {
             let mut pointer = String::new();
             for seg in f.path.iter().rev() {
@@ -84,6 +103,108 @@ pub fn check_json(bytes: &[u8], limits: &JsonLimits) -> Result<(), JsonFault> {
             })
         }
         (Err(_), None) => Err(JsonFault::Invalid),
+    }
+}
+
+/// What the walk makes of the values it visits: nothing ([`NoTree`]) or the document
+/// ([`TreeBuilder`]), exactly as `serde_json::from_slice::<Value>` would build it.
+trait Build {
+    type Out;
+    type Seq;
+    type Map;
+    fn scalar(v: Value) -> Self::Out;
+    fn string(s: &str) -> Self::Out;
+    fn seq(capacity: usize) -> Self::Seq;
+    fn push(seq: &mut Self::Seq, v: Self::Out);
+    fn end_seq(seq: Self::Seq) -> Self::Out;
+    fn map() -> Self::Map;
+    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Self::Out);
+    fn end_map(map: Self::Map) -> Self::Out;
+}
+
+/// The counting walk: every value is `()`, so nothing is kept or allocated.
+struct NoTree;
+
+impl Build for NoTree {
+    type Out = ();
+    type Seq = ();
+    type Map = ();
+    #[inline]
+    fn scalar(_: Value) {}
+    #[inline]
+    fn string(_: &str) {}
+    #[inline]
+    fn seq(_: usize) {}
+    #[inline]
+    fn push(_: &mut (), _: ()) {}
+    #[inline]
+    fn end_seq(_: ()) {}
+    #[inline]
+    fn map() {}
+    #[inline]
+    fn insert(_: &mut (), _: Cow<'_, str>, _: ()) {}
+    #[inline]
+    fn end_map(_: ()) {}
+}
+
+/// The building walk.
+struct TreeBuilder;
+
+impl Build for TreeBuilder {
+    type Out = Value;
+    type Seq = Vec<Value>;
+    type Map = serde_json::Map<String, Value>;
+    fn scalar(v: Value) -> Value {
+        v
+    }
+    fn string(s: &str) -> Value {
+        Value::String(s.to_owned())
+    }
+    fn seq(capacity: usize) -> Vec<Value> {
+        // serde_json caps its own hint the same way: never trust a size from the input.
+        Vec::with_capacity(capacity.min(4096))
+    }
+    fn push(seq: &mut Vec<Value>, v: Value) {
+        seq.push(v);
+    }
+    fn end_seq(seq: Vec<Value>) -> Value {
+        Value::Array(seq)
+    }
+    fn map() -> Self::Map {
+        serde_json::Map::new()
+    }
+    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Value) {
+        // A repeated key keeps its last value, as serde_json does.
+        map.insert(k.into_owned(), v);
+    }
+    fn end_map(map: Self::Map) -> Value {
+        Value::Object(map)
+    }
+}
+
+/// The document [`JsonLimitCheck`] built, for the later policies of the same request. It
+/// belongs to the exact body bytes it was parsed from: a policy that replaced the body in
+/// between gets `None` and parses the new one.
+#[derive(Clone)]
+pub(crate) struct ParsedJson {
+    value: Arc<Value>,
+    // Identity of the buffer, compared, never dereferenced.
+    addr: usize,
+    len: usize,
+}
+
+impl ParsedJson {
+    fn new(value: Value, bytes: &Bytes) -> Self {
+        ParsedJson {
+            value: Arc::new(value),
+            addr: bytes.as_ptr() as usize,
+            len: bytes.len(),
+        }
+    }
+
+    /// The document, when `bytes` is the very buffer it was parsed from.
+    pub(crate) fn for_bytes(&self, bytes: &Bytes) -> Option<&Value> {
+        (bytes.as_ptr() as usize == self.addr && bytes.len() == self.len).then_some(&*self.value)
     }
 }
 
@@ -118,14 +239,22 @@ fn unwind(fault: &RefCell<Option<Fault>>, seg: impl FnOnce() -> Segment) {
 }
 
 /// One value at `depth` containers deep.
-#[derive(Clone, Copy)]
-struct Walker<'a> {
+struct Walker<'a, B> {
     limits: &'a JsonLimits,
     depth: u32,
     fault: &'a RefCell<Option<Fault>>,
+    build: PhantomData<fn() -> B>,
 }
 
-impl Walker<'_> {
+// Derived Clone/Copy would require `B: Copy`; the walker only holds references.
+impl<B> Clone for Walker<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for Walker<'_, B> {}
+
+impl<B> Walker<'_, B> {
     fn string<E: serde::de::Error>(&self, len: usize) -> Result<(), E> {
         if len as u64 > self.limits.max_string {
             return Err(stop(self.fault, "max_string", self.limits.max_string));
@@ -134,7 +263,7 @@ impl Walker<'_> {
     }
 
     /// The walker for the children of a container at this level, after the depth check.
-    fn enter<E: serde::de::Error>(&self) -> Result<Walker<'_>, E> {
+    fn enter<E: serde::de::Error>(&self) -> Result<Walker<'_, B>, E> {
         let depth = self.depth + 1;
         if depth > self.limits.max_depth {
             return Err(stop(self.fault, "max_depth", self.limits.max_depth.into()));
@@ -143,42 +272,46 @@ impl Walker<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Walker<'_> {
-    type Value = ();
+impl<'de, B: Build> DeserializeSeed<'de> for Walker<'_, B> {
+    type Value = B::Out;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<B::Out, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Walker<'_> {
-    type Value = ();
+impl<'de, B: Build> Visitor<'de> for Walker<'_, B> {
+    type Value = B::Out;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<B::Out, E> {
+        Ok(B::scalar(Value::Bool(v)))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<B::Out, E> {
+        Ok(B::scalar(Value::Number(v.into())))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<B::Out, E> {
+        Ok(B::scalar(Value::Number(v.into())))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<B::Out, E> {
+        Ok(B::scalar(
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_unit<E>(self) -> Result<B::Out, E> {
+        Ok(B::scalar(Value::Null))
     }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.string(v.len())
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<B::Out, E> {
+        self.string(v.len())?;
+        Ok(B::string(v))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<B::Out, A::Error> {
         let inner = self.enter()?;
+        let mut items = B::seq(seq.size_hint().unwrap_or(0));
         let mut index = 0u64;
         loop {
             if index == self.limits.max_array {
@@ -189,11 +322,14 @@ impl<'de> Visitor<'de> for Walker<'_> {
                         rule: "max_array",
                         limit: self.limits.max_array,
                     })
-                    .map(drop);
+                    .map(|_| B::end_seq(items));
             }
             match seq.next_element_seed(inner) {
-                Ok(Some(())) => index += 1,
-                Ok(None) => return Ok(()),
+                Ok(Some(v)) => {
+                    B::push(&mut items, v);
+                    index += 1;
+                }
+                Ok(None) => return Ok(B::end_seq(items)),
                 Err(e) => {
                     unwind(self.fault, || Segment::Index(index));
                     return Err(e);
@@ -202,9 +338,10 @@ impl<'de> Visitor<'de> for Walker<'_> {
         }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<B::Out, A::Error> {
         let inner = self.enter()?;
         let mut members = 0u64;
+        let mut out = B::map();
         loop {
             if members == self.limits.max_members {
                 return map
@@ -213,15 +350,18 @@ impl<'de> Visitor<'de> for Walker<'_> {
                         rule: "max_members",
                         limit: self.limits.max_members,
                     })
-                    .map(drop);
+                    .map(|_| B::end_map(out));
             }
             // A key that is too long fails here and is reported at this object.
-            let Some(key) = map.next_key_seed(Key(self))? else {
-                return Ok(());
+            let Some(key) = map.next_key_seed(Key(self.limits, self.fault))? else {
+                return Ok(B::end_map(out));
             };
-            if let Err(e) = map.next_value_seed(inner) {
-                unwind(self.fault, || Segment::Key(key.into_owned()));
-                return Err(e);
+            match map.next_value_seed(inner) {
+                Ok(v) => B::insert(&mut out, key, v),
+                Err(e) => {
+                    unwind(self.fault, || Segment::Key(key.into_owned()));
+                    return Err(e);
+                }
             }
             members += 1;
         }
@@ -229,7 +369,16 @@ impl<'de> Visitor<'de> for Walker<'_> {
 }
 
 /// An object key: length-checked, borrowed from the input when it has no escapes.
-struct Key<'a>(Walker<'a>);
+struct Key<'a>(&'a JsonLimits, &'a RefCell<Option<Fault>>);
+
+impl Key<'_> {
+    fn check<E: serde::de::Error>(&self, len: usize) -> Result<(), E> {
+        if len as u64 > self.0.max_string {
+            return Err(stop(self.1, "max_string", self.0.max_string));
+        }
+        Ok(())
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = Cow<'de, str>;
@@ -247,12 +396,12 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 
     fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        self.0.string(v.len())?;
+        self.check(v.len())?;
         Ok(Cow::Borrowed(v))
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        self.0.string(v.len())?;
+        self.check(v.len())?;
         Ok(Cow::Owned(v.to_owned()))
     }
 }
@@ -279,6 +428,7 @@ pub struct JsonLimitCheck {
     limits: JsonLimits,
     max_body: u64,
     any_content_type: bool,
+    keep_tree: bool,
 }
 
 impl JsonLimitCheck {
@@ -289,7 +439,15 @@ impl JsonLimitCheck {
             limits,
             max_body,
             any_content_type,
+            keep_tree: false,
         }
+    }
+
+    /// Also builds the document in the same pass and leaves it as [`ParsedJson`] for later
+    /// policies that would otherwise parse the body again.
+    pub fn keeping_tree(mut self) -> Self {
+        self.keep_tree = true;
+        self
     }
 }
 
@@ -306,10 +464,16 @@ impl Policy for JsonLimitCheck {
         {
             return Ok(Flow::Continue(req));
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let bytes = read_limited(body, self.max_body).await?;
         if !bytes.is_empty() {
-            check_json(&bytes, &self.limits).map_err(JsonFault::into_error)?;
+            if self.keep_tree {
+                let value =
+                    parse_json_within(&bytes, &self.limits).map_err(JsonFault::into_error)?;
+                parts.extensions.insert(ParsedJson::new(value, &bytes));
+            } else {
+                check_json(&bytes, &self.limits).map_err(JsonFault::into_error)?;
+            }
         }
         Ok(Flow::Continue(Request::from_parts(parts, full(bytes))))
     }
@@ -451,6 +615,26 @@ mod tests {
         let any = JsonLimitCheck::new(limits(2, 100, 100, 100), 1024, true);
         assert!(any.on_request(req("text/plain", "[[[1]]]")).await.is_err());
     }
+
+    #[tokio::test]
+    async fn the_tree_is_left_for_the_same_bytes_only() {
+        use http_body_util::BodyExt;
+        let p = JsonLimitCheck::new(limits(3, 100, 100, 100), 1024, false).keeping_tree();
+        let req = Request::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"a":[1,2]}"#))
+            .unwrap_or_default();
+        let Ok(Flow::Continue(req)) = p.on_request(req).await else {
+            panic!("expected the request to pass");
+        };
+        let (parts, body) = req.into_parts();
+        let tree = parts.extensions.get::<ParsedJson>().cloned();
+        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let tree = tree.expect("the tree is left in the extensions");
+        assert_eq!(tree.for_bytes(&bytes), Some(&serde_json::json!({"a": [1, 2]})));
+        // Equal content in another buffer is another body as far as the tree is concerned.
+        assert_eq!(tree.for_bytes(&Bytes::copy_from_slice(&bytes)), None);
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +709,19 @@ mod props {
             let theirs = serde_json::from_slice::<Value>(&bytes);
             prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}", String::from_utf8_lossy(&bytes));
             let _ = check_json(&bytes, &JsonLimits { max_depth: 1, max_string: 1, max_array: 1, max_members: 1, explicit: true });
+            // The building walk gives serde_json's own tree, or fails where it fails.
+            let built = parse_json_within(&bytes, &UNLIMITED).ok();
+            prop_assert_eq!(built, theirs.ok());
+        }
+
+        /// Built trees equal serde_json's, escapes, duplicate keys and all; and the building
+        /// walk refuses exactly what the counting walk refuses.
+        #[test]
+        fn the_built_tree_is_serde_jsons_tree(v in json(), dup in "[a-z]{1,3}", d in 1u32..5, s in 0u64..6) {
+            let text = format!("{{\"{dup}\":1,\"e\\u00e9\\n\":[1.5,-2,18446744073709551615],\"{dup}\":{v}}}");
+            prop_assert_eq!(parse_json_within(text.as_bytes(), &UNLIMITED).ok(), serde_json::from_str::<Value>(&text).ok());
+            let l = JsonLimits { max_depth: d, max_string: s, max_array: 3, max_members: 3, explicit: true };
+            prop_assert_eq!(parse_json_within(text.as_bytes(), &l).err(), check_json(text.as_bytes(), &l).err());
         }
 
         /// JSON-looking text (brackets, quotes, escapes) reaches the interesting parser states.

@@ -62,6 +62,13 @@ impl Policy for ObjectRules {
             let bytes = read_limited(body, self.max_body).await?;
             let json = if bytes.is_empty() {
                 serde_json::Value::Null
+            } else if let Some(v) = parts
+                .extensions
+                .get::<crate::json_limits::ParsedJson>()
+                .and_then(|p| p.for_bytes(&bytes))
+            {
+                // Parsed by the JSON-limits step just before; not parsed again.
+                v.clone()
             } else {
                 // serde_json stops at 128 levels of nesting, so a deep document is an error, not
                 // a stack overflow.

@@ -2,7 +2,7 @@
 //! (2020-12), compiled once when the configuration is built. Failures are 422 problem+json
 //! listing each failing JSON pointer and rule, never the offending values.
 
-use crate::{body_limit::read_limited, Flow, Policy};
+use crate::{body_limit::read_limited, json_limits::ParsedJson, Flow, Policy};
 use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
@@ -47,14 +47,26 @@ impl Policy for ValidateBody {
         }
         let (parts, body) = req.into_parts();
         let bytes = read_limited(body, self.max_body).await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?;
+        // The JSON-limits step before this one usually parsed these very bytes already.
+        let parsed;
+        let value = match parts
+            .extensions
+            .get::<ParsedJson>()
+            .and_then(|p| p.for_bytes(&bytes))
+        {
+            Some(v) => v,
+            None => {
+                parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?;
+                &parsed
+            }
+        };
         // The common case first: `is_valid` stops at the first failure and builds no error
         // values; the full error walk runs only for bodies that fail.
-        if self.schema.is_valid(&value) {
+        if self.schema.is_valid(value) {
             return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
         }
-        let errors = schema_errors(&self.schema, &value);
+        let errors = schema_errors(&self.schema, value);
         if !errors.is_empty() {
             return Err(GatewayError::Invalid { errors });
         }

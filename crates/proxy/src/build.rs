@@ -23,8 +23,16 @@ pub(crate) fn route_chain(
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
     // Steps whose place depends on the route; each is taken once, where it fits below.
     let mut params = route.params.clone().map(Params::new);
-    let mut json_limits = (route.json_limits.explicit || route.request_schema.is_some())
-        .then(|| JsonLimitCheck::new(route.json_limits, route.max_body, false));
+    // When the schema will parse the body, the limits check builds the tree for it.
+    let mut json_limits =
+        (route.json_limits.explicit || route.request_schema.is_some()).then(|| {
+            let check = JsonLimitCheck::new(route.json_limits, route.max_body, false);
+            if route.request_schema.is_some() {
+                check.keeping_tree()
+            } else {
+                check
+            }
+        });
 
     // Browsers: CORS headers for allowed origins on every response, errors included (first,
     // so every later refusal carries them). Preflights are answered before routing.
@@ -132,11 +140,9 @@ pub(crate) fn route_chain(
             );
             if rules.needs_body() {
                 json_limits = None;
-                steps.push(Arc::new(JsonLimitCheck::new(
-                    route.json_limits,
-                    route.max_body,
-                    true,
-                )));
+                steps.push(Arc::new(
+                    JsonLimitCheck::new(route.json_limits, route.max_body, true).keeping_tree(),
+                ));
             }
             steps.push(Arc::new(rules));
         }
@@ -166,7 +172,7 @@ pub(crate) fn route_chain(
     //    streamed body is cut off the moment it passes the limit.
     steps.push(Arc::new(BodyLimit::new(route.max_body)));
     // JSON structure limits (400): depth, string, array and object sizes, checked on the
-    // buffered bytes without building a tree, before the schema validator parses them; on
+    // buffered bytes in one pass that also builds the tree the schema validator reads; on
     // routes that declare `json_limits`, every JSON body. Once per request: when the object
     // rules above parse the body, the check already ran before them.
     if let Some(j) = json_limits.take() {
