@@ -380,3 +380,56 @@ async fn queued_events_survive_a_kill_and_dead_letters_can_be_replayed() {
     let (code, _, _) = dlq(&gw, &["drop", &id]);
     assert_eq!(code, 1, "nothing left to drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_delivery_passes_retry_after_back_and_times_out_with_504() {
+    // A backend that is overloaded and says when to come back.
+    let addr = common::serve_fn(|_, _| {
+        http::Response::builder()
+            .status(503)
+            .header("retry-after", "7")
+            .body("{\"busy\":true}".to_string())
+            .unwrap()
+    })
+    .await;
+    let gw = start(&config(&format!("http://{addr}/workflows/orders"), ""));
+    let body: &[u8] = b"{\"type\":\"order.created\"}";
+    let ts = now();
+    let res = post(
+        &gw,
+        "msg_ra",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_ra", ts, body),
+    )
+    .await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "7");
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("backend-error") && !text.contains("busy"),
+        "{text}"
+    );
+
+    // A backend that accepts the connection and never answers: the webhook's timeout ends it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let cfg = config(&format!("http://{silent_addr}/workflows/orders"), "")
+        .replace("forward = ", "timeout = \"1s\"\nforward = ");
+    let gw = start(&cfg);
+    let res = post(
+        &gw,
+        "msg_to",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_to", ts, body),
+    )
+    .await;
+    assert_problem(res, 504, "upstream-timeout").await;
+}

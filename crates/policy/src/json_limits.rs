@@ -629,9 +629,16 @@ mod tests {
         };
         let (parts, body) = req.into_parts();
         let tree = parts.extensions.get::<ParsedJson>().cloned();
-        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         let tree = tree.expect("the tree is left in the extensions");
-        assert_eq!(tree.for_bytes(&bytes), Some(&serde_json::json!({"a": [1, 2]})));
+        assert_eq!(
+            tree.for_bytes(&bytes),
+            Some(&serde_json::json!({"a": [1, 2]}))
+        );
         // Equal content in another buffer is another body as far as the tree is concerned.
         assert_eq!(tree.for_bytes(&Bytes::copy_from_slice(&bytes)), None);
     }

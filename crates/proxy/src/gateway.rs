@@ -508,6 +508,7 @@ fn build_generation(
                 store,
                 wake: services.outbox_wake.clone(),
             }),
+            clients,
         )
         .map_err(|reason| BuildError::Route {
             id: w.id.clone(),

@@ -27,7 +27,10 @@ pub(crate) struct WebhookEndpoint {
     replay: Arc<dyn ReplayCache>,
     failures: Arc<crate::WebhookFailures>,
     signer: Option<Arc<StandardSigner>>,
-    http: reqwest::Client,
+    /// The data plane's pooled client (it never follows redirects), and the forward target
+    /// as a URI, converted once.
+    http: crate::client::UpstreamClient,
+    forward: http::Uri,
     outbox: Option<Outbox>,
     /// The verifier for the secret versions it was built from.
     verifier_cache: arc_swap::ArcSwapOption<(Vec<i64>, Arc<Verifier>)>,
@@ -41,6 +44,10 @@ pub(crate) struct Outbox {
     /// Woken after each enqueue, so delivery starts at once.
     pub wake: Arc<tokio::sync::Notify>,
 }
+
+/// Most of a backend's answer body read (and dropped) after a delivery, so that the pooled
+/// connection can be reused; past it the connection is simply not reused.
+const DISCARDED_BODY_LIMIT: usize = 64 * 1024;
 
 /// What the backend answered one delivery attempt.
 pub(crate) struct Sent {
@@ -98,6 +105,7 @@ impl WebhookEndpoint {
         failures: Arc<crate::WebhookFailures>,
         signer: Option<Arc<StandardSigner>>,
         outbox: Option<Outbox>,
+        clients: &crate::client::ClientCache,
     ) -> Result<Self, String> {
         let schema = match &config.schema {
             Some(s) => Some(
@@ -106,12 +114,14 @@ impl WebhookEndpoint {
             ),
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .build()
+        let http = clients
+            .get(
+                &portcullis_config::UpstreamTls::default(),
+                config.timeout.min(Duration::from_secs(10)),
+            )
             .map_err(|e| format!("webhook {:?}: delivery client: {e}", config.id))?;
+        let forward = http::Uri::try_from(config.forward.as_str())
+            .map_err(|e| format!("webhook {:?}: forward URL: {e}", config.id))?;
         Ok(WebhookEndpoint {
             scheme: scheme(&config.provider),
             config,
@@ -121,6 +131,7 @@ impl WebhookEndpoint {
             failures,
             signer,
             http,
+            forward,
             outbox,
             verifier_cache: arc_swap::ArcSwapOption::empty(),
         })
@@ -371,36 +382,57 @@ impl WebhookEndpoint {
             });
         };
         let ts = unix_now();
-        let mut out = self
-            .http
-            .post(self.config.forward.clone())
-            .header("webhook-id", id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signer.sign(id, ts, &bytes))
-            .header("x-portcullis-webhook", &self.config.id)
-            .header("x-portcullis-provider", self.config_provider());
+        let signature = signer.sign(id, ts, &bytes);
+        let mut req = Request::post(self.forward.clone());
+        let h = req.headers_mut().ok_or_else(|| {
+            GatewayError::Internal("webhook forward request could not be built".into())
+        })?;
+        let value =
+            |v: &str| HeaderValue::from_str(v).map_err(|e| GatewayError::BadGateway(Box::new(e)));
+        h.insert("webhook-id", value(id)?);
+        h.insert("webhook-timestamp", HeaderValue::from(ts));
+        h.insert("webhook-signature", value(&signature)?);
+        h.insert("x-portcullis-webhook", value(&self.config.id)?);
+        h.insert(
+            "x-portcullis-provider",
+            HeaderValue::from_static(self.config_provider()),
+        );
         if let Some(r) = request_id {
-            out = out.header("x-request-id", r);
+            h.insert("x-request-id", value(r)?);
         }
         if let Some(t) = event_type {
-            out = out.header("x-portcullis-event-type", t);
+            h.insert("x-portcullis-event-type", value(t)?);
         }
         if let Some(ct) = content_type {
-            out = out.header(header::CONTENT_TYPE, ct);
+            h.insert(header::CONTENT_TYPE, value(ct)?);
         }
+        let req = req
+            .body(full(bytes))
+            .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         let started = std::time::Instant::now();
-        let res = out.body(bytes).send().await.map_err(|e| {
-            if e.is_timeout() {
-                GatewayError::UpstreamTimeout
-            } else {
-                GatewayError::BadGateway(Box::new(e))
-            }
-        })?;
+        // One deadline over the answer and its (discarded) body, as the sender is waiting.
+        let exchange = async {
+            let res = self.http.request(req).await?;
+            let (parts, body) = res.into_parts();
+            // Read what the backend says (bounded) so the connection goes back to the pool;
+            // the body itself is not passed on.
+            let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                body,
+                DISCARDED_BODY_LIMIT,
+            ))
+            .await;
+            Ok::<_, hyper_util::client::legacy::Error>(parts)
+        };
+        let res = match tokio::time::timeout(self.config.timeout, exchange).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(GatewayError::BadGateway(Box::new(e))),
+            Ok(Ok(parts)) => parts,
+        };
         metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.config.id.clone()).record(started.elapsed().as_secs_f64());
-        let status = res.status();
+        let status = res.status;
         metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.config.id.clone(), "status" => status.as_u16().to_string()).increment(1);
         let retry_after = res
-            .headers()
+            .headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
