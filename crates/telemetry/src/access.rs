@@ -116,6 +116,80 @@ impl AccessRecord<'_> {
     }
 }
 
+/// Any other hot-path log line, built by hand the same way: `timestamp`, `level`, `message`,
+/// the fields in the order given, `target`, as tracing's JSON formatter writes an event.
+/// Callers check the level first (`tracing::enabled!` with the same target and level), as a
+/// `tracing` macro would. With the plain-text format the line goes through tracing as one
+/// text field.
+pub struct JsonLine {
+    buf: Vec<u8>,
+    target: &'static str,
+}
+
+impl JsonLine {
+    /// Starts an INFO line for `target` with `message`.
+    pub fn info(target: &'static str, message: &str) -> Self {
+        let mut buf = Vec::with_capacity(320);
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(&mut buf, SystemTime::now());
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
+        json_str(&mut buf, message);
+        JsonLine { buf, target }
+    }
+
+    /// Adds a string field.
+    pub fn str(mut self, name: &'static str, value: &str) -> Self {
+        self.key(name);
+        json_str(&mut self.buf, value);
+        self
+    }
+
+    /// Adds a string field when there is a value (tracing leaves out `None` too).
+    pub fn opt_str(self, name: &'static str, value: Option<&str>) -> Self {
+        match value {
+            Some(v) => self.str(name, v),
+            None => self,
+        }
+    }
+
+    /// Adds an integer field.
+    pub fn u64(mut self, name: &'static str, value: u64) -> Self {
+        self.key(name);
+        push_u64(&mut self.buf, value);
+        self
+    }
+
+    /// Adds a duration in milliseconds, to the microsecond.
+    pub fn millis(mut self, name: &'static str, d: Duration) -> Self {
+        self.key(name);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        push_u64(&mut self.buf, micros / 1000);
+        self.buf.push(b'.');
+        push_padded(&mut self.buf, micros % 1000, 3);
+        self
+    }
+
+    fn key(&mut self, name: &'static str) {
+        self.buf.push(b',');
+        json_str(&mut self.buf, name);
+        self.buf.push(b':');
+    }
+
+    /// Hands the line to the log writer.
+    pub fn emit(mut self) {
+        self.buf.extend_from_slice(b",\"target\":");
+        json_str(&mut self.buf, self.target);
+        self.buf.extend_from_slice(b"}\n");
+        match JSON_SINK.get() {
+            Some(sink) => sink.write_line(&self.buf),
+            None => {
+                let text = String::from_utf8_lossy(&self.buf);
+                tracing::info!(target: "portcullis::log", line = %text.trim_end());
+            }
+        }
+    }
+}
+
 /// A JSON string literal, escaped by serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     // Writing a &str into a Vec cannot fail.
@@ -215,6 +289,41 @@ mod tests {
             assert_eq!(v["path"], "/a\"b\\c\u{1}\n");
             assert_eq!(v["cause"], "line\r\nbreak");
         }
+    }
+
+    #[test]
+    fn other_lines_have_the_tracing_layout() {
+        let line = JsonLine::info("portcullis::audit", "egress \"call\"")
+            .str("integration", "crm")
+            .opt_str("problem", None)
+            .opt_str("client", Some("wf"))
+            .u64("status", 200)
+            .millis("duration_ms", Duration::from_micros(1_234));
+        let mut buf = line.buf.clone();
+        buf.extend_from_slice(b",\"target\":\"portcullis::audit\"}\n");
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("JSON");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for k in [
+            "timestamp",
+            "level",
+            "message",
+            "integration",
+            "client",
+            "status",
+            "duration_ms",
+            "target",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(!keys.contains(&"problem"));
+        assert_eq!(v["message"], "egress \"call\"");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 1.234);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod metrics_export;
 mod redact;
 mod writer;
 
-pub use access::{log_access, AccessRecord};
+pub use access::{log_access, AccessRecord, JsonLine};
 pub use logging::{init_logging, LogGuard, LogSink};
 pub use metrics_export::{init_metrics, method_label, Metrics};
 pub use redact::{Redactor, REDACTED};

@@ -49,19 +49,22 @@ pub(super) fn call(integration: &str, r: &CallRecord, result: Result<u16, &Gatew
         ) => (e.status().as_u16(), "failed", Some(e.slug())),
         Err(e) => (e.status().as_u16(), "refused", Some(e.slug())),
     };
-    tracing::info!(
-        target: "portcullis::audit",
-        action = "egress_call",
-        integration,
-        client = r.client.as_deref().unwrap_or("-"),
-        method = %r.method,
-        path = r.template.as_deref().unwrap_or("-"),
-        status,
-        attempts = r.attempts,
-        outcome,
-        problem,
-        "egress call"
-    );
+    // One per call, so written by hand like the access log rather than by tracing's
+    // generic formatter (same layout, same level filter).
+    if !tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO) {
+        return;
+    }
+    portcullis_telemetry::JsonLine::info("portcullis::audit", "egress call")
+        .str("action", "egress_call")
+        .str("integration", integration)
+        .str("client", r.client.as_deref().unwrap_or("-"))
+        .str("method", r.method.as_str())
+        .str("path", r.template.as_deref().unwrap_or("-"))
+        .u64("status", status.into())
+        .u64("attempts", r.attempts.into())
+        .str("outcome", outcome)
+        .opt_str("problem", problem)
+        .emit();
 }
 
 /// Why a token was fetched.

@@ -599,7 +599,17 @@ impl EgressTerminal {
         let started = Instant::now();
         let res = self.send(&mut out, body, &mut record.attempts).await?;
         let (status, headers, body) = self.answer(res, &out.needles).await?;
-        tracing::info!(target: "portcullis::egress", integration = id, client = %client, method = %out.method, path = %template, status = status.as_u16(), attempts = record.attempts, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "egress call");
+        if tracing::enabled!(target: "portcullis::egress", tracing::Level::INFO) {
+            portcullis_telemetry::JsonLine::info("portcullis::egress", "egress call")
+                .str("integration", id)
+                .str("client", &client)
+                .str("method", out.method.as_str())
+                .str("path", &template)
+                .u64("status", status.as_u16().into())
+                .u64("attempts", record.attempts.into())
+                .millis("duration_ms", started.elapsed())
+                .emit();
+        }
         metrics::counter!("portcullis_egress_calls_total", "integration" => id.to_string(), "status" => status.as_u16().to_string()).increment(1);
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
