@@ -432,4 +432,34 @@ async fn direct_delivery_passes_retry_after_back_and_times_out_with_504() {
     )
     .await;
     assert_problem(res, 504, "upstream-timeout").await;
+
+    // A backend that answers 200 at once and then never finishes its body: the sender hears
+    // the 200 (the delivery happened); the body is not waited for within the deadline.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = slow.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":")
+                .await;
+            held.push(s);
+        }
+    });
+    let cfg = config(&format!("http://{slow_addr}/workflows/orders"), "")
+        .replace("forward = ", "timeout = \"1s\"\nforward = ");
+    let gw = start(&cfg);
+    let res = post(
+        &gw,
+        "msg_sb",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_sb", ts, body),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("delivered"));
 }

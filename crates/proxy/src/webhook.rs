@@ -49,6 +49,30 @@ pub(crate) struct Outbox {
 /// connection can be reused; past it the connection is simply not reused.
 const DISCARDED_BODY_LIMIT: usize = 64 * 1024;
 
+/// Reads what is left of a backend's answer body (bounded in size and time) and drops it, so
+/// the pooled connection can be reused. A body that is not there at once is read in the
+/// background: the status is already known, and the sender is not kept waiting for it.
+fn drain(body: hyper::body::Incoming) {
+    use http_body::Body as _;
+    use std::future::Future as _;
+    if body.is_end_stream() {
+        return;
+    }
+    let mut rest = Box::pin(http_body_util::BodyExt::collect(
+        http_body_util::Limited::new(body, DISCARDED_BODY_LIMIT),
+    ));
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    if rest.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_DEADLINE, rest).await;
+        });
+    }
+}
+
+/// How long a backend's answer body may take to arrive before its connection is dropped.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What the backend answered one delivery attempt.
 pub(crate) struct Sent {
     pub status: StatusCode,
@@ -410,24 +434,15 @@ impl WebhookEndpoint {
             .body(full(bytes))
             .map_err(|e| GatewayError::Internal(Box::new(e)))?;
         let started = std::time::Instant::now();
-        // One deadline over the answer and its (discarded) body, as the sender is waiting.
-        let exchange = async {
-            let res = self.http.request(req).await?;
-            let (parts, body) = res.into_parts();
-            // Read what the backend says (bounded) so the connection goes back to the pool;
-            // the body itself is not passed on.
-            let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-                body,
-                DISCARDED_BODY_LIMIT,
-            ))
-            .await;
-            Ok::<_, hyper_util::client::legacy::Error>(parts)
-        };
-        let res = match tokio::time::timeout(self.config.timeout, exchange).await {
+        // The deadline covers the backend's answer (its status and headers), as the sender
+        // is waiting for it.
+        let res = match tokio::time::timeout(self.config.timeout, self.http.request(req)).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => return Err(GatewayError::BadGateway(Box::new(e))),
-            Ok(Ok(parts)) => parts,
+            Ok(Ok(res)) => res,
         };
+        let (res, body) = res.into_parts();
+        drain(body);
         metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.config.id.clone()).record(started.elapsed().as_secs_f64());
         let status = res.status;
         metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.config.id.clone(), "status" => status.as_u16().to_string()).increment(1);

@@ -100,10 +100,7 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
         out.extend_from_slice(b",\"duration_ms\":");
-        let micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX);
-        push_u64(out, micros / 1000);
-        out.push(b'.');
-        push_padded(out, micros % 1000, 3);
+        push_millis(out, self.elapsed);
         if let Some(e) = self.error {
             out.extend_from_slice(b",\"error\":");
             json_str(out, e);
@@ -162,10 +159,7 @@ impl JsonLine {
     /// Adds a duration in milliseconds, to the microsecond.
     pub fn millis(mut self, name: &'static str, d: Duration) -> Self {
         self.key(name);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        push_u64(&mut self.buf, micros / 1000);
-        self.buf.push(b'.');
-        push_padded(&mut self.buf, micros % 1000, 3);
+        push_millis(&mut self.buf, d);
         self
     }
 
@@ -213,6 +207,14 @@ fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b'.');
     push_padded(out, u64::from(t.microsecond()), 6);
     out.push(b'Z');
+}
+
+/// A duration as milliseconds with three decimals (microsecond resolution).
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
 }
 
 /// `n` in at least `width` digits, zero-padded.
