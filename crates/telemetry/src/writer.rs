@@ -31,7 +31,13 @@ struct Pending {
     buf: Vec<u8>,
     dropped: u64,
     closed: bool,
+    /// Set by the writer thread when it has written its last batch.
+    finished: bool,
 }
+
+/// How long dropping the guard waits for the last batch: a stdout nobody reads must not
+/// turn a shutdown into a hang (tracing-appender's guard waited one second too).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 struct Shared {
     pending: Mutex<Pending>,
@@ -68,7 +74,8 @@ impl LineSink {
         p.buf.extend_from_slice(line);
         drop(p);
         if was_empty {
-            self.shared.wake.notify_one();
+            // All waiters: the writer, and a guard waiting for the last batch at shutdown.
+            self.shared.wake.notify_all();
         }
     }
 }
@@ -100,11 +107,21 @@ pub(crate) struct WriterGuard {
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
+        let mut p = self.shared.lock();
+        p.closed = true;
+        // The writer and this thread share the condition variable: wake everyone.
+        self.shared.wake.notify_all();
+        let (p, timeout) = self
+            .shared
+            .wake
+            .wait_timeout_while(p, SHUTDOWN_WAIT, |p| !p.finished)
+            .unwrap_or_else(PoisonError::into_inner);
+        let finished = p.finished;
+        drop(p);
+        if let (true, Some(t)) = (finished && !timeout.timed_out(), self.thread.take()) {
             let _ = t.join();
         }
+        // Otherwise the thread is left to finish (or block) on its own.
     }
 }
 
@@ -190,6 +207,8 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>, redactor: &Red
             }
         }
         if closed {
+            shared.lock().finished = true;
+            shared.wake.notify_all();
             return;
         }
     }
@@ -281,6 +300,31 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("a single line was never written");
+    }
+
+    /// An output that never returns from `write`, like a pipe nobody reads.
+    struct Stuck;
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_output_does_not_hang_the_shutdown() {
+        let (mut sink, guard) = spawn(Box::new(Stuck), Redactor::default()).expect("spawn");
+        sink.write_all(b"{\"stuck\":1}\n").expect("write");
+        // Returns after the bounded wait; with an unbounded join this test would never end.
+        drop(guard);
+        // Lines after shutdown are dropped, not queued for ever.
+        sink.write_all(b"{\"late\":1}\n").expect("write");
+        assert!(sink.shared.lock().buf.is_empty());
     }
 
     #[test]
