@@ -2,7 +2,7 @@
 //! 127.0.0.1:6379 (each test under a key prefix of its own): one token fetch for concurrent
 //! callers on both, one refetch in all when the third party refuses it, never a token in
 //! plaintext in Redis or the logs; and the per-process fallback when Redis is gone (a
-//! private redis-server the test stops).
+//! private redis-server the test stops, and reconnects when it is back).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -225,6 +225,7 @@ async fn a_redis_outage_falls_back_to_tokens_fetched_and_cached_per_instance() {
 
     // Redis goes away. Each refused token is replaced by a fetch of this instance's own, and
     // the calls succeed.
+    let port_of_redis = redis.port;
     drop(redis);
     for n in 1..=3 {
         revoked
@@ -258,6 +259,40 @@ async fn a_redis_outage_falls_back_to_tokens_fetched_and_cached_per_instance() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
     assert!(fallbacks >= 3.0, "{metrics}");
+
+    // Redis comes back on the same port: the gateway reconnects by itself, says so once, and
+    // the next token it fetches is shared again.
+    let redis = PrivateRedis::start_on(port_of_redis);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 3;
+    while keys_under(&mut conn, "pcl:egress-token").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token reached the returned Redis"
+        );
+        n += 1;
+        revoked
+            .lock()
+            .unwrap()
+            .insert(format!("tok-{n}-{sentinel}"));
+        assert_eq!(calls(&pair, 1).await, vec![200]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gw.stdout
+            .wait_for(
+                &["shared token cache reachable again"],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(!logs.contains(&sentinel), "a token in the logs");
 }
