@@ -13,6 +13,11 @@ use std::process::Command;
 
 const SENTINEL: &str = "SENTINEL-thirdparty-token-8c1e";
 
+/// `GET url` as the workflow holding `key`.
+async fn get_as(c: &reqwest::Client, url: String, key: &str) -> reqwest::Response {
+    c.get(url).bearer_auth(key).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_destinations() {
     let up = upstream::start(None).await;
@@ -64,12 +69,7 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
     assert_eq!(echo["headers"]["authorization"], "Bearer [REDACTED]");
     assert!(echo["headers"].get("cookie").is_none());
 
-    let res = c
-        .get(gw.url("/egress/search/search?q=x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/search/search?q=x"), &key).await;
     let echo: serde_json::Value = res.json().await.unwrap();
     assert_eq!(echo["query"], "q=x&token=[REDACTED]");
 
@@ -87,12 +87,7 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
         assert_problem(r.send().await.unwrap(), 403, "forbidden").await;
     }
     // An internal destination is refused as such, without saying why.
-    let res = c
-        .get(gw.url("/egress/internal/search"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/internal/search"), &key).await;
     let p = assert_problem(res, 403, "destination-refused").await;
     assert!(!p.to_string().contains("127.0.0.1"), "{p}");
     let anonymous = c
@@ -152,12 +147,7 @@ async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
     };
 
     // An idempotent call to a failing third party: three attempts, then its answer.
-    let res = c
-        .get(gw.url("/egress/flaky/status/503"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/flaky/status/503"), &key).await;
     assert_eq!(res.status(), 503);
     assert_eq!(count(&mut arrivals), 3);
     // A POST is never repeated without an Idempotency-Key; with one it is.
@@ -187,12 +177,7 @@ async fn failures_are_retried_only_when_safe_and_open_the_breaker() {
         .await
         .unwrap();
     assert_eq!(count(&mut arrivals), 1);
-    let res = c
-        .get(gw.url("/egress/flaky/status/200"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/flaky/status/200"), &key).await;
     assert!(res.headers().contains_key("retry-after"));
     assert_problem(res, 503, "unavailable").await;
     assert_eq!(count(&mut arrivals), 0, "an open breaker sends nothing");
@@ -252,12 +237,7 @@ async fn responses_that_break_the_declared_shape_are_refused_with_502() {
     let gw = Gw::start_in(dir);
     let key = gw.issue_key("billing").await;
     let c = client();
-    let ok = c
-        .get(gw.url("/egress/fits/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let ok = get_as(&c, gw.url("/egress/fits/x"), &key).await;
     assert_eq!(ok.status(), 200);
     // Data minimization: only allowed fields, denied paths gone, masked values.
     let v: serde_json::Value = c
@@ -277,12 +257,7 @@ async fn responses_that_break_the_declared_shape_are_refused_with_502() {
     assert!(v["headers"].get("host").is_none(), "{v}");
     assert_eq!(v["query"], "****7890");
     for id in ["strict", "html-only"] {
-        let res = c
-            .get(gw.url(&format!("/egress/{id}/x")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&c, gw.url(&format!("/egress/{id}/x")), &key).await;
         let p = assert_problem(res, 502, "upstream-unavailable").await;
         assert!(
             !p.to_string().contains("body_len"),
@@ -387,12 +362,7 @@ async fn oauth_tokens_are_fetched_once_for_concurrent_callers_and_refetched_once
     assert_eq!(fetched.load(Ordering::SeqCst), 1);
 
     // The third party refuses the token: one new token, one more try, then its answer.
-    let res = c
-        .get(gw.url("/egress/crm/status/401"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/crm/status/401"), &key).await;
     assert_eq!(res.status(), 401);
     assert_eq!(fetched.load(Ordering::SeqCst), 2);
 
@@ -474,23 +444,13 @@ async fn redirects_are_handed_back_or_followed_without_taking_the_credential_alo
     let mut arrivals = up.arrivals.lock().await;
 
     // Not followed by default: the 3xx comes back.
-    let res = c
-        .get(gw.url("/egress/stay/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/stay/x"), &key).await;
     assert_eq!(res.status(), 302);
     assert_eq!(res.headers()["location"], landed.as_str());
     assert!(arrivals.try_recv().is_err());
 
     // Followed to another origin: the Authorization header stays behind.
-    let res = c
-        .get(gw.url("/egress/bearer/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/bearer/x"), &key).await;
     assert_eq!(res.status(), 200);
     let echo: serde_json::Value = res.json().await.unwrap();
     assert_eq!(echo["path"], "/landed");
@@ -498,12 +458,7 @@ async fn redirects_are_handed_back_or_followed_without_taking_the_credential_alo
     assert_eq!(arrivals.try_recv().unwrap(), "/landed");
 
     // A credential in a custom header: a hop to another origin is refused, not followed.
-    let res = c
-        .get(gw.url("/egress/header/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/header/x"), &key).await;
     assert!(
         res.status() == 502 || res.status() == 403,
         "{}",
@@ -538,12 +493,7 @@ async fn a_primary_that_fails_its_health_check_gives_way_to_the_fallback() {
     let c = client();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let echo: serde_json::Value = loop {
-        let res = c
-            .get(gw.url("/egress/ha/x"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&c, gw.url("/egress/ha/x"), &key).await;
         if res.status() == 200 {
             break res.json().await.unwrap();
         }
@@ -602,12 +552,7 @@ async fn internal_destinations_in_integration_config_are_refused_at_call_time() 
     let key = gw.issue_key("wf").await;
     let c = client();
     for (n, base) in bases.iter().enumerate() {
-        let res = c
-            .get(gw.url(&format!("/egress/i{n}/x")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&c, gw.url(&format!("/egress/i{n}/x")), &key).await;
         let p = assert_problem(res, 403, "destination-refused").await;
         assert_eq!(p["title"], "Destination refused", "{base}");
     }
@@ -658,23 +603,13 @@ async fn a_rotated_refresh_token_is_kept_in_the_vault_for_the_next_refresh() {
     let gw = Gw::start_in(dir);
     let key = gw.issue_key("wf").await;
     let c = client();
-    let res = c
-        .get(gw.url("/egress/crm/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/crm/x"), &key).await;
     assert_eq!(res.status(), 200);
     assert_eq!(issued.load(Ordering::SeqCst), 1);
     // The third party refuses the token; the refetch presents the rotated refresh token
     // (rt-1, read back from the vault). Had it presented rt-0 the issuer would refuse it and
     // the workflow would get 503 instead of the third party's own 401.
-    let res = c
-        .get(gw.url("/egress/crm/status/401"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(&c, gw.url("/egress/crm/status/401"), &key).await;
     assert_eq!(res.status(), 401);
     assert_eq!(issued.load(Ordering::SeqCst), 2);
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
@@ -715,20 +650,10 @@ async fn a_pinned_integration_accepts_only_the_pinned_certificate() {
     let gw = Gw::start_in(dir);
     let key = gw.issue_key("wf").await;
     let c = client();
-    let ok = c
-        .get(gw.url("/egress/pinned/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let ok = get_as(&c, gw.url("/egress/pinned/x"), &key).await;
     assert_eq!(ok.status(), 200);
     // The same valid chain, a different pin: the handshake is refused.
-    let bad = c
-        .get(gw.url("/egress/mispinned/x"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let bad = get_as(&c, gw.url("/egress/mispinned/x"), &key).await;
     assert_problem(bad, 502, "upstream-unavailable").await;
 }
 
@@ -867,12 +792,7 @@ async fn names_the_machine_resolves_to_internal_addresses_are_refused_through_th
     let key = gw.issue_key("wf").await;
     let c = client();
     for (n, (name, addrs, _, wires)) in cases.iter().enumerate() {
-        let res = c
-            .get(gw.url(&format!("/egress/n{n}/x")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&c, gw.url(&format!("/egress/n{n}/x")), &key).await;
         let p = assert_problem(res, 403, "destination-refused").await;
         // Generic: no detail, no address.
         assert!(p.get("detail").is_none(), "{p}");
@@ -934,12 +854,7 @@ async fn a_redirect_to_an_internal_address_is_refused_when_following() {
     let key = gw.issue_key("wf").await;
     let c = client();
     for (n, to) in targets.iter().enumerate() {
-        let res = c
-            .get(gw.url(&format!("/egress/r{n}/x")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let res = get_as(&c, gw.url(&format!("/egress/r{n}/x")), &key).await;
         assert_problem(res, 403, "destination-refused").await;
         let wires = [Some(&v4), Some(&v4b), v6.as_ref()];
         for w in wires.into_iter().flatten() {
