@@ -84,7 +84,9 @@ pub fn log_access(r: &AccessRecord<'_>) {
 }
 
 impl AccessRecord<'_> {
-    fn write_json(&self, out: &mut Vec<u8>, now: SystemTime) {
+    /// Appends this record's JSON line, stamped `now`, to `out` (what [`log_access`] hands to
+    /// the writer; public for the benchmark).
+    pub fn write_json(&self, out: &mut Vec<u8>, now: SystemTime) {
         out.extend_from_slice(b"{\"timestamp\":\"");
         write_timestamp(out, now);
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
