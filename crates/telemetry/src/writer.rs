@@ -42,6 +42,24 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    limits: Limits,
+}
+
+/// The writer's bounds: [`MAX_PENDING`] and [`SHUTDOWN_WAIT`] in the gateway; tests choose
+/// their own so that they depend neither on filling 32 MiB nor on a debug build's speed.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_pending: usize,
+    pub shutdown_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending: MAX_PENDING,
+            shutdown_wait: SHUTDOWN_WAIT,
+        }
+    }
 }
 
 impl Shared {
@@ -66,7 +84,7 @@ impl LineSink {
             // Logging has shut down; nothing will drain the buffer any more.
             return;
         }
-        if p.buf.len() + line.len() > MAX_PENDING {
+        if p.buf.len() + line.len() > self.shared.limits.max_pending {
             p.dropped += 1;
             return;
         }
@@ -114,7 +132,7 @@ impl Drop for WriterGuard {
         let (p, timeout) = self
             .shared
             .wake
-            .wait_timeout_while(p, SHUTDOWN_WAIT, |p| !p.finished)
+            .wait_timeout_while(p, self.shared.limits.shutdown_wait, |p| !p.finished)
             .unwrap_or_else(PoisonError::into_inner);
         let finished = p.finished;
         drop(p);
@@ -130,9 +148,19 @@ pub(crate) fn spawn(
     out: Box<dyn Write + Send>,
     redactor: Redactor,
 ) -> io::Result<(LineSink, WriterGuard)> {
+    spawn_with(out, redactor, Limits::default())
+}
+
+/// [`spawn`] with other bounds.
+pub(crate) fn spawn_with(
+    out: Box<dyn Write + Send>,
+    redactor: Redactor,
+    limits: Limits,
+) -> io::Result<(LineSink, WriterGuard)> {
     let shared = Arc::new(Shared {
         pending: Mutex::new(Pending::default()),
         wake: Condvar::new(),
+        limits,
     });
     let worker = shared.clone();
     let thread = std::thread::Builder::new()
@@ -218,6 +246,14 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>, redactor: &Red
 mod tests {
     use super::*;
 
+    /// Bounds for tests: a shutdown that waits for the writer however slow the build is.
+    fn patient(max_pending: usize) -> Limits {
+        Limits {
+            max_pending,
+            shutdown_wait: Duration::from_secs(120),
+        }
+    }
+
     /// A writer the test can read back.
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -245,7 +281,12 @@ mod tests {
     #[test]
     fn every_line_from_every_thread_arrives_whole_and_in_order_per_thread() {
         let cap = Capture::default();
-        let (sink, guard) = spawn(Box::new(cap.clone()), Redactor::default()).expect("spawn");
+        let (sink, guard) = spawn_with(
+            Box::new(cap.clone()),
+            Redactor::default(),
+            patient(MAX_PENDING),
+        )
+        .expect("spawn");
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut s = sink.clone();
@@ -278,7 +319,12 @@ mod tests {
     #[test]
     fn lines_are_redacted_before_they_are_written() {
         let cap = Capture::default();
-        let (mut sink, guard) = spawn(Box::new(cap.clone()), Redactor::default()).expect("spawn");
+        let (mut sink, guard) = spawn_with(
+            Box::new(cap.clone()),
+            Redactor::default(),
+            patient(MAX_PENDING),
+        )
+        .expect("spawn");
         sink.write_all(b"{\"authorization\":\"Bearer sentinel-4b1d\",\"ok\":1}\n")
             .expect("write");
         drop(guard);
@@ -290,7 +336,12 @@ mod tests {
     #[test]
     fn a_lone_line_is_written_without_waiting_for_more() {
         let cap = Capture::default();
-        let (mut sink, _guard) = spawn(Box::new(cap.clone()), Redactor::default()).expect("spawn");
+        let (mut sink, _guard) = spawn_with(
+            Box::new(cap.clone()),
+            Redactor::default(),
+            patient(MAX_PENDING),
+        )
+        .expect("spawn");
         sink.write_all(b"{\"one\":1}\n").expect("write");
         // Bounded wait: the writer must deliver a single line on its own, long before this.
         for _ in 0..500 {
@@ -330,12 +381,14 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_lines_and_reports_how_many() {
         let cap = Capture::default();
-        let (sink, guard) = spawn(Box::new(cap.clone()), Redactor::default()).expect("spawn");
-        // Hold the lock so the writer cannot drain, fill past the cap, then release.
-        let line = vec![b'x'; 1024 * 1024 - 1];
+        const CAP: usize = 4096;
+        let (sink, guard) =
+            spawn_with(Box::new(cap.clone()), Redactor::default(), patient(CAP)).expect("spawn");
+        // Fill the buffer without waking the writer, so it cannot drain, then go past the cap.
+        let line = vec![b'x'; 1023];
         {
             let mut p = sink.shared.lock();
-            p.buf.extend(std::iter::repeat_n(b'y', MAX_PENDING - 10));
+            p.buf.extend(std::iter::repeat_n(b'y', CAP - 10));
             p.buf.push(b'\n');
         }
         let mut s = sink.clone();
