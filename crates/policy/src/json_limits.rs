@@ -66,7 +66,7 @@ pub fn check_json(bytes: &[u8], limits: &JsonLimits) -> Result<(), JsonFault> {
 }
 
 /// Checks `bytes` like [`check_json`] and returns the document, built in the same pass.
-pub(crate) fn parse_json_within(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonFault> {
+pub fn parse_json_within(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonFault> {
     walk::<TreeBuilder>(bytes, limits)
 }
 

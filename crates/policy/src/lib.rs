@@ -33,7 +33,7 @@ pub use concurrency::Concurrency;
 pub use cors::{preflight, Cors};
 pub use deprecation::Deprecation;
 pub use ip_filter::IpFilter;
-pub use json_limits::{check_json, JsonFault, JsonLimitCheck};
+pub use json_limits::{check_json, parse_json_within, JsonFault, JsonLimitCheck};
 pub use minimize::{minimize, MaskStyle};
 pub use object_rules::ObjectRules;
 pub use params::Params;
