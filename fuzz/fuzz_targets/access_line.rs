@@ -29,5 +29,8 @@ fuzz_target!(|input: (&str, &str, [u8; 16], u64)| {
     let v: serde_json::Value = serde_json::from_slice(&line).expect("one JSON object");
     assert_eq!(v["path"].as_str(), Some(path));
     assert_eq!(v["cause"].as_str(), Some(cause));
-    assert_eq!(v["client_ip"].as_str(), Some(IpAddr::from(ip).to_string().as_str()));
+    assert_eq!(
+        v["client_ip"].as_str(),
+        Some(IpAddr::from(ip).to_string().as_str())
+    );
 });

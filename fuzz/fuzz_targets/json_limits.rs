@@ -14,8 +14,14 @@ fuzz_target!(|data: &[u8]| {
         explicit: true,
     };
     let theirs = serde_json::from_slice::<serde_json::Value>(data).ok();
-    assert_eq!(portcullis_policy::check_json(data, &unlimited).is_ok(), theirs.is_some());
-    assert_eq!(portcullis_policy::parse_json_within(data, &unlimited).ok(), theirs);
+    assert_eq!(
+        portcullis_policy::check_json(data, &unlimited).is_ok(),
+        theirs.is_some()
+    );
+    assert_eq!(
+        portcullis_policy::parse_json_within(data, &unlimited).ok(),
+        theirs
+    );
     let tight = JsonLimits {
         max_depth: 3,
         max_string: 8,
