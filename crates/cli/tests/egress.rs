@@ -36,12 +36,13 @@ async fn integrations_inject_credentials_allow_only_what_is_declared_and_guard_d
          allow = [{{ methods = [\"GET\"], path = \"/search\" }}]\nclients = [\"billing\"]\n",
         server_section("")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    put_secret(&path, "gh-token", "integration:github", SENTINEL);
-    put_secret(&path, "search-token", "integration:search", SENTINEL);
-    let gw = Gw::start_in(dir);
+    let gw = common::start_with_secrets(
+        &cfg,
+        &[
+            ("gh-token", "integration:github", SENTINEL),
+            ("search-token", "integration:search", SENTINEL),
+        ],
+    );
     let key = gw.issue_key("billing").await;
     let other = gw.issue_key("other").await;
     let c = client();
@@ -329,16 +330,14 @@ async fn oauth_tokens_are_fetched_once_for_concurrent_callers_and_refetched_once
          credential = {{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\", scopes = [\"api\"] }}\n",
         server_section("")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    put_secret(
-        &path,
-        "crm-client",
-        "integration:crm",
-        "{\"client_id\":\"crm-client\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\"}",
+    let gw = common::start_with_secrets(
+        &cfg,
+        &[(
+            "crm-client",
+            "integration:crm",
+            "{\"client_id\":\"crm-client\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\"}",
+        )],
     );
-    let gw = Gw::start_in(dir);
     let key = gw.issue_key("billing").await;
     let c = client();
 
@@ -591,16 +590,8 @@ async fn a_rotated_refresh_token_is_kept_in_the_vault_for_the_next_refresh() {
          credential = {{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}\n",
         server_section("")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    put_secret(
-        &path,
-        "crm-refresh",
-        "integration:crm",
-        "{\"client_id\":\"crm\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\",\"refresh_token\":\"rt-0\"}",
-    );
-    let gw = Gw::start_in(dir);
+    let secret = "{\"client_id\":\"crm\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\",\"refresh_token\":\"rt-0\"}";
+    let gw = common::start_with_secrets(&cfg, &[("crm-refresh", "integration:crm", secret)]);
     let key = gw.issue_key("wf").await;
     let c = client();
     let res = get_as(&c, gw.url("/egress/crm/x"), &key).await;
@@ -980,22 +971,21 @@ async fn egress_calls_token_fetches_and_breaker_changes_are_audited() {
             "circuit_breaker = { failure_ratio = 1.0, min_requests = 1, open_for = \"1h\" }"
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    put_secret(
-        &path,
-        "crm-client",
-        "integration:crm",
-        "{\"client_id\":\"crm-client\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\"}",
+    let gw = common::start_with_secrets(
+        &cfg,
+        &[
+            (
+                "crm-client",
+                "integration:crm",
+                "{\"client_id\":\"crm-client\",\"client_secret\":\"CLIENT-SECRET-SENTINEL\"}",
+            ),
+            (
+                "wrong-client",
+                "integration:nocred",
+                "{\"client_id\":\"crm-client\",\"client_secret\":\"WRONG-SECRET-SENTINEL\"}",
+            ),
+        ],
     );
-    put_secret(
-        &path,
-        "wrong-client",
-        "integration:nocred",
-        "{\"client_id\":\"crm-client\",\"client_secret\":\"WRONG-SECRET-SENTINEL\"}",
-    );
-    let gw = Gw::start_in(dir);
     let key = gw.issue_key("wf").await;
     let c = client();
     let get = |path: &str| c.get(gw.url(path)).bearer_auth(&key).send();

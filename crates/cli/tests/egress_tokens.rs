@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{client, put_secret, redis::PrivateRedis, serve_fn, server_section, token_server, Gw};
+use common::{client, redis::PrivateRedis, serve_fn, server_section, token_server, Gw};
 use std::{
     collections::HashSet,
     sync::{atomic::Ordering, Arc, Mutex},
@@ -57,16 +57,14 @@ fn gateway(redis_url: &str, prefix: &str, port: u16, token_url: &str) -> Gw {
          credential = {{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\" }}\n",
         server_section("")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    put_secret(
-        &path,
-        "crm-client",
-        "integration:crm",
-        &format!("{{\"client_id\":\"crm-client\",\"client_secret\":\"{CLIENT_SECRET}\"}}"),
-    );
-    Gw::start_in(dir)
+    common::start_with_secrets(
+        &cfg,
+        &[(
+            "crm-client",
+            "integration:crm",
+            &format!("{{\"client_id\":\"crm-client\",\"client_secret\":\"{CLIENT_SECRET}\"}}"),
+        )],
+    )
 }
 
 /// `n` concurrent calls spread over the gateways; every status.

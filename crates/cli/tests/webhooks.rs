@@ -66,17 +66,13 @@ fn config(forward: &str, extra: &str) -> String {
 
 /// A gateway on `config`, with the webhook and signing secrets in its vault.
 fn start(config: &str) -> Gw {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("portcullis.toml");
-    std::fs::write(&cfg, config).unwrap();
-    put_secret(&cfg, "orders-hook", "webhook:orders", HOOK_SECRET);
-    put_secret(
-        &cfg,
-        "pcl-signing",
-        "gateway:webhook-signing",
-        GATEWAY_SECRET,
-    );
-    Gw::start_in(dir)
+    common::start_with_secrets(
+        config,
+        &[
+            ("orders-hook", "webhook:orders", HOOK_SECRET),
+            ("pcl-signing", "gateway:webhook-signing", GATEWAY_SECRET),
+        ],
+    )
 }
 
 async fn post(gw: &Gw, id: &str, ts: i64, body: &[u8], signature: &str) -> reqwest::Response {

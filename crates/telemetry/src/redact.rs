@@ -133,8 +133,9 @@ impl Redactor {
     /// Appends `line` (JSON or plain text) to `out`, redacted. Lines with nothing that could
     /// need redaction are copied as they are, without an intermediate string.
     pub fn redact_into(&self, line: &str, out: &mut Vec<u8>) {
-        if self.current().suspicious.is_match(line) {
-            out.extend_from_slice(self.redact_line(line).as_bytes());
+        let rules = self.current();
+        if rules.suspicious.is_match(line) {
+            out.extend_from_slice(self.redact_suspicious(&rules, line).as_bytes());
         } else {
             out.extend_from_slice(line.as_bytes());
         }
@@ -146,10 +147,15 @@ impl Redactor {
         if !rules.suspicious.is_match(line) {
             return line.to_string();
         }
+        self.redact_suspicious(&rules, line)
+    }
+
+    /// The full redaction of a line the quick check could not clear.
+    fn redact_suspicious(&self, rules: &Rules, line: &str) -> String {
         let trimmed = line.trim_end_matches('\n');
         if trimmed.starts_with('{') {
             if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(trimmed) {
-                self.redact_value(&rules, &mut v);
+                self.redact_value(rules, &mut v);
                 let mut out = v.to_string();
                 out.push('\n');
                 return out;

@@ -318,6 +318,17 @@ pub fn json_response(status: u16, body: impl Into<String>) -> http::Response<Str
     res
 }
 
+/// A gateway on `config` with `secrets` (name, consumer, value) put into its vault first.
+pub fn start_with_secrets(config: &str, secrets: &[(&str, &str, &str)]) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, config).unwrap();
+    for (name, consumer, value) in secrets {
+        put_secret(&path, name, consumer, value);
+    }
+    Gw::start_in(dir)
+}
+
 /// Stores `value` as secret `name` bound to `consumer`, through `portcullis secret put`.
 pub fn put_secret(cfg: &Path, name: &str, consumer: &str, value: &str) {
     use std::io::Write;
