@@ -3,13 +3,14 @@
 //! `dangerous_skip_upstream_tls_verify` switch. Clients are shared between routes with the
 //! same TLS and connect settings, so their pools are shared too.
 
-use crate::BuildError;
+use crate::{pool::Http1Pool, BuildError};
+use http::uri::{Authority, Scheme};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use portcullis_config::UpstreamTls;
+use portcullis_config::{Upstream, UpstreamTls};
 use portcullis_core::Body;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -36,6 +37,16 @@ struct ClientKey {
 #[derive(Default)]
 pub(crate) struct ClientCache {
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    pools: Mutex<HashMap<(Authority, Duration), Arc<Http1Pool>>>,
+}
+
+/// How a route reaches its upstream.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// A plain-HTTP upstream: HTTP/1.1 through the route's own pool ([`Http1Pool`]).
+    Plain(Arc<Http1Pool>),
+    /// An HTTPS upstream (HTTP/1.1 or HTTP/2 by ALPN) through hyper-util's client.
+    Tls(UpstreamClient),
 }
 
 impl ClientCache {
@@ -58,6 +69,35 @@ impl ClientCache {
         let client = build(tls, connect_timeout)?;
         map.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// The transport for an upstream: a shared pool for plain HTTP, a shared client for TLS.
+    pub(crate) fn transport(
+        &self,
+        upstream: &Upstream,
+        tls: &UpstreamTls,
+        connect_timeout: Duration,
+    ) -> Result<Transport, BuildError> {
+        if upstream.scheme != Scheme::HTTP {
+            return self.get(tls, connect_timeout).map(Transport::Tls);
+        }
+        let key = (upstream.authority.clone(), connect_timeout);
+        let mut pools = self
+            .pools
+            .lock()
+            .map_err(|_| BuildError::Internal("client cache poisoned".into()))?;
+        if let Some(p) = pools.get(&key) {
+            return Ok(Transport::Plain(p.clone()));
+        }
+        let pool = Http1Pool::new(
+            &upstream.authority,
+            connector(connect_timeout),
+            MAX_IDLE_PER_HOST,
+            IDLE_TIMEOUT,
+        )
+        .map_err(|e| BuildError::Internal(e.to_string()))?;
+        pools.insert(key, pool.clone());
+        Ok(Transport::Plain(pool))
     }
 }
 
@@ -89,11 +129,8 @@ fn build(tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient,
         builder.with_root_certificates(roots).with_no_client_auth()
     };
 
-    let mut http = HttpConnector::new();
+    let mut http = connector(connect_timeout);
     http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()
@@ -103,9 +140,23 @@ fn build(tls: &UpstreamTls, connect_timeout: Duration) -> Result<UpstreamClient,
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
+}
+
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle connections kept per upstream.
+const MAX_IDLE_PER_HOST: usize = 256;
+
+/// TCP connect settings shared by both kinds of upstream client.
+fn connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http
 }
 
 /// Accepts any certificate. Only reachable through `dangerous_skip_upstream_tls_verify`,

@@ -2,8 +2,9 @@
 //! within the route's connect, read and total deadlines.
 
 use crate::{
-    client::UpstreamClient,
+    client::Transport,
     headers::{set_forwarding, strip_hop_by_hop},
+    pool::SendError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,7 +42,7 @@ pub(crate) struct Forwarder {
     rewrite: Option<Vec<Part>>,
     preserve_host: bool,
     timeouts: Timeouts,
-    client: UpstreamClient,
+    transport: Transport,
     trusted_proxies: Arc<[IpNet]>,
     headers: Vec<UpstreamHeader>,
     consumer: String,
@@ -56,7 +57,7 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     pub(crate) fn new(
         route: &RouteConfig,
-        client: UpstreamClient,
+        transport: Transport,
         trusted_proxies: Arc<[IpNet]>,
         vault: Option<Arc<Vault>>,
         assertions: Option<Arc<TokenIssuer>>,
@@ -67,7 +68,7 @@ impl Forwarder {
             rewrite: route.rewrite.as_deref().map(compile_template),
             preserve_host: route.preserve_host,
             timeouts: route.timeouts,
-            client,
+            transport,
             trusted_proxies,
             headers: route.upstream_headers.clone(),
             consumer: route.consumer(),
@@ -123,7 +124,13 @@ impl Forwarder {
         Ok(())
     }
 
-    fn upstream_uri(&self, uri: &Uri, matched: Option<&RouteMatch>) -> Result<Uri, GatewayError> {
+    /// The upstream's path and query for this request: base path, then the rewritten or
+    /// original path, then the query as the client sent it.
+    fn upstream_path(
+        &self,
+        uri: &Uri,
+        matched: Option<&RouteMatch>,
+    ) -> Result<PathAndQuery, GatewayError> {
         let mut pq = String::with_capacity(self.upstream.base_path.len() + uri.path().len() + 32);
         pq.push_str(&self.upstream.base_path);
         match (&self.rewrite, matched) {
@@ -141,14 +148,64 @@ impl Forwarder {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::try_from(pq)
-            .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidPath))?;
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| GatewayError::Internal(Box::new(e)))
+        PathAndQuery::try_from(pq).map_err(|_| GatewayError::Malformed(MalformedKind::InvalidPath))
+    }
+
+    /// Sends the prepared request and waits for the answer's head, at most `wait`.
+    async fn exchange(
+        &self,
+        mut req: Request<Body>,
+        path: PathAndQuery,
+        wait: Duration,
+    ) -> Result<Response<Body>, GatewayError> {
+        let sent = match &self.transport {
+            Transport::Plain(pool) => {
+                // hyper's connection-level client writes the URI as given: origin-form.
+                *req.uri_mut() = Uri::from(path);
+                tokio::time::timeout(wait, pool.send(req))
+                    .await
+                    .map(|r| r.map_err(|e| (matches!(e, SendError::Connect(_)), BoxError::from(e))))
+            }
+            Transport::Tls(client) => {
+                *req.uri_mut() = Uri::builder()
+                    .scheme(self.upstream.scheme.clone())
+                    .authority(self.upstream.authority.clone())
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+                tokio::time::timeout(wait, client.request(req))
+                    .await
+                    .map(|r| match r {
+                        Ok(res) => Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                        Err(e) => Err((e.is_connect(), BoxError::from(e))),
+                    })
+            }
+        };
+        match sent {
+            Err(_) => Err(upstream_failure(
+                &self.route_id,
+                "timeout",
+                GatewayError::UpstreamTimeout,
+            )),
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err((connect, e))) => {
+                if let Some(b) = find_cause::<BodyTooLarge>(&*e) {
+                    return Err(GatewayError::PayloadTooLarge { limit: b.limit });
+                }
+                if find_cause::<BodyTooSlow>(&*e).is_some() {
+                    return Err(GatewayError::RequestTimeout);
+                }
+                if find_cause::<ClientBodyError>(&*e).is_some() {
+                    return Err(GatewayError::Malformed(MalformedKind::InvalidBody));
+                }
+                let kind = if connect { "connect" } else { "protocol" };
+                Err(upstream_failure(
+                    &self.route_id,
+                    kind,
+                    GatewayError::BadGateway(e),
+                ))
+            }
+        }
     }
 }
 
@@ -195,7 +252,7 @@ impl Terminal for Forwarder {
             .get::<RequestContext>()
             .cloned()
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-        let uri = self.upstream_uri(req.uri(), req.extensions().get::<RouteMatch>())?;
+        let path = self.upstream_path(req.uri(), req.extensions().get::<RouteMatch>())?;
         let req_identity = req.extensions().get::<Identity>().cloned();
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -233,54 +290,26 @@ impl Terminal for Forwarder {
         }
         self.inject_headers(headers).await?;
         headers.remove(header::HOST);
-        if self.preserve_host {
-            if let Some(h) = client_host {
-                headers.insert(header::HOST, h);
-            }
-        } else if let Some(h) = &self.upstream_host {
-            headers.insert(header::HOST, h.clone());
+        // A plain-HTTP upstream gets its own host (or the client's, with preserve_host);
+        // for HTTPS upstreams hyper-util sets it (or `:authority` on HTTP/2).
+        let host = if self.preserve_host {
+            client_host.or_else(|| self.upstream_host.clone())
+        } else {
+            self.upstream_host.clone()
+        };
+        if let Some(h) = host {
+            headers.insert(header::HOST, h);
         }
-        *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
 
         let deadline = Instant::now() + self.timeouts.total;
         let head_wait = self.timeouts.read.min(self.timeouts.total);
-        let res = match tokio::time::timeout(head_wait, self.client.request(req)).await {
-            Err(_) => {
-                return Err(upstream_failure(
-                    &self.route_id,
-                    "timeout",
-                    GatewayError::UpstreamTimeout,
-                ))
-            }
-            Ok(Err(e)) => {
-                if let Some(b) = find_cause::<BodyTooLarge>(&e) {
-                    return Err(GatewayError::PayloadTooLarge { limit: b.limit });
-                }
-                if find_cause::<BodyTooSlow>(&e).is_some() {
-                    return Err(GatewayError::RequestTimeout);
-                }
-                if find_cause::<ClientBodyError>(&e).is_some() {
-                    return Err(GatewayError::Malformed(MalformedKind::InvalidBody));
-                }
-                let kind = if e.is_connect() {
-                    "connect"
-                } else {
-                    "protocol"
-                };
-                return Err(upstream_failure(
-                    &self.route_id,
-                    kind,
-                    GatewayError::BadGateway(Box::new(e)),
-                ));
-            }
-            Ok(Ok(res)) => res,
-        };
+        let res = self.exchange(req, path, head_wait).await?;
 
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = if body.is_end_stream() {
-            body.map_err(BoxError::from).boxed_unsync()
+            body
         } else {
             Deadline::new(body, deadline, self.timeouts.read).boxed_unsync()
         };
@@ -323,7 +352,7 @@ pin_project_lite::pin_project! {
     /// quiet for longer than the read timeout. One timer, re-armed on every frame.
     struct Deadline {
         #[pin]
-        inner: hyper::body::Incoming,
+        inner: Body,
         #[pin]
         timer: Sleep,
         deadline: Instant,
@@ -332,7 +361,7 @@ pin_project_lite::pin_project! {
 }
 
 impl Deadline {
-    fn new(inner: hyper::body::Incoming, deadline: Instant, idle: Duration) -> Self {
+    fn new(inner: Body, deadline: Instant, idle: Duration) -> Self {
         let first = deadline.min(Instant::now() + idle);
         Deadline {
             inner,
@@ -358,7 +387,7 @@ impl HttpBody for Deadline {
                 this.timer.reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.timer.poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),

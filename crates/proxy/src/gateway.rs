@@ -463,15 +463,15 @@ fn build_generation(
     );
     let mut routes = RouteTable::default();
     for route in &cfg.routes {
-        let client = clients
-            .get(&route.upstream_tls, route.timeouts.connect)
+        let transport = clients
+            .transport(&route.upstream, &route.upstream_tls, route.timeouts.connect)
             .map_err(|e| BuildError::Route {
                 id: route.id.clone(),
                 reason: e.to_string(),
             })?;
         let forwarder = Forwarder::new(
             route,
-            client,
+            transport,
             trusted.clone(),
             services.vault.clone(),
             services.oauth.clone(),

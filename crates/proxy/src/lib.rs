@@ -16,6 +16,7 @@ mod inventory;
 mod oauth_endpoints;
 mod observe;
 mod outbox_worker;
+mod pool;
 mod router;
 mod server;
 mod tls;

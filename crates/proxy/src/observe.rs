@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 use portcullis_core::{ErrorInfo, RequestContext};
-use std::{sync::Arc, time::Duration};
+use std::{cell::RefCell, sync::Arc, time::Duration};
 
 /// What the access log and metrics record about a finished request head.
 pub(crate) struct Outcome<'a> {
@@ -17,15 +17,10 @@ pub(crate) struct Outcome<'a> {
 
 pub(crate) fn record(o: &Outcome<'_>, access_log: bool) {
     let method = portcullis_telemetry::method_label(o.method);
-    metrics::counter!(
-        "portcullis_http_requests_total",
-        "route" => o.route.clone(),
-        "method" => method,
-        "status" => status_label(o.status)
-    )
-    .increment(1);
-    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => o.route.clone())
-        .record(o.elapsed.as_secs_f64());
+    with_handles(o.route, method, o.status, |h| {
+        h.requests.increment(1);
+        h.duration.record(o.elapsed.as_secs_f64());
+    });
 
     if !access_log {
         return;
@@ -72,4 +67,70 @@ fn status_label(s: StatusCode) -> metrics::SharedString {
         other => return metrics::SharedString::from(other.to_string()),
     };
     metrics::SharedString::const_str(known)
+}
+
+/// The registered metrics of one (route, method, status).
+struct Handles {
+    route: Arc<str>,
+    method: &'static str,
+    status: StatusCode,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Most label sets a thread remembers; past it the cache starts over.
+const CACHED_LABEL_SETS: usize = 64;
+
+thread_local! {
+    /// Handles already looked up by this worker thread. Looking a metric up in the registry
+    /// hashes and compares every label on every request (about 1,500 instructions of the
+    /// no-policy route's budget); a hit here compares a route id and two small values. The
+    /// registry hands out the same metric for the same labels, so a handle stays right across
+    /// reloads.
+    static HANDLES: RefCell<Vec<Handles>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_handles(
+    route: &Arc<str>,
+    method: &'static str,
+    status: StatusCode,
+    f: impl FnOnce(&Handles),
+) {
+    let register = || Handles {
+        route: route.clone(),
+        method,
+        status,
+        requests: metrics::counter!(
+            "portcullis_http_requests_total",
+            "route" => route.clone(),
+            "method" => method,
+            "status" => status_label(status)
+        ),
+        duration: metrics::histogram!(
+            "portcullis_http_request_duration_seconds",
+            "route" => route.clone()
+        ),
+    };
+    HANDLES.with(|cache| {
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            // Never re-entered, but never panic on it either.
+            return f(&register());
+        };
+        let hit = cache.iter().position(|h| {
+            (Arc::ptr_eq(&h.route, route) || h.route == *route)
+                && h.method == method
+                && h.status == status
+        });
+        let at = match hit {
+            Some(i) => i,
+            None => {
+                if cache.len() >= CACHED_LABEL_SETS {
+                    cache.clear();
+                }
+                cache.push(register());
+                cache.len() - 1
+            }
+        };
+        f(&cache[at]);
+    })
 }

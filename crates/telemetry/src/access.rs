@@ -186,14 +186,57 @@ impl JsonLine {
     }
 }
 
-/// A JSON string literal, escaped by serde_json.
+/// A JSON string literal, exactly as serde_json writes it. Ids, paths and methods rarely hold
+/// anything to escape, so those are copied between quotes; the rest goes through serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// The formatted `YYYY-MM-DDTHH:MM:SS.` of one second, with its length.
+type SecondPrefix = (u64, [u8; 32], usize);
+
+thread_local! {
+    /// The last second this thread formatted: lines within one second share it.
+    static SECOND: std::cell::Cell<Option<SecondPrefix>> = const { std::cell::Cell::new(None) };
+}
+
 /// RFC 3339 in UTC with microseconds, as tracing's formatter writes it.
 fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let Ok(since_epoch) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+        return write_timestamp_in_full(out, now);
+    };
+    let secs = since_epoch.as_secs();
+    let prefix = match SECOND.get() {
+        Some(p) if p.0 == secs => p,
+        _ => {
+            let mut full = Vec::with_capacity(32);
+            write_timestamp_in_full(&mut full, now);
+            // Everything up to the fraction: "YYYY-MM-DDTHH:MM:SS." is the full form less
+            // its 6 digits and the 'Z'.
+            let len = full.len().saturating_sub(7);
+            let mut bytes = [0u8; 32];
+            if len > bytes.len() {
+                out.extend_from_slice(&full);
+                return;
+            }
+            bytes[..len].copy_from_slice(&full[..len]);
+            SECOND.set(Some((secs, bytes, len)));
+            (secs, bytes, len)
+        }
+    };
+    out.extend_from_slice(&prefix.1[..prefix.2]);
+    push_padded(out, u64::from(since_epoch.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+fn write_timestamp_in_full(out: &mut Vec<u8>, now: SystemTime) {
     let t = time::OffsetDateTime::from(now);
     push_padded(out, u64::try_from(t.year()).unwrap_or(0), 4);
     out.push(b'-');
@@ -336,6 +379,30 @@ mod tests {
             let mut r = record("/", None);
             r.elapsed = Duration::from_micros(us);
             assert_eq!(line(&r, SystemTime::now())["duration_ms"], want, "{us} us");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(v in "\\PC{0,40}|[\\x00-\\x7f]{0,40}") {
+            let mut ours = Vec::new();
+            json_str(&mut ours, &v);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&v).expect("json"));
+        }
+
+        #[test]
+        fn timestamps_within_one_second_and_across_seconds_are_the_full_form(
+            start in 0u64..4_102_444_800, steps in proptest::collection::vec((0u64..3, 0u32..1_000_000), 1..20)
+        ) {
+            let mut secs = start;
+            for (ahead, micros) in steps {
+                secs += ahead;
+                let now = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
+                let (mut cached, mut full) = (Vec::new(), Vec::new());
+                write_timestamp(&mut cached, now);
+                write_timestamp_in_full(&mut full, now);
+                proptest::prop_assert_eq!(cached, full);
+            }
         }
     }
 }
