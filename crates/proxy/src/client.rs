@@ -3,15 +3,22 @@
 //! `dangerous_skip_upstream_tls_verify` switch. Clients are shared between routes with the
 //! same TLS and connect settings, so their pools are shared too.
 
-use crate::{pool::Http1Pool, BuildError};
-use http::uri::{Authority, Scheme};
+use crate::{
+    pool::{Http1Pool, SendError},
+    BuildError,
+};
+use http::{
+    uri::{Authority, PathAndQuery, Scheme},
+    Request, Response, Uri,
+};
+use http_body_util::BodyExt;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use portcullis_config::{Upstream, UpstreamTls};
-use portcullis_core::Body;
+use portcullis_config::UpstreamTls;
+use portcullis_core::{Body, BoxError};
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     pki_types::{CertificateDer, ServerName, UnixTime},
@@ -40,13 +47,62 @@ pub(crate) struct ClientCache {
     pools: Mutex<HashMap<(Authority, Duration), Arc<Http1Pool>>>,
 }
 
-/// How a route reaches its upstream.
+/// How a route or webhook reaches its upstream.
 #[derive(Clone)]
 pub(crate) enum Transport {
-    /// A plain-HTTP upstream: HTTP/1.1 through the route's own pool ([`Http1Pool`]).
+    /// A plain-HTTP upstream: HTTP/1.1 through the upstream's own pool ([`Http1Pool`]).
     Plain(Arc<Http1Pool>),
     /// An HTTPS upstream (HTTP/1.1 or HTTP/2 by ALPN) through hyper-util's client.
     Tls(UpstreamClient),
+}
+
+/// A request that got no answer.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    /// No connection could be opened (as opposed to a failed exchange).
+    pub connect: bool,
+    pub error: BoxError,
+}
+
+impl Transport {
+    /// Sends `req` to `path` on the upstream at `scheme://authority` and returns the answer's
+    /// head; the body streams after. Without a `Host` header the upstream's own is set.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<Body>,
+        scheme: &Scheme,
+        authority: &Authority,
+        path: PathAndQuery,
+    ) -> Result<Response<Body>, SendFailure> {
+        match self {
+            Transport::Plain(pool) => {
+                // hyper's connection-level client writes the URI as given: origin-form.
+                *req.uri_mut() = Uri::from(path);
+                pool.send(req).await.map_err(|e| SendFailure {
+                    connect: matches!(e, SendError::Connect(_)),
+                    error: Box::new(e),
+                })
+            }
+            Transport::Tls(client) => {
+                *req.uri_mut() = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|e| SendFailure {
+                        connect: false,
+                        error: Box::new(e),
+                    })?;
+                match client.request(req).await {
+                    Ok(res) => Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                    Err(e) => Err(SendFailure {
+                        connect: e.is_connect(),
+                        error: Box::new(e),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 impl ClientCache {
@@ -74,14 +130,15 @@ impl ClientCache {
     /// The transport for an upstream: a shared pool for plain HTTP, a shared client for TLS.
     pub(crate) fn transport(
         &self,
-        upstream: &Upstream,
+        scheme: &Scheme,
+        authority: &Authority,
         tls: &UpstreamTls,
         connect_timeout: Duration,
     ) -> Result<Transport, BuildError> {
-        if upstream.scheme != Scheme::HTTP {
+        if *scheme != Scheme::HTTP {
             return self.get(tls, connect_timeout).map(Transport::Tls);
         }
-        let key = (upstream.authority.clone(), connect_timeout);
+        let key = (authority.clone(), connect_timeout);
         let mut pools = self
             .pools
             .lock()
@@ -90,7 +147,7 @@ impl ClientCache {
             return Ok(Transport::Plain(p.clone()));
         }
         let pool = Http1Pool::new(
-            &upstream.authority,
+            authority,
             connector(connect_timeout),
             MAX_IDLE_PER_HOST,
             IDLE_TIMEOUT,

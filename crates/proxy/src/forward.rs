@@ -2,9 +2,8 @@
 //! within the route's connect, read and total deadlines.
 
 use crate::{
-    client::Transport,
+    client::{SendFailure, Transport},
     headers::{set_forwarding, strip_hop_by_hop},
-    pool::SendError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -154,33 +153,16 @@ impl Forwarder {
     /// Sends the prepared request and waits for the answer's head, at most `wait`.
     async fn exchange(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         path: PathAndQuery,
         wait: Duration,
     ) -> Result<Response<Body>, GatewayError> {
-        let sent = match &self.transport {
-            Transport::Plain(pool) => {
-                // hyper's connection-level client writes the URI as given: origin-form.
-                *req.uri_mut() = Uri::from(path);
-                tokio::time::timeout(wait, pool.send(req))
-                    .await
-                    .map(|r| r.map_err(|e| (matches!(e, SendError::Connect(_)), BoxError::from(e))))
-            }
-            Transport::Tls(client) => {
-                *req.uri_mut() = Uri::builder()
-                    .scheme(self.upstream.scheme.clone())
-                    .authority(self.upstream.authority.clone())
-                    .path_and_query(path)
-                    .build()
-                    .map_err(|e| GatewayError::Internal(Box::new(e)))?;
-                tokio::time::timeout(wait, client.request(req))
-                    .await
-                    .map(|r| match r {
-                        Ok(res) => Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-                        Err(e) => Err((e.is_connect(), BoxError::from(e))),
-                    })
-            }
-        };
+        let sent = tokio::time::timeout(
+            wait,
+            self.transport
+                .send(req, &self.upstream.scheme, &self.upstream.authority, path),
+        )
+        .await;
         match sent {
             Err(_) => Err(upstream_failure(
                 &self.route_id,
@@ -188,7 +170,7 @@ impl Forwarder {
                 GatewayError::UpstreamTimeout,
             )),
             Ok(Ok(res)) => Ok(res),
-            Ok(Err((connect, e))) => {
+            Ok(Err(SendFailure { connect, error: e })) => {
                 if let Some(b) = find_cause::<BodyTooLarge>(&*e) {
                     return Err(GatewayError::PayloadTooLarge { limit: b.limit });
                 }

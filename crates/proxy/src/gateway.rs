@@ -464,7 +464,12 @@ fn build_generation(
     let mut routes = RouteTable::default();
     for route in &cfg.routes {
         let transport = clients
-            .transport(&route.upstream, &route.upstream_tls, route.timeouts.connect)
+            .transport(
+                &route.upstream.scheme,
+                &route.upstream.authority,
+                &route.upstream_tls,
+                route.timeouts.connect,
+            )
             .map_err(|e| BuildError::Route {
                 id: route.id.clone(),
                 reason: e.to_string(),

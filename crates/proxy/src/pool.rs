@@ -14,7 +14,7 @@
 //! closed after `idle_timeout`, and a request that was never written on a reused connection
 //! (the upstream closed it while it was idle) retried once on another connection.
 
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -52,6 +52,8 @@ struct Idle {
 pub(crate) struct Http1Pool {
     /// `http://host:port/`: what the connector is asked to connect to.
     target: Uri,
+    /// The `Host` a request without one gets: the host, and the port unless it is 80.
+    host: HeaderValue,
     connector: HttpConnector,
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
@@ -72,8 +74,15 @@ impl Http1Pool {
             .authority(authority.clone())
             .path_and_query("/")
             .build()?;
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => {
+                HeaderValue::try_from(format!("{}:{port}", authority.host()))?
+            }
+            _ => HeaderValue::try_from(authority.host())?,
+        };
         Ok(Arc::new(Http1Pool {
             target,
+            host,
             connector,
             idle: Mutex::new(VecDeque::new()),
             max_idle,
@@ -82,12 +91,17 @@ impl Http1Pool {
         }))
     }
 
-    /// Sends `req` (origin-form URI, `Host` already set) on an idle connection or a new one.
-    /// The response body hands the connection back when it ends.
+    /// Sends `req` (origin-form URI) on an idle connection or a new one; without a `Host`
+    /// header it gets the upstream's. The response body hands the connection back when it
+    /// ends.
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.host.clone());
+        }
         loop {
             let (mut conn, reused) = match self.take() {
                 Some(conn) => (conn, true),

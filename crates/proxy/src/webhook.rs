@@ -29,8 +29,8 @@ pub(crate) struct WebhookEndpoint {
     signer: Option<Arc<StandardSigner>>,
     /// The data plane's pooled client (it never follows redirects), and the forward target
     /// as a URI, converted once.
-    http: crate::client::UpstreamClient,
-    forward: http::Uri,
+    transport: crate::client::Transport,
+    forward: Forward,
     outbox: Option<Outbox>,
     /// The verifier for the secret versions it was built from.
     verifier_cache: arc_swap::ArcSwapOption<(Vec<i64>, Arc<Verifier>)>,
@@ -52,15 +52,22 @@ const DISCARDED_BODY_LIMIT: usize = 64 * 1024;
 /// Reads what is left of a backend's answer body (bounded in size and time) and drops it, so
 /// the pooled connection can be reused. A body that is not there at once is read in the
 /// background: the status is already known, and the sender is not kept waiting for it.
-fn drain(body: hyper::body::Incoming) {
+fn drain(body: Body) {
     use http_body::Body as _;
     use std::future::Future as _;
     if body.is_end_stream() {
         return;
     }
-    let mut rest = Box::pin(http_body_util::BodyExt::collect(
-        http_body_util::Limited::new(body, DISCARDED_BODY_LIMIT),
-    ));
+    let mut body = body;
+    let mut rest = Box::pin(async move {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DISCARDED_BODY_LIMIT {
+                break;
+            }
+        }
+    });
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     if rest.as_mut().poll(&mut cx).is_pending() {
@@ -68,6 +75,13 @@ fn drain(body: hyper::body::Incoming) {
             let _ = tokio::time::timeout(DRAIN_DEADLINE, rest).await;
         });
     }
+}
+
+/// Where a webhook endpoint delivers: its `forward` URL, split once.
+struct Forward {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path: http::uri::PathAndQuery,
 }
 
 /// How long a backend's answer body may take to arrive before its connection is dropped.
@@ -138,14 +152,27 @@ impl WebhookEndpoint {
             ),
             None => None,
         };
-        let http = clients
-            .get(
+        let forward = http::Uri::try_from(config.forward.as_str())
+            .ok()
+            .and_then(|u| {
+                let parts = u.into_parts();
+                Some(Forward {
+                    scheme: parts.scheme?,
+                    authority: parts.authority?,
+                    path: parts
+                        .path_and_query
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                })
+            })
+            .ok_or_else(|| format!("webhook {:?}: forward URL is not absolute", config.id))?;
+        let transport = clients
+            .transport(
+                &forward.scheme,
+                &forward.authority,
                 &portcullis_config::UpstreamTls::default(),
                 config.timeout.min(Duration::from_secs(10)),
             )
             .map_err(|e| format!("webhook {:?}: delivery client: {e}", config.id))?;
-        let forward = http::Uri::try_from(config.forward.as_str())
-            .map_err(|e| format!("webhook {:?}: forward URL: {e}", config.id))?;
         Ok(WebhookEndpoint {
             scheme: scheme(&config.provider),
             config,
@@ -154,7 +181,7 @@ impl WebhookEndpoint {
             replay,
             failures,
             signer,
-            http,
+            transport,
             forward,
             outbox,
             verifier_cache: arc_swap::ArcSwapOption::empty(),
@@ -407,7 +434,7 @@ impl WebhookEndpoint {
         };
         let ts = unix_now();
         let signature = signer.sign(id, ts, &bytes);
-        let mut req = Request::post(self.forward.clone());
+        let mut req = Request::post("/");
         let h = req.headers_mut().ok_or_else(|| {
             GatewayError::Internal("webhook forward request could not be built".into())
         })?;
@@ -436,9 +463,13 @@ impl WebhookEndpoint {
         let started = std::time::Instant::now();
         // The deadline covers the backend's answer (its status and headers), as the sender
         // is waiting for it.
-        let res = match tokio::time::timeout(self.config.timeout, self.http.request(req)).await {
+        let f = &self.forward;
+        let sent = self
+            .transport
+            .send(req, &f.scheme, &f.authority, f.path.clone());
+        let res = match tokio::time::timeout(self.config.timeout, sent).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(GatewayError::BadGateway(Box::new(e))),
+            Ok(Err(failure)) => return Err(GatewayError::BadGateway(failure.error)),
             Ok(Ok(res)) => res,
         };
         let (res, body) = res.into_parts();
