@@ -53,7 +53,7 @@ pub(crate) enum Transport {
     /// A plain-HTTP upstream: HTTP/1.1 through the upstream's own pool ([`Http1Pool`]).
     Plain(Arc<Http1Pool>),
     /// An HTTPS upstream (HTTP/1.1 or HTTP/2 by ALPN) through hyper-util's client.
-    Tls(UpstreamClient),
+    Tls(Box<UpstreamClient>),
 }
 
 /// A request that got no answer.
@@ -136,7 +136,9 @@ impl ClientCache {
         connect_timeout: Duration,
     ) -> Result<Transport, BuildError> {
         if *scheme != Scheme::HTTP {
-            return self.get(tls, connect_timeout).map(Transport::Tls);
+            return self
+                .get(tls, connect_timeout)
+                .map(|c| Transport::Tls(Box::new(c)));
         }
         let key = (authority.clone(), connect_timeout);
         let mut pools = self

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Gateway CPU time per request (user + system, all threads, from /proc/PID/stat) of two
+# Portcullis binaries on the no-policy route, alternating A and B for PAIRS pairs under the
+# same wrk load, with nginx measured the same way in every pair. Whole-run throughput on two
+# shared cores moves ±10-30% between runs; CPU per request of the gateway process moves far
+# less, and alternating the binaries spreads the machine's drift over both.
+# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS)
+# Prints one line per measurement and the medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+A=${1:?usage: bench/cpu-per-request.sh A_BIN [B_BIN]}
+B=${2:-}
+PAIRS=${PAIRS:-5}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+UP_PORT=18491
+NGINX_PORT=18492
+OUT=bench/out-cpu
+rm -rf "$OUT"; mkdir -p "$OUT/nginx"
+need wrk && need nginx || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+TICK=$(getconf CLK_TCK)
+
+"$A" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
+wait_port $UP_PORT
+
+cat >"$OUT/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $PWD/$OUT/nginx/nginx.pid;
+error_log $PWD/$OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $PWD/$OUT/nginx/access.log;
+  client_body_temp_path $PWD/$OUT/nginx/body;
+  proxy_temp_path $PWD/$OUT/nginx/proxy;
+  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
+  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
+  scgi_temp_path $PWD/$OUT/nginx/scgi;
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+wait_port $NGINX_PORT
+sleep 0.3
+NGINX_PIDS=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+
+start_gateway() { # name bin port
+  mkdir -p "$OUT/$1"
+  cat >"$OUT/$1/portcullis.toml" <<TOML
+[server]
+listen = "127.0.0.1:$3"
+admin_listen = "127.0.0.1:$(($3 + 1))"
+data_dir = "pcl-data"
+[[routes]]
+id = "bench"
+methods = ["GET"]
+path = "/{*rest}"
+upstream = "http://127.0.0.1:$UP_PORT"
+TOML
+  mkdir -p "$OUT/logs-$1"
+  "$2" serve --config "$OUT/$1/portcullis.toml" >"$OUT/logs-$1/access.log" 2>&1 & pids+=($!)
+  wait_port "$3"
+}
+start_gateway a "$A" 18493; A_PID=${pids[-1]}
+[ -n "$B" ] && { start_gateway b "$B" 18495; B_PID=${pids[-1]}; }
+
+ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+measure() { # name port pids...
+  local name=$1 port=$2; shift 2
+  local t0 t1 n
+  t0=$(ticks "$@")
+  n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/bench/item" | awk '/requests in/ {print $1}')
+  t1=$(ticks "$@")
+  awk -v name="$name" -v n="$n" -v d=$((t1 - t0)) -v tick="$TICK" -v secs="$DURATION" \
+    'BEGIN { printf "%-8s %8.0f req/s %6.1f us/request\n", name, n / secs, d / tick * 1e6 / n }' | tee -a "$OUT/results.txt"
+}
+for port in $NGINX_PORT 18493 ${B:+18495}; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
+for _ in $(seq 1 "$PAIRS"); do
+  measure nginx $NGINX_PORT $NGINX_PIDS
+  measure A 18493 "$A_PID"
+  [ -n "$B" ] && measure B 18495 "$B_PID"
+done
+echo "medians over $PAIRS pairs (A=$A${B:+, B=$B}):"
+awk '{ v[$1] = v[$1] " " $4; r[$1] = r[$1] " " $2 }
+  function median(list,   a, n, i, j, t) { n = split(list, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t } return a[int((n + 1) / 2)] }
+  END { for (k in v) printf "%-8s %8.0f req/s %6.1f us/request\n", k, median(r[k]), median(v[k]) }' "$OUT/results.txt" | sort
