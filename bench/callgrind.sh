@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Instructions per request on the no-policy route, counted by callgrind: user-space work of the
-# gateway process only (kernel time is not counted), but repeatable whatever else the machine
-# is doing, so it resolves changes of a few percent that wrk throughput on two shared cores
-# cannot. Usage: bench/callgrind.sh  (env: BIN=another/portcullis for an A/B, ACCESS_LOG=false)
+# Instructions per request, counted by callgrind: user-space work of the gateway process only
+# (kernel time is not counted), but repeatable whatever else the machine is doing, so it
+# resolves changes of a few percent that wrk throughput on two shared cores cannot.
+# Usage: bench/callgrind.sh  (env: ROUTE=plain|guarded|webhook, BIN=another/portcullis for an
+# A/B, ACCESS_LOG=false)
+#   plain:   GET on a route with no policies (the foundation benchmark's route)
+#   guarded: POST of a 1 KiB JSON order with API key + rate limit + JSON Schema (issue 5's)
+#   webhook: a Standard Webhooks delivery of a 1 KiB event, direct delivery (issue 6's)
 # Prints requests served under valgrind and instructions per request; the dump (for
 # callgrind_annotate --inclusive=yes) stays in bench/out-callgrind/.
 set -euo pipefail
@@ -10,6 +14,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
+ROUTE=${ROUTE:-plain}
 ACCESS_LOG=${ACCESS_LOG:-true}
 UP_PORT=${UP_PORT:-18391}
 PCL_PORT=${PCL_PORT:-18393}
@@ -30,24 +35,118 @@ admin_listen = "127.0.0.1:$PCL_ADMIN"
 data_dir = "pcl-data"
 [logging]
 access_log = $ACCESS_LOG
+[webhook_signing]
+secret = "{secret:pcl-signing}"
+[[clients]]
+id = "bench-client"
+[[webhooks]]
+id = "events"
+path = "/hooks/events"
+provider = "standard"
+secrets = ["{secret:events-hook}"]
+tolerance = "1h"
+forward = "http://127.0.0.1:$UP_PORT/orders"
+[[routes]]
+id = "guarded"
+methods = ["POST"]
+path = "/guarded/orders"
+rewrite = "/orders"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["api_key"]
+rate_limits = [{ per = "client", limit = 1000000000, period = "1s" }]
+request_schema = "order.schema.json"
 [[routes]]
 id = "bench"
 methods = ["GET"]
 path = "/{*rest}"
 upstream = "http://127.0.0.1:$UP_PORT"
 TOML
+cat >"$OUT/order.schema.json" <<'JSON'
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["customer", "items"],
+  "additionalProperties": false,
+  "properties": {
+    "customer": { "type": "string", "maxLength": 64 },
+    "note": { "type": "string", "maxLength": 512 },
+    "items": {
+      "type": "array", "minItems": 1, "maxItems": 50,
+      "items": {
+        "type": "object", "required": ["sku", "qty"], "additionalProperties": false,
+        "properties": { "sku": { "type": "string", "pattern": "^[A-Z0-9-]{3,20}$" }, "qty": { "type": "integer", "minimum": 1, "maximum": 1000 } }
+      }
+    }
+  }
+}
+JSON
+HOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
+SIGNING_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
+printf '%s' "$HOOK_SECRET" | "$BIN" secret put events-hook --consumer webhook:events --config "$OUT/portcullis.toml" 2>/dev/null
+printf '%s' "$SIGNING_SECRET" | "$BIN" secret put pcl-signing --consumer gateway:webhook-signing --config "$OUT/portcullis.toml" 2>/dev/null
+KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
+
+# The bodies: the 1 KiB order of bench/policies.sh and the 1 KiB event of bench/webhooks.sh,
+# with enough pre-signed webhook ids for both runs (each id is accepted once).
+python3 - "$HOOK_SECRET" "$OUT" <<'PY'
+import base64, hmac, hashlib, json, sys, time
+secret, out = sys.argv[1], sys.argv[2]
+items = [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(24)]
+doc = {"customer": "acme-corp", "items": items, "note": ""}
+s = json.dumps(doc, separators=(",", ":"))
+doc["note"] = "x" * (1024 - len(s))
+open(f"{out}/order.json", "w").write(json.dumps(doc, separators=(",", ":")))
+doc = {"type": "order.created", "data": {"id": "ord_1", "items": [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(20)]}, "note": ""}
+s = json.dumps(doc, separators=(",", ":"))
+doc["note"] = "x" * (1024 - len(s))
+body = json.dumps(doc, separators=(",", ":")).encode()
+open(f"{out}/event.json", "wb").write(body)
+key = base64.b64decode(secret[len("whsec_"):])
+ts = str(int(time.time()))
+with open(f"{out}/messages.txt", "w") as f:
+    for i in range(60000):
+        mid = f"msg_{i:08d}"
+        sig = base64.b64encode(hmac.new(key, f"{mid}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+        f.write(f"{mid} {ts} v1,{sig}\n")
+PY
+cat >"$OUT/guarded.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$OUT/order.json", "rb"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+# Two runs (warm-up, measured) take disjoint halves of the ids: BASE is set per run.
+cat >"$OUT/webhook.lua" <<LUA
+local body = io.open("$OUT/event.json", "rb"):read("*a")
+local msgs, n = {}, 0
+for line in io.lines("$OUT/messages.txt") do n = n + 1; msgs[n] = line end
+local i = tonumber(os.getenv("BASE"))
+function request()
+  i = i + 1
+  local id, ts, sig = msgs[i]:match("(%S+) (%S+) (%S+)")
+  return wrk.format("POST", "/hooks/events", { ["content-type"] = "application/json", ["webhook-id"] = id, ["webhook-timestamp"] = ts, ["webhook-signature"] = sig }, body)
+end
+LUA
+case $ROUTE in
+  plain) load() { wrk -t1 -c8 -d"$1" "http://127.0.0.1:$PCL_PORT/bench/item"; } ;;
+  guarded) load() { wrk -t1 -c8 -d"$1" -s "$OUT/guarded.lua" "http://127.0.0.1:$PCL_PORT/guarded/orders"; } ;;
+  webhook) load() { BASE=$2 wrk -t1 -c8 -d"$1" -s "$OUT/webhook.lua" "http://127.0.0.1:$PCL_PORT/hooks/events"; } ;;
+  *) echo "ROUTE must be plain, guarded or webhook" >&2; exit 2 ;;
+esac
+
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
   "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/access.log" 2>"$OUT/valgrind.log" & pids+=($!)
 GW=${pids[-1]}
 for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PCL_PORT) 2>/dev/null && break; sleep 0.1; done
 # Warm up (pools, caches, lazily built state), then count only the measured run.
-wrk -t1 -c8 -d3s "http://127.0.0.1:$PCL_PORT/bench/item" >/dev/null
+load 3s 0 >/dev/null
 sleep 0.5
 callgrind_control -z "$GW" >/dev/null 2>&1
-out=$(wrk -t1 -c8 -d5s "http://127.0.0.1:$PCL_PORT/bench/item")
+out=$(load 5s 30000)
 sleep 0.5
 callgrind_control -d "$GW" >/dev/null 2>&1
+if echo "$out" | grep -q "Non-2xx"; then echo "bench: the $ROUTE route answered non-2xx; see $OUT/logs" >&2; exit 1; fi
 reqs=$(echo "$out" | awk '/requests in/ {print $1}')
 dump=$(ls -t "$OUT"/callgrind.out* | head -n1)
 ir=$(awk '/^(totals|summary):/ {print $2; exit}' "$dump")
-echo "access_log=$ACCESS_LOG requests=$reqs instructions/request=$((ir / reqs)) dump=$dump"
+echo "route=$ROUTE access_log=$ACCESS_LOG requests=$reqs instructions/request=$((ir / reqs)) dump=$dump"
