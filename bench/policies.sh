@@ -27,7 +27,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
-BIN=target/release/portcullis
+BIN=${BIN:-target/release/portcullis}   # BIN=another/portcullis to measure another build
 OUT=bench/out-policies
 rm -rf "$OUT"; mkdir -p "$OUT"
 

@@ -22,7 +22,7 @@ PCL_ADMIN=${PCL_ADMIN:-18284}
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --quiet
-BIN=target/release/portcullis
+BIN=${BIN:-target/release/portcullis}   # BIN=another/portcullis to measure another build
 OUT=bench/out-webhooks
 rm -rf "$OUT"; mkdir -p "$OUT/logs"
 
