@@ -2,6 +2,7 @@
 //! (counting only, and building the tree the schema reads), serde_json's own parse for
 //! comparison, dropping the tree, and the JSON Schema check.
 //! Run: `cargo bench -p portcullis-policy --bench json_body`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis_config::JsonLimits;
