@@ -106,6 +106,33 @@ async fn hot_reload_applies_valid_configs_and_refuses_invalid_ones() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_across_requests_and_reloads() {
+    let up = upstream::start(None).await;
+    let a = route("a", "[\"GET\"]", "/a", &up.url(), "");
+    let b = route("b", "[\"GET\"]", "/b", &up.url(), "");
+    let gw = Gw::start(&format!("{}{a}", server_section("")));
+    // A short pause between requests lets a connection that was still settling when its
+    // response ended reach the pool; it is not a timing claim.
+    let settle = || tokio::time::sleep(Duration::from_millis(50));
+    for _ in 0..5 {
+        assert_eq!(status(&gw.url("/a")).await, 200);
+        settle().await;
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A reload builds new routes; a route to the same upstream keeps the warm connection.
+    gw.rewrite_config(&format!("{}{a}{b}", server_section("")));
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+        .is_some());
+    for path in ["/b", "/a", "/b"] {
+        assert_eq!(status(&gw.url(path)).await, 200);
+        settle().await;
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let up = upstream::start(None).await;
     let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");

@@ -130,6 +130,14 @@ impl Forwarder {
         uri: &Uri,
         matched: Option<&RouteMatch>,
     ) -> Result<PathAndQuery, GatewayError> {
+        // No rewrite and no base path: the client's path and query as they are (a reference
+        // to the same bytes, already validated by the HTTP parser).
+        if self.rewrite.is_none() && self.upstream.base_path.is_empty() {
+            return Ok(uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")));
+        }
         let mut pq = String::with_capacity(self.upstream.base_path.len() + uri.path().len() + 32);
         pq.push_str(&self.upstream.base_path);
         match (&self.rewrite, matched) {

@@ -10,7 +10,15 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::{net::TcpListener, sync::mpsc};
 
 /// A running upstream. `arrivals` receives the path of every request as it arrives (before
@@ -18,6 +26,8 @@ use tokio::{net::TcpListener, sync::mpsc};
 /// under `/hold` wait until the test lets them go with [`Upstream::release`].
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     pub arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     held: Arc<tokio::sync::Semaphore>,
 }
@@ -118,11 +128,14 @@ pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let (tx, rx) = mpsc::unbounded_channel();
     let held = Arc::new(tokio::sync::Semaphore::new(0));
     let held_srv = held.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             let tls = tls.clone();
             let held = held_srv.clone();
@@ -144,6 +157,7 @@ pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     });
     Upstream {
         addr,
+        connections,
         arrivals: tokio::sync::Mutex::new(rx),
         held,
     }
