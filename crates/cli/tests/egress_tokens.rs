@@ -294,3 +294,114 @@ async fn a_redis_outage_falls_back_to_tokens_fetched_and_cached_per_instance() {
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     assert!(!logs.contains(&sentinel), "a token in the logs");
 }
+
+/// A token endpoint for the refresh-token grant that rotates the refresh token on every use,
+/// as issuers with reuse detection do: only the newest refresh token is accepted, and an
+/// older one is counted as a reuse (such issuers would revoke the whole chain). Access
+/// tokens live `life_s` seconds.
+async fn rotating_token_server(
+    life_s: u64,
+    sentinel: &str,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::AtomicUsize;
+    let (issued, reused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (i, r, sentinel) = (issued.clone(), reused.clone(), sentinel.to_string());
+    let addr = serve_fn(move |_, body| {
+        let body = String::from_utf8_lossy(&body).to_string();
+        let n = i.load(Ordering::SeqCst);
+        if body.contains("grant_type=refresh_token") && body.contains(&format!("refresh_token=rt-{n}-")) {
+            i.fetch_add(1, Ordering::SeqCst);
+            common::json_response(200, format!(
+                "{{\"access_token\":\"acc-{}-{sentinel}\",\"token_type\":\"bearer\",\"expires_in\":{life_s},\"refresh_token\":\"rt-{}-{sentinel}\"}}",
+                n + 1, n + 1
+            ))
+        } else {
+            r.fetch_add(1, Ordering::SeqCst);
+            common::json_response(400, "{\"error\":\"invalid_grant\"}")
+        }
+    })
+    .await;
+    (format!("http://{addr}/token"), issued, reused)
+}
+
+/// One gateway of a pair on the refresh-token grant: its own vault, holding the refresh token
+/// the operator put there (the same `rt-0` in both).
+fn refresh_gateway(prefix: &str, port: u16, token_url: &str, sentinel: &str) -> Gw {
+    let cfg = format!(
+        "{}[shared_state]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n\
+         [[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n\
+         credential = {{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}\n",
+        server_section("")
+    );
+    let secret = format!(
+        "{{\"client_id\":\"crm\",\"client_secret\":\"{CLIENT_SECRET}\",\"refresh_token\":\"rt-0-{sentinel}\"}}"
+    );
+    common::start_with_secrets(&cfg, &[("crm-refresh", "integration:crm", &secret)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_a_rotating_refresh_token_always_present_the_newest() {
+    let sentinel = unique("REFRESH-SENTINEL");
+    let prefix = unique("pcl-test-refresh");
+    // Access tokens of 1 s: each instance in turn finds the shared one expired and refreshes.
+    let (token_url, issued, reused) = rotating_token_server(1, &sentinel).await;
+    let (port, _revoked) = third_party().await;
+    let a = refresh_gateway(&prefix, port, &token_url, &sentinel);
+    let b = refresh_gateway(&prefix, port, &token_url, &sentinel);
+    let (ka, kb) = (a.issue_key("wf").await, b.issue_key("wf").await);
+
+    // Both at once: one refresh (rt-0 → rt-1) for all.
+    let statuses = calls(&[(&a, ka.as_str()), (&b, kb.as_str())], 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+    // Then one instance at a time after each expiry. B's vault still holds rt-0 and A's
+    // rt-1 when the other has moved on: each must present the newest, shared, one.
+    for (round, (gw, key)) in [(&b, &kb), (&a, &ka), (&b, &kb)].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let statuses = calls(&[(gw, key.as_str())], 5).await;
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(issued.load(Ordering::SeqCst), round + 2, "round {round}");
+    }
+    assert_eq!(
+        reused.load(Ordering::SeqCst),
+        0,
+        "a retired refresh token was presented"
+    );
+
+    // The shared copy is sealed: no refresh or access token in plaintext under the prefix.
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let entries = keys_under(&mut conn, &prefix).await;
+    assert!(
+        entries.iter().any(|(k, _, _)| k.ends_with(":refresh")),
+        "{entries:?}"
+    );
+    for (k, v, _) in &entries {
+        let text = String::from_utf8_lossy(v);
+        assert!(
+            !text.contains(&sentinel) && !k.contains(&sentinel),
+            "a token in plaintext under {k}"
+        );
+        assert!(!text.contains(CLIENT_SECRET));
+    }
+    for gw in [&a, &b] {
+        let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+        assert!(!logs.contains(&sentinel), "a token in the logs");
+    }
+    for (k, _, _) in entries {
+        let _: i64 = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

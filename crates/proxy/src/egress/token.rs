@@ -12,6 +12,11 @@
 //! caller, here or on another instance, has replaced it already (the shared entry is opened
 //! and compared with the stale token in constant time).
 //!
+//! With the refresh-token grant, an issuer that rotates refresh tokens retires each one as it
+//! is used. Every instance has its own vault, so a rotation is also shared (sealed under a
+//! key of its own) and the next refresh, on whichever instance, presents the newest; the
+//! vault's copy only if the issuer refuses the shared one as a grant.
+//!
 //! When the shared cache is unreachable the process fetches and caches on its own, as it
 //! would without Redis, rather than failing the call: the token endpoint is still reachable,
 //! and the cost is at most one extra token per instance. It is logged once per outage and
@@ -323,19 +328,50 @@ impl TokenSource {
             .set_client_secret(ClientSecret::new(field("client_secret")?))
             .set_token_uri(token_uri);
         let started = Instant::now();
-        let scopes = self.scopes.iter().map(|s| Scope::new(s.clone()));
+        let scopes: Vec<Scope> = self.scopes.iter().map(|s| Scope::new(s.clone())).collect();
         let answer = match self.grant {
             Grant::RefreshToken => {
-                client
-                    .exchange_refresh_token(&RefreshToken::new(field("refresh_token")?))
-                    .add_scopes(scopes)
-                    .request_async(&self.http)
+                let exchange = async |rt: &str| {
+                    let rt = RefreshToken::new(rt.to_string());
+                    client
+                        .exchange_refresh_token(&rt)
+                        .add_scopes(scopes.clone())
+                        .request_async(&self.http)
+                        .await
+                };
+                let from_vault = Zeroizing::new(field("refresh_token")?);
+                // Another instance may have rotated the refresh token since this vault's copy
+                // was written: the newest rotation is in the shared cache. It is presented
+                // first; only if the issuer refuses it as a grant (an operator put a new
+                // token in the vault, say) is the vault's own presented. An older token is
+                // never presented after a newer one worked, which issuers that detect
+                // refresh-token reuse would punish by revoking the whole chain.
+                let newer = self
+                    .shared_refresh_token(&secret)
                     .await
+                    .filter(|t| !bool::from(t.as_bytes().ct_eq(from_vault.as_bytes())));
+                let first = match &newer {
+                    Some(rt) => match exchange(rt).await {
+                        Err(oauth2::RequestTokenError::ServerResponse(r))
+                            if *r.error()
+                                == oauth2::basic::BasicErrorResponseType::InvalidGrant =>
+                        {
+                            tracing::warn!(integration = %id, "the shared rotated refresh token was refused as a grant; presenting the vault's");
+                            None
+                        }
+                        other => Some(other),
+                    },
+                    None => None,
+                };
+                match first {
+                    Some(answer) => answer,
+                    None => exchange(&from_vault).await,
+                }
             }
             Grant::ClientCredentials => {
                 client
                     .exchange_client_credentials()
-                    .add_scopes(scopes)
+                    .add_scopes(scopes.clone())
                     .request_async(&self.http)
                     .await
             }
@@ -379,12 +415,71 @@ impl TokenSource {
             {
                 tracing::error!(integration = %id, error = %e, "could not store the rotated refresh token; the next refresh may fail");
             }
+            self.store_shared_refresh_token(&secret, next.secret())
+                .await;
         }
         metrics::counter!("portcullis_egress_token_refreshes_total", "integration" => id.to_string()).increment(1);
         Ok(Cached {
             token: access,
             usable_until: started + life.saturating_sub(margin),
         })
+    }
+}
+
+/// How long a rotated refresh token is kept in the shared cache: longer than any sensible
+/// access-token life, so the next refresh finds it; every rotation writes it anew.
+const SHARED_REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl TokenSource {
+    /// The seal and shared-cache key of this integration's rotated refresh token: a key of
+    /// its own (the purpose is in the derivation and the associated data), so an access-token
+    /// entry can never be opened as a refresh token or the other way round.
+    fn refresh_seal(&self, secret: &portcullis_vault::SecretValue) -> Option<(TokenSeal, String)> {
+        let client_secret = secret.field("client_secret").ok()?;
+        let seal = TokenSeal::new(
+            &format!("{}\0refresh-token", self.config.id),
+            self.token_url.as_str(),
+            client_secret.expose(),
+        )?;
+        let key = format!("{}:{}:refresh", self.config.id, seal.key_id());
+        Some((seal, key))
+    }
+
+    /// The newest rotated refresh token another instance (or this one) shared, if any.
+    async fn shared_refresh_token(
+        &self,
+        secret: &portcullis_vault::SecretValue,
+    ) -> Option<Zeroizing<String>> {
+        let shared = self.shared.as_ref()?;
+        let (seal, key) = self.refresh_seal(secret)?;
+        match shared.get(&key).await {
+            Ok(entry) => seal.open(&entry?).map(|(token, _)| token),
+            Err(e) => {
+                self.shared_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Shares a rotated refresh token with the other instances, whose vaults still hold the
+    /// one before it.
+    async fn store_shared_refresh_token(
+        &self,
+        secret: &portcullis_vault::SecretValue,
+        token: &str,
+    ) {
+        let (Some(shared), Some((seal, key))) = (self.shared.as_ref(), self.refresh_seal(secret))
+        else {
+            return;
+        };
+        let until = unix_ms()
+            .saturating_add(u64::try_from(SHARED_REFRESH_TTL.as_millis()).unwrap_or(u64::MAX));
+        let Some(sealed) = seal.seal(token, until) else {
+            return;
+        };
+        if let Err(e) = shared.put(&key, &sealed, SHARED_REFRESH_TTL).await {
+            self.shared_failed(&e);
+        }
     }
 }
 
