@@ -130,6 +130,13 @@ async fn upstream_connections_are_reused_across_requests_and_reloads() {
         settle().await;
     }
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The gateway counts the one connection it opened.
+    let metrics = gw.metrics().await;
+    let opened = format!(
+        "portcullis_upstream_connections_opened_total{{upstream=\"{}\"}} 1",
+        up.addr
+    );
+    assert!(metrics.contains(&opened), "{metrics}");
 }
 
 #[tokio::test]

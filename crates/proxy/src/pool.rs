@@ -54,6 +54,8 @@ pub(crate) struct Http1Pool {
     target: Uri,
     /// The `Host` a request without one gets: the host, and the port unless it is 80.
     host: HeaderValue,
+    /// `host:port`, the `upstream` label of the pool's metrics.
+    label: metrics::SharedString,
     connector: HttpConnector,
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
@@ -83,6 +85,7 @@ impl Http1Pool {
         Ok(Arc::new(Http1Pool {
             target,
             host,
+            label: metrics::SharedString::from(authority.to_string()),
             connector,
             idle: Mutex::new(VecDeque::new()),
             max_idle,
@@ -140,6 +143,10 @@ impl Http1Pool {
             .handshake(io)
             .await
             .map_err(SendError::Http)?;
+        // Connections opened, per upstream: under steady load this stays flat; a climbing
+        // count means connections are not being reused (an upstream closing them, say).
+        metrics::counter!("portcullis_upstream_connections_opened_total", "upstream" => self.label.clone())
+            .increment(1);
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
