@@ -296,28 +296,36 @@ async fn a_redis_outage_falls_back_to_tokens_fetched_and_cached_per_instance() {
 }
 
 /// A token endpoint for the refresh-token grant that rotates the refresh token on every use,
-/// as issuers with reuse detection do: only the newest refresh token is accepted, and an
-/// older one is counted as a reuse (such issuers would revoke the whole chain). Access
-/// tokens live `life_s` seconds.
-async fn rotating_token_server(
-    life_s: u64,
-    sentinel: &str,
-) -> (
-    String,
-    Arc<std::sync::atomic::AtomicUsize>,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+/// as issuers with reuse detection do: only the newest refresh token (`current`) is accepted,
+/// and any other is refused with `invalid_grant` and counted in `refused`. Access tokens live
+/// `life_s` seconds. A test re-authorises by setting `current` to a new chain's first token.
+struct RotatingIssuer {
+    url: String,
+    current: Arc<Mutex<String>>,
+    issued: Arc<std::sync::atomic::AtomicUsize>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn rotating_token_server(life_s: u64, first: &str, sentinel: &str) -> RotatingIssuer {
     use std::sync::atomic::AtomicUsize;
-    let (issued, reused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (i, r, sentinel) = (issued.clone(), reused.clone(), sentinel.to_string());
+    let current = Arc::new(Mutex::new(first.to_string()));
+    let (issued, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, i, r, sentinel) = (
+        current.clone(),
+        issued.clone(),
+        refused.clone(),
+        sentinel.to_string(),
+    );
     let addr = serve_fn(move |_, body| {
         let body = String::from_utf8_lossy(&body).to_string();
-        let n = i.load(Ordering::SeqCst);
-        if body.contains("grant_type=refresh_token") && body.contains(&format!("refresh_token=rt-{n}-")) {
-            i.fetch_add(1, Ordering::SeqCst);
+        let mut cur = c.lock().unwrap();
+        if body.contains("grant_type=refresh_token") && body.contains(&format!("refresh_token={cur}&"))
+            || body.ends_with(&format!("refresh_token={cur}"))
+        {
+            let n = i.fetch_add(1, Ordering::SeqCst) + 1;
+            *cur = format!("rt-{n}-{sentinel}");
             common::json_response(200, format!(
-                "{{\"access_token\":\"acc-{}-{sentinel}\",\"token_type\":\"bearer\",\"expires_in\":{life_s},\"refresh_token\":\"rt-{}-{sentinel}\"}}",
-                n + 1, n + 1
+                "{{\"access_token\":\"acc-{n}-{sentinel}\",\"token_type\":\"bearer\",\"expires_in\":{life_s},\"refresh_token\":\"{cur}\"}}"
             ))
         } else {
             r.fetch_add(1, Ordering::SeqCst);
@@ -325,12 +333,24 @@ async fn rotating_token_server(
         }
     })
     .await;
-    (format!("http://{addr}/token"), issued, reused)
+    RotatingIssuer {
+        url: format!("http://{addr}/token"),
+        current,
+        issued,
+        refused,
+    }
+}
+
+/// The integration's vault secret with `refresh_token`.
+fn refresh_secret(refresh_token: &str) -> String {
+    format!(
+        "{{\"client_id\":\"crm\",\"client_secret\":\"{CLIENT_SECRET}\",\"refresh_token\":\"{refresh_token}\"}}"
+    )
 }
 
 /// One gateway of a pair on the refresh-token grant: its own vault, holding the refresh token
 /// the operator put there (the same `rt-0` in both).
-fn refresh_gateway(prefix: &str, port: u16, token_url: &str, sentinel: &str) -> Gw {
+fn refresh_gateway(prefix: &str, port: u16, token_url: &str, first: &str) -> Gw {
     let cfg = format!(
         "{}[shared_state]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n\
          [[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
@@ -339,10 +359,10 @@ fn refresh_gateway(prefix: &str, port: u16, token_url: &str, sentinel: &str) -> 
          credential = {{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}\n",
         server_section("")
     );
-    let secret = format!(
-        "{{\"client_id\":\"crm\",\"client_secret\":\"{CLIENT_SECRET}\",\"refresh_token\":\"rt-0-{sentinel}\"}}"
-    );
-    common::start_with_secrets(&cfg, &[("crm-refresh", "integration:crm", &secret)])
+    common::start_with_secrets(
+        &cfg,
+        &[("crm-refresh", "integration:crm", &refresh_secret(first))],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -350,31 +370,67 @@ async fn two_instances_on_a_rotating_refresh_token_always_present_the_newest() {
     let sentinel = unique("REFRESH-SENTINEL");
     let prefix = unique("pcl-test-refresh");
     // Access tokens of 1 s: each instance in turn finds the shared one expired and refreshes.
-    let (token_url, issued, reused) = rotating_token_server(1, &sentinel).await;
+    let first = format!("rt-0-{sentinel}");
+    let issuer = rotating_token_server(1, &first, &sentinel).await;
     let (port, _revoked) = third_party().await;
-    let a = refresh_gateway(&prefix, port, &token_url, &sentinel);
-    let b = refresh_gateway(&prefix, port, &token_url, &sentinel);
+    let a = refresh_gateway(&prefix, port, &issuer.url, &first);
+    let b = refresh_gateway(&prefix, port, &issuer.url, &first);
     let (ka, kb) = (a.issue_key("wf").await, b.issue_key("wf").await);
 
     // Both at once: one refresh (rt-0 → rt-1) for all.
     let statuses = calls(&[(&a, ka.as_str()), (&b, kb.as_str())], 20).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(issued.load(Ordering::SeqCst), 1);
-    // Then one instance at a time after each expiry. B's vault still holds rt-0 and A's
-    // rt-1 when the other has moved on: each must present the newest, shared, one.
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), 1);
+    // Then one instance at a time after each expiry. One vault still holds rt-0 and the other
+    // rt-1 when the other instance has moved on: each must present the newest, shared, one.
+    let expire = || tokio::time::sleep(Duration::from_millis(1100));
     for (round, (gw, key)) in [(&b, &kb), (&a, &ka), (&b, &kb)].into_iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        expire().await;
         let statuses = calls(&[(gw, key.as_str())], 5).await;
         assert!(
             statuses.iter().all(|s| *s == 200),
             "round {round}: {statuses:?}"
         );
-        assert_eq!(issued.load(Ordering::SeqCst), round + 2, "round {round}");
+        assert_eq!(
+            issuer.issued.load(Ordering::SeqCst),
+            round + 2,
+            "round {round}"
+        );
     }
     assert_eq!(
-        reused.load(Ordering::SeqCst),
+        issuer.refused.load(Ordering::SeqCst),
         0,
         "a retired refresh token was presented"
+    );
+
+    // The operator re-authorises: the issuer starts a new chain, and the new refresh token is
+    // put in both vaults. The shared token is now refused once as a grant, and the vault's
+    // is presented instead; from then on the new chain is shared as before.
+    let reauthorised = format!("op-0-{sentinel}");
+    *issuer.current.lock().unwrap() = reauthorised.clone();
+    for gw in [&a, &b] {
+        let res = client()
+            .put(gw.admin_url("/admin/secrets/crm-refresh"))
+            .bearer_auth(gw.admin_token())
+            .json(&serde_json::json!({ "value": refresh_secret(&reauthorised) }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+    for (round, (gw, key)) in [(&a, &ka), (&b, &kb)].into_iter().enumerate() {
+        expire().await;
+        let statuses = calls(&[(gw, key.as_str())], 5).await;
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "after re-authorisation, round {round}: {statuses:?}"
+        );
+    }
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        issuer.refused.load(Ordering::SeqCst),
+        1,
+        "only the retired shared token, once"
     );
 
     // The shared copy is sealed: no refresh or access token in plaintext under the prefix.
