@@ -127,6 +127,22 @@ impl ClientCache {
         Ok(client)
     }
 
+    /// Forgets the pools that no configuration generation holds any more (an upstream that a
+    /// reload removed, once the requests still on the old generation are done). Their idle
+    /// connections close as the pool is dropped, and their sweepers stop. Called after a
+    /// reload; a pool still in use by a finishing request is forgotten at a later one.
+    pub(crate) fn prune_unused_pools(&self) {
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.retain(|_, p| Arc::strong_count(p) > 1);
+        }
+    }
+
+    /// Pools held now (for tests).
+    #[cfg(test)]
+    pub(crate) fn pool_count(&self) -> usize {
+        self.pools.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     /// The transport for an upstream: a shared pool for plain HTTP, a shared client for TLS.
     pub(crate) fn transport(
         &self,
@@ -266,5 +282,35 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_nothing_holds_are_forgotten_and_shared_ones_kept() {
+        let cache = ClientCache::default();
+        let tls = UpstreamTls::default();
+        let (a, b): (Authority, Authority) = (
+            "10.0.0.1:80".parse().expect("authority"),
+            "10.0.0.2:80".parse().expect("authority"),
+        );
+        let t = Duration::from_secs(1);
+        let held = cache.transport(&Scheme::HTTP, &a, &tls, t).ok();
+        let again = cache.transport(&Scheme::HTTP, &a, &tls, t).ok();
+        // The same authority and connect timeout share one pool.
+        match (&held, &again) {
+            (Some(Transport::Plain(x)), Some(Transport::Plain(y))) => assert!(Arc::ptr_eq(x, y)),
+            _ => panic!("plain-HTTP upstreams get a pool"),
+        }
+        drop(cache.transport(&Scheme::HTTP, &b, &tls, t));
+        assert_eq!(cache.pool_count(), 2);
+        cache.prune_unused_pools();
+        assert_eq!(cache.pool_count(), 1, "b is held by nothing, a by a route");
+        drop((held, again));
+        cache.prune_unused_pools();
+        assert_eq!(cache.pool_count(), 0);
     }
 }

@@ -190,6 +190,8 @@ impl Gateway {
         }
         let generation = build_generation(cfg, &self.clients, old.tls.clone(), &self.services)?;
         self.current.store(Arc::new(generation));
+        drop(old);
+        self.clients.prune_unused_pools();
         Ok(notes)
     }
 

@@ -12,7 +12,8 @@
 //! What it keeps from the legacy client: hyper-util's `HttpConnector` (DNS, connect timeout,
 //! `TCP_NODELAY`, keep-alive), at most `max_idle` idle connections per upstream, idle ones
 //! closed after `idle_timeout`, and a request that was never written on a reused connection
-//! (the upstream closed it while it was idle) retried once on another connection.
+//! (the upstream closed it while it was idle) sent again on the next idle connection or a new
+//! one; never a request that may have been written.
 
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -272,9 +273,10 @@ impl HttpBody for Returning {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                // hyper's server stops polling a body that says it has ended, so the last
-                // frame may be the last call: give the connection back here too.
-                if this.inner.is_end_stream() {
+                // hyper's server stops polling a body that says it has ended, and after a
+                // trailers frame (always the last one in HTTP/1), so the last frame may be
+                // the last call: give the connection back here too.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     if let (Some(conn), Some(pool)) = (this.conn.take(), this.pool.upgrade()) {
                         pool.put(conn);
                     }
@@ -505,6 +507,51 @@ mod tests {
         assert_eq!(pool.idle_count(), 0);
         let _second = pool.send(get(addr)).await.expect("send");
         assert_eq!(accepted.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_that_ends_with_trailers_returns_its_connection() {
+        // A raw upstream answering every request on a connection with a chunked body and a
+        // trailer field.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool_for(addr, 8, Duration::from_secs(60));
+        for _ in 0..3 {
+            let mut body = pool.send(get(addr)).await.expect("send").into_body();
+            // Read it as hyper's server does: it stops after the trailers frame.
+            loop {
+                let frame = body.frame().await.expect("a frame").expect("ok");
+                if frame.is_trailers() {
+                    break;
+                }
+            }
+            drop(body);
+            assert!(eventually(|| pool.idle_count() == 1).await);
+        }
+        assert_eq!(accepted.load(SeqCst), 1);
     }
 
     /// An mpsc receiver as a stream, without pulling in tokio-stream.
