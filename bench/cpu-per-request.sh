@@ -21,41 +21,14 @@ NGINX_PORT=18492
 OUT=bench/out-cpu
 rm -rf "$OUT"; mkdir -p "$OUT/nginx"
 need wrk && need nginx || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TICK=$(getconf CLK_TCK)
 
 "$A" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
 
-cat >"$OUT/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-pid $PWD/$OUT/nginx/nginx.pid;
-error_log $PWD/$OUT/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $PWD/$OUT/nginx/access.log;
-  client_body_temp_path $PWD/$OUT/nginx/body;
-  proxy_temp_path $PWD/$OUT/nginx/proxy;
-  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
-  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
-  scgi_temp_path $PWD/$OUT/nginx/scgi;
-  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$proxy_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-wait_port $NGINX_PORT
+start_nginx "$OUT" $NGINX_PORT $UP_PORT
 sleep 0.3
-NGINX_PIDS=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+NGINX_PIDS=$(pgrep -P "$(cat "$OUT/nginx/nginx.pid")" | tr "\n" " ")
 
 start_gateway() { # name bin port
   mkdir -p "$OUT/$1"

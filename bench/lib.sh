@@ -12,3 +12,39 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 
 # wrk's latency figure (us, ms or s) in milliseconds.
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
+
+# Starts nginx as a plain reverse proxy on 127.0.0.1:$2 to the upstream on 127.0.0.1:$3, with
+# upstream keep-alive and the access log on, as shipped; its files go under $1/nginx.
+# Usage: start_nginx OUT_DIR LISTEN_PORT UPSTREAM_PORT
+start_nginx() {
+  local dir="$PWD/$1/nginx" nginx
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<NGINX
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $dir/access.log;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream app { server 127.0.0.1:$3; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+  "$nginx" -c "$dir/nginx.conf" -g 'daemon off;' & pids+=($!)
+  wait_port "$2"
+}

@@ -24,7 +24,6 @@ if ! need wrk || ! need nginx; then
   echo "bench: installing wrk and nginx (Debian packages)" >&2
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
 BIN=${BIN:-target/release/portcullis}   # BIN=another/portcullis to measure another build
@@ -35,54 +34,10 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
 
-mkdir -p "$OUT/nginx"
-cat >"$OUT/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-pid $PWD/$OUT/nginx/nginx.pid;
-error_log $PWD/$OUT/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $PWD/$OUT/nginx/access.log;
-  client_body_temp_path $PWD/$OUT/nginx/body;
-  proxy_temp_path $PWD/$OUT/nginx/proxy;
-  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
-  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
-  scgi_temp_path $PWD/$OUT/nginx/scgi;
-  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$proxy_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-wait_port $NGINX_PORT
+start_nginx "$OUT" $NGINX_PORT $UP_PORT
 
-cat >"$OUT/order.schema.json" <<'JSON'
-{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "required": ["customer", "items"],
-  "additionalProperties": false,
-  "properties": {
-    "customer": { "type": "string", "maxLength": 64 },
-    "note": { "type": "string", "maxLength": 512 },
-    "items": {
-      "type": "array", "minItems": 1, "maxItems": 50,
-      "items": {
-        "type": "object", "required": ["sku", "qty"], "additionalProperties": false,
-        "properties": { "sku": { "type": "string", "pattern": "^[A-Z0-9-]{3,20}$" }, "qty": { "type": "integer", "minimum": 1, "maximum": 1000 } }
-      }
-    }
-  }
-}
-JSON
+# The order schema, shared with bench/callgrind.sh.
+cp bench/order.schema.json "$OUT/order.schema.json"
 cat >"$OUT/portcullis.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PCL_PORT"

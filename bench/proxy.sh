@@ -27,7 +27,6 @@ if ! need wrk || ! need nginx; then
   echo "bench: installing wrk and nginx (Debian packages)" >&2
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
 BIN=target/release/portcullis
@@ -41,34 +40,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 wait_port $UP_PORT
 
 # (b) nginx: a plain reverse proxy with upstream keep-alive, access log on, as shipped.
-mkdir -p "$OUT/nginx"
-cat >"$OUT/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-pid $PWD/$OUT/nginx/nginx.pid;
-error_log $PWD/$OUT/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $PWD/$OUT/nginx/access.log;
-  client_body_temp_path $PWD/$OUT/nginx/body;
-  proxy_temp_path $PWD/$OUT/nginx/proxy;
-  fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
-  uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
-  scgi_temp_path $PWD/$OUT/nginx/scgi;
-  upstream app { server 127.0.0.1:$UP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$proxy_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-"$NGINX" -c "$PWD/$OUT/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-wait_port $NGINX_PORT
+start_nginx "$OUT" $NGINX_PORT $UP_PORT
 
 # (c) Portcullis: a route with no policies, access log on (to a file, like nginx); and
 # (d) the same upstream behind API-key authentication and one required scope.

@@ -349,6 +349,37 @@ mod tests {
         (addr, seen)
     }
 
+    /// A raw HTTP/1.1 upstream that answers every request head with `answer`; with `close`,
+    /// it closes the connection after one answer without saying so. Counts connections.
+    async fn raw_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if s.write_all(answer).await.is_err() || close {
+                            // Dropping the socket closes it.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
     fn pool_for(addr: SocketAddr, max_idle: usize, idle_timeout: Duration) -> Arc<Http1Pool> {
         let authority: http::uri::Authority = addr.to_string().parse().expect("authority");
         let mut connector = HttpConnector::new();
@@ -409,29 +440,8 @@ mod tests {
     async fn a_connection_closed_while_idle_is_replaced_and_the_request_still_goes_out() {
         // An upstream that answers one request per connection and then closes it without
         // saying so: the pool keeps the connection, which is dead by the next request.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    // Dropping the socket closes it.
-                });
-            }
-        });
+        let (addr, accepted) =
+            raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
         let pool = pool_for(addr, 8, Duration::from_secs(60));
         for _ in 0..4 {
             let res = pool.send(get(addr)).await.expect("send");
@@ -511,33 +521,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_that_ends_with_trailers_returns_its_connection() {
-        // A raw upstream answering every request on a connection with a chunked body and a
-        // trailer field.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        let mut got = Vec::new();
-                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => got.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n";
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        // An upstream answering with a chunked body and a trailer field.
+        let (addr, accepted) = raw_upstream(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+            false,
+        )
+        .await;
         let pool = pool_for(addr, 8, Duration::from_secs(60));
         for _ in 0..3 {
             let mut body = pool.send(get(addr)).await.expect("send").into_body();
