@@ -47,18 +47,27 @@ async fn third_party() -> (u16, Arc<Mutex<HashSet<String>>>) {
     (addr.port(), revoked)
 }
 
-/// One gateway of the pair: its own directory and vault, the same client secret in it.
-fn gateway(redis_url: &str, prefix: &str, port: u16, token_url: &str) -> Gw {
-    let cfg = format!(
+/// The configuration of one gateway of a pair: shared state in Redis at `redis_url` under
+/// `prefix`, one integration `crm` to the third party on `port`, with `credential` (a TOML
+/// inline table) taken from the vault secret `secret`.
+fn pair_config(redis_url: &str, prefix: &str, port: u16, credential: &str) -> String {
+    format!(
         "{}[shared_state]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n\
          [[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
          allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
          dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n\
-         credential = {{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\" }}\n",
+         credential = {credential}\n",
         server_section("")
+    )
+}
+
+/// One gateway of the pair: its own directory and vault, the same client secret in it.
+fn gateway(redis_url: &str, prefix: &str, port: u16, token_url: &str) -> Gw {
+    let credential = format!(
+        "{{ type = \"oauth2_client_credentials\", token_url = \"{token_url}\", secret = \"{{secret:crm-client}}\" }}"
     );
     common::start_with_secrets(
-        &cfg,
+        &pair_config(redis_url, prefix, port, &credential),
         &[(
             "crm-client",
             "integration:crm",
@@ -351,16 +360,11 @@ fn refresh_secret(refresh_token: &str) -> String {
 /// One gateway of a pair on the refresh-token grant: its own vault, holding the refresh token
 /// the operator put there (the same `rt-0` in both).
 fn refresh_gateway(prefix: &str, port: u16, token_url: &str, first: &str) -> Gw {
-    let cfg = format!(
-        "{}[shared_state]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n\
-         [[clients]]\nid = \"wf\"\n[[integrations]]\nid = \"crm\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
-         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
-         dangerous_allow_cidrs = [\"127.0.0.1/32\"]\nretry = {{ attempts = 1 }}\n\
-         credential = {{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}\n",
-        server_section("")
+    let credential = format!(
+        "{{ type = \"oauth2_refresh_token\", token_url = \"{token_url}\", secret = \"{{secret:crm-refresh}}\" }}"
     );
     common::start_with_secrets(
-        &cfg,
+        &pair_config("redis://127.0.0.1:6379", prefix, port, &credential),
         &[("crm-refresh", "integration:crm", &refresh_secret(first))],
     )
 }
