@@ -227,6 +227,15 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 
+    // Deliveries are counted by status and timed, per endpoint.
+    let m = gw.metrics().await;
+    for series in [
+        "portcullis_webhook_forwarded_total{webhook=\"orders\",status=\"200\"}",
+        "portcullis_webhook_delivery_seconds_count{webhook=\"orders\"}",
+    ] {
+        assert!(m.contains(series), "{series} missing:\n{m}");
+    }
+
     let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
     for secret in [
         HOOK_SECRET,

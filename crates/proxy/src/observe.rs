@@ -39,7 +39,7 @@ pub(crate) fn record(o: &Outcome<'_>, access_log: bool) {
 }
 
 /// The status as a metric label; the common codes without an allocation.
-fn status_label(s: StatusCode) -> metrics::SharedString {
+pub(crate) fn status_label(s: StatusCode) -> metrics::SharedString {
     let known = match s.as_u16() {
         200 => "200",
         201 => "201",

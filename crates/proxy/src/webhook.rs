@@ -34,6 +34,11 @@ pub(crate) struct WebhookEndpoint {
     outbox: Option<Outbox>,
     /// The verifier for the secret versions it was built from.
     verifier_cache: arc_swap::ArcSwapOption<(Vec<i64>, Arc<Verifier>)>,
+    /// The endpoint id as a metric label, shared rather than copied per event.
+    metric_id: metrics::SharedString,
+    /// The delivery-time histogram, registered at the first delivery (when the metrics
+    /// recorder is certainly installed) and then used without a registry lookup.
+    delivery_seconds: std::sync::OnceLock<metrics::Histogram>,
 }
 
 /// Where queued events go, and how the worker is woken.
@@ -174,6 +179,7 @@ impl WebhookEndpoint {
             )
             .map_err(|e| format!("webhook {:?}: delivery client: {e}", config.id))?;
         Ok(WebhookEndpoint {
+            metric_id: metrics::SharedString::from(Arc::<str>::from(config.id.as_str())),
             scheme: scheme(&config.provider),
             config,
             schema,
@@ -185,6 +191,7 @@ impl WebhookEndpoint {
             forward,
             outbox,
             verifier_cache: arc_swap::ArcSwapOption::empty(),
+            delivery_seconds: std::sync::OnceLock::new(),
         })
     }
 
@@ -474,9 +481,11 @@ impl WebhookEndpoint {
         };
         let (res, body) = res.into_parts();
         drain(body);
-        metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.config.id.clone()).record(started.elapsed().as_secs_f64());
+        self.delivery_seconds
+            .get_or_init(|| metrics::histogram!("portcullis_webhook_delivery_seconds", "webhook" => self.metric_id.clone()))
+            .record(started.elapsed().as_secs_f64());
         let status = res.status;
-        metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.config.id.clone(), "status" => status.as_u16().to_string()).increment(1);
+        metrics::counter!("portcullis_webhook_forwarded_total", "webhook" => self.metric_id.clone(), "status" => crate::observe::status_label(status)).increment(1);
         let retry_after = res
             .headers
             .get(header::RETRY_AFTER)
