@@ -2,7 +2,8 @@
 //!
 //! Plain-HTTP upstreams (the usual case for services next to the gateway) go through this
 //! pool instead of hyper-util's legacy client; HTTPS upstreams, which may negotiate HTTP/2,
-//! stay on that client. The reason is measured (ARCHITECTURE.md, "Upstream connections"):
+//! stay on that client. The reason is measured (ARCHITECTURE.md, Decisions, "Plain-HTTP
+//! upstreams have their own small HTTP/1.1 pool"; bench/RESULTS.md, "Fifth run"):
 //! the legacy client hashes its pool key with SipHash twice per request, moves a large
 //! future around, and spawns a task per request to watch the connection become idle again.
 //! Here the route holds its pool directly, a connection goes back to the pool when the
