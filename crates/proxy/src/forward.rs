@@ -47,10 +47,6 @@ pub(crate) struct Forwarder {
     consumer: String,
     vault: Option<Arc<Vault>>,
     assertions: Option<Arc<TokenIssuer>>,
-    /// The `Host` header for a plain-HTTP upstream, built once. (hyper-util would otherwise
-    /// format it on every request; HTTPS upstreams may speak HTTP/2, where the client sets
-    /// `:authority` instead, so they are left to it.)
-    upstream_host: Option<HeaderValue>,
 }
 
 impl Forwarder {
@@ -77,7 +73,6 @@ impl Forwarder {
             } else {
                 None
             },
-            upstream_host: plain_http_host(&route.upstream),
         }
     }
 
@@ -199,20 +194,6 @@ impl Forwarder {
     }
 }
 
-/// What hyper-util would put in `Host` for a plain-HTTP upstream: the host, with the port
-/// only when it is not 80.
-fn plain_http_host(u: &Upstream) -> Option<HeaderValue> {
-    if u.scheme != http::uri::Scheme::HTTP {
-        return None;
-    }
-    let host = u.authority.host();
-    let value = match u.authority.port_u16() {
-        Some(port) if port != 80 => format!("{host}:{port}"),
-        _ => host.to_string(),
-    };
-    HeaderValue::from_str(&value).ok()
-}
-
 fn compile_template(t: &str) -> Vec<Part> {
     let mut parts = Vec::new();
     let mut rest = t;
@@ -280,15 +261,12 @@ impl Terminal for Forwarder {
         }
         self.inject_headers(headers).await?;
         headers.remove(header::HOST);
-        // A plain-HTTP upstream gets its own host (or the client's, with preserve_host);
-        // for HTTPS upstreams hyper-util sets it (or `:authority` on HTTP/2).
-        let host = if self.preserve_host {
-            client_host.or_else(|| self.upstream_host.clone())
-        } else {
-            self.upstream_host.clone()
-        };
-        if let Some(h) = host {
-            headers.insert(header::HOST, h);
+        // Without preserve_host the transport sets the upstream's own `Host` (the plain-HTTP
+        // pool's, built once; hyper-util's, or `:authority` on HTTP/2, for HTTPS).
+        if self.preserve_host {
+            if let Some(h) = client_host {
+                headers.insert(header::HOST, h);
+            }
         }
         *req.version_mut() = Version::HTTP_11;
 
@@ -410,30 +388,5 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, ["L(/v2/)", "P(id)", "L(/items/)", "P(rest)"]);
-    }
-
-    #[test]
-    fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
-        let host = |url: &str| {
-            let url = url::Url::parse(url).expect("url");
-            let authority = http::uri::Authority::try_from(
-                &url[url::Position::BeforeHost..url::Position::AfterPort],
-            )
-            .expect("authority");
-            let scheme = http::uri::Scheme::try_from(url.scheme()).expect("scheme");
-            plain_http_host(&Upstream {
-                url,
-                scheme,
-                authority,
-                base_path: String::new(),
-            })
-        };
-        assert_eq!(
-            host("http://10.0.0.1:8080/x").expect("host"),
-            "10.0.0.1:8080"
-        );
-        assert_eq!(host("http://svc.internal/").expect("host"), "svc.internal");
-        assert_eq!(host("http://[::1]:81/").expect("host"), "[::1]:81");
-        assert!(host("https://svc.internal:8443/").is_none());
     }
 }

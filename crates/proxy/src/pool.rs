@@ -78,6 +78,7 @@ impl Http1Pool {
             .authority(authority.clone())
             .path_and_query("/")
             .build()?;
+        // What hyper-util puts in `Host`: the port only when it is not the default.
         let host = match authority.port_u16() {
             Some(port) if port != 80 => {
                 HeaderValue::try_from(format!("{}:{port}", authority.host()))?
@@ -582,6 +583,21 @@ mod tests {
         assert!(eventually(|| pool.idle_count() >= 1).await);
         let res = pool.send(get(addr)).await.expect("send");
         assert_eq!(body_text(res).await, "ok");
+    }
+
+    #[test]
+    fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+        let host = |authority: &str| {
+            let authority: http::uri::Authority = authority.parse().expect("authority");
+            Http1Pool::new(&authority, HttpConnector::new(), 1, Duration::from_secs(1))
+                .expect("pool")
+                .host
+                .clone()
+        };
+        assert_eq!(host("10.0.0.1:8080"), "10.0.0.1:8080");
+        assert_eq!(host("svc.internal"), "svc.internal");
+        assert_eq!(host("svc.internal:80"), "svc.internal");
+        assert_eq!(host("[::1]:81"), "[::1]:81");
     }
 
     #[tokio::test]
