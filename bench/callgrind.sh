@@ -21,12 +21,13 @@ PCL_PORT=${PCL_PORT:-18393}
 PCL_ADMIN=${PCL_ADMIN:-18394}
 need valgrind || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 need wrk || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet
+# BIN= measures that binary as it is (and serves the upstream from it); no build.
+[ -n "${BIN:-}" ] || cargo build --release --quiet
 BIN=${BIN:-target/release/portcullis}
 OUT=bench/out-callgrind
 rm -rf "$OUT"; mkdir -p "$OUT/logs"
 
-target/release/portcullis upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
+"$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
 cat >"$OUT/portcullis.toml" <<TOML
 [server]

@@ -4,7 +4,10 @@
 # same wrk load, with nginx measured the same way in every pair. Whole-run throughput on two
 # shared cores moves ±10-30% between runs; CPU per request of the gateway process moves far
 # less, and alternating the binaries spreads the machine's drift over both.
-# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS)
+# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS, BARE)
+# BARE=target/release/examples/bare_hyper_proxy adds the floor: hyper and tokio alone, with
+# none of the gateway's work (crates/cli/examples/bare_hyper_proxy.rs; build it with
+# `cargo build --release --example bare_hyper_proxy`).
 # Prints one line per measurement and the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +52,12 @@ TOML
 }
 start_gateway a "$A" 18493; A_PID=${pids[-1]}
 [ -n "$B" ] && { start_gateway b "$B" 18495; B_PID=${pids[-1]}; }
+BARE=${BARE:-}
+if [ -n "$BARE" ]; then
+  "$BARE" 127.0.0.1:18497 127.0.0.1:$UP_PORT >"$OUT/bare.log" 2>&1 & pids+=($!)
+  BARE_PID=${pids[-1]}
+  wait_port 18497
+fi
 
 ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 measure() { # name port pids...
@@ -60,13 +69,14 @@ measure() { # name port pids...
   awk -v name="$name" -v n="$n" -v d=$((t1 - t0)) -v tick="$TICK" -v secs="$DURATION" \
     'BEGIN { printf "%-8s %8.0f req/s %6.1f us/request\n", name, n / secs, d / tick * 1e6 / n }' | tee -a "$OUT/results.txt"
 }
-for port in $NGINX_PORT 18493 ${B:+18495}; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
+for port in $NGINX_PORT 18493 ${B:+18495} ${BARE:+18497}; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
 for _ in $(seq 1 "$PAIRS"); do
   measure nginx $NGINX_PORT $NGINX_PIDS
   measure A 18493 "$A_PID"
-  [ -n "$B" ] && measure B 18495 "$B_PID"
+  if [ -n "$B" ]; then measure B 18495 "$B_PID"; fi
+  if [ -n "$BARE" ]; then measure bare 18497 "$BARE_PID"; fi
 done
-echo "medians over $PAIRS pairs (A=$A${B:+, B=$B}):"
+echo "medians over $PAIRS pairs (A=$A${B:+, B=$B}${BARE:+, bare=$BARE}):"
 awk '{ v[$1] = v[$1] " " $4; r[$1] = r[$1] " " $2 }
   function median(list,   a, n, i, j, t) { n = split(list, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t } return a[int((n + 1) / 2)] }
   END { for (k in v) printf "%-8s %8.0f req/s %6.1f us/request\n", k, median(r[k]), median(v[k]) }' "$OUT/results.txt" | sort

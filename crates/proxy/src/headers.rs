@@ -101,18 +101,29 @@ pub(crate) fn set_forwarding(
     let from_trusted = trusted(peer_ip, proxies);
     let proto = if tls { "https" } else { "http" };
 
+    // Most requests carry none of the four: one pass over the names (a standard name and a
+    // custom one compare without hashing) instead of six hashed lookups that find nothing.
+    let present = h.keys().any(|k| {
+        k == header::FORWARDED
+            || k == X_FORWARDED_FOR
+            || k == X_FORWARDED_PROTO
+            || k == X_FORWARDED_HOST
+    });
+
     // What earlier proxies recorded is kept only when a trusted proxy passed it on.
     let mut xff: Vec<u8> = Vec::with_capacity(64);
     let mut fwd: Vec<u8> = Vec::with_capacity(96);
-    if from_trusted {
-        join_values(h, &X_FORWARDED_FOR, &mut xff);
-        join_values(h, &header::FORWARDED, &mut fwd);
-    } else {
-        h.remove(X_FORWARDED_PROTO);
-        h.remove(X_FORWARDED_HOST);
+    if present {
+        if from_trusted {
+            join_values(h, &X_FORWARDED_FOR, &mut xff);
+            join_values(h, &header::FORWARDED, &mut fwd);
+        } else {
+            h.remove(X_FORWARDED_PROTO);
+            h.remove(X_FORWARDED_HOST);
+        }
+        h.remove(X_FORWARDED_FOR);
+        h.remove(header::FORWARDED);
     }
-    h.remove(X_FORWARDED_FOR);
-    h.remove(header::FORWARDED);
 
     if !xff.is_empty() {
         xff.extend_from_slice(b", ");
@@ -144,11 +155,11 @@ pub(crate) fn set_forwarding(
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
         h.insert(header::FORWARDED, v);
     }
-    if !h.contains_key(X_FORWARDED_PROTO) {
+    if !present || !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
-        if !h.contains_key(X_FORWARDED_HOST) {
+        if !present || !h.contains_key(X_FORWARDED_HOST) {
             h.insert(X_FORWARDED_HOST, host.clone());
         }
     }

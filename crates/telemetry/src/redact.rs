@@ -2,11 +2,10 @@
 //! line (and inside string values that hold JSON); credential-shaped values (`Bearer ...`,
 //! `Basic ...`, Portcullis API keys) are masked wherever they appear, in JSON or plain text.
 
+use aho_corasick::{automaton::Automaton, Anchored};
+use arc_swap::ArcSwap;
 use regex::Regex;
-use std::{
-    collections::HashSet,
-    sync::{Arc, RwLock},
-};
+use std::{collections::HashSet, sync::Arc};
 
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
@@ -42,13 +41,23 @@ struct Rules {
     /// scheme or key prefix, or a `\u` escape that could spell a name); lines it does not
     /// match are written as they are, without parsing.
     suspicious: Regex,
+    /// The same test as `suspicious`, broadened to plain ASCII literals (ASCII case-folded,
+    /// no word boundaries) for [`Redactor::clears`], which runs on request tasks. It is
+    /// stepped byte by byte: a regex search's start-up (or an Aho-Corasick search's, with its
+    /// prefilter) cost more than the whole scan of a short value. Anything not ASCII is left
+    /// to `suspicious`, whose case folding is Unicode's. `None` (never the case: the build
+    /// cannot fail for these literals) clears nothing.
+    quick: Option<aho_corasick::dfa::DFA>,
 }
 
 /// Scrubs log lines. Cloning shares the rules, and [`Redactor::set_extra`] changes them for
 /// every clone (hot reload of the `[logging]` lists).
 #[derive(Clone)]
 pub struct Redactor {
-    rules: Arc<RwLock<Arc<Rules>>>,
+    // Read on every log line, by request tasks too ([`Redactor::clears`]): an `ArcSwap` load
+    // touches no shared reference count, where a lock and an `Arc` clone would bounce one
+    // cache line between the worker threads.
+    rules: Arc<ArcSwap<Rules>>,
     values: Arc<Regex>,
 }
 
@@ -66,10 +75,10 @@ impl Redactor {
         let values = Regex::new(r"(?i)\b(bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=\-]+|\bpcl_[A-Za-z0-9_\-]{8,}")
             .unwrap_or_else(|_| unreachable_regex());
         Redactor {
-            rules: Arc::new(RwLock::new(Arc::new(Self::rules(
+            rules: Arc::new(ArcSwap::from_pointee(Self::rules(
                 extra_headers,
                 extra_fields,
-            )))),
+            ))),
             values: Arc::new(values),
         }
     }
@@ -108,26 +117,58 @@ impl Redactor {
             r"(?i)\\u|{alternation}|\b(bearer|basic|digest|negotiate)\s|pcl_"
         ))
         .unwrap_or_else(|_| Regex::new(".").unwrap_or_else(|_| unreachable_regex()));
+        let literals = names.iter().map(String::as_str).chain([
+            "\\u",
+            "bearer",
+            "basic",
+            "digest",
+            "negotiate",
+            "pcl_",
+        ]);
+        let quick = aho_corasick::dfa::DFA::builder()
+            .ascii_case_insensitive(true)
+            .build(literals)
+            .ok();
         Rules {
             names,
             plain_kv,
             suspicious,
+            quick,
         }
     }
 
     /// Replaces the configured (non-built-in) names.
     pub fn set_extra(&self, extra_headers: &[String], extra_fields: &[String]) {
-        let new = Arc::new(Self::rules(extra_headers, extra_fields));
-        if let Ok(mut g) = self.rules.write() {
-            *g = new;
-        }
+        self.rules
+            .store(Arc::new(Self::rules(extra_headers, extra_fields)));
     }
 
-    fn current(&self) -> Arc<Rules> {
-        match self.rules.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn current(&self) -> arc_swap::Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    /// True when none of `values` holds anything the redaction could act on: no listed name,
+    /// no credential scheme, no API-key prefix. A line made only of these values and of fixed
+    /// text the caller controls (keys, numbers, addresses) would pass [`Self::redact_into`]
+    /// unchanged, so the log writer may copy it without scanning it (`LineSink::write_checked`).
+    /// The check is broader than the writer's: any non-ASCII byte, or any listed name,
+    /// scheme or prefix in any ASCII case, fails it; a false failure only costs the writer's
+    /// scan. The values are checked one by one, so no match can span two of them.
+    pub fn clears(&self, values: &[&str]) -> bool {
+        let rules = self.current();
+        let Some(dfa) = &rules.quick else {
+            return false;
+        };
+        let Ok(start) = dfa.start_state(Anchored::No) else {
+            return false;
+        };
+        values.iter().all(|v| {
+            let mut at = start;
+            v.bytes().all(|b| {
+                at = dfa.next_state(Anchored::No, at, b);
+                b.is_ascii() && !dfa.is_match(at)
+            })
+        })
     }
 
     /// Appends `line` (JSON or plain text) to `out`, redacted. Lines with nothing that could
@@ -276,6 +317,23 @@ mod tests {
         h.insert("accept", http::HeaderValue::from_static("*/*"));
         let s = r.headers_for_log(&h);
         assert!(!s.contains("zzz") && s.contains("*/*"), "{s}");
+    }
+
+    #[test]
+    fn clears_only_values_with_nothing_to_redact() {
+        let r = Redactor::new(&[], &["card_number".into()]);
+        assert!(r.clears(&["/orders/42", "GET", "orders", ""]));
+        for bad in [
+            "/x/Bearer abc",
+            "/login?password=1",
+            "/k/pcl_abcdefgh12345",
+            "/CARD_NUMBER/1",
+            "a\\u0070",
+        ] {
+            assert!(!r.clears(&["GET", bad]), "{bad}");
+        }
+        // Unicode case folding is the writer's business: such values are never cleared.
+        assert!(!r.clears(&["/to\u{212A}en=1"]));
     }
 
     #[test]
