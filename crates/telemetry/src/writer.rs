@@ -32,6 +32,8 @@ struct Pending {
     /// Where the lines queued by [`LineSink::write_checked`] start in `buf`, ascending: the
     /// writer copies those lines without scanning them.
     cleared: Vec<usize>,
+    /// Whether anything but a cleared line was queued since the writer last took the buffer.
+    uncleared: bool,
     dropped: u64,
     closed: bool,
     /// Set by the writer thread when it has written its last batch.
@@ -112,6 +114,8 @@ impl LineSink {
         if cleared {
             let at = p.buf.len();
             p.cleared.push(at);
+        } else {
+            p.uncleared = true;
         }
         p.buf.extend_from_slice(line);
         drop(p);
@@ -210,7 +214,7 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
     let mut carry = Vec::new();
     let mut redacted = Vec::new();
     loop {
-        let (dropped, closed) = {
+        let (dropped, closed, all_cleared) = {
             let mut p = shared.lock();
             while p.buf.is_empty() && !p.closed {
                 p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
@@ -226,8 +230,13 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
             // Swap rather than take, so both buffers keep their capacity.
             std::mem::swap(&mut p.buf, &mut batch);
             std::mem::swap(&mut p.cleared, &mut cleared);
-            (std::mem::take(&mut p.dropped), p.closed)
+            let all_cleared = !std::mem::take(&mut p.uncleared);
+            (std::mem::take(&mut p.dropped), p.closed, all_cleared)
         };
+        // A batch of cleared lines only (the access log under load) is written as it is:
+        // no line split, no per-line copy. Cleared lines are whole lines, so such a batch
+        // ends with one.
+        let verbatim = all_cleared && carry.is_empty() && batch.last() == Some(&b'\n');
         if !carry.is_empty() {
             // Cleared lines' offsets move with the batch; one that began mid-line (after a
             // part line) no longer matches a line start and is scanned, which is safe.
@@ -237,29 +246,34 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
             std::mem::swap(&mut carry, &mut batch);
             carry.clear();
         }
-        let complete = if closed {
-            batch.len()
-        } else {
-            batch.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
-        };
         redacted.clear();
-        let mut next_cleared = cleared.iter().copied().peekable();
-        let mut at = 0;
-        for line in batch[..complete].split_inclusive(|b| *b == b'\n') {
-            let start = at;
-            at += line.len();
-            while next_cleared.next_if(|&c| c < start).is_some() {}
-            if next_cleared.next_if_eq(&start).is_some() {
-                redacted.extend_from_slice(line);
-                continue;
+        if verbatim {
+            // `batch` takes the empty buffer back; both keep their capacity.
+            std::mem::swap(&mut batch, &mut redacted);
+        } else {
+            let complete = if closed {
+                batch.len()
+            } else {
+                batch.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+            };
+            let mut next_cleared = cleared.iter().copied().peekable();
+            let mut at = 0;
+            for line in batch[..complete].split_inclusive(|b| *b == b'\n') {
+                let start = at;
+                at += line.len();
+                while next_cleared.next_if(|&c| c < start).is_some() {}
+                if next_cleared.next_if_eq(&start).is_some() {
+                    redacted.extend_from_slice(line);
+                    continue;
+                }
+                match std::str::from_utf8(line) {
+                    Ok(text) => redactor.redact_into(text, &mut redacted),
+                    Err(_) => redactor.redact_into(&String::from_utf8_lossy(line), &mut redacted),
+                }
             }
-            match std::str::from_utf8(line) {
-                Ok(text) => redactor.redact_into(text, &mut redacted),
-                Err(_) => redactor.redact_into(&String::from_utf8_lossy(line), &mut redacted),
-            }
+            // Lines left in the carry are scanned in the next batch like any other.
+            carry.extend_from_slice(&batch[complete..]);
         }
-        // Lines left in the carry are scanned in the next batch like any other.
-        carry.extend_from_slice(&batch[complete..]);
         batch.clear();
         cleared.clear();
         if dropped > 0 {
@@ -410,6 +424,30 @@ mod tests {
             assert!(!text.contains(secret), "{secret} reached the log: {text}");
         }
         assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    #[test]
+    fn batches_of_cleared_lines_only_are_written_whole_and_in_order() {
+        let cap = Capture::default();
+        let (sink, guard) = spawn_with(
+            Box::new(cap.clone()),
+            Redactor::default(),
+            patient(MAX_PENDING),
+        )
+        .expect("spawn");
+        for i in 0..2_000 {
+            sink.write_checked(
+                format!("{{\"i\":{i},\"cookie\":\"fixed\"}}\n").as_bytes(),
+                &["ok"],
+            );
+        }
+        drop(guard);
+        let text = cap.text();
+        let seen: Vec<String> = text.lines().map(str::to_string).collect();
+        let want: Vec<String> = (0..2_000)
+            .map(|i| format!("{{\"i\":{i},\"cookie\":\"fixed\"}}"))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]
