@@ -1,7 +1,8 @@
 //! The hand-off from request tasks to the log's writer thread.
 //!
 //! Request tasks append whole formatted lines to one shared buffer; a single thread takes the
-//! buffer in batches, redacts every line and writes each batch with one `write(2)`. A task
+//! buffer in batches, redacts every line (but those [`LineSink::write_checked`] cleared) and
+//! writes each batch with one `write(2)`. A task
 //! wakes the writer only when it finds the buffer empty, and the writer then waits
 //! [`BATCH_DELAY`] before taking the batch, so under load there is about one wake-up and one
 //! write per batch instead of one of each per line. (The channel-per-line hand-off this
