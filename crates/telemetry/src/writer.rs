@@ -336,8 +336,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_line_from_every_thread_arrives_whole_and_in_order_per_thread() {
+    /// A writer into a [`Capture`], with the default redactor and patient bounds.
+    fn captured() -> (Capture, LineSink, WriterGuard) {
         let cap = Capture::default();
         let (sink, guard) = spawn_with(
             Box::new(cap.clone()),
@@ -345,6 +345,12 @@ mod tests {
             patient(MAX_PENDING),
         )
         .expect("spawn");
+        (cap, sink, guard)
+    }
+
+    #[test]
+    fn every_line_from_every_thread_arrives_whole_and_in_order_per_thread() {
+        let (cap, sink, guard) = captured();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut s = sink.clone();
@@ -376,13 +382,7 @@ mod tests {
 
     #[test]
     fn lines_are_redacted_before_they_are_written() {
-        let cap = Capture::default();
-        let (mut sink, guard) = spawn_with(
-            Box::new(cap.clone()),
-            Redactor::default(),
-            patient(MAX_PENDING),
-        )
-        .expect("spawn");
+        let (cap, mut sink, guard) = captured();
         sink.write_all(b"{\"authorization\":\"Bearer sentinel-4b1d\",\"ok\":1}\n")
             .expect("write");
         drop(guard);
@@ -393,13 +393,7 @@ mod tests {
 
     #[test]
     fn a_checked_line_skips_the_scan_only_when_its_values_clear() {
-        let cap = Capture::default();
-        let (mut sink, guard) = spawn_with(
-            Box::new(cap.clone()),
-            Redactor::default(),
-            patient(MAX_PENDING),
-        )
-        .expect("spawn");
+        let (cap, mut sink, guard) = captured();
         // The fixed part names a sensitive key: copied as it is, which shows the scan was
         // skipped (the caller vouches for its fixed text, never for its values).
         sink.write_checked(
@@ -429,13 +423,7 @@ mod tests {
 
     #[test]
     fn batches_of_cleared_lines_only_are_written_whole_and_in_order() {
-        let cap = Capture::default();
-        let (sink, guard) = spawn_with(
-            Box::new(cap.clone()),
-            Redactor::default(),
-            patient(MAX_PENDING),
-        )
-        .expect("spawn");
+        let (cap, sink, guard) = captured();
         for i in 0..2_000 {
             sink.write_checked(
                 format!("{{\"i\":{i},\"cookie\":\"fixed\"}}\n").as_bytes(),
@@ -453,13 +441,7 @@ mod tests {
 
     #[test]
     fn a_lone_line_is_written_without_waiting_for_more() {
-        let cap = Capture::default();
-        let (mut sink, _guard) = spawn_with(
-            Box::new(cap.clone()),
-            Redactor::default(),
-            patient(MAX_PENDING),
-        )
-        .expect("spawn");
+        let (cap, mut sink, _guard) = captured();
         sink.write_all(b"{\"one\":1}\n").expect("write");
         // Bounded wait: the writer must deliver a single line on its own, long before this.
         for _ in 0..500 {
