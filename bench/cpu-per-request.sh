@@ -4,7 +4,9 @@
 # same wrk load, with nginx measured the same way in every pair. Whole-run throughput on two
 # shared cores moves ±10-30% between runs; CPU per request of the gateway process moves far
 # less, and alternating the binaries spreads the machine's drift over both.
-# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS, BARE)
+# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS, BARE, PIN)
+# PIN=1 puts wrk and the upstream on CPU 0 and every proxy (all threads) on CPU 1, so the
+# proxies' time is not spread over cores they share with the load (taskset).
 # BARE=target/release/examples/bare_hyper_proxy adds the floor: hyper and tokio alone, with
 # none of the gateway's work (crates/cli/examples/bare_hyper_proxy.rs; build it with
 # `cargo build --release --example bare_hyper_proxy`).
@@ -59,12 +61,22 @@ if [ -n "$BARE" ]; then
   wait_port 18497
 fi
 
+PIN=${PIN:-}
+LOAD=()
+if [ -n "$PIN" ]; then
+  LOAD=(taskset -c 0)
+  taskset -a -p -c 0 "${pids[0]}" >/dev/null
+  for p in $NGINX_PIDS $(cat "$OUT/nginx/nginx.pid") "$A_PID" ${B:+"$B_PID"} ${BARE:+"$BARE_PID"}; do
+    taskset -a -p -c 1 "$p" >/dev/null
+  done
+fi
+
 ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 measure() { # name port pids...
   local name=$1 port=$2; shift 2
   local t0 t1 n
   t0=$(ticks "$@")
-  n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/bench/item" | awk '/requests in/ {print $1}')
+  n=$("${LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/bench/item" | awk '/requests in/ {print $1}')
   t1=$(ticks "$@")
   awk -v name="$name" -v n="$n" -v d=$((t1 - t0)) -v tick="$TICK" -v secs="$DURATION" \
     'BEGIN { printf "%-8s %8.0f req/s %6.1f us/request\n", name, n / secs, d / tick * 1e6 / n }' | tee -a "$OUT/results.txt"
