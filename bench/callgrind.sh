@@ -29,69 +29,21 @@ rm -rf "$OUT"; mkdir -p "$OUT/logs"
 
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
-cat >"$OUT/portcullis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PCL_PORT"
-admin_listen = "127.0.0.1:$PCL_ADMIN"
-data_dir = "pcl-data"
-[logging]
-access_log = $ACCESS_LOG
-[webhook_signing]
-secret = "{secret:pcl-signing}"
-[[clients]]
-id = "bench-client"
-[[webhooks]]
-id = "events"
-path = "/hooks/events"
-provider = "standard"
-secrets = ["{secret:events-hook}"]
-tolerance = "1h"
-forward = "http://127.0.0.1:$UP_PORT/orders"
-[[routes]]
-id = "guarded"
-methods = ["POST"]
-path = "/guarded/orders"
-rewrite = "/orders"
-upstream = "http://127.0.0.1:$UP_PORT"
-auth = ["api_key"]
-rate_limits = [{ per = "client", limit = 1000000000, period = "1s" }]
-request_schema = "order.schema.json"
-[[routes]]
-id = "bench"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "http://127.0.0.1:$UP_PORT"
-TOML
+{
+  toml_server $PCL_PORT $PCL_ADMIN
+  printf '[logging]\naccess_log = %s\n' "$ACCESS_LOG"
+  toml_events_webhook $UP_PORT
+  toml_guarded_route $UP_PORT
+  toml_bench_route $UP_PORT
+} >"$OUT/portcullis.toml"
 cp bench/order.schema.json "$OUT/order.schema.json"
-HOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
-SIGNING_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
-printf '%s' "$HOOK_SECRET" | "$BIN" secret put events-hook --consumer webhook:events --config "$OUT/portcullis.toml" 2>/dev/null
-printf '%s' "$SIGNING_SECRET" | "$BIN" secret put pcl-signing --consumer gateway:webhook-signing --config "$OUT/portcullis.toml" 2>/dev/null
+HOOK_SECRET=$(new_whsec)
+put_webhook_secrets "$BIN" "$OUT/portcullis.toml" "$HOOK_SECRET" "$(new_whsec)"
 KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
 
 # The bodies: the 1 KiB order of bench/policies.sh and the 1 KiB event of bench/webhooks.sh,
 # with enough pre-signed webhook ids for both runs (each id is accepted once).
-python3 - "$HOOK_SECRET" "$OUT" <<'PY'
-import base64, hmac, hashlib, json, sys, time
-secret, out = sys.argv[1], sys.argv[2]
-items = [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(24)]
-doc = {"customer": "acme-corp", "items": items, "note": ""}
-s = json.dumps(doc, separators=(",", ":"))
-doc["note"] = "x" * (1024 - len(s))
-open(f"{out}/order.json", "w").write(json.dumps(doc, separators=(",", ":")))
-doc = {"type": "order.created", "data": {"id": "ord_1", "items": [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(20)]}, "note": ""}
-s = json.dumps(doc, separators=(",", ":"))
-doc["note"] = "x" * (1024 - len(s))
-body = json.dumps(doc, separators=(",", ":")).encode()
-open(f"{out}/event.json", "wb").write(body)
-key = base64.b64decode(secret[len("whsec_"):])
-ts = str(int(time.time()))
-with open(f"{out}/messages.txt", "w") as f:
-    for i in range(60000):
-        mid = f"msg_{i:08d}"
-        sig = base64.b64encode(hmac.new(key, f"{mid}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
-        f.write(f"{mid} {ts} v1,{sig}\n")
-PY
+python3 bench/bodies.py "$OUT" "$HOOK_SECRET" 60000
 cat >"$OUT/guarded.lua" <<LUA
 wrk.method = "POST"
 wrk.body = io.open("$OUT/order.json", "rb"):read("*a")

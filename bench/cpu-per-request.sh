@@ -37,17 +37,7 @@ NGINX_PIDS=$(pgrep -P "$(cat "$OUT/nginx/nginx.pid")" | tr "\n" " ")
 
 start_gateway() { # name bin port
   mkdir -p "$OUT/$1"
-  cat >"$OUT/$1/portcullis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$3"
-admin_listen = "127.0.0.1:$(($3 + 1))"
-data_dir = "pcl-data"
-[[routes]]
-id = "bench"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "http://127.0.0.1:$UP_PORT"
-TOML
+  { toml_server "$3" $(($3 + 1)); toml_bench_route $UP_PORT; } >"$OUT/$1/portcullis.toml"
   mkdir -p "$OUT/logs-$1"
   "$2" serve --config "$OUT/$1/portcullis.toml" >"$OUT/logs-$1/access.log" 2>&1 & pids+=($!)
   wait_port "$3"

@@ -48,3 +48,53 @@ NGINX
   "$nginx" -c "$dir/nginx.conf" -g 'daemon off;' & pids+=($!)
   wait_port "$2"
 }
+
+# Config fragments the scripts share (printed; the caller writes the file).
+# toml_server LISTEN_PORT ADMIN_PORT [DATA_DIR]
+toml_server() {
+  printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$1" "$2" "${3:-pcl-data}"
+}
+# The foundation benchmark's route: every GET, no policies. toml_bench_route UPSTREAM_PORT
+toml_bench_route() {
+  printf '[[routes]]\nid = "bench"\nmethods = ["GET"]\npath = "/{*rest}"\nupstream = "http://127.0.0.1:%s"\n' "$1"
+}
+# The client and the issue-5 route: API key + a rate limit never hit + JSON Schema
+# (order.schema.json beside the config). toml_guarded_route UPSTREAM_PORT
+toml_guarded_route() {
+  cat <<TOML
+[[clients]]
+id = "bench-client"
+[[routes]]
+id = "guarded"
+methods = ["POST"]
+path = "/guarded/orders"
+rewrite = "/orders"
+upstream = "http://127.0.0.1:$1"
+auth = ["api_key"]
+rate_limits = [{ per = "client", limit = 1000000000, period = "1s" }]
+request_schema = "order.schema.json"
+TOML
+}
+# The issue-6 endpoint: Standard Webhooks on /hooks/events, direct delivery signed with the
+# gateway's own secret. toml_events_webhook UPSTREAM_PORT
+toml_events_webhook() {
+  cat <<TOML
+[webhook_signing]
+secret = "{secret:pcl-signing}"
+[[webhooks]]
+id = "events"
+path = "/hooks/events"
+provider = "standard"
+secrets = ["{secret:events-hook}"]
+tolerance = "1h"
+forward = "http://127.0.0.1:$1/orders"
+TOML
+}
+# Stores the two webhook secrets that toml_events_webhook names.
+# put_webhook_secrets BIN CONFIG HOOK_SECRET SIGNING_SECRET
+put_webhook_secrets() {
+  printf '%s' "$3" | "$1" secret put events-hook --consumer webhook:events --config "$2" 2>/dev/null
+  printf '%s' "$4" | "$1" secret put pcl-signing --consumer gateway:webhook-signing --config "$2" 2>/dev/null
+}
+# A fresh Standard Webhooks secret.
+new_whsec() { echo "whsec_$(head -c 32 /dev/urandom | base64)"; }

@@ -38,28 +38,17 @@ start_nginx "$OUT" $NGINX_PORT $UP_PORT
 
 # The order schema, shared with bench/callgrind.sh.
 cp bench/order.schema.json "$OUT/order.schema.json"
-cat >"$OUT/portcullis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PCL_PORT"
-admin_listen = "127.0.0.1:$PCL_ADMIN"
-data_dir = "pcl-data"
-[[clients]]
-id = "bench-client"
-[[routes]]
-id = "guarded"
-methods = ["POST"]
-path = "/guarded/orders"
-rewrite = "/orders"
-upstream = "http://127.0.0.1:$UP_PORT"
-auth = ["api_key"]
-rate_limits = [{ per = "client", limit = 1000000000, period = "1s" }]
-request_schema = "order.schema.json"
+{
+  toml_server $PCL_PORT $PCL_ADMIN
+  toml_guarded_route $UP_PORT
+  cat <<TOML
 [[routes]]
 id = "plain"
 methods = ["POST"]
 path = "/orders"
 upstream = "http://127.0.0.1:$UP_PORT"
 TOML
+} >"$OUT/portcullis.toml"
 KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
 # The access log goes to a subdirectory: the config watcher watches the config's own
 # directory, and a log file beside the config would wake it on every line written.
@@ -68,17 +57,8 @@ mkdir -p "$OUT/logs"
 wait_port $PCL_PORT
 
 # A 1 KiB order that satisfies the schema.
-BODY=$(python3 - <<'PY'
-import json
-items=[{"sku": f"SKU-{i:04d}", "qty": i+1} for i in range(24)]
-doc={"customer": "acme-corp", "items": items, "note": ""}
-s=json.dumps(doc, separators=(",",":"))
-doc["note"]="x"*(1024-len(s))
-s=json.dumps(doc, separators=(",",":"))
-assert len(s)==1024, len(s)
-print(s)
-PY
-)
+python3 bench/bodies.py "$OUT"
+BODY=$(cat "$OUT/order.json")
 cat >"$OUT/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$BODY'

@@ -44,11 +44,9 @@ start_nginx "$OUT" $NGINX_PORT $UP_PORT
 
 # (c) Portcullis: a route with no policies, access log on (to a file, like nginx); and
 # (d) the same upstream behind API-key authentication and one required scope.
-cat >"$OUT/portcullis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PCL_PORT"
-admin_listen = "127.0.0.1:$PCL_ADMIN"
-data_dir = "pcl-data"
+{
+  toml_server $PCL_PORT $PCL_ADMIN
+  cat <<TOML
 [[clients]]
 id = "bench-client"
 scopes = ["bench:read"]
@@ -59,12 +57,9 @@ path = "/auth/{*rest}"
 upstream = "http://127.0.0.1:$UP_PORT"
 auth = ["api_key"]
 scopes = ["bench:read"]
-[[routes]]
-id = "bench"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "http://127.0.0.1:$UP_PORT"
 TOML
+  toml_bench_route $UP_PORT
+} >"$OUT/portcullis.toml"
 KEY=$("$BIN" client key issue bench-client --config "$OUT/portcullis.toml" 2>/dev/null)
 # The access log goes outside the config's directory: the hot-reload watcher watches that
 # directory, and a log file inside it would wake the watcher on every write.
@@ -74,17 +69,7 @@ wait_port $PCL_PORT
 
 # (e) optionally, a baseline Portcullis binary with the no-policy route, for A/B runs.
 if [ -n "$BASELINE_BIN" ]; then
-  cat >"$OUT/baseline.toml" <<TOML
-[server]
-listen = "127.0.0.1:$BASE_PORT"
-admin_listen = "127.0.0.1:$BASE_ADMIN"
-data_dir = "pcl-data-baseline"
-[[routes]]
-id = "bench"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "http://127.0.0.1:$UP_PORT"
-TOML
+  { toml_server $BASE_PORT $BASE_ADMIN pcl-data-baseline; toml_bench_route $UP_PORT; } >"$OUT/baseline.toml"
   "$BASELINE_BIN" serve --config "$OUT/baseline.toml" >"$OUT/logs/baseline-access.log" 2>&1 & pids+=($!)
   wait_port $BASE_PORT
 fi

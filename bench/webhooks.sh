@@ -29,54 +29,27 @@ rm -rf "$OUT"; mkdir -p "$OUT/logs"
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/logs/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
 
-HOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
-SIGNING_SECRET="whsec_$(head -c 32 /dev/urandom | base64)"
-cat >"$OUT/portcullis.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PCL_PORT"
-admin_listen = "127.0.0.1:$PCL_ADMIN"
-data_dir = "pcl-data"
-[webhook_signing]
-secret = "{secret:pcl-signing}"
-[[webhooks]]
-id = "events"
-path = "/hooks/events"
-provider = "standard"
-secrets = ["{secret:events-hook}"]
-tolerance = "1h"
-forward = "http://127.0.0.1:$UP_PORT/orders"
+HOOK_SECRET=$(new_whsec)
+{
+  toml_server $PCL_PORT $PCL_ADMIN
+  toml_events_webhook $UP_PORT
+  cat <<TOML
 [[routes]]
 id = "plain"
 methods = ["POST"]
 path = "/orders"
 upstream = "http://127.0.0.1:$UP_PORT"
 TOML
-printf '%s' "$HOOK_SECRET" | "$BIN" secret put events-hook --consumer webhook:events --config "$OUT/portcullis.toml" 2>/dev/null
-printf '%s' "$SIGNING_SECRET" | "$BIN" secret put pcl-signing --consumer gateway:webhook-signing --config "$OUT/portcullis.toml" 2>/dev/null
+} >"$OUT/portcullis.toml"
+put_webhook_secrets "$BIN" "$OUT/portcullis.toml" "$HOOK_SECRET" "$(new_whsec)"
 "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/portcullis.log" 2>&1 & pids+=($!)
 wait_port $PCL_PORT
 
-# The body and MESSAGES signed (id, timestamp, signature) triples for it.
-python3 - "$HOOK_SECRET" "$MESSAGES" "$OUT" <<'PY'
-import base64, hmac, hashlib, json, sys, time
-secret, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-key = base64.b64decode(secret[len("whsec_"):])
-doc = {"type": "order.created", "data": {"id": "ord_1", "items": [{"sku": f"SKU-{i:04d}", "qty": i + 1} for i in range(20)]}, "note": ""}
-s = json.dumps(doc, separators=(",", ":"))
-doc["note"] = "x" * (1024 - len(s))
-body = json.dumps(doc, separators=(",", ":")).encode()
-assert len(body) == 1024
-open(f"{out}/body.json", "wb").write(body)
-ts = str(int(time.time()))
-with open(f"{out}/messages.txt", "w") as f:
-    for i in range(n):
-        mid = f"msg_{i:08d}"
-        sig = base64.b64encode(hmac.new(key, f"{mid}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
-        f.write(f"{mid} {ts} v1,{sig}\n")
-PY
+# The 1 KiB event and MESSAGES signed (id, timestamp, signature) triples for it.
+python3 bench/bodies.py "$OUT" "$HOOK_SECRET" "$MESSAGES"
 cat >"$OUT/hook.lua" <<LUA
 local base = 0
-local body = io.open("$OUT/body.json", "rb"):read("*a")
+local body = io.open("$OUT/event.json", "rb"):read("*a")
 local msgs, n = {}, 0
 for line in io.lines("$OUT/messages.txt") do n = n + 1; msgs[n] = line end
 local i = base
@@ -89,7 +62,7 @@ end
 LUA
 cat >"$OUT/plain.lua" <<LUA
 wrk.method = "POST"
-wrk.body = io.open("$OUT/body.json", "rb"):read("*a")
+wrk.body = io.open("$OUT/event.json", "rb"):read("*a")
 wrk.headers["Content-Type"] = "application/json"
 LUA
 

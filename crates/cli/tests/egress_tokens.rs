@@ -120,6 +120,26 @@ async fn keys_under(
     out
 }
 
+/// Removes the keys a test left under its prefix.
+async fn delete_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    entries: &[(String, Vec<u8>, i64)],
+) {
+    for (k, _, _) in entries {
+        let _: i64 = redis::cmd("DEL").arg(k).query_async(conn).await.unwrap();
+    }
+}
+
+/// Neither gateway's output holds any of `secrets`.
+fn assert_logs_hold_none(gws: [&Gw; 2], secrets: &[&str]) {
+    for gw in gws {
+        let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
+        for s in secrets {
+            assert!(!logs.contains(s), "a secret in the logs");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_share_one_token_and_replace_a_refused_one_once() {
     let sentinel = unique("ACCESS-SENTINEL");
@@ -192,21 +212,8 @@ async fn two_instances_share_one_token_and_replace_a_refused_one_once() {
         assert!(!k.contains(&sentinel), "{k}");
     }
     // The gateways' logs do not hold it either.
-    for gw in [&a, &b] {
-        let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
-        assert!(!logs.contains(&sentinel), "a token in the logs");
-        assert!(
-            !logs.contains(CLIENT_SECRET),
-            "the client secret in the logs"
-        );
-    }
-    for (k, _, _) in entries {
-        let _: i64 = redis::cmd("DEL")
-            .arg(k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    assert_logs_hold_none([&a, &b], &[&sentinel, CLIENT_SECRET]);
+    delete_keys(&mut conn, &entries).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,15 +460,6 @@ async fn two_instances_on_a_rotating_refresh_token_always_present_the_newest() {
         );
         assert!(!text.contains(CLIENT_SECRET));
     }
-    for gw in [&a, &b] {
-        let logs = format!("{}{}", gw.stdout.all(), gw.stderr.all());
-        assert!(!logs.contains(&sentinel), "a token in the logs");
-    }
-    for (k, _, _) in entries {
-        let _: i64 = redis::cmd("DEL")
-            .arg(k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    assert_logs_hold_none([&a, &b], &[&sentinel]);
+    delete_keys(&mut conn, &entries).await;
 }

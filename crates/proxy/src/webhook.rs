@@ -27,8 +27,8 @@ pub(crate) struct WebhookEndpoint {
     replay: Arc<dyn ReplayCache>,
     failures: Arc<crate::WebhookFailures>,
     signer: Option<Arc<StandardSigner>>,
-    /// The data plane's pooled client (it never follows redirects), and the forward target
-    /// as a URI, converted once.
+    /// The data plane's pooled transport (it never follows redirects), and the forward
+    /// target, split into scheme, authority and path once.
     transport: crate::client::Transport,
     forward: Forward,
     outbox: Option<Outbox>,

@@ -4,8 +4,8 @@
 //! (`timestamp`, `level`, the fields, `target`), so readers of the log see one format. It is
 //! built by hand because the generic formatter (a serde visitor per field, `Display` for every
 //! value) was about a quarter of the gateway's instructions per request on the benchmark; see
-//! `bench/RESULTS.md`. Its values that do not come from a fixed vocabulary (request id,
-//! method, path, route, error slug, cause) are checked by the redactor on the request task,
+//! `bench/RESULTS.md`. Its text values (request id, method, path, route, error slug,
+//! cause) are checked by the redactor on the request task,
 //! and the writer thread copies the line without scanning it only when that check clears
 //! them; otherwise it is redacted like every other line. The configured level still applies
 //! (`target: portcullis::access`, INFO).
