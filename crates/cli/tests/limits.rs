@@ -322,7 +322,7 @@ async fn json_structure_limits_refuse_with_pointer_and_rule() {
     )
     .unwrap();
     let cfg = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         server_section(""),
         route(
             "limited",
@@ -339,7 +339,20 @@ async fn json_structure_limits_refuse_with_pointer_and_rule() {
             &up.url(),
             "request_schema = \"any.json\""
         ),
+        // Both: the schema's one-pass check also applies the limits, with the same refusals.
+        route(
+            "strict",
+            "[\"POST\"]",
+            "/strict",
+            &up.url(),
+            "request_schema = \"list.json\"\njson_limits = { max_depth = 2, max_string = 16, max_array = 3, max_members = 4 }"
+        ),
     );
+    std::fs::write(
+        dir.path().join("list.json"),
+        r#"{"type": "object", "properties": {"list": {"type": "array", "items": {"type": "integer"}}}}"#,
+    )
+    .unwrap();
     std::fs::write(dir.path().join("portcullis.toml"), cfg).unwrap();
     let gw = Gw::start_in(dir);
     let c = client();
@@ -428,6 +441,28 @@ async fn json_structure_limits_refuse_with_pointer_and_rule() {
             .await
             .status(),
         200
+    );
+
+    let res = post("/strict", r#"{"list":[1,2,3]}"#.into(), "application/json").await;
+    assert_eq!(res.status(), 200);
+    for (body, pointer, rule) in [
+        (r#"{"list":[1,2,3,4]}"#, "/list", "max_array"),
+        (r#"{"list":[[1]]}"#, "/list/0", "max_depth"),
+        (r#"{"x":"SENTINEL-0123456789"}"#, "/x", "max_string"),
+    ] {
+        let res = post("/strict", body.into(), "application/json").await;
+        let v = common::assert_problem(res, 400, "json-limit-exceeded").await;
+        assert_eq!(
+            pointer_rules(&v),
+            vec![(pointer.to_string(), rule.to_string())],
+            "{body}"
+        );
+    }
+    let res = post("/strict", r#"{"list":[1,"a"]}"#.into(), "application/json").await;
+    let v = common::assert_problem(res, 422, "invalid-body").await;
+    assert_eq!(
+        pointer_rules(&v),
+        vec![("/list/1".to_string(), "type".to_string())]
     );
 
     // Zero limits are a configuration error with a location.

@@ -1,12 +1,13 @@
 //! The guarded route's body work on bench/policies.sh's 1 KiB order: the JSON-limits walk
 //! (counting only, and building the tree the schema reads), serde_json's own parse for
-//! comparison, dropping the tree, and the JSON Schema check.
+//! comparison, dropping the tree, the JSON Schema check, and the streaming check that
+//! replaces all of them when the schema allows it.
 //! Run: `cargo bench -p portcullis-policy --bench json_body`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis_config::JsonLimits;
-use portcullis_policy::{check_json, parse_json_within};
+use portcullis_policy::{check_json, parse_json_within, StreamSchema};
 use serde_json::{json, Value};
 
 fn order() -> Vec<u8> {
@@ -60,6 +61,12 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("schema_is_valid", |b| {
         b.iter(|| validator.is_valid(black_box(&tree)))
+    });
+    // The route's path since the streaming fast path: limits and schema in one pass, no tree.
+    let stream = StreamSchema::compile(&schema).expect("the order schema streams");
+    assert!(stream.accepts(&body, Some(&limits)));
+    g.bench_function("stream_limits_and_schema", |b| {
+        b.iter(|| stream.accepts(black_box(&body), Some(&limits)))
     });
     g.finish();
 }

@@ -23,6 +23,7 @@ mod params;
 mod quota;
 mod rate_limit;
 mod response_fields;
+mod schema_stream;
 mod validate_body;
 
 pub use authenticate::{Authenticate, Clients};
@@ -40,4 +41,5 @@ pub use params::Params;
 pub use quota::Quota;
 pub use rate_limit::{LimitStore, RateLimit};
 pub use response_fields::ResponseFields;
+pub use schema_stream::StreamSchema;
 pub use validate_body::{schema_errors, ValidateBody};

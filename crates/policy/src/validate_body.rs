@@ -1,10 +1,20 @@
 //! Request validation: bodies must be JSON (415 otherwise) and satisfy the route's JSON Schema
 //! (2020-12), compiled once when the configuration is built. Failures are 422 problem+json
 //! listing each failing JSON pointer and rule, never the offending values.
+//!
+//! When the schema keeps to the subset [`StreamSchema`] checks on the token stream, a body
+//! that passes is accepted without building a tree; any other body takes the full path
+//! (tree and jsonschema), whose verdict and error pointers stand.
 
-use crate::{body_limit::read_limited, json_limits::ParsedJson, Flow, Policy};
+use crate::{
+    body_limit::read_limited,
+    json_limits::{parse_json_within, JsonFault, ParsedJson},
+    schema_stream::StreamSchema,
+    Flow, Policy,
+};
 use async_trait::async_trait;
 use http::{header, Request};
+use portcullis_config::JsonLimits;
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
 
 /// Most errors reported for one request.
@@ -13,15 +23,36 @@ const MAX_REPORTED: usize = 20;
 /// The schema policy for one route.
 pub struct ValidateBody {
     schema: jsonschema::Validator,
+    stream: Option<StreamSchema>,
+    limits: Option<JsonLimits>,
     max_body: u64,
 }
 
 impl ValidateBody {
     /// Compiles `schema`; an invalid schema is a configuration error.
     pub fn new(schema: &serde_json::Value, max_body: u64) -> Result<Self, String> {
-        let schema = jsonschema::draft202012::new(schema)
+        let compiled = jsonschema::draft202012::new(schema)
             .map_err(|e| format!("invalid JSON Schema: {e}"))?;
-        Ok(ValidateBody { schema, max_body })
+        Ok(ValidateBody {
+            schema: compiled,
+            stream: StreamSchema::compile(schema),
+            limits: None,
+            max_body,
+        })
+    }
+
+    /// True when the schema has the streaming fast path, so no earlier step needs to build
+    /// the tree for it.
+    pub fn streams(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Makes this step also the route's JSON-limits check (in place of a separate
+    /// [`JsonLimitCheck`](crate::JsonLimitCheck) before it), so the fast path checks limits
+    /// and schema in one pass. Refusals are the ones the separate check gives.
+    pub fn checking_limits(mut self, limits: JsonLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 }
 
@@ -47,7 +78,7 @@ impl Policy for ValidateBody {
         }
         let (parts, body) = req.into_parts();
         let bytes = read_limited(body, self.max_body).await?;
-        // The JSON-limits step before this one usually parsed these very bytes already.
+        // An earlier step (the object rules' limits check) may have parsed these very bytes.
         let parsed;
         let value = match parts
             .extensions
@@ -56,8 +87,18 @@ impl Policy for ValidateBody {
         {
             Some(v) => v,
             None => {
-                parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?;
+                if self
+                    .stream
+                    .as_ref()
+                    .is_some_and(|s| s.accepts(&bytes, self.limits.as_ref()))
+                {
+                    return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
+                }
+                parsed = match &self.limits {
+                    Some(l) => parse_json_within(&bytes, l).map_err(JsonFault::into_error)?,
+                    None => serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?,
+                };
                 &parsed
             }
         };

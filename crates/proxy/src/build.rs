@@ -23,11 +23,18 @@ pub(crate) fn route_chain(
     let mut steps: Vec<Arc<dyn Policy>> = Vec::new();
     // Steps whose place depends on the route; each is taken once, where it fits below.
     let mut params = route.params.clone().map(Params::new);
-    // When the schema will parse the body, the limits check builds the tree for it.
+    let mut validate = route
+        .request_schema
+        .as_ref()
+        .map(|s| ValidateBody::new(s, route.max_body))
+        .transpose()?;
+    // When the schema will parse the body into a tree, the limits check builds it; a schema
+    // with the streaming fast path checks the limits itself (step 7).
+    let streams = validate.as_ref().is_some_and(ValidateBody::streams);
     let mut json_limits =
         (route.json_limits.explicit || route.request_schema.is_some()).then(|| {
             let check = JsonLimitCheck::new(route.json_limits, route.max_body, false);
-            if route.request_schema.is_some() {
+            if route.request_schema.is_some() && !streams {
                 check.keeping_tree()
             } else {
                 check
@@ -174,14 +181,22 @@ pub(crate) fn route_chain(
     // JSON structure limits (400): depth, string, array and object sizes, checked on the
     // buffered bytes in one pass that also builds the tree the schema validator reads; on
     // routes that declare `json_limits`, every JSON body. Once per request: when the object
-    // rules above parse the body, the check already ran before them.
+    // rules above parse the body, the check already ran before them. A streaming schema
+    // takes the check over, in the same pass as its own (step 7); its content-type rule
+    // (415 for anything but JSON) covers every body the separate check would see.
     if let Some(j) = json_limits.take() {
-        steps.push(Arc::new(j));
+        match validate.take() {
+            Some(v) if streams => validate = Some(v.checking_limits(route.json_limits)),
+            other => {
+                validate = other;
+                steps.push(Arc::new(j));
+            }
+        }
     }
 
     // 7. What the body says: JSON Schema validation (reads the body, within max_body).
-    if let Some(schema) = &route.request_schema {
-        steps.push(Arc::new(ValidateBody::new(schema, route.max_body)?));
+    if let Some(v) = validate.take() {
+        steps.push(Arc::new(v));
     }
 
     Ok(Chain::new(steps, Arc::new(upstream)))
