@@ -851,8 +851,12 @@ mod tests {
         let leaf = prop_oneof![8 => leaf_schema(), 1 => any::<bool>().prop_map(Value::Bool)];
         leaf.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
-                (inner.clone(), prop::option::of(0u64..3), prop::option::of(0u64..4)).prop_map(
-                    |(items, min, max)| {
+                (
+                    inner.clone(),
+                    prop::option::of(0u64..3),
+                    prop::option::of(0u64..4)
+                )
+                    .prop_map(|(items, min, max)| {
                         let mut s = json!({"type": "array", "items": items});
                         if let Some(m) = min {
                             s["minItems"] = m.into();
@@ -861,8 +865,7 @@ mod tests {
                             s["maxItems"] = m.into();
                         }
                         s
-                    }
-                ),
+                    }),
                 (
                     prop::collection::btree_map("[abc]", inner.clone(), 0..3),
                     prop::sample::subsequence(vec!["a", "b", "c", "d"], 0..3),
@@ -870,7 +873,7 @@ mod tests {
                 )
                     .prop_map(|(props, required, additional)| {
                         let mut s = json!({
-                            "properties": Value::Object(props.into_iter().map(|(k, v)| (k, v)).collect()),
+                            "properties": Value::Object(props.into_iter().collect()),
                             "required": required,
                         });
                         if let Some(a) = additional {
