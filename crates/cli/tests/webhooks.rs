@@ -468,3 +468,68 @@ async fn direct_delivery_passes_retry_after_back_and_times_out_with_504() {
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("delivered"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_and_the_payload_schema_are_checked_after_the_signature() {
+    let (forward, mut rx) = backend(Arc::new(AtomicU16::new(200))).await;
+    let schemas = tempfile::tempdir().unwrap();
+    let schema = schemas.path().join("event.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["type", "data"],
+            "properties": {"type": {"type": "string"},
+                           "data": {"type": "object", "required": ["id"],
+                                    "properties": {"id": {"type": "integer", "minimum": 1}}}}}"#,
+    )
+    .unwrap();
+    let gw = start(&format!(
+        "{}event_types = [\"order.created\"]\nschema = {:?}\n",
+        config(&forward, ""),
+        schema.display().to_string()
+    ));
+    let ts = now();
+    let send = |id: &'static str, body: &'static [u8]| {
+        let gw = &gw;
+        async move { post(gw, id, ts, body, &sign(HOOK_SECRET, id, ts, body)).await }
+    };
+
+    let good: &[u8] = br#"{"type":"order.created","data":{"id":7}}"#;
+    assert_eq!(send("msg_good", good).await.status(), 200);
+    let d = next(&mut rx).await;
+    assert_eq!(d.headers["webhook-id"], "msg_good");
+    assert_eq!(&d.body[..], good);
+
+    // Not on the allowlist: acknowledged so the sender stops, not forwarded.
+    let res = send("msg_other", br#"{"type":"order.deleted","data":{"id":7}}"#).await;
+    assert_eq!(res.status(), 202);
+    assert!(res.text().await.unwrap().contains("ignored"));
+
+    // Fails the schema: 422 naming the pointer and the rule, never the value.
+    let res = send(
+        "msg_bad",
+        br#"{"type":"order.created","data":{"id":-424242}}"#,
+    )
+    .await;
+    let p = assert_problem(res, 422, "invalid-body").await;
+    assert_eq!(p["errors"][0]["pointer"], "/data/id");
+    assert_eq!(p["errors"][0]["rule"], "minimum");
+    assert!(!p.to_string().contains("424242"), "{p}");
+    // Not JSON: no event type, so not on the allowlist either.
+    let res = send("msg_nojson", b"type=order.created").await;
+    assert_eq!(res.status(), 202);
+
+    // The signature comes first: a forged body that would fail the schema is a 401.
+    let forged = post(
+        &gw,
+        "msg_forged",
+        ts,
+        br#"{"type":"order.created"}"#,
+        &sign(HOOK_SECRET, "msg_forged", ts, good),
+    )
+    .await;
+    assert_problem(forged, 401, "webhook-unverified").await;
+
+    // None of the refused ones reached the backend: the next delivery is the next good one.
+    assert_eq!(send("msg_good_2", good).await.status(), 200);
+    assert_eq!(next(&mut rx).await.headers["webhook-id"], "msg_good_2");
+}

@@ -9,21 +9,16 @@
 use crate::{
     body_limit::read_limited,
     json_limits::{parse_json_within, JsonFault, ParsedJson},
-    schema_stream::StreamSchema,
-    Flow, Policy,
+    Flow, JsonSchema, Policy,
 };
 use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_config::JsonLimits;
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
 
-/// Most errors reported for one request.
-const MAX_REPORTED: usize = 20;
-
 /// The schema policy for one route.
 pub struct ValidateBody {
-    schema: jsonschema::Validator,
-    stream: Option<StreamSchema>,
+    schema: JsonSchema,
     limits: Option<JsonLimits>,
     max_body: u64,
 }
@@ -31,11 +26,10 @@ pub struct ValidateBody {
 impl ValidateBody {
     /// Compiles `schema`; an invalid schema is a configuration error.
     pub fn new(schema: &serde_json::Value, max_body: u64) -> Result<Self, String> {
-        let compiled = jsonschema::draft202012::new(schema)
-            .map_err(|e| format!("invalid JSON Schema: {e}"))?;
+        let schema =
+            JsonSchema::compile(schema).map_err(|e| format!("invalid JSON Schema: {e}"))?;
         Ok(ValidateBody {
-            schema: compiled,
-            stream: StreamSchema::compile(schema),
+            schema,
             limits: None,
             max_body,
         })
@@ -44,7 +38,7 @@ impl ValidateBody {
     /// True when the schema has the streaming fast path, so no earlier step needs to build
     /// the tree for it.
     pub fn streams(&self) -> bool {
-        self.stream.is_some()
+        self.schema.streams()
     }
 
     /// Makes this step also the route's JSON-limits check (in place of a separate
@@ -87,11 +81,7 @@ impl Policy for ValidateBody {
         {
             Some(v) => v,
             None => {
-                if self
-                    .stream
-                    .as_ref()
-                    .is_some_and(|s| s.accepts(&bytes, self.limits.as_ref()))
-                {
+                if self.schema.accepts_bytes(&bytes, self.limits.as_ref()) {
                     return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
                 }
                 parsed = match &self.limits {
@@ -107,37 +97,10 @@ impl Policy for ValidateBody {
         if self.schema.is_valid(value) {
             return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
         }
-        let errors = schema_errors(&self.schema, value);
+        let errors = self.schema.errors(value);
         if !errors.is_empty() {
             return Err(GatewayError::Invalid { errors });
         }
         Ok(Flow::Continue(Request::from_parts(parts, full(bytes))))
     }
-}
-
-/// The (JSON pointer, failed keyword) pairs of a document that fails `schema`, at most 20;
-/// never the offending values. The root is written `/`.
-pub fn schema_errors(
-    schema: &jsonschema::Validator,
-    value: &serde_json::Value,
-) -> Vec<(String, String)> {
-    schema
-        .iter_errors(value)
-        .take(MAX_REPORTED)
-        .map(|e| {
-            let pointer = e.instance_path.to_string();
-            let schema_path = e.schema_path.to_string();
-            let rule = schema_path
-                .rsplit('/')
-                .next()
-                .unwrap_or("schema")
-                .to_string();
-            let pointer = if pointer.is_empty() {
-                "/".to_string()
-            } else {
-                pointer
-            };
-            (pointer, rule)
-        })
-        .collect()
 }

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 pub(crate) struct WebhookEndpoint {
     config: Arc<WebhookConfig>,
     scheme: Scheme,
-    schema: Option<jsonschema::Validator>,
+    schema: Option<portcullis_policy::JsonSchema>,
     vault: Option<Arc<Vault>>,
     replay: Arc<dyn ReplayCache>,
     failures: Arc<crate::WebhookFailures>,
@@ -152,7 +152,7 @@ impl WebhookEndpoint {
     ) -> Result<Self, String> {
         let schema = match &config.schema {
             Some(s) => Some(
-                jsonschema::draft202012::new(s)
+                portcullis_policy::JsonSchema::compile(s)
                     .map_err(|e| format!("webhook {:?}: schema: {e}", config.id))?,
             ),
             None => None,
@@ -325,13 +325,18 @@ impl WebhookEndpoint {
             metrics::counter!("portcullis_webhook_ignored_total", "webhook" => self.config.id.clone()).increment(1);
             return Ok(ack(StatusCode::ACCEPTED, "ignored"));
         }
-        if let Some(schema) = &self.schema {
+        if let Some(schema) = self
+            .schema
+            .as_ref()
+            .filter(|s| !s.accepts_bytes(&bytes, None))
+        {
             let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
                 GatewayError::Malformed(portcullis_core::MalformedKind::InvalidBody)
             })?;
             if !schema.is_valid(&value) {
-                let errors = portcullis_policy::schema_errors(schema, &value);
-                return Err(GatewayError::Invalid { errors });
+                return Err(GatewayError::Invalid {
+                    errors: schema.errors(&value),
+                });
             }
         }
         // The id the backend sees: the sender's signed id, or one derived from the signed

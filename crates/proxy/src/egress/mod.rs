@@ -60,7 +60,7 @@ pub(crate) struct EgressTerminal {
     retry: RetryPolicy,
     budget: RetryBudget,
     breaker: Breaker,
-    response_schema: Option<jsonschema::Validator>,
+    response_schema: Option<portcullis_policy::JsonSchema>,
     limits: Option<portcullis_policy::LimitStore>,
     /// OAuth access tokens, when the credential is an OAuth grant.
     tokens: Option<token::TokenSource>,
@@ -102,7 +102,7 @@ impl EgressTerminal {
         );
         let response_schema = match &config.response_schema {
             Some(s) => Some(
-                jsonschema::draft202012::new(s)
+                portcullis_policy::JsonSchema::compile(s)
                     .map_err(|e| format!("integration {:?}: response_schema: {e}", config.id))?,
             ),
             None => None,

@@ -99,7 +99,11 @@ impl EgressTerminal {
                 return Err(bad("content type not allowed"));
             }
         }
-        if let Some(schema) = &self.response_schema {
+        if let Some(schema) = self
+            .response_schema
+            .as_ref()
+            .filter(|s| !s.accepts_bytes(body, None))
+        {
             let value: serde_json::Value =
                 serde_json::from_slice(body).map_err(|_| bad("response is not JSON"))?;
             if !schema.is_valid(&value) {
