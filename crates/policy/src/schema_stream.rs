@@ -178,7 +178,13 @@ impl StreamSchema {
             depth: 0,
             scratch: &scratch,
         };
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // One UTF-8 check of the whole body, so serde_json does not check each string again
+        // (measured: a tenth of the walk on the 1 KiB order). JSON that is not UTF-8 is
+        // invalid anyway; the full path reports it.
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
         walk.deserialize(&mut de).is_ok() && de.end().is_ok()
     }
 }
