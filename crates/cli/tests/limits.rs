@@ -47,6 +47,21 @@ async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
         }
     }
     assert_eq!((ok, limited), (100, 50));
+    // Counted per route, limit and outcome.
+    let m = gw.metrics().await;
+    let count = |outcome: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("portcullis_rate_limit_decisions_total{")
+                    && l.contains("route=\"limited\"")
+                    && l.contains("limit=\"0\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.to_string())
+    };
+    assert_eq!(count("admitted").as_deref(), Some("100"), "{m}");
+    assert_eq!(count("limited").as_deref(), Some("50"), "{m}");
 
     // Per IP on a public route.
     let statuses: Vec<u16> =

@@ -7,10 +7,14 @@ use crate::{chain::ResponseHeaders, Flow, Policy};
 use async_trait::async_trait;
 use http::{HeaderValue, Request, Response};
 use portcullis_config::{RateKey, RateLimitConfig, SharedStateFailure};
-use portcullis_core::{Body, GatewayError, Identity, RequestContext};
+use portcullis_core::{text::push_u64, Body, GatewayError, Identity, RequestContext};
 use portcullis_state::{all_allowed, Check, Decision, Limiter, MemoryLimiter, Rate};
 use sha2::{Digest, Sha256};
-use std::{sync::Arc, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 /// Where a route's limits are decided, and what to do when that place is unreachable.
 #[derive(Clone)]
@@ -31,6 +35,17 @@ pub struct RateLimit {
     store: LimitStore,
     on_failure: SharedStateFailure,
     policy_header: HeaderValue,
+    /// `route|i|`, the start of limit `i`'s counter keys.
+    key_prefixes: Vec<String>,
+    /// The decision counters per limit, looked up once: a registry lookup hashes every label,
+    /// on every request otherwise. Made on first use, so the exporter is installed by then.
+    counters: OnceLock<Counters>,
+}
+
+/// Admitted and limited counters, one of each per limit.
+struct Counters {
+    admitted: Vec<metrics::Counter>,
+    limited: Vec<metrics::Counter>,
 }
 
 impl RateLimit {
@@ -62,8 +77,11 @@ impl RateLimit {
                 burst: l.burst,
             })
             .collect();
+        let key_prefixes = (0..limits.len()).map(|i| format!("{route}|{i}|")).collect();
         RateLimit {
             route: Arc::from(route),
+            key_prefixes,
+            counters: OnceLock::new(),
             limits,
             rates,
             store,
@@ -78,21 +96,48 @@ impl RateLimit {
     fn key(&self, l: &RateLimitConfig, i: usize, req: &Request<Body>) -> Option<String> {
         let ctx = req.extensions().get::<RequestContext>()?;
         let client = || req.extensions().get::<Identity>().map(|id| &id.client_id);
-        let part = match &l.per {
-            RateKey::Client => format!("c:{}", client()?),
-            RateKey::Ip => format!("ip:{}", ctx.client_ip),
-            RateKey::Route => "r".to_string(),
-            RateKey::ClientRoute => format!("cr:{}", client()?),
+        let prefix = self.key_prefixes.get(i)?;
+        let mut key = String::with_capacity(prefix.len() + 48);
+        key.push_str(prefix);
+        match &l.per {
+            RateKey::Client => {
+                key.push_str("c:");
+                key.push_str(client()?);
+            }
+            RateKey::Ip => {
+                let _ = write!(key, "ip:{}", ctx.client_ip);
+            }
+            RateKey::Route => key.push('r'),
+            RateKey::ClientRoute => {
+                key.push_str("cr:");
+                key.push_str(client()?);
+            }
             // Header values may be credentials: only a digest of them is ever stored (in
             // memory or in Redis). SHA-256, not a seeded hash, so instances agree on the key.
             RateKey::Header(h) => {
                 let v = req.headers().get(h).map_or(&b""[..], |v| v.as_bytes());
                 let digest = Sha256::digest(v);
-                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-                format!("h:{h}:{hex}")
+                let _ = write!(key, "h:{h}:");
+                for b in &digest[..16] {
+                    let _ = write!(key, "{b:02x}");
+                }
             }
-        };
-        Some(format!("{}|{i}|{part}", self.route))
+        }
+        Some(key)
+    }
+
+    fn counters(&self) -> &Counters {
+        self.counters.get_or_init(|| {
+            let per = |outcome: &'static str| {
+                (0..self.limits.len())
+                    .map(|i| metrics::counter!("portcullis_rate_limit_decisions_total", "route" => self.route.to_string(), "limit" => i.to_string(), "outcome" => outcome))
+                    .collect()
+            };
+            Counters {
+                admitted: per("admitted"),
+                limited: per("limited"),
+            }
+        })
     }
 
     async fn decide(&self, keys: &[String]) -> Result<Vec<Decision>, GatewayError> {
@@ -151,8 +196,9 @@ impl Policy for RateLimit {
                 .filter(|(_, d)| !d.allowed)
                 .max_by_key(|(_, d)| d.wait)
                 .unwrap_or((0, &decisions[0]));
-            for (j, _) in decisions.iter().enumerate().filter(|(_, d)| !d.allowed) {
-                metrics::counter!("portcullis_rate_limit_decisions_total", "route" => self.route.to_string(), "limit" => j.to_string(), "outcome" => "limited").increment(1);
+            let limited = &self.counters().limited;
+            for (c, _) in limited.iter().zip(&decisions).filter(|(_, d)| !d.allowed) {
+                c.increment(1);
             }
             let wait = d.wait.max(Duration::from_secs(1));
             // Answer here rather than fail, so the 429 carries this policy's headers too.
@@ -173,8 +219,8 @@ impl Policy for RateLimit {
             }
             return Ok(Flow::Respond(res));
         }
-        for i in 0..decisions.len() {
-            metrics::counter!("portcullis_rate_limit_decisions_total", "route" => self.route.to_string(), "limit" => i.to_string(), "outcome" => "admitted").increment(1);
+        for c in self.counters().admitted.iter().take(decisions.len()) {
+            c.increment(1);
         }
         // IETF RateLimit header for the tightest limit: requests left and seconds until its
         // allowance is full again.
@@ -183,12 +229,14 @@ impl Policy for RateLimit {
             .enumerate()
             .min_by_key(|(_, d)| d.remaining)
         {
-            let v = format!(
-                "\"l{i}\";r={};t={}",
-                d.remaining,
-                d.wait.as_secs_f64().ceil() as u64
-            );
-            if let Ok(v) = HeaderValue::from_str(&v) {
+            let mut v = Vec::with_capacity(40);
+            v.extend_from_slice(b"\"l");
+            push_u64(&mut v, i as u64);
+            v.extend_from_slice(b"\";r=");
+            push_u64(&mut v, d.remaining);
+            v.extend_from_slice(b";t=");
+            push_u64(&mut v, d.wait.as_secs_f64().ceil() as u64);
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
                 let mut h = http::HeaderMap::new();
                 h.insert("ratelimit", v);
                 req.extensions_mut().insert(ResponseHeaders(h));
