@@ -4,7 +4,9 @@
 # same wrk load, with nginx measured the same way in every pair. Whole-run throughput on two
 # shared cores moves ±10-30% between runs; CPU per request of the gateway process moves far
 # less, and alternating the binaries spreads the machine's drift over both.
-# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS, BARE, PIN)
+# Usage: bench/cpu-per-request.sh A_BIN [B_BIN]   (env: PAIRS, DURATION, CONNS, BARE, PIN, ROUTE)
+# ROUTE=guarded measures issue 5's route instead (POST of the 1 KiB order with an API key,
+# a rate limit and the JSON Schema; nginx proxies the same POST), as bench/policies.sh does.
 # PIN=1 puts wrk and the upstream on CPU 0 and every proxy (all threads) on CPU 1, so the
 # proxies' time is not spread over cores they share with the load (taskset).
 # BARE=target/release/examples/bare_hyper_proxy adds the floor: hyper and tokio alone, with
@@ -35,12 +37,38 @@ start_nginx "$OUT" $NGINX_PORT $UP_PORT
 sleep 0.3
 NGINX_PIDS=$(pgrep -P "$(cat "$OUT/nginx/nginx.pid")" | tr "\n" " ")
 
+ROUTE=${ROUTE:-plain}
+if [ "$ROUTE" = guarded ]; then
+  python3 bench/bodies.py "$OUT"
+  printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
+    "'$(cat "$OUT/order.json")'" >"$OUT/post.lua"
+fi
+declare -A KEYS
 start_gateway() { # name bin port
   mkdir -p "$OUT/$1"
-  { toml_server "$3" $(($3 + 1)); toml_bench_route $UP_PORT; } >"$OUT/$1/portcullis.toml"
+  {
+    toml_server "$3" $(($3 + 1))
+    toml_bench_route $UP_PORT
+    [ "$ROUTE" != guarded ] || toml_guarded_route $UP_PORT
+  } >"$OUT/$1/portcullis.toml"
+  if [ "$ROUTE" = guarded ]; then
+    cp bench/order.schema.json "$OUT/$1/order.schema.json"
+    KEYS[$1]=$("$2" client key issue bench-client --config "$OUT/$1/portcullis.toml" 2>/dev/null)
+  fi
   mkdir -p "$OUT/logs-$1"
   "$2" serve --config "$OUT/$1/portcullis.toml" >"$OUT/logs-$1/access.log" 2>&1 & pids+=($!)
   wait_port "$3"
+}
+# wrk on the measured route; load PORT GATEWAY_NAME|"" [wrk options]
+load() {
+  local port=$1 key=""
+  [ -z "$2" ] || key=${KEYS[$2]:-}
+  shift 2
+  if [ "$ROUTE" = guarded ]; then
+    "${LOAD[@]}" wrk -t1 "$@" -s "$OUT/post.lua" ${key:+-H "Authorization: Bearer $key"} "http://127.0.0.1:$port/guarded/orders"
+  else
+    "${LOAD[@]}" wrk -t1 "$@" "http://127.0.0.1:$port/bench/item"
+  fi
 }
 start_gateway a "$A" 18493; A_PID=${pids[-1]}
 [ -n "$B" ] && { start_gateway b "$B" 18495; B_PID=${pids[-1]}; }
@@ -62,21 +90,26 @@ if [ -n "$PIN" ]; then
 fi
 
 ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
-measure() { # name port pids...
-  local name=$1 port=$2; shift 2
-  local t0 t1 n
+measure() { # name port gateway pids...
+  local name=$1 port=$2 gw=$3; shift 3
+  local t0 t1 n out
   t0=$(ticks "$@")
-  n=$("${LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/bench/item" | awk '/requests in/ {print $1}')
+  out=$(load "$port" "$gw" -c"$CONNS" -d"${DURATION}s")
+  if grep -q "Non-2xx" <<<"$out"; then echo "bench: $name answered non-2xx" >&2; exit 1; fi
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
   t1=$(ticks "$@")
   awk -v name="$name" -v n="$n" -v d=$((t1 - t0)) -v tick="$TICK" -v secs="$DURATION" \
     'BEGIN { printf "%-8s %8.0f req/s %6.1f us/request\n", name, n / secs, d / tick * 1e6 / n }' | tee -a "$OUT/results.txt"
 }
-for port in $NGINX_PORT 18493 ${B:+18495} ${BARE:+18497}; do wrk -t1 -c8 -d2s "http://127.0.0.1:$port/bench/item" >/dev/null; done
+load $NGINX_PORT "" -c8 -d2s >/dev/null
+load 18493 a -c8 -d2s >/dev/null
+[ -z "$B" ] || load 18495 b -c8 -d2s >/dev/null
+[ -z "$BARE" ] || load 18497 "" -c8 -d2s >/dev/null
 for _ in $(seq 1 "$PAIRS"); do
-  measure nginx $NGINX_PORT $NGINX_PIDS
-  measure A 18493 "$A_PID"
-  if [ -n "$B" ]; then measure B 18495 "$B_PID"; fi
-  if [ -n "$BARE" ]; then measure bare 18497 "$BARE_PID"; fi
+  measure nginx $NGINX_PORT "" $NGINX_PIDS
+  measure A 18493 a "$A_PID"
+  if [ -n "$B" ]; then measure B 18495 b "$B_PID"; fi
+  if [ -n "$BARE" ]; then measure bare 18497 "" "$BARE_PID"; fi
 done
 echo "medians over $PAIRS pairs (A=$A${B:+, B=$B}${BARE:+, bare=$BARE}):"
 awk '{ v[$1] = v[$1] " " $4; r[$1] = r[$1] " " $2 }
