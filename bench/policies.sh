@@ -5,7 +5,9 @@
 #   (c) Portcullis, a route with API-key authentication + a rate limit that is never hit +
 #       JSON Schema validation of the body (and the default JSON structure limits).
 # All on loopback, the same upstream (`portcullis upstream`, which reads the body).
-# Usage: bench/policies.sh   (env: DURATION, CONNS, THREADS, ROUNDS)
+# Usage: bench/policies.sh   (env: DURATION, CONNS, THREADS, ROUNDS, PIN)
+# PIN=1 puts wrk and the upstream on CPU 0 and the proxy under test (nginx or Portcullis, all
+# threads) on CPU 1, so each proxy has a core of its own instead of sharing both with the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -84,6 +86,16 @@ run() { # name port round path [header]
   p99=$(awk '$1=="99%" {print $2}' "$f" | to_ms)
   echo "$1 $3 $rps $p50 $p99" >>"$OUT/results.txt"
 }
+
+WRK=(command wrk)
+if [ -n "${PIN:-}" ]; then
+  WRK=(taskset -c 0 wrk)
+  taskset -a -p -c 0 "${pids[0]}" >/dev/null
+  for p in $(cat "$OUT/nginx/nginx.pid") $(pgrep -P "$(cat "$OUT/nginx/nginx.pid")") "${pids[-1]}"; do
+    taskset -a -p -c 1 "$p" >/dev/null
+  done
+fi
+wrk() { "${WRK[@]}" "$@"; }
 
 wrk -t1 -c8 -d2s -s "$OUT/post.lua" "http://127.0.0.1:$NGINX_PORT/orders" >/dev/null
 wrk -t1 -c8 -d2s -s "$OUT/post.lua" "http://127.0.0.1:$PCL_PORT/orders" >/dev/null
