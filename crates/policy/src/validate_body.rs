@@ -97,10 +97,12 @@ impl Policy for ValidateBody {
         if self.schema.is_valid(value) {
             return Ok(Flow::Continue(Request::from_parts(parts, full(bytes))));
         }
-        let errors = self.schema.errors(value);
-        if !errors.is_empty() {
-            return Err(GatewayError::Invalid { errors });
+        // jsonschema's two entry points should agree; if `is_valid` refused and the error walk
+        // found nothing, the body is still refused (fail closed), at the root.
+        let mut errors = self.schema.errors(value);
+        if errors.is_empty() {
+            errors.push(("/".to_string(), "schema".to_string()));
         }
-        Ok(Flow::Continue(Request::from_parts(parts, full(bytes))))
+        Err(GatewayError::Invalid { errors })
     }
 }
