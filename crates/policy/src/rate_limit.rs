@@ -5,7 +5,7 @@
 
 use crate::{chain::ResponseHeaders, Flow, Policy};
 use async_trait::async_trait;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use portcullis_config::{RateKey, RateLimitConfig, SharedStateFailure};
 use portcullis_core::{text::push_u64, Body, GatewayError, Identity, RequestContext};
 use portcullis_state::{all_allowed, Check, Decision, Limiter, MemoryLimiter, Rate};
@@ -15,6 +15,10 @@ use std::{
     sync::{Arc, OnceLock},
     time::Duration,
 };
+
+// The IETF headers, parsed once rather than on every insert.
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// Where a route's limits are decided, and what to do when that place is unreachable.
 #[derive(Clone)]
@@ -210,12 +214,12 @@ impl Policy for RateLimit {
                 .unwrap_or_else(portcullis_core::RequestId::generate);
             let mut res = portcullis_core::problem_response(&err, &id);
             res.headers_mut()
-                .insert("ratelimit-policy", self.policy_header.clone());
+                .insert(RATELIMIT_POLICY, self.policy_header.clone());
             if let Ok(v) = HeaderValue::from_str(&format!(
                 "\"l{i}\";r=0;t={}",
                 wait.as_secs_f64().ceil() as u64
             )) {
-                res.headers_mut().insert("ratelimit", v);
+                res.headers_mut().insert(RATELIMIT, v);
             }
             return Ok(Flow::Respond(res));
         }
@@ -238,7 +242,7 @@ impl Policy for RateLimit {
             push_u64(&mut v, d.wait.as_secs_f64().ceil() as u64);
             if let Ok(v) = HeaderValue::from_bytes(&v) {
                 let mut h = http::HeaderMap::new();
-                h.insert("ratelimit", v);
+                h.insert(RATELIMIT, v);
                 req.extensions_mut().insert(ResponseHeaders(h));
             }
         }
@@ -251,7 +255,7 @@ impl Policy for RateLimit {
         _ctx: &RequestContext,
     ) -> Result<Response<Body>, GatewayError> {
         res.headers_mut()
-            .append("ratelimit-policy", self.policy_header.clone());
+            .append(RATELIMIT_POLICY, self.policy_header.clone());
         Ok(res)
     }
 }

@@ -6,7 +6,7 @@
 //! shared state or the store before the signature is verified.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use portcullis_config::{Delivery, WebhookConfig, WebhookProvider};
 use portcullis_core::{full, Body, GatewayError, RequestContext};
 use portcullis_state::ReplayCache;
@@ -91,6 +91,16 @@ struct Forward {
 
 /// How long a backend's answer body may take to arrive before its connection is dropped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+// The forwarded request's header names, parsed once: a name given as a string is parsed and
+// validated again on every insert.
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const PORTCULLIS_WEBHOOK: HeaderName = HeaderName::from_static("x-portcullis-webhook");
+const PORTCULLIS_PROVIDER: HeaderName = HeaderName::from_static("x-portcullis-provider");
+const PORTCULLIS_EVENT_TYPE: HeaderName = HeaderName::from_static("x-portcullis-event-type");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the backend answered one delivery attempt.
 pub(crate) struct Sent {
@@ -446,32 +456,31 @@ impl WebhookEndpoint {
         };
         let ts = unix_now();
         let signature = signer.sign(id, ts, &bytes);
-        let mut req = Request::post("/");
-        let h = req.headers_mut().ok_or_else(|| {
-            GatewayError::Internal("webhook forward request could not be built".into())
-        })?;
         let value =
             |v: &str| HeaderValue::from_str(v).map_err(|e| GatewayError::BadGateway(Box::new(e)));
-        h.insert("webhook-id", value(id)?);
-        h.insert("webhook-timestamp", HeaderValue::from(ts));
-        h.insert("webhook-signature", value(&signature)?);
-        h.insert("x-portcullis-webhook", value(&self.config.id)?);
+        // Sized for every header below, so the map never grows and rehashes.
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(WEBHOOK_ID, value(id)?);
+        h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
+        h.insert(WEBHOOK_SIGNATURE, value(&signature)?);
+        h.insert(PORTCULLIS_WEBHOOK, value(&self.config.id)?);
         h.insert(
-            "x-portcullis-provider",
+            PORTCULLIS_PROVIDER,
             HeaderValue::from_static(self.config_provider()),
         );
         if let Some(r) = request_id {
-            h.insert("x-request-id", value(r)?);
+            h.insert(REQUEST_ID, value(r)?);
         }
         if let Some(t) = event_type {
-            h.insert("x-portcullis-event-type", value(t)?);
+            h.insert(PORTCULLIS_EVENT_TYPE, value(t)?);
         }
         if let Some(ct) = content_type {
             h.insert(header::CONTENT_TYPE, value(ct)?);
         }
-        let req = req
-            .body(full(bytes))
-            .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+        let mut req = Request::new(full(bytes));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_static("/");
+        *req.headers_mut() = h;
         let started = std::time::Instant::now();
         // The deadline covers the backend's answer (its status and headers), as the sender
         // is waiting for it.
