@@ -95,12 +95,11 @@ impl RateLimit {
         }
     }
 
-    /// The counter key of limit `i` for this request; `None` when it counts clients and the
-    /// request has none.
-    fn key(&self, l: &RateLimitConfig, i: usize, req: &Request<Body>) -> Option<String> {
+    /// The counter key of limit `l` (whose keys start with `prefix`) for this request; `None`
+    /// when it counts clients and the request has none.
+    fn key(&self, l: &RateLimitConfig, prefix: &str, req: &Request<Body>) -> Option<String> {
         let ctx = req.extensions().get::<RequestContext>()?;
         let client = || req.extensions().get::<Identity>().map(|id| &id.client_id);
-        let prefix = self.key_prefixes.get(i)?;
         let mut key = String::with_capacity(prefix.len() + 48);
         key.push_str(prefix);
         match &l.per {
@@ -184,10 +183,10 @@ impl Policy for RateLimit {
 
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         let mut keys = Vec::with_capacity(self.limits.len());
-        for (i, l) in self.limits.iter().enumerate() {
+        for (l, prefix) in self.limits.iter().zip(&self.key_prefixes) {
             // Fail closed: a per-client limit with no identity refuses rather than skips.
             keys.push(
-                self.key(l, i, &req)
+                self.key(l, prefix, &req)
                     .ok_or(GatewayError::Unauthorized { presented: false })?,
             );
         }
@@ -215,10 +214,7 @@ impl Policy for RateLimit {
             let mut res = portcullis_core::problem_response(&err, &id);
             res.headers_mut()
                 .insert(RATELIMIT_POLICY, self.policy_header.clone());
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "\"l{i}\";r=0;t={}",
-                wait.as_secs_f64().ceil() as u64
-            )) {
+            if let Some(v) = ratelimit_value(i, 0, wait) {
                 res.headers_mut().insert(RATELIMIT, v);
             }
             return Ok(Flow::Respond(res));
@@ -233,14 +229,7 @@ impl Policy for RateLimit {
             .enumerate()
             .min_by_key(|(_, d)| d.remaining)
         {
-            let mut v = Vec::with_capacity(40);
-            v.extend_from_slice(b"\"l");
-            push_u64(&mut v, i as u64);
-            v.extend_from_slice(b"\";r=");
-            push_u64(&mut v, d.remaining);
-            v.extend_from_slice(b";t=");
-            push_u64(&mut v, d.wait.as_secs_f64().ceil() as u64);
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
+            if let Some(v) = ratelimit_value(i, d.remaining, d.wait) {
                 let mut h = http::HeaderMap::new();
                 h.insert(RATELIMIT, v);
                 req.extensions_mut().insert(ResponseHeaders(h));
@@ -258,4 +247,17 @@ impl Policy for RateLimit {
             .append(RATELIMIT_POLICY, self.policy_header.clone());
         Ok(res)
     }
+}
+
+/// The IETF `RateLimit` item for limit `i`: `"l<i>";r=<remaining>;t=<seconds until full>`.
+/// Written without `fmt`: it is on every admitted request.
+fn ratelimit_value(i: usize, remaining: u64, wait: Duration) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(b"\"l");
+    push_u64(&mut v, i as u64);
+    v.extend_from_slice(b"\";r=");
+    push_u64(&mut v, remaining);
+    v.extend_from_slice(b";t=");
+    push_u64(&mut v, wait.as_secs_f64().ceil() as u64);
+    HeaderValue::from_bytes(&v).ok()
 }

@@ -185,12 +185,10 @@ pub(crate) fn route_chain(
     // takes the check over, in the same pass as its own (step 7); its content-type rule
     // (415 for anything but JSON) covers every body the separate check would see.
     if let Some(j) = json_limits.take() {
-        match validate.take() {
-            Some(v) if streams => validate = Some(v.checking_limits(route.json_limits)),
-            other => {
-                validate = other;
-                steps.push(Arc::new(j));
-            }
+        if streams {
+            validate = validate.map(|v| v.checking_limits(route.json_limits));
+        } else {
+            steps.push(Arc::new(j));
         }
     }
 

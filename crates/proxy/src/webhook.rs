@@ -92,15 +92,13 @@ struct Forward {
 /// How long a backend's answer body may take to arrive before its connection is dropped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-// The forwarded request's header names, parsed once: a name given as a string is parsed and
-// validated again on every insert.
-const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+// The forwarded request's own header names, parsed once: a name given as a string is parsed
+// and validated again on every insert. The Standard Webhooks names come from
+// `portcullis_webhooks`, the request id's from `portcullis_core`.
 const PORTCULLIS_WEBHOOK: HeaderName = HeaderName::from_static("x-portcullis-webhook");
 const PORTCULLIS_PROVIDER: HeaderName = HeaderName::from_static("x-portcullis-provider");
 const PORTCULLIS_EVENT_TYPE: HeaderName = HeaderName::from_static("x-portcullis-event-type");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static(portcullis_core::REQUEST_ID_HEADER);
 
 /// What the backend answered one delivery attempt.
 pub(crate) struct Sent {
@@ -460,9 +458,12 @@ impl WebhookEndpoint {
             |v: &str| HeaderValue::from_str(v).map_err(|e| GatewayError::BadGateway(Box::new(e)));
         // Sized for every header below, so the map never grows and rehashes.
         let mut h = HeaderMap::with_capacity(8);
-        h.insert(WEBHOOK_ID, value(id)?);
-        h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
-        h.insert(WEBHOOK_SIGNATURE, value(&signature)?);
+        h.insert(portcullis_webhooks::WEBHOOK_ID, value(id)?);
+        h.insert(
+            portcullis_webhooks::WEBHOOK_TIMESTAMP,
+            HeaderValue::from(ts),
+        );
+        h.insert(portcullis_webhooks::WEBHOOK_SIGNATURE, value(&signature)?);
         h.insert(PORTCULLIS_WEBHOOK, value(&self.config.id)?);
         h.insert(
             PORTCULLIS_PROVIDER,

@@ -44,6 +44,13 @@ pub use event::event_type;
 pub use signer::StandardSigner;
 pub use verifier::{Verified, Verifier};
 
+/// Standard Webhooks' `webhook-id` header: read by the verifier, set on forwarded deliveries.
+pub const WEBHOOK_ID: http::HeaderName = http::HeaderName::from_static("webhook-id");
+/// Standard Webhooks' `webhook-timestamp` header.
+pub const WEBHOOK_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("webhook-timestamp");
+/// Standard Webhooks' `webhook-signature` header.
+pub const WEBHOOK_SIGNATURE: http::HeaderName = http::HeaderName::from_static("webhook-signature");
+
 /// The largest signature header accepted, in bytes. Real ones are well under 1 KiB (a Standard
 /// Webhooks header with a v1 and a v1a signature is about 140 bytes).
 pub const MAX_SIGNATURE_HEADER: usize = 4096;

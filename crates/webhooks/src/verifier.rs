@@ -15,11 +15,9 @@ use crate::headers::{check_window, single, timestamp};
 use crate::{
     ConfigError, HmacAlgorithm, HmacScheme, Scheme, SigEncoding, VerifyError,
     MAX_ED25519_SIGNATURES, MAX_ID_LEN, MAX_SECRETS, MAX_SIGNATURES, MAX_SIGNATURE_HEADER,
+    WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
 
-const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const STRIPE_SIGNATURE: HeaderName = HeaderName::from_static("stripe-signature");
 const GITHUB_SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");
 const SLACK_SIGNATURE: HeaderName = HeaderName::from_static("x-slack-signature");
