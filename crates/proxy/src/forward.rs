@@ -317,7 +317,10 @@ struct BodyTimeout;
 
 pin_project_lite::pin_project! {
     /// A response body that fails once the route's total deadline passes or the upstream goes
-    /// quiet for longer than the read timeout. One timer, re-armed on every frame.
+    /// quiet for longer than the read timeout. One timer, moved to the last frame's idle
+    /// deadline only when the body has to wait: resetting a tokio `Sleep` registers it in the
+    /// timer wheel (a lock, and another to remove it on drop), and most small bodies arrive
+    /// whole with the head and never wait.
     struct Deadline {
         #[pin]
         inner: Body,
@@ -325,6 +328,8 @@ pin_project_lite::pin_project! {
         timer: Sleep,
         deadline: Instant,
         idle: Duration,
+        // When the latest frame arrived, until the timer has been moved to match it.
+        last_frame: Option<Instant>,
     }
 }
 
@@ -336,6 +341,7 @@ impl Deadline {
             timer: tokio::time::sleep_until(first),
             deadline,
             idle,
+            last_frame: None,
         }
     }
 }
@@ -348,19 +354,25 @@ impl HttpBody for Deadline {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = (*this.deadline).min(Instant::now() + *this.idle);
-                this.timer.reset(next);
+                *this.last_frame = Some(Instant::now());
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if let Some(at) = this.last_frame.take() {
+                    this.timer
+                        .as_mut()
+                        .reset((*this.deadline).min(at + *this.idle));
+                }
+                match this.timer.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -376,6 +388,115 @@ impl HttpBody for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use tokio::sync::mpsc;
+
+    /// A body fed frame by frame through a channel; silent while the sender is held.
+    fn channel_body() -> (mpsc::UnboundedSender<Bytes>, Body) {
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let frames = stream::unfold(rx, |mut rx| async move {
+            let b = rx.recv().await?;
+            Some((Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (tx, StreamBody::new(frames).boxed_unsync())
+    }
+
+    /// Reads `body` to its end or first error: the data frames and, if any, when it failed.
+    async fn drain(body: Deadline) -> (Vec<Bytes>, Option<Instant>) {
+        let mut body = Box::pin(body);
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => got.extend(f.into_data().ok()),
+                Err(e) => {
+                    assert!(e.is::<BodyTimeout>(), "{e}");
+                    return (got, Some(Instant::now()));
+                }
+            }
+        }
+        (got, None)
+    }
+
+    // Paused tokio time: the runtime jumps to the next timer when every task waits, so these
+    // run instantly and the instants they compare are virtual, exact and repeatable.
+    #[tokio::test(start_paused = true)]
+    async fn the_read_timeout_counts_from_the_latest_frame() {
+        let idle = Duration::from_secs(10);
+        let start = Instant::now();
+        let (tx, inner) = channel_body();
+        let body = Deadline::new(inner, start + Duration::from_secs(3600), idle);
+        let feeder = tokio::spawn(async move {
+            for i in 0..3u8 {
+                tx.send(Bytes::from(vec![i])).expect("the body is open");
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+            // Stay silent with the body still open.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(tx);
+        });
+        let (got, failed) = drain(body).await;
+        feeder.abort();
+        // Every frame came 6 s after the one before (inside the 10 s idle limit), so none is
+        // lost; the body fails 10 s after the last one, at 12 s + 10 s.
+        assert_eq!(
+            got,
+            vec![
+                Bytes::from_static(&[0]),
+                Bytes::from_static(&[1]),
+                Bytes::from_static(&[2])
+            ]
+        );
+        let failed = failed.expect("a silent body must time out");
+        assert_eq!(failed - start, Duration::from_secs(22));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_deadline_cuts_a_body_that_keeps_trickling() {
+        let idle = Duration::from_secs(10);
+        let start = Instant::now();
+        let (tx, inner) = channel_body();
+        let body = Deadline::new(inner, start + Duration::from_secs(25), idle);
+        let feeder = tokio::spawn(async move {
+            loop {
+                if tx.send(Bytes::from_static(b"x")).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+        });
+        let (got, failed) = drain(body).await;
+        feeder.abort();
+        // Frames at 0, 4, ..., 24 s: seven, then the route's total deadline at 25 s.
+        assert_eq!(got.len(), 7);
+        assert_eq!(
+            failed.expect("the total deadline must end it") - start,
+            Duration::from_secs(25)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_in_time_is_passed_on_whole() {
+        let start = Instant::now();
+        let (tx, inner) = channel_body();
+        let body = Deadline::new(
+            inner,
+            start + Duration::from_secs(30),
+            Duration::from_secs(10),
+        );
+        let feeder = tokio::spawn(async move {
+            tx.send(Bytes::from_static(b"a")).expect("the body is open");
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            tx.send(Bytes::from_static(b"b")).expect("the body is open");
+        });
+        let (got, failed) = drain(body).await;
+        feeder.await.expect("the feeder ends");
+        assert_eq!(
+            got,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert_eq!(failed, None);
+    }
 
     #[test]
     fn rewrite_templates_compile() {
