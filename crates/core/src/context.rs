@@ -37,8 +37,9 @@ pub struct RouteMatch {
     pub route_id: Arc<str>,
     /// The route's path template.
     pub template: Arc<str>,
-    /// Captured parameters, in template order.
-    pub params: Vec<(String, String)>,
+    /// Captured parameters, in template order: the name (shared with the routing table) and
+    /// the value as the request had it.
+    pub params: Vec<(Arc<str>, String)>,
 }
 
 impl RouteMatch {
@@ -46,7 +47,7 @@ impl RouteMatch {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| &**k == name)
             .map(|(_, v)| v.as_str())
     }
 }

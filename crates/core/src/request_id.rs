@@ -2,11 +2,12 @@
 //! and returned to the client, so one id ties the client's, the gateway's and the upstream's
 //! logs together.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::fmt;
 
-/// The header that carries the request id both ways.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The header that carries the request id both ways. A parsed name, not a string: a custom
+/// header name given as a string is parsed and copied into a new allocation on every insert.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request id: 1-128 characters of `[A-Za-z0-9._:-]`. Anything else a client sends is
 /// replaced, so an id can never smuggle log-injection or header-splitting characters.
@@ -35,9 +36,12 @@ impl RequestId {
         let bytes = fastrand::u128(..).to_le_bytes();
         let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = id.hyphenated().encode_lower(&mut text);
+        id.hyphenated().encode_lower(&mut text);
+        // Owned once, shared after: the id is set on the upstream request and the response,
+        // and a `HeaderValue` copied from a slice would allocate again on its first clone.
         RequestId(
-            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         )
     }
 
@@ -98,6 +102,19 @@ mod tests {
     #[test]
     fn generated_ids_differ() {
         assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+
+    #[test]
+    fn generated_ids_are_hyphenated_uuids_and_survive_clones() {
+        let id = RequestId::generate();
+        let text = id.as_str().to_string();
+        assert!(RequestId::is_valid(&text));
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.matches('-').count(), 4);
+        assert!(text
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(id.header_value().to_str().ok(), Some(text.as_str()));
     }
 }
 

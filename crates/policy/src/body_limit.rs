@@ -49,6 +49,11 @@ impl Policy for BodyLimit {
         "body_limit"
     }
 
+    /// A request without a body and without a declared length has nothing to limit.
+    fn applies(&self, req: &Request<Body>) -> bool {
+        !req.body().is_end_stream() || req.headers().contains_key(http::header::CONTENT_LENGTH)
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let limit = self.limit;
         if let Some(len) = req.headers().get(http::header::CONTENT_LENGTH) {

@@ -33,6 +33,15 @@ pub trait Policy: Send + Sync + 'static {
     /// Name used in logs and metrics.
     fn name(&self) -> &'static str;
 
+    /// Whether this policy has anything to do for `req`: a cheap, synchronous look at the
+    /// head. When it answers `false` neither phase runs for this request (and no future is
+    /// boxed for it). The default is `true`; answer `false` only where passing the request on
+    /// untouched is exactly what `on_request` would do, so skipping can never let through
+    /// what the policy would refuse.
+    fn applies(&self, _req: &Request<Body>) -> bool {
+        true
+    }
+
     /// Runs before the upstream is called, in chain order. An `Err` becomes a problem+json
     /// response, which still travels back through the earlier policies' `on_response`.
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
@@ -101,9 +110,18 @@ impl Chain {
         let mut holds: Vec<HoldUntilSent> = Vec::new();
         let mut pending = Some(req);
         let mut passed = 0;
+        // Policies (among the first 64) that did not apply to this request: their response
+        // phase is skipped too. Past 64, every policy runs both phases.
+        let mut skipped: u64 = 0;
         let mut early = None;
-        for policy in self.policies.iter() {
+        for (i, policy) in self.policies.iter().enumerate() {
             let Some(req) = pending.take() else { break };
+            if i < 64 && !policy.applies(&req) {
+                skipped |= 1 << i;
+                pending = Some(req);
+                passed += 1;
+                continue;
+            }
             match policy.on_request(req).await {
                 Ok(Flow::Continue(mut next)) => {
                     if let Some(h) = next.extensions_mut().remove::<ResponseHeaders>() {
@@ -140,7 +158,10 @@ impl Chain {
         for (name, value) in extra.iter() {
             res.headers_mut().append(name.clone(), value.clone());
         }
-        for policy in self.policies[..passed].iter().rev() {
+        for (i, policy) in self.policies[..passed].iter().enumerate().rev() {
+            if i < 64 && skipped & (1 << i) != 0 {
+                continue;
+            }
             res = match policy.on_response(res, &ctx).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e, &ctx),
@@ -190,5 +211,108 @@ impl http_body::Body for Held {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use portcullis_core::RequestId;
+    use std::sync::Mutex;
+
+    /// Records which phases ran, tagging requests and responses with its name as they pass.
+    struct Recorder {
+        name: &'static str,
+        applies_to_bodies_only: bool,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Policy for Recorder {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn applies(&self, req: &Request<Body>) -> bool {
+            !self.applies_to_bodies_only || !req.body().is_end_stream()
+        }
+        async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+            self.log
+                .lock()
+                .expect("log")
+                .push(format!("{} request", self.name));
+            Ok(Flow::Continue(req))
+        }
+        async fn on_response(
+            &self,
+            res: Response<Body>,
+            _ctx: &RequestContext,
+        ) -> Result<Response<Body>, GatewayError> {
+            self.log
+                .lock()
+                .expect("log")
+                .push(format!("{} response", self.name));
+            Ok(res)
+        }
+    }
+
+    struct Ok200;
+
+    #[async_trait]
+    impl Terminal for Ok200 {
+        async fn call(&self, _req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+            Ok(Response::new(portcullis_core::empty()))
+        }
+    }
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            request_id: RequestId::generate(),
+            peer: ([127, 0, 0, 1], 1).into(),
+            client_ip: [127, 0, 0, 1].into(),
+            tls: false,
+            received_at: std::time::Instant::now(),
+            client_cert: None,
+            identity: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_that_does_not_apply_runs_neither_phase_and_the_others_still_do() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let step = |name, bodies_only| -> Arc<dyn Policy> {
+            Arc::new(Recorder {
+                name,
+                applies_to_bodies_only: bodies_only,
+                log: log.clone(),
+            })
+        };
+        let chain = Chain::new(
+            vec![step("a", false), step("b", true), step("c", false)],
+            Arc::new(Ok200),
+        );
+
+        chain
+            .run(Request::new(portcullis_core::empty()), &ctx())
+            .await;
+        assert_eq!(
+            std::mem::take(&mut *log.lock().expect("log")),
+            ["a request", "c request", "c response", "a response"]
+        );
+
+        chain
+            .run(Request::new(portcullis_core::full("x")), &ctx())
+            .await;
+        assert_eq!(
+            std::mem::take(&mut *log.lock().expect("log")),
+            [
+                "a request",
+                "b request",
+                "c request",
+                "c response",
+                "b response",
+                "a response"
+            ]
+        );
     }
 }

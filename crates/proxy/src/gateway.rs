@@ -311,7 +311,9 @@ impl Gateway {
             tracing::debug!(target: "portcullis::request", request_id = %ctx.request_id, headers = %self.header_redactor.headers_for_log(req.headers()), "request headers");
         }
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // The access line's path: the URI shares the bytes hyper read (a reference-count
+        // increment, where a copy of the path was an allocation per request).
+        let uri = req.uri().clone();
 
         // 2-4. Head limits, path hygiene and routing; 5. the route's policy chain.
         let (mut res, route) = match self.admit(&generation, req, &ctx).await {
@@ -326,7 +328,7 @@ impl Gateway {
             &Outcome {
                 ctx: &ctx,
                 method: &method,
-                path: &path,
+                path: uri.path(),
                 route: &route,
                 status: res.status(),
                 error: res.extensions().get::<ErrorInfo>(),

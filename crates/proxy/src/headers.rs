@@ -110,13 +110,15 @@ pub(crate) fn set_forwarding(
             || k == X_FORWARDED_HOST
     });
 
+    // Both values are written into one buffer and cut out of it: two header values sharing
+    // one allocation (two `Vec`s turned into `Bytes` cost four).
+    let mut buf: Vec<u8> = Vec::with_capacity(160 + host.map_or(0, HeaderValue::len));
     // What earlier proxies recorded is kept only when a trusted proxy passed it on.
-    let mut xff: Vec<u8> = Vec::with_capacity(64);
-    let mut fwd: Vec<u8> = Vec::with_capacity(96);
+    let mut fwd_before: Vec<u8> = Vec::new();
     if present {
         if from_trusted {
-            join_values(h, &X_FORWARDED_FOR, &mut xff);
-            join_values(h, &header::FORWARDED, &mut fwd);
+            join_values(h, &X_FORWARDED_FOR, &mut buf);
+            join_values(h, &header::FORWARDED, &mut fwd_before);
         } else {
             h.remove(X_FORWARDED_PROTO);
             h.remove(X_FORWARDED_HOST);
@@ -125,34 +127,37 @@ pub(crate) fn set_forwarding(
         h.remove(header::FORWARDED);
     }
 
-    if !xff.is_empty() {
-        xff.extend_from_slice(b", ");
+    if !buf.is_empty() {
+        buf.extend_from_slice(b", ");
     }
-    push_ip(&mut xff, peer_ip);
-    if !fwd.is_empty() {
-        fwd.extend_from_slice(b", ");
+    push_ip(&mut buf, peer_ip);
+    let xff_end = buf.len();
+    if !fwd_before.is_empty() {
+        buf.extend_from_slice(&fwd_before);
+        buf.extend_from_slice(b", ");
     }
-    fwd.extend_from_slice(b"for=");
+    buf.extend_from_slice(b"for=");
     match peer_ip {
-        IpAddr::V4(_) => push_ip(&mut fwd, peer_ip),
+        IpAddr::V4(_) => push_ip(&mut buf, peer_ip),
         IpAddr::V6(_) => {
-            fwd.extend_from_slice(b"\"[");
-            push_ip(&mut fwd, peer_ip);
-            fwd.extend_from_slice(b"]\"");
+            buf.extend_from_slice(b"\"[");
+            push_ip(&mut buf, peer_ip);
+            buf.extend_from_slice(b"]\"");
         }
     }
-    fwd.extend_from_slice(b";proto=");
-    fwd.extend_from_slice(proto.as_bytes());
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(proto.as_bytes());
     if let Some(host) = host.and_then(|v| v.to_str().ok()) {
-        fwd.extend_from_slice(b";host=\"");
-        fwd.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
-        fwd.push(b'"');
+        buf.extend_from_slice(b";host=\"");
+        buf.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+        buf.push(b'"');
     }
 
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    let both = bytes::Bytes::from(buf);
+    if let Ok(v) = HeaderValue::from_maybe_shared(both.slice(..xff_end)) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(both.slice(xff_end..)) {
         h.insert(header::FORWARDED, v);
     }
     if !present || !h.contains_key(X_FORWARDED_PROTO) {

@@ -16,6 +16,8 @@ pub(crate) struct CompiledRoute {
 /// All routes that share one path template (they differ by method).
 struct PathEntry {
     template: Arc<str>,
+    /// The template's parameter names, so a match shares them instead of copying each.
+    param_names: Vec<Arc<str>>,
     routes: Vec<CompiledRoute>,
 }
 
@@ -46,6 +48,7 @@ impl RouteTable {
             .insert(template.clone(), self.entries.len())
             .map_err(|e| e.to_string())?;
         self.entries.push(PathEntry {
+            param_names: param_names(&template),
             template: Arc::from(template),
             routes: vec![route],
         });
@@ -74,7 +77,15 @@ impl RouteTable {
                 let params = m
                     .params
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| {
+                        let name = entry
+                            .param_names
+                            .iter()
+                            .find(|n| ***n == *k)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::from(k));
+                        (name, v.to_string())
+                    })
                     .collect();
                 Lookup::Found(
                     route,
@@ -103,6 +114,16 @@ impl RouteTable {
     pub(crate) fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
         self.entries.iter().flat_map(|e| e.routes.iter())
     }
+}
+
+/// The names of a template's `{name}` and `{*name}` parameters, in order.
+fn param_names(template: &str) -> Vec<Arc<str>> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}'))
+        .map(|(name, _)| Arc::from(name.trim_start_matches('*')))
+        .collect()
 }
 
 /// Refuses paths that different servers would interpret differently: dot segments (also
@@ -136,6 +157,14 @@ pub fn check_path(path: &str) -> Result<(), MalformedKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_parameter_names_are_read_in_order() {
+        let names = param_names("/v2/{id}/items/{*rest}");
+        let names: Vec<&str> = names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["id", "rest"]);
+        assert!(param_names("/health").is_empty());
+    }
 
     #[test]
     fn risky_paths_are_refused() {

@@ -98,7 +98,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 const PORTCULLIS_WEBHOOK: HeaderName = HeaderName::from_static("x-portcullis-webhook");
 const PORTCULLIS_PROVIDER: HeaderName = HeaderName::from_static("x-portcullis-provider");
 const PORTCULLIS_EVENT_TYPE: HeaderName = HeaderName::from_static("x-portcullis-event-type");
-const REQUEST_ID: HeaderName = HeaderName::from_static(portcullis_core::REQUEST_ID_HEADER);
+const REQUEST_ID: HeaderName = portcullis_core::REQUEST_ID_HEADER;
 
 /// What the backend answered one delivery attempt.
 pub(crate) struct Sent {
