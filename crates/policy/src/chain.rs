@@ -215,7 +215,7 @@ impl http_body::Body for Held {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http_body::Body as _;
     use portcullis_core::RequestId;
@@ -265,7 +265,8 @@ mod tests {
         }
     }
 
-    fn ctx() -> RequestContext {
+    /// A request's context as the gateway would build it, for the policy crate's tests.
+    pub(crate) fn ctx() -> RequestContext {
         RequestContext {
             request_id: RequestId::generate(),
             peer: ([127, 0, 0, 1], 1).into(),

@@ -60,12 +60,13 @@ impl Policy for Concurrency {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::chain::tests::ctx;
     use crate::{Chain, Terminal};
     use bytes::Bytes;
     use http::{Response, StatusCode};
     use http_body::Frame;
     use http_body_util::{BodyExt, StreamBody};
-    use portcullis_core::{BoxError, RequestContext, RequestId};
+    use portcullis_core::BoxError;
     use tokio::sync::mpsc;
 
     /// Answers with a body that streams whatever the test sends into `tx`.
@@ -81,18 +82,6 @@ mod tests {
                     .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
             });
             Ok(Response::new(StreamBody::new(frames).boxed_unsync()))
-        }
-    }
-
-    fn ctx() -> RequestContext {
-        RequestContext {
-            request_id: RequestId::generate(),
-            peer: ([127, 0, 0, 1], 1).into(),
-            client_ip: [127, 0, 0, 1].into(),
-            tls: false,
-            received_at: std::time::Instant::now(),
-            client_cert: None,
-            identity: None,
         }
     }
 
