@@ -28,8 +28,8 @@ use std::{
 };
 use tokio::time::{Instant, Sleep};
 
-/// One piece of a rewrite template.
-enum Part {
+/// One piece of a path or rewrite template.
+pub(crate) enum Part {
     Literal(String),
     Param(String),
 }
@@ -194,7 +194,7 @@ impl Forwarder {
     }
 }
 
-fn compile_template(t: &str) -> Vec<Part> {
+pub(crate) fn compile_template(t: &str) -> Vec<Part> {
     let mut parts = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find('{') {

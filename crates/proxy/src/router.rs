@@ -1,5 +1,6 @@
 //! Request path checks and route lookup (matchit, one tree for all methods).
 
+use crate::forward::{compile_template, Part};
 use http::Method;
 use portcullis_config::RouteConfig;
 use portcullis_core::{MalformedKind, RouteMatch};
@@ -118,11 +119,12 @@ impl RouteTable {
 
 /// The names of a template's `{name}` and `{*name}` parameters, in order.
 fn param_names(template: &str) -> Vec<Arc<str>> {
-    template
-        .split('{')
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}'))
-        .map(|(name, _)| Arc::from(name.trim_start_matches('*')))
+    compile_template(template)
+        .into_iter()
+        .filter_map(|p| match p {
+            Part::Param(name) => Some(Arc::from(name)),
+            Part::Literal(_) => None,
+        })
         .collect()
 }
 
