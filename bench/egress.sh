@@ -2,6 +2,9 @@
 # Egress benchmark (issue 7): GET through an egress integration (workflow API key, allowlist,
 # credential injected from the vault, SSRF-guarded client, response scrubbing) versus calling
 # the upstream directly, in the same run. Reports throughput ratio and added p50 latency.
+# nginx as a plain reverse proxy to the same upstream is measured in the same rounds: on a
+# machine where wrk, the upstream and the proxy share the cores, it shows what any proxy in
+# the path costs against calling the upstream directly.
 # Usage: bench/egress.sh   (env: DURATION, CONNS, THREADS, ROUNDS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +18,9 @@ ROUNDS=${ROUNDS:-3}
 UP_PORT=${UP_PORT:-18381}
 PCL_PORT=${PCL_PORT:-18383}
 PCL_ADMIN=${PCL_ADMIN:-18384}
+NGINX_PORT=${NGINX_PORT:-18385}
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+need wrk && need nginx || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
 cargo build --release --quiet
 BIN=${BIN:-target/release/portcullis}   # BIN=another/portcullis to measure another build
 OUT=bench/out-egress
@@ -24,6 +28,7 @@ rm -rf "$OUT"; mkdir -p "$OUT/logs"
 
 "$BIN" upstream --listen 127.0.0.1:$UP_PORT >"$OUT/logs/upstream.log" 2>&1 & pids+=($!)
 wait_port $UP_PORT
+start_nginx "$OUT" $NGINX_PORT $UP_PORT
 cat >"$OUT/portcullis.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PCL_PORT"
@@ -54,6 +59,7 @@ run() { # name round url [header]
 wrk -t1 -c8 -d2s -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PCL_PORT/egress/api/bench/item" >/dev/null
 for r in $(seq 1 "$ROUNDS"); do
   run direct "$r" "http://127.0.0.1:$UP_PORT/bench/item"
+  run nginx "$r" "http://127.0.0.1:$NGINX_PORT/bench/item"
   run egress "$r" "http://127.0.0.1:$PCL_PORT/egress/api/bench/item" "Authorization: Bearer $KEY"
 done
 echo "GET; wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median; machine: $(nproc) cores, $(uname -r)"
@@ -62,8 +68,9 @@ awk '
   function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
   END {
     printf "%-8s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
-    split("direct egress", order, " ")
-    for (k=1;k<=2;k++) { t=order[k]; R[t]=median(rps[t]); P[t]=median(p50[t]); printf "%-8s %12.0f %10.3f %10.3f\n", t, R[t], P[t], median(p99[t]) }
+    split("direct nginx egress", order, " ")
+    for (k=1;k<=3;k++) { t=order[k]; R[t]=median(rps[t]); P[t]=median(p50[t]); printf "%-8s %12.0f %10.3f %10.3f\n", t, R[t], P[t], median(p99[t]) }
     printf "\negress / direct throughput: %.2fx (target >= 0.80x)\n", R["egress"]/R["direct"]
     printf "added p50 latency:          %+.3f ms (target < 0.300 ms)\n", P["egress"]-P["direct"]
+    printf "for scale, nginx / direct:  %.2fx, nginx added p50 %+.3f ms; egress / nginx %.2fx\n", R["nginx"]/R["direct"], P["nginx"]-P["direct"], R["egress"]/R["nginx"]
   }' "$OUT/results.txt" | tee "$OUT/summary.txt"
