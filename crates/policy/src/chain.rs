@@ -237,10 +237,7 @@ pub(crate) mod tests {
             !self.applies_to_bodies_only || !req.body().is_end_stream()
         }
         async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
-            self.log
-                .lock()
-                .expect("log")
-                .push(format!("{} request", self.name));
+            self.note("request");
             Ok(Flow::Continue(req))
         }
         async fn on_response(
@@ -248,11 +245,15 @@ pub(crate) mod tests {
             res: Response<Body>,
             _ctx: &RequestContext,
         ) -> Result<Response<Body>, GatewayError> {
-            self.log
-                .lock()
-                .expect("log")
-                .push(format!("{} response", self.name));
+            self.note("response");
             Ok(res)
+        }
+    }
+
+    impl Recorder {
+        fn note(&self, phase: &str) {
+            let entry = format!("{} {phase}", self.name);
+            self.log.lock().expect("log").push(entry);
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::{
     client::{SendFailure, Transport},
     headers::{set_forwarding, strip_hop_by_hop},
+    template::{compile_template, Part},
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,12 +28,6 @@ use std::{
     time::Duration,
 };
 use tokio::time::{Instant, Sleep};
-
-/// One piece of a path or rewrite template.
-pub(crate) enum Part {
-    Literal(String),
-    Param(String),
-}
 
 /// Forwards a route's requests to its upstream.
 pub(crate) struct Forwarder {
@@ -192,27 +187,6 @@ impl Forwarder {
             }
         }
     }
-}
-
-pub(crate) fn compile_template(t: &str) -> Vec<Part> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
-            break;
-        };
-        if open > 0 {
-            parts.push(Part::Literal(rest[..open].to_string()));
-        }
-        parts.push(Part::Param(
-            rest[open + 1..close].trim_start_matches('*').to_string(),
-        ));
-        rest = &rest[close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Literal(rest.to_string()));
-    }
-    parts
 }
 
 #[async_trait]
@@ -402,6 +376,17 @@ mod tests {
         (tx, StreamBody::new(frames).boxed_unsync())
     }
 
+    /// A `Deadline` over a channel-fed body, with the total deadline `total` from now: the
+    /// start instant, the feeding end and the body.
+    fn deadline_body(
+        total: Duration,
+        idle: Duration,
+    ) -> (Instant, mpsc::UnboundedSender<Bytes>, Deadline) {
+        let start = Instant::now();
+        let (tx, inner) = channel_body();
+        (start, tx, Deadline::new(inner, start + total, idle))
+    }
+
     /// Reads `body` to its end or first error: the data frames and, if any, when it failed.
     async fn drain(body: Deadline) -> (Vec<Bytes>, Option<Instant>) {
         let mut body = Box::pin(body);
@@ -422,10 +407,7 @@ mod tests {
     // run instantly and the instants they compare are virtual, exact and repeatable.
     #[tokio::test(start_paused = true)]
     async fn the_read_timeout_counts_from_the_latest_frame() {
-        let idle = Duration::from_secs(10);
-        let start = Instant::now();
-        let (tx, inner) = channel_body();
-        let body = Deadline::new(inner, start + Duration::from_secs(3600), idle);
+        let (start, tx, body) = deadline_body(Duration::from_secs(3600), Duration::from_secs(10));
         let feeder = tokio::spawn(async move {
             for i in 0..3u8 {
                 tx.send(Bytes::from(vec![i])).expect("the body is open");
@@ -453,10 +435,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_total_deadline_cuts_a_body_that_keeps_trickling() {
-        let idle = Duration::from_secs(10);
-        let start = Instant::now();
-        let (tx, inner) = channel_body();
-        let body = Deadline::new(inner, start + Duration::from_secs(25), idle);
+        let (start, tx, body) = deadline_body(Duration::from_secs(25), Duration::from_secs(10));
         let feeder = tokio::spawn(async move {
             loop {
                 if tx.send(Bytes::from_static(b"x")).is_err() {
@@ -477,13 +456,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_in_time_is_passed_on_whole() {
-        let start = Instant::now();
-        let (tx, inner) = channel_body();
-        let body = Deadline::new(
-            inner,
-            start + Duration::from_secs(30),
-            Duration::from_secs(10),
-        );
+        let (_, tx, body) = deadline_body(Duration::from_secs(30), Duration::from_secs(10));
         let feeder = tokio::spawn(async move {
             tx.send(Bytes::from_static(b"a")).expect("the body is open");
             tokio::time::sleep(Duration::from_secs(9)).await;
@@ -496,18 +469,5 @@ mod tests {
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
         assert_eq!(failed, None);
-    }
-
-    #[test]
-    fn rewrite_templates_compile() {
-        let parts = compile_template("/v2/{id}/items/{*rest}");
-        let shown: Vec<String> = parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => format!("L({s})"),
-                Part::Param(s) => format!("P({s})"),
-            })
-            .collect();
-        assert_eq!(shown, ["L(/v2/)", "P(id)", "L(/items/)", "P(rest)"]);
     }
 }

@@ -19,6 +19,7 @@ mod outbox_worker;
 mod pool;
 mod router;
 mod server;
+mod template;
 mod tls;
 mod webhook;
 mod webhook_failures;

@@ -1,6 +1,6 @@
 //! Request path checks and route lookup (matchit, one tree for all methods).
 
-use crate::forward::{compile_template, Part};
+use crate::template::{compile_template, Part};
 use http::Method;
 use portcullis_config::RouteConfig;
 use portcullis_core::{MalformedKind, RouteMatch};
