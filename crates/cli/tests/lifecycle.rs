@@ -164,13 +164,25 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = upstream::start(None).await;
     let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");
-    let mut gw = Gw::start(&format!("{}{slow}", server_section("")));
+    // Idle connections are closed by the drain, not by the header read timeout, which is
+    // set past the grace period here.
+    let mut gw = Gw::start(&format!(
+        "{}{slow}",
+        server_section("header_read_timeout = \"60s\"")
+    ));
     let url = gw.url("/sleep/1500");
     let pending =
         tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     let arrived =
         tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
     assert!(arrived.is_ok());
+    // An idle keep-alive connection too: the drain must close it, not wait for the client.
+    let idle = client();
+    assert_eq!(
+        idle.get(gw.url("/sleep/1")).send().await.unwrap().status(),
+        200
+    );
+    let _ = up.arrivals.lock().await.try_recv();
     gw.signal("TERM");
     // Readiness drops and new connections are refused while the slow request completes.
     assert!(
@@ -186,6 +198,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .expect("gateway did not exit");
     assert_eq!(exit.code(), Some(0));
     assert!(std::net::TcpStream::connect(gw.data).is_err());
+    // Every connection closed within the grace period, the idle one included.
+    let all = gw.stdout.all();
+    assert!(all.contains("all connections drained"), "{all}");
+    drop(idle);
 }
 
 #[tokio::test]

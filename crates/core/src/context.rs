@@ -2,10 +2,11 @@
 //! extensions by the connection layer; policies read it (and later issues add the verified
 //! identity to it).
 
-use crate::RequestId;
+use crate::{text::push_ip, RequestId};
+use http::HeaderValue;
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::Instant,
 };
 
@@ -28,6 +29,59 @@ pub struct RequestContext {
     /// The verified caller, once authentication has run. Policies set the `Identity`
     /// extension on the request; the chain copies it here for the response phase.
     pub identity: Option<crate::Identity>,
+    /// What the connection's requests share; see [`Connection`].
+    pub connection: Arc<Connection>,
+}
+
+/// What the gateway derives from a client connection alone, worked out once for all of its
+/// requests: formatting the peer's address and the `Forwarded` value on every request was
+/// ~1,000 instructions of the no-policy route's budget (`bench/RESULTS.md`).
+#[derive(Debug)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The connection arrived over TLS.
+    pub tls: bool,
+    /// The client certificate the TLS listener verified, if the client presented one.
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// The TCP peer's address, IPv4-mapped IPv6 normalised to IPv4 (as [`RequestContext`]'s
+    /// `client_ip` is when the peer is not a trusted proxy).
+    pub peer_ip: IpAddr,
+    /// `peer_ip` as text: the `X-Forwarded-For` entry this gateway adds, and the access
+    /// log's client address when the client is the peer.
+    pub peer_text: HeaderValue,
+    /// The `Forwarded` value for this connection and the first `Host` it sent: (`Host`,
+    /// value). Requests with another `Host` build their own.
+    pub forwarded: OnceLock<(Option<HeaderValue>, HeaderValue)>,
+}
+
+impl Connection {
+    /// The facts of a connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool, client_cert: Option<Arc<ClientCert>>) -> Self {
+        let peer_ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
+            v4 => v4,
+        };
+        let mut text = Vec::with_capacity(40);
+        push_ip(&mut text, peer_ip);
+        Connection {
+            peer,
+            tls,
+            client_cert,
+            peer_ip,
+            // An address's text is always a valid header value.
+            peer_text: HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded: OnceLock::new(),
+        }
+    }
+
+    /// The peer's text, when `ip` is the peer's (normalised) address.
+    pub fn text_of(&self, ip: IpAddr) -> Option<&str> {
+        (ip == self.peer_ip)
+            .then(|| self.peer_text.to_str().ok())
+            .flatten()
+    }
 }
 
 /// The declared route a request matched, with its captured path parameters.

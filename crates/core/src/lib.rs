@@ -12,7 +12,7 @@ pub mod text;
 pub use body::{
     client_body, empty, find_cause, full, Body, BodyTooSlow, BoxError, ClientBodyError,
 };
-pub use context::{ClientCert, RequestContext, RouteMatch};
+pub use context::{ClientCert, Connection, RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
 pub use identity::{AuthKind, Identity};
 pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};

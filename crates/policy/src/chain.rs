@@ -104,6 +104,14 @@ impl Chain {
     /// Runs the request through the chain. Always produces a response: errors become
     /// problem+json here, at the step that failed, so earlier policies see them too.
     pub async fn run(&self, req: Request<Body>, ctx: &RequestContext) -> Response<Body> {
+        if self.policies.is_empty() {
+            // A route without policies: nothing to collect or replay around the terminal,
+            // so none of the bookkeeping below (a context clone, the loop's state).
+            return match self.terminal.call(req).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e, ctx),
+            };
+        }
         // The response phase sees the identity that authentication established.
         let mut ctx = ctx.clone();
         let mut extra = http::HeaderMap::new();
@@ -276,6 +284,11 @@ pub(crate) mod tests {
             received_at: std::time::Instant::now(),
             client_cert: None,
             identity: None,
+            connection: Arc::new(portcullis_core::Connection::new(
+                ([127, 0, 0, 1], 1).into(),
+                false,
+                None,
+            )),
         }
     }
 

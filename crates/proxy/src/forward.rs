@@ -148,15 +148,15 @@ impl Forwarder {
         PathAndQuery::try_from(pq).map_err(|_| GatewayError::Malformed(MalformedKind::InvalidPath))
     }
 
-    /// Sends the prepared request and waits for the answer's head, at most `wait`.
+    /// Sends the prepared request and waits for the answer's head, until `until` at most.
     async fn exchange(
         &self,
         req: Request<Body>,
         path: PathAndQuery,
-        wait: Duration,
+        until: Instant,
     ) -> Result<Response<Body>, GatewayError> {
-        let sent = tokio::time::timeout(
-            wait,
+        let sent = tokio::time::timeout_at(
+            until,
             self.transport
                 .send(req, &self.upstream.scheme, &self.upstream.authority, path),
         )
@@ -209,8 +209,7 @@ impl Terminal for Forwarder {
         strip_hop_by_hop(headers);
         set_forwarding(
             headers,
-            ctx.peer,
-            ctx.tls,
+            &ctx.connection,
             client_host.as_ref(),
             &self.trusted_proxies,
         );
@@ -244,9 +243,11 @@ impl Terminal for Forwarder {
         }
         *req.version_mut() = Version::HTTP_11;
 
-        let deadline = Instant::now() + self.timeouts.total;
-        let head_wait = self.timeouts.read.min(self.timeouts.total);
-        let res = self.exchange(req, path, head_wait).await?;
+        // One clock read for both deadlines.
+        let now = Instant::now();
+        let deadline = now + self.timeouts.total;
+        let head_until = now + self.timeouts.read.min(self.timeouts.total);
+        let res = self.exchange(req, path, head_until).await?;
 
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);

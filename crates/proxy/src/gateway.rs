@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use portcullis_config::{Config, ServerConfig};
 use portcullis_core::{
-    problem_response, Body, ClientCert, ErrorInfo, GatewayError, RequestContext, RequestId,
+    problem_response, Body, Connection, ErrorInfo, GatewayError, RequestContext, RequestId,
     REQUEST_ID_HEADER,
 };
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
@@ -27,7 +27,6 @@ use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
 use portcullis_vault::Vault;
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -289,10 +288,9 @@ impl Gateway {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
-        client_cert: Option<Arc<ClientCert>>,
+        connection: &Arc<Connection>,
     ) -> Response<Body> {
+        let peer = connection.peer;
         let generation = self.current.load_full();
         let received_at = Instant::now();
 
@@ -302,10 +300,11 @@ impl Gateway {
             request_id: RequestId::from_header_or_new(req.headers().get(REQUEST_ID_HEADER)),
             peer,
             client_ip: client_ip(peer.ip(), req.headers(), &generation.trusted),
-            tls,
+            tls: connection.tls,
             received_at,
-            client_cert,
+            client_cert: connection.client_cert.clone(),
             identity: None,
+            connection: connection.clone(),
         };
         if tracing::enabled!(target: "portcullis::request", tracing::Level::DEBUG) {
             tracing::debug!(target: "portcullis::request", request_id = %ctx.request_id, headers = %self.header_redactor.headers_for_log(req.headers()), "request headers");

@@ -3,8 +3,8 @@
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use portcullis_core::text::push_ip;
-use std::net::{IpAddr, SocketAddr};
+use portcullis_core::Connection;
+use std::net::IpAddr;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the non-standard ones proxies also drop.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -92,14 +92,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 /// upstream. From an untrusted peer, whatever forwarding headers it sent are discarded first.
 pub(crate) fn set_forwarding(
     h: &mut HeaderMap,
-    peer: SocketAddr,
-    tls: bool,
+    conn: &Connection,
     host: Option<&HeaderValue>,
     proxies: &[IpNet],
 ) {
-    let peer_ip = normalise(peer.ip());
-    let from_trusted = trusted(peer_ip, proxies);
-    let proto = if tls { "https" } else { "http" };
+    let proto = if conn.tls { "https" } else { "http" };
 
     // Most requests carry none of the four: one pass over the names (a standard name and a
     // custom one compare without hashing) instead of six hashed lookups that find nothing.
@@ -110,54 +107,26 @@ pub(crate) fn set_forwarding(
             || k == X_FORWARDED_HOST
     });
 
-    // Both values are written into one buffer and cut out of it: two header values sharing
-    // one allocation (two `Vec`s turned into `Bytes` cost four).
-    let mut buf: Vec<u8> = Vec::with_capacity(160 + host.map_or(0, HeaderValue::len));
-    // What earlier proxies recorded is kept only when a trusted proxy passed it on.
-    let mut fwd_before: Vec<u8> = Vec::new();
-    if present {
-        if from_trusted {
-            join_values(h, &X_FORWARDED_FOR, &mut buf);
-            join_values(h, &header::FORWARDED, &mut fwd_before);
-        } else {
-            h.remove(X_FORWARDED_PROTO);
-            h.remove(X_FORWARDED_HOST);
-        }
-        h.remove(X_FORWARDED_FOR);
-        h.remove(header::FORWARDED);
-    }
-
-    if !buf.is_empty() {
-        buf.extend_from_slice(b", ");
-    }
-    push_ip(&mut buf, peer_ip);
-    let xff_end = buf.len();
-    if !fwd_before.is_empty() {
-        buf.extend_from_slice(&fwd_before);
-        buf.extend_from_slice(b", ");
-    }
-    buf.extend_from_slice(b"for=");
-    match peer_ip {
-        IpAddr::V4(_) => push_ip(&mut buf, peer_ip),
-        IpAddr::V6(_) => {
-            buf.extend_from_slice(b"\"[");
-            push_ip(&mut buf, peer_ip);
-            buf.extend_from_slice(b"]\"");
-        }
-    }
-    buf.extend_from_slice(b";proto=");
-    buf.extend_from_slice(proto.as_bytes());
-    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
-        buf.extend_from_slice(b";host=\"");
-        buf.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
-        buf.push(b'"');
-    }
-
-    let both = bytes::Bytes::from(buf);
-    if let Ok(v) = HeaderValue::from_maybe_shared(both.slice(..xff_end)) {
+    let (xff, forwarded) = if present {
+        forwarding_after(h, conn, host, proxies)
+    } else {
+        // Nothing earlier to extend: the values depend on the connection and `Host` alone,
+        // so the connection's first request works them out for the others.
+        let forwarded = match conn.forwarded.get() {
+            Some((h, v)) if h.as_ref() == host => Some(v.clone()),
+            _ => None,
+        };
+        let forwarded = forwarded.or_else(|| {
+            let v = forwarded_value(&[], conn, host)?;
+            let _ = conn.forwarded.set((host.cloned(), v.clone()));
+            Some(v)
+        });
+        (Some(conn.peer_text.clone()), forwarded)
+    };
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(both.slice(xff_end..)) {
+    if let Some(v) = forwarded {
         h.insert(header::FORWARDED, v);
     }
     if !present || !h.contains_key(X_FORWARDED_PROTO) {
@@ -168,6 +137,66 @@ pub(crate) fn set_forwarding(
             h.insert(X_FORWARDED_HOST, host.clone());
         }
     }
+}
+
+/// `X-Forwarded-For` and `Forwarded` when the request carries forwarding headers: extended
+/// when a trusted proxy passed them on, otherwise discarded (with the proto and host ones).
+fn forwarding_after(
+    h: &mut HeaderMap,
+    conn: &Connection,
+    host: Option<&HeaderValue>,
+    proxies: &[IpNet],
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let mut xff: Vec<u8> = Vec::with_capacity(64);
+    // What earlier proxies recorded is kept only when a trusted proxy passed it on.
+    let mut fwd_before: Vec<u8> = Vec::new();
+    if trusted(conn.peer_ip, proxies) {
+        join_values(h, &X_FORWARDED_FOR, &mut xff);
+        join_values(h, &header::FORWARDED, &mut fwd_before);
+    } else {
+        h.remove(X_FORWARDED_PROTO);
+        h.remove(X_FORWARDED_HOST);
+    }
+    h.remove(X_FORWARDED_FOR);
+    h.remove(header::FORWARDED);
+    if !xff.is_empty() {
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(conn.peer_text.as_bytes());
+    (
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).ok(),
+        forwarded_value(&fwd_before, conn, host),
+    )
+}
+
+/// `Forwarded` (RFC 7239): the earlier elements, if any, then this hop's.
+fn forwarded_value(
+    before: &[u8],
+    conn: &Connection,
+    host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let mut buf: Vec<u8> = Vec::with_capacity(96 + before.len() + host.map_or(0, HeaderValue::len));
+    if !before.is_empty() {
+        buf.extend_from_slice(before);
+        buf.extend_from_slice(b", ");
+    }
+    buf.extend_from_slice(b"for=");
+    match conn.peer_ip {
+        IpAddr::V4(_) => buf.extend_from_slice(conn.peer_text.as_bytes()),
+        IpAddr::V6(_) => {
+            buf.extend_from_slice(b"\"[");
+            buf.extend_from_slice(conn.peer_text.as_bytes());
+            buf.extend_from_slice(b"]\"");
+        }
+    }
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(if conn.tls { b"https" } else { b"http" });
+    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+        buf.extend_from_slice(b";host=\"");
+        buf.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+        buf.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).ok()
 }
 
 /// Appends every value of `name`, joined by ", " (the values that are text).
@@ -183,6 +212,7 @@ fn join_values(h: &HeaderMap, name: &HeaderName, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().filter_map(|n| n.parse().ok()).collect()
@@ -254,8 +284,7 @@ mod tests {
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         set_forwarding(
             &mut h,
-            peer,
-            false,
+            &Connection::new(peer, false, None),
             Some(&HeaderValue::from_static("gw.example")),
             &[],
         );
@@ -266,6 +295,46 @@ mod tests {
             "for=\"[::1]\";proto=http;host=\"gw.example\""
         );
     }
+    #[test]
+    fn a_connections_values_are_reused_only_for_the_same_host() {
+        let peer: SocketAddr = "203.0.113.9:5000"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let conn = Connection::new(peer, false, None);
+        let host_a = HeaderValue::from_static("a.example");
+        let host_b = HeaderValue::from_static("b.example");
+        for (host, want) in [
+            (
+                Some(&host_a),
+                "for=203.0.113.9;proto=http;host=\"a.example\"",
+            ),
+            (
+                Some(&host_a),
+                "for=203.0.113.9;proto=http;host=\"a.example\"",
+            ),
+            (
+                Some(&host_b),
+                "for=203.0.113.9;proto=http;host=\"b.example\"",
+            ),
+            (None, "for=203.0.113.9;proto=http"),
+            (
+                Some(&host_a),
+                "for=203.0.113.9;proto=http;host=\"a.example\"",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            set_forwarding(&mut h, &conn, host, &[]);
+            assert_eq!(h[header::FORWARDED], want);
+            assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+            assert_eq!(h.get("x-forwarded-host"), host);
+        }
+        // A spoofed header on a later request of the same connection is still replaced.
+        let mut h = xff("6.6.6.6");
+        set_forwarding(&mut h, &conn, Some(&host_a), &[]);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
     #[test]
     fn a_trusted_proxys_records_are_extended_not_replaced() {
         let mut h = xff("198.51.100.7");
@@ -281,8 +350,7 @@ mod tests {
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         set_forwarding(
             &mut h,
-            peer,
-            true,
+            &Connection::new(peer, true, None),
             Some(&HeaderValue::from_static("gw.\"exa\\mple")),
             &nets(&["10.0.0.0/8"]),
         );

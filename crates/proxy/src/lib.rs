@@ -8,6 +8,7 @@
 mod body_rate;
 pub mod build;
 mod client;
+mod drain;
 mod egress;
 mod forward;
 mod gateway;

@@ -28,6 +28,7 @@ pub(crate) fn record(o: &Outcome<'_>, access_log: bool) {
     portcullis_telemetry::log_access(&portcullis_telemetry::AccessRecord {
         request_id: o.ctx.request_id.as_str(),
         client_ip: o.ctx.client_ip,
+        client_ip_text: o.ctx.connection.text_of(o.ctx.client_ip),
         method,
         path: o.path,
         route: o.route,

@@ -9,15 +9,15 @@
 //! a TLS connection over the cap is closed at once: answering it would first cost a handshake,
 //! the very work shedding is meant to save.
 
-use crate::Gateway;
+use crate::{drain::Drain, Gateway};
 use http::{header, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use portcullis_config::ServerConfig;
-use portcullis_core::{problem_response, GatewayError, RequestId};
+use portcullis_core::{problem_response, Connection, GatewayError, RequestId};
 use std::{
     convert::Infallible,
     sync::{
@@ -113,7 +113,7 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
     let server_cfg = gateway.config().server.clone();
     let builder = Arc::new(http_builder(&server_cfg));
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::default();
     let tls = server_cfg.tls.is_some();
     let open = Arc::new(AtomicUsize::new(0));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
@@ -144,7 +144,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let watcher = graceful.watcher();
+                let registration = drain.register();
                 let gateway = gateway.clone();
                 let builder = builder.clone();
                 let handshake_timeout = server_cfg.header_read_timeout;
@@ -152,10 +152,11 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     let _slot = slot;
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
                         let gateway = gateway.clone();
+                        let connection = Arc::new(Connection::new(peer, tls, cert));
                         service_fn(move |req| {
                             let gateway = gateway.clone();
-                            let cert = cert.clone();
-                            async move { Ok::<_, Infallible>(gateway.handle(req, peer, tls, cert).await) }
+                            let connection = connection.clone();
+                            async move { Ok::<_, Infallible>(gateway.handle(req, &connection).await) }
                         })
                     };
                     let result = if tls {
@@ -173,9 +174,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                             }
                         };
                         let cert = crate::tls::client_cert(stream.get_ref().1);
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service(cert)).into_owned()).await
+                        registration.watch(builder.serve_connection(TokioIo::new(stream), service(cert)).into_owned()).await
                     } else {
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service(None)).into_owned()).await
+                        registration.watch(builder.serve_connection(TokioIo::new(stream), service(None)).into_owned()).await
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -186,9 +187,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
     }
     drop(listener);
     gateway.set_draining();
-    let open = graceful.count();
+    let open = drain.count();
     tracing::info!(open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
-    match tokio::time::timeout(server_cfg.shutdown_grace, graceful.shutdown()).await {
+    match tokio::time::timeout(server_cfg.shutdown_grace, drain.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
             tracing::warn!("shutdown grace period elapsed; closing the remaining connections")

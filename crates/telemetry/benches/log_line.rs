@@ -13,6 +13,7 @@ fn record() -> AccessRecord<'static> {
     AccessRecord {
         request_id: "5f0c6a3e-2b7d-4c1e-9a8f-0d2e4b6c8a1f",
         client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 27)),
+        client_ip_text: None,
         method: "GET",
         path: "/api/orders/12345/items",
         route: "orders",

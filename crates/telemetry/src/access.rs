@@ -39,6 +39,9 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// The client address the gateway believed (peer, or trusted `X-Forwarded-For`).
     pub client_ip: IpAddr,
+    /// `client_ip` as text, when the caller has it already (the connection's peer): written
+    /// as it is if it is made of address characters only, otherwise `client_ip` is formatted.
+    pub client_ip_text: Option<&'a str>,
     /// Request method.
     pub method: &'a str,
     /// Request path, without the query.
@@ -109,7 +112,10 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
         json_str(out, self.request_id);
         out.extend_from_slice(b",\"client_ip\":\"");
-        write_ip(out, self.client_ip);
+        match self.client_ip_text {
+            Some(t) if is_address_text(t) => out.extend_from_slice(t.as_bytes()),
+            _ => write_ip(out, self.client_ip),
+        }
         out.extend_from_slice(b"\",\"method\":");
         json_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
@@ -205,8 +211,43 @@ impl JsonLine {
 
 /// A JSON string literal, exactly as serde_json writes it. Ids, paths and methods rarely hold
 /// anything to escape, so those are copied between quotes; the rest goes through serde_json.
+/// Made only of the characters an IPv4 or IPv6 address is written with: such text needs no
+/// JSON escaping and is, like a formatted address, outside what the redactor checks.
+fn is_address_text(t: &str) -> bool {
+    !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+}
+
+/// True when `s` holds a byte JSON needs escaped: a control character, `"` or `\\`. Eight
+/// bytes at a time (a byte-by-byte test was ~13 instructions per byte of the access line's
+/// text): the classic "has a zero byte" and "has a byte below n" word tests, exact for
+/// whether any byte qualifies.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        let x = u64::from_ne_bytes(word);
+        if has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+            // Below 0x20: (x - 0x20 in every byte) & !x & 0x80, exact for n <= 0x80.
+            || x.wrapping_sub(ONES * 0x20) & !x & HIGHS != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -302,6 +343,7 @@ mod tests {
         AccessRecord {
             request_id: "req-1",
             client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+            client_ip_text: None,
             method: "GET",
             path,
             route: "orders",
@@ -329,6 +371,22 @@ mod tests {
         assert_eq!(v["duration_ms"], 12.345);
         assert_eq!(v["error"], "bad-gateway");
         assert_eq!(v["cause"], "connection refused");
+    }
+
+    #[test]
+    fn a_given_address_text_is_used_only_when_it_is_address_characters() {
+        let mut r = record("/", None);
+        r.client_ip_text = Some("2001:db8::7");
+        assert_eq!(line(&r, SystemTime::now())["client_ip"], "2001:db8::7");
+        // Anything else is not copied: the address itself is formatted.
+        for bad in ["", "1.2.3.4\",\"x\":\"", "pcl_secret", "1.2.3.4 "] {
+            r.client_ip_text = Some(bad);
+            assert_eq!(
+                line(&r, SystemTime::now())["client_ip"],
+                "198.51.100.7",
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -417,6 +475,14 @@ mod tests {
             if redactor.clears(&r.text_values()) {
                 proptest::prop_assert_eq!(redactor.redact_line(&text), text);
             }
+        }
+
+        /// The word-at-a-time test finds exactly the bytes the byte-by-byte one does.
+        #[test]
+        fn needs_escape_is_the_byte_test(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), clean in proptest::collection::vec(0x20u8..=0xff, 0..40)) {
+            let naive = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&bytes), naive(&bytes));
+            proptest::prop_assert_eq!(needs_escape(&clean), naive(&clean));
         }
 
         #[test]

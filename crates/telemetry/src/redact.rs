@@ -34,6 +34,10 @@ const BUILTIN_FIELDS: &[&str] = &[
     "private_key",
 ];
 
+fn is_hex_or_dash(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b'-'
+}
+
 struct Rules {
     names: HashSet<String>,
     plain_kv: Regex,
@@ -48,6 +52,10 @@ struct Rules {
     /// to `suspicious`, whose case folding is Unicode's. `None` (never the case: the build
     /// cannot fail for these literals) clears nothing.
     quick: Option<aho_corasick::dfa::DFA>,
+    /// No literal of `quick` is spelt with hex digits and `-` alone, so a value spelt with
+    /// them alone (a request id in UUID form, most of all) holds none, and [`Redactor::clears`]
+    /// passes it after a byte-class check: a third of what stepping the automaton costs.
+    hex_clear: bool,
 }
 
 /// Scrubs log lines. Cloning shares the rules, and [`Redactor::set_extra`] changes them for
@@ -125,6 +133,7 @@ impl Redactor {
             "negotiate",
             "pcl_",
         ]);
+        let hex_clear = !literals.clone().any(|l| l.bytes().all(is_hex_or_dash));
         let quick = aho_corasick::dfa::DFA::builder()
             .ascii_case_insensitive(true)
             .build(literals)
@@ -134,6 +143,7 @@ impl Redactor {
             plain_kv,
             suspicious,
             quick,
+            hex_clear,
         }
     }
 
@@ -163,6 +173,9 @@ impl Redactor {
             return false;
         };
         values.iter().all(|v| {
+            if rules.hex_clear && v.bytes().all(is_hex_or_dash) {
+                return true;
+            }
             let mut at = start;
             v.bytes().all(|b| {
                 at = dfa.next_state(Anchored::No, at, b);
@@ -337,6 +350,20 @@ mod tests {
     }
 
     #[test]
+    fn hex_values_are_cleared_unless_a_listed_name_is_spelt_in_hex() {
+        let id = "5f0c6a3e-2b7d-4c1e-9a8f-0d2e4b6c8a1f";
+        assert!(Redactor::default().clears(&[id, "GET"]));
+        // A configured field name made of hex digits could be inside such a value: then
+        // every value goes through the automaton, in any case.
+        let r = Redactor::new(&[], &["cafe".into()]);
+        assert!(r.clears(&[id]));
+        assert!(!r.clears(&["0123-CAFE-4567"]));
+        assert!(!r.clears(&["0123cafe"]));
+        let r = Redactor::new(&["a-b".into()], &[]);
+        assert!(!r.clears(&["0a-b1"]));
+    }
+
+    #[test]
     fn ordinary_lines_pass_unchanged() {
         let r = Redactor::default();
         let line = "{\"level\":\"INFO\",\"status\":200,\"route\":\"orders\"}\n";
@@ -368,6 +395,16 @@ mod props {
             let mut out = b"kept:".to_vec();
             r.redact_into(&line, &mut out);
             prop_assert_eq!(String::from_utf8(out).expect("utf-8"), format!("kept:{}", r.redact_line(&line)));
+        }
+
+        /// Whatever the configured names, a value that holds one (in any ASCII case) is never
+        /// cleared: the hex shortcut never lets a hex-spelt name through.
+        #[test]
+        fn clears_never_passes_a_value_holding_a_listed_name(name in "[0-9a-f-]{1,6}", pre in "[0-9a-fA-F-]{0,20}", post in "[0-9a-fA-F-]{0,20}", upper in any::<bool>()) {
+            let r = Redactor::new(&[], &[name.clone()]);
+            let spelt = if upper { name.to_ascii_uppercase() } else { name.clone() };
+            let value = format!("{pre}{spelt}{post}");
+            prop_assert!(!r.clears(&[&value]), "{} in {}", name, value);
         }
 
         #[test]
