@@ -3,7 +3,7 @@
 #   (a) the upstream directly, (b) nginx as a plain reverse proxy, (c) Portcullis, one route,
 #   no policies beyond the defaults.
 # Every process runs on this machine's loopback. Results: requests/s, p50 and p99 latency, and
-# the ratios of Portcullis to nginx. Usage: bench/proxy.sh  (env: DURATION, CONNS, THREADS, ROUNDS)
+# the ratios of Portcullis to nginx. Usage: bench/proxy.sh  (env: DURATION, CONNS, THREADS, ROUNDS, BIN)
 # With BASELINE_BIN=/path/to/another/portcullis, that binary also serves the no-policy route
 # (target "baseline") in the same rounds, for an A/B comparison within one run.
 set -euo pipefail
@@ -28,8 +28,9 @@ if ! need wrk || ! need nginx; then
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 || apt-get install -y -qq wrk nginx >/dev/null
 fi
 
-cargo build --release --quiet
-BIN=target/release/portcullis
+# BIN= measures that binary as it is (and serves the upstream from it); no build.
+[ -n "${BIN:-}" ] || cargo build --release --quiet
+BIN=${BIN:-target/release/portcullis}
 OUT=bench/out
 rm -rf "$OUT"; mkdir -p "$OUT"
 
