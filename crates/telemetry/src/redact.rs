@@ -401,7 +401,7 @@ mod props {
         /// cleared: the hex shortcut never lets a hex-spelt name through.
         #[test]
         fn clears_never_passes_a_value_holding_a_listed_name(name in "[0-9a-f-]{1,6}", pre in "[0-9a-fA-F-]{0,20}", post in "[0-9a-fA-F-]{0,20}", upper in any::<bool>()) {
-            let r = Redactor::new(&[], &[name.clone()]);
+            let r = Redactor::new(&[], std::slice::from_ref(&name));
             let spelt = if upper { name.to_ascii_uppercase() } else { name.clone() };
             let value = format!("{pre}{spelt}{post}");
             prop_assert!(!r.clears(&[&value]), "{} in {}", name, value);
