@@ -2,7 +2,10 @@
 //! extensions by the connection layer; policies read it (and later issues add the verified
 //! identity to it).
 
-use crate::{text::push_ip, RequestId};
+use crate::{
+    text::{normalise_ip, push_ip},
+    RequestId,
+};
 use http::HeaderValue;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -58,10 +61,7 @@ pub struct Connection {
 impl Connection {
     /// The facts of a connection from `peer`.
     pub fn new(peer: SocketAddr, tls: bool, client_cert: Option<Arc<ClientCert>>) -> Self {
-        let peer_ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
-            v4 => v4,
-        };
+        let peer_ip = normalise_ip(peer.ip());
         let mut text = Vec::with_capacity(40);
         push_ip(&mut text, peer_ip);
         Connection {

@@ -4,6 +4,15 @@
 
 use std::{io::Write, net::IpAddr};
 
+/// `ip` with an IPv4-mapped IPv6 address turned into the IPv4 address it carries, so that
+/// rules, logs and forwarding headers see one form of each client.
+pub fn normalise_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Appends `ip` as `Display` writes it.
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {

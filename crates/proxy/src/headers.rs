@@ -3,7 +3,7 @@
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use portcullis_core::Connection;
+use portcullis_core::{text::normalise_ip as normalise, Connection};
 use std::net::IpAddr;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the non-standard ones proxies also drop.
@@ -49,13 +49,6 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-fn normalise(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
