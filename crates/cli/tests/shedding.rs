@@ -258,3 +258,71 @@ async fn a_body_below_the_minimum_rate_gets_408_and_normal_uploads_pass() {
         404
     );
 }
+
+/// Reads until the gateway closes the connection (or 30 s pass, so a regression fails
+/// instead of hanging) and returns what it sent and how long that took.
+async fn until_closed(s: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the gateway kept a stalled head open");
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_not_finished_in_time_ends_the_connection_and_busy_keep_alive_is_not_cut() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("header_read_timeout = \"1s\""),
+        route("items", "[\"GET\"]", "/items/{id}", &up.url(), ""),
+    );
+    let gw = Gw::start(&cfg);
+
+    // Slowloris: half a head, then silence. The gateway hangs up once the timeout passes.
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    s.write_all(b"GET /items/1 HTTP/1.1\r\nhost: gateway.test\r\nx-slow: ")
+        .await
+        .unwrap();
+    let (answer, waited) = until_closed(&mut s).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+
+    // The same after a first request on the connection: the timer restarts per head, and a
+    // head that stalls later is cut too.
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    s.write_all(b"GET /items/1 HTTP/1.1\r\nhost: gateway.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /items/2 HTTP/1.1\r\n").await.unwrap();
+    let (answer, _) = until_closed(&mut s).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // One keep-alive connection kept busy for more than twice the timeout (25 requests, 100
+    // ms apart) is served throughout: each head has its own deadline.
+    let (mut send, conn) = connect(&gw).await;
+    for i in 0..25 {
+        let (status, _, _) = get(&mut send, "/items/7").await;
+        assert_eq!(status, 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!conn.is_finished(), "the busy connection was closed");
+}

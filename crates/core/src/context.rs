@@ -3,6 +3,7 @@
 //! identity to it).
 
 use crate::{
+    sleep_slot::SharedSleepSlot,
     text::{normalise_ip, push_ip},
     RequestId,
 };
@@ -56,6 +57,8 @@ pub struct Connection {
     /// The `Forwarded` value for this connection and the first `Host` it sent: (`Host`,
     /// value). Requests with another `Host` build their own.
     pub forwarded: OnceLock<(Option<HeaderValue>, HeaderValue)>,
+    /// The timer of this connection's upstream exchanges, kept from request to request.
+    pub exchange_timer: SharedSleepSlot,
 }
 
 impl Connection {
@@ -73,6 +76,7 @@ impl Connection {
             peer_text: HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded: OnceLock::new(),
+            exchange_timer: SharedSleepSlot::default(),
         }
     }
 

@@ -7,6 +7,7 @@ mod error;
 mod identity;
 mod problem;
 mod request_id;
+pub mod sleep_slot;
 pub mod text;
 
 pub use body::{

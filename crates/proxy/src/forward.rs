@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream, UpstreamHeader};
 use portcullis_core::{
-    find_cause, Body, BodyTooSlow, BoxError, ClientBodyError, GatewayError, Identity,
+    find_cause, Body, BodyTooSlow, BoxError, ClientBodyError, Connection, GatewayError, Identity,
     MalformedKind, RequestContext, RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_identity::TokenIssuer;
@@ -154,13 +154,18 @@ impl Forwarder {
         req: Request<Body>,
         path: PathAndQuery,
         until: Instant,
+        connection: &Connection,
     ) -> Result<Response<Body>, GatewayError> {
-        let sent = tokio::time::timeout_at(
-            until,
-            self.transport
-                .send(req, &self.upstream.scheme, &self.upstream.authority, path),
-        )
-        .await;
+        // On the connection's kept timer (portcullis_core::sleep_slot): a new tokio timer
+        // per request is a registration and a removal under the timer wheel's lock.
+        let sent = connection
+            .exchange_timer
+            .timeout(
+                until,
+                self.transport
+                    .send(req, &self.upstream.scheme, &self.upstream.authority, path),
+            )
+            .await;
         match sent {
             Err(_) => Err(upstream_failure(
                 &self.route_id,
@@ -247,7 +252,9 @@ impl Terminal for Forwarder {
         let now = Instant::now();
         let deadline = now + self.timeouts.total;
         let head_until = now + self.timeouts.read.min(self.timeouts.total);
-        let res = self.exchange(req, path, head_until).await?;
+        let res = self
+            .exchange(req, path, head_until, &ctx.connection)
+            .await?;
 
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);

@@ -12,6 +12,7 @@ mod drain;
 mod egress;
 mod forward;
 mod gateway;
+mod head_timer;
 mod headers;
 mod inventory;
 mod oauth_endpoints;

@@ -9,7 +9,7 @@
 //! a TLS connection over the cap is closed at once: answering it would first cost a handshake,
 //! the very work shedding is meant to save.
 
-use crate::{drain::Drain, Gateway};
+use crate::{drain::Drain, head_timer::HeadTimer, Gateway};
 use http::{header, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::{
@@ -96,8 +96,8 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let backstop_bytes = usize::try_from((s.max_header_bytes + s.max_url_bytes) * 2)
         .unwrap_or(usize::MAX)
         .max(16 * 1024);
+    // The HTTP/1 timer is set per connection (`HeadTimer`, in `serve`).
     b.http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
         .max_headers(s.max_header_count.saturating_mul(2).saturating_add(32))
         .max_buf_size(backstop_bytes.max(8192));
@@ -146,10 +146,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                 let _ = stream.set_nodelay(true);
                 let registration = drain.register();
                 let gateway = gateway.clone();
-                let builder = builder.clone();
+                let shared_builder = builder.clone();
                 let handshake_timeout = server_cfg.header_read_timeout;
                 tokio::spawn(async move {
                     let _slot = slot;
+                    // The connection's own HTTP/1 header-read timer: one tokio sleep moved from
+                    // request to request (head_timer.rs), not one registered per request.
+                    let mut builder = (*shared_builder).clone();
+                    builder.http1().timer(HeadTimer::default());
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
                         let gateway = gateway.clone();
                         let connection = Arc::new(Connection::new(peer, tls, cert));
