@@ -19,21 +19,16 @@ use std::{
 pub struct RequestContext {
     /// The id that ties logs together.
     pub request_id: RequestId,
-    /// The TCP peer.
-    pub peer: SocketAddr,
     /// The client's address: the peer, or from `X-Forwarded-For` when the peer is a trusted
     /// proxy.
     pub client_ip: IpAddr,
-    /// The connection arrived over TLS.
-    pub tls: bool,
     /// When the gateway started on this request.
     pub received_at: Instant,
-    /// The client certificate the TLS listener verified, if the client presented one.
-    pub client_cert: Option<Arc<ClientCert>>,
     /// The verified caller, once authentication has run. Policies set the `Identity`
     /// extension on the request; the chain copies it here for the response phase.
     pub identity: Option<crate::Identity>,
-    /// What the connection's requests share; see [`Connection`].
+    /// What the connection's requests share (the TCP peer, TLS and the verified client
+    /// certificate among it); see [`Connection`].
     pub connection: Arc<Connection>,
 }
 

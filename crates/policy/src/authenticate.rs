@@ -121,7 +121,7 @@ impl Policy for Authenticate {
         let (ip, cert) = req
             .extensions()
             .get::<RequestContext>()
-            .map(|c| (c.client_ip, c.client_cert.clone()))
+            .map(|c| (c.client_ip, c.connection.client_cert.clone()))
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
         if self.mtls && presented(&req).is_none() {
             if let Some(cert) = cert {

@@ -278,11 +278,8 @@ pub(crate) mod tests {
     pub(crate) fn ctx() -> RequestContext {
         RequestContext {
             request_id: RequestId::generate(),
-            peer: ([127, 0, 0, 1], 1).into(),
             client_ip: [127, 0, 0, 1].into(),
-            tls: false,
             received_at: std::time::Instant::now(),
-            client_cert: None,
             identity: None,
             connection: Arc::new(portcullis_core::Connection::new(
                 ([127, 0, 0, 1], 1).into(),

@@ -27,6 +27,7 @@ use portcullis_store::{Store, StoreError};
 use portcullis_telemetry::Redactor;
 use portcullis_vault::Vault;
 use std::{
+    borrow::Cow,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -290,7 +291,6 @@ impl Gateway {
         req: Request<Incoming>,
         connection: &Arc<Connection>,
     ) -> Response<Body> {
-        let peer = connection.peer;
         let generation = self.current.load_full();
         let received_at = Instant::now();
 
@@ -298,11 +298,8 @@ impl Gateway {
         //    (X-Forwarded-For believed only from trusted proxies).
         let ctx = RequestContext {
             request_id: RequestId::from_header_or_new(req.headers().get(REQUEST_ID_HEADER)),
-            peer,
-            client_ip: client_ip(peer.ip(), req.headers(), &generation.trusted),
-            tls: connection.tls,
+            client_ip: client_ip(connection.peer.ip(), req.headers(), &generation.trusted),
             received_at,
-            client_cert: connection.client_cert.clone(),
             identity: None,
             connection: connection.clone(),
         };
@@ -338,14 +335,15 @@ impl Gateway {
         res
     }
 
-    async fn admit(
+    async fn admit<'g>(
         &self,
-        generation: &Generation,
+        generation: &'g Generation,
         req: Request<Incoming>,
         ctx: &RequestContext,
-    ) -> Result<(Response<Body>, Arc<str>), (GatewayError, Arc<str>)> {
-        // Only refused requests need the "-" route name; built then, not for every request.
-        let none = || -> Arc<str> { Arc::from("-") };
+    ) -> Result<(Response<Body>, Cow<'g, str>), (GatewayError, Cow<'g, str>)> {
+        // The route's name for the access log and metrics: borrowed from the generation, so
+        // no reference count shared by every request on the route is touched.
+        let none = || Cow::Borrowed("-");
         // 2. Request head within limits (414, 431) before anything else looks at it.
         check_head(&req, generation.limits).map_err(|e| (e, none()))?;
         // 3. A path every server reads the same way (400 otherwise).
@@ -360,7 +358,7 @@ impl Gateway {
         // The OAuth 2.0 endpoints, when Portcullis issues tokens.
         if let Some(issuer) = &self.services.oauth {
             if crate::oauth_endpoints::is_endpoint(req.uri().path()) {
-                let route: Arc<str> = Arc::from("oauth");
+                let route = Cow::Borrowed("oauth");
                 return crate::oauth_endpoints::handle(
                     issuer,
                     &generation.clients,
@@ -375,7 +373,7 @@ impl Gateway {
         }
         // Webhook endpoints: exact paths, verified before anything else happens.
         if let Some(hook) = generation.webhooks.get(req.uri().path()) {
-            let id: Arc<str> = Arc::from(hook.id());
+            let id = Cow::Borrowed(hook.id());
             return hook
                 .handle(req, ctx)
                 .await
@@ -386,7 +384,7 @@ impl Gateway {
         if let Some(rest) = req.uri().path().strip_prefix("/egress/") {
             let id = rest.split('/').next().unwrap_or("");
             if let Some((chain, _)) = generation.integrations.get(id) {
-                let name: Arc<str> = Arc::from(id);
+                let name = Cow::Owned(id.to_string());
                 let mut req = req;
                 req.extensions_mut().insert(ctx.clone());
                 return Ok((chain.run(req, ctx).await, name));
@@ -401,7 +399,7 @@ impl Gateway {
             {
                 if let Lookup::Found(route, _) = generation.routes.lookup(&want, req.uri().path()) {
                     if let Some(cors) = &route.config.cors {
-                        let id = route.id.clone();
+                        let id = Cow::Borrowed(&*route.id);
                         return portcullis_policy::preflight(cors, req.headers())
                             .map(|r| (r, id.clone()))
                             .map_err(|e| (e, id));
@@ -414,13 +412,13 @@ impl Gateway {
             Lookup::Found(route, matched) => (route, matched),
             Lookup::NoPath => {
                 self.inventory.record(req.method(), req.uri().path());
-                return Err((GatewayError::NotFound, Arc::from("undeclared")));
+                return Err((GatewayError::NotFound, Cow::Borrowed("undeclared")));
             }
             Lookup::NoMethod(allow) => {
                 self.inventory.record(req.method(), req.uri().path());
                 return Err((
                     GatewayError::MethodNotAllowed { allow },
-                    Arc::from("undeclared"),
+                    Cow::Borrowed("undeclared"),
                 ));
             }
         };
@@ -428,7 +426,7 @@ impl Gateway {
         let mut req = req;
         req.extensions_mut().insert(ctx.clone());
         req.extensions_mut().insert(matched);
-        Ok((route.chain.run(req, ctx).await, route.id.clone()))
+        Ok((route.chain.run(req, ctx).await, Cow::Borrowed(&*route.id)))
     }
 }
 

@@ -9,7 +9,7 @@ pub(crate) struct Outcome<'a> {
     pub ctx: &'a RequestContext,
     pub method: &'a Method,
     pub path: &'a str,
-    pub route: &'a Arc<str>,
+    pub route: &'a str,
     pub status: StatusCode,
     pub error: Option<&'a ErrorInfo>,
     pub elapsed: Duration,
@@ -91,25 +91,20 @@ thread_local! {
     static HANDLES: RefCell<Vec<Handles>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_handles(
-    route: &Arc<str>,
-    method: &'static str,
-    status: StatusCode,
-    f: impl FnOnce(&Handles),
-) {
+fn with_handles(route: &str, method: &'static str, status: StatusCode, f: impl FnOnce(&Handles)) {
     let register = || Handles {
-        route: route.clone(),
+        route: Arc::from(route),
         method,
         status,
         requests: metrics::counter!(
             "portcullis_http_requests_total",
-            "route" => route.clone(),
+            "route" => route.to_string(),
             "method" => method,
             "status" => status_label(status)
         ),
         duration: metrics::histogram!(
             "portcullis_http_request_duration_seconds",
-            "route" => route.clone()
+            "route" => route.to_string()
         ),
     };
     HANDLES.with(|cache| {
@@ -118,9 +113,9 @@ fn with_handles(
             return f(&register());
         };
         let hit = cache.iter().position(|h| {
-            (Arc::ptr_eq(&h.route, route) || h.route == *route)
-                && h.method == method
-                && h.status == status
+            // Route ids are short: comparing the text is a few instructions. (A pointer
+            // test would need the cache to hold the generation's own text alive.)
+            &*h.route == route && h.method == method && h.status == status
         });
         let at = match hit {
             Some(i) => i,

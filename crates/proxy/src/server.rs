@@ -155,12 +155,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     let mut builder = (*shared_builder).clone();
                     builder.http1().timer(HeadTimer::default());
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
-                        let gateway = gateway.clone();
-                        let connection = Arc::new(Connection::new(peer, tls, cert));
+                        // What a request clones is this connection's own reference count,
+                        // not the process-wide `Arc<Gateway>`'s that every request shares.
+                        let serving = Arc::new((gateway.clone(), Arc::new(Connection::new(peer, tls, cert))));
                         service_fn(move |req| {
-                            let gateway = gateway.clone();
-                            let connection = connection.clone();
-                            async move { Ok::<_, Infallible>(gateway.handle(req, &connection).await) }
+                            let serving = serving.clone();
+                            async move { Ok::<_, Infallible>(serving.0.handle(req, &serving.1).await) }
                         })
                     };
                     let result = if tls {
