@@ -21,6 +21,7 @@ mod json_schema;
 mod minimize;
 mod object_rules;
 mod params;
+mod pattern;
 mod quota;
 mod rate_limit;
 mod response_fields;

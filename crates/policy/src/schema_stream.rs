@@ -20,6 +20,7 @@
 //! is stricter there, never laxer. `minProperties`/`maxProperties` would count repeats
 //! differently and are left to the full path.
 
+use crate::pattern::Pattern;
 use portcullis_config::JsonLimits;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
@@ -68,9 +69,9 @@ struct Rules {
     enums: Vec<Vec<Scalar>>,
     min_length: Option<u64>,
     max_length: Option<u64>,
-    /// `pattern`, compiled by jsonschema itself (`{"pattern": ...}`), so the regex dialect is
-    /// exactly the one the full path uses.
-    pattern: Option<jsonschema::Validator>,
+    /// `pattern`: a plain class run checked directly, anything else by jsonschema itself
+    /// (`{"pattern": ...}`), so the regex dialect is exactly the one the full path uses.
+    pattern: Option<Pattern>,
     minimum: Option<Num>,
     maximum: Option<Num>,
     exclusive_minimum: Option<Num>,
@@ -236,12 +237,7 @@ fn compile(schema: &Value, root: bool) -> Option<Node> {
             "const" => r.enums.push(vec![scalar(value)?]),
             "minLength" => r.min_length = Some(value.as_u64()?),
             "maxLength" => r.max_length = Some(value.as_u64()?),
-            "pattern" => {
-                value.as_str()?;
-                let mut one = serde_json::Map::new();
-                one.insert("pattern".into(), value.clone());
-                r.pattern = Some(jsonschema::draft202012::new(&Value::Object(one)).ok()?);
-            }
+            "pattern" => r.pattern = Some(Pattern::compile(value)?),
             "minimum" => r.minimum = Some(Num::of(value.as_number()?)),
             "maximum" => r.maximum = Some(Num::of(value.as_number()?)),
             "exclusiveMinimum" => r.exclusive_minimum = Some(Num::of(value.as_number()?)),
@@ -441,12 +437,7 @@ impl<'a> Walk<'a> {
             }
         }
         if let Some(p) = &r.pattern {
-            let mut scratch = self.scratch.borrow_mut();
-            if let Value::String(s) = &mut *scratch {
-                s.clear();
-                s.push_str(v);
-            }
-            if !p.is_valid(&scratch) {
+            if !p.matches(v, self.scratch) {
                 return Err(no());
             }
         }
