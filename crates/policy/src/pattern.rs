@@ -5,9 +5,9 @@
 //! engine: every character in the class, their number within the bounds. Why: jsonschema's
 //! regex keeps its fast per-thread cache only for the first thread that uses it; on every other
 //! worker each match takes a cache from a locked pool and puts it back (`Pool::get_slow`,
-//! `put_value`), and a match cost ~40 ns of pool and ~40 ns of dispatch around a ~20 ns search.
-//! On the issue-5 benchmark's order (24 SKUs) that was ~0.9 µs of the ~8.5 µs its policies
-//! added per request (perf, bench/RESULTS.md).
+//! `put_value`). On the issue-5 benchmark's order (24 SKUs) the pattern checks took ~0.9 µs
+//! per request of the ~8.5 µs of user time its policies added: the search ~380 ns, the pool
+//! ~315 ns, fancy-regex's and jsonschema's dispatch the rest (perf, bench/RESULTS.md).
 //!
 //! Only patterns whose meaning is the same in every regex dialect take this path: anchored at
 //! both ends, one bracketed class of ASCII letters, digits, `_`, `.` and `-` (ranges within
