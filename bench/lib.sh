@@ -17,7 +17,9 @@ to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~
 # upstream keep-alive and the access log on, as shipped; its files go under $1/nginx.
 # Usage: start_nginx OUT_DIR LISTEN_PORT UPSTREAM_PORT
 start_nginx() {
-  local dir="$PWD/$1/nginx" nginx
+  local dir nginx
+  # OUT_DIR relative to the repository (as the scripts pass it) or absolute.
+  case $1 in /*) dir="$1/nginx" ;; *) dir="$PWD/$1/nginx" ;; esac
   nginx=$(command -v nginx || echo /usr/sbin/nginx)
   mkdir -p "$dir"
   cat >"$dir/nginx.conf" <<NGINX
