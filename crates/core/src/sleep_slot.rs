@@ -57,7 +57,12 @@ impl SleepSlot {
                 return Poll::Pending;
             }
         }
-        match self.sleep.as_mut().poll(cx) {
+        // Outside tokio's task budget: with the budget spent, `Sleep::poll` answers `Pending`
+        // without giving the timer this waker (it only asks to be polled again), and the
+        // shortcut above would then wait on a timer nobody will fire for this task.
+        // (`tokio::time::timeout_at` polls its delay unconstrained for the same reason.)
+        let mut unconstrained = tokio::task::coop::unconstrained(self.sleep.as_mut());
+        match Pin::new(&mut unconstrained).poll(cx) {
             Poll::Ready(()) => Poll::Ready(()),
             Poll::Pending => {
                 self.polled_by = Some(cx.waker().clone());
@@ -251,6 +256,35 @@ mod tests {
         .await;
         assert!(cancelled.is_err());
         assert!(shared.lock().is_some(), "kept after a cancel");
+    }
+
+    /// Spends the task's whole coop budget on its first poll (as a busy upstream exchange
+    /// can), then stays pending without asking to be woken.
+    fn spends_the_budget() -> impl Future<Output = ()> {
+        let mut first = true;
+        std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut first) {
+                let mut spend = Box::pin(tokio::task::coop::consume_budget());
+                while spend.as_mut().poll(cx).is_ready() {
+                    spend = Box::pin(tokio::task::coop::consume_budget());
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_fires_though_the_future_spent_the_task_budget_first() {
+        let shared = SharedSleepSlot::default();
+        let now = Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            shared.timeout(now + Duration::from_secs(1), spends_the_budget()),
+        )
+        .await;
+        assert_eq!(out, Ok(Err(TimedOut)), "the kept timer never fired");
+        let waited = now.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited <= Duration::from_secs(1) + SLACK);
     }
 
     fn futures_poll(slot: &mut SleepSlot, deadline: Instant) -> Poll<()> {

@@ -122,7 +122,12 @@ fn class_run(p: &str) -> Option<(u128, u64, Option<u64>)> {
         q => {
             let inner = q.strip_prefix('{')?.strip_suffix('}')?;
             let number = |s: &str| -> Option<u64> {
-                if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                // Plain decimal only: no sign, no leading zero (left to the regex engine).
+                if s.is_empty()
+                    || s.len() > 4
+                    || (s.len() > 1 && s.starts_with('0'))
+                    || !s.bytes().all(|b| b.is_ascii_digit())
+                {
                     return None;
                 }
                 s.parse().ok()
@@ -184,6 +189,8 @@ mod tests {
             "^[a-z][0-9]$",
             "^[]$",
             "^[a-z]{,3}$",
+            "^[a-z]{01,3}$",
+            "^[a-z]{+1}$",
             "^[é]$",
         ] {
             assert!(class_run(p).is_none(), "{p}");
