@@ -435,3 +435,43 @@ async fn disabling_a_client_by_reload_applies_to_the_next_request() {
     )
     .await;
 }
+
+/// The `last_used_at` the store holds for `client`'s keys, as `client key list --json` prints it.
+fn last_used(gw: &Gw, client_id: &str) -> Vec<Option<i64>> {
+    let out = Command::new(BIN)
+        .args(["client", "key", "list", client_id, "--json", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter().map(|k| k["last_used_at"].as_i64()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_use_gets_its_last_used_time_recorded_in_the_store() {
+    let up = upstream::start(None).await;
+    let gw = Gw::start(&config(&up.url(), ""));
+    let key = issue(&gw, "billing");
+    assert_eq!(last_used(&gw, "billing"), vec![None], "never used yet");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    wait_until_accepted(&gw, &key).await;
+    // The gateway writes last-used times from its one-second watch.
+    let mut seen = vec![None];
+    for _ in 0..100 {
+        seen = last_used(&gw, "billing");
+        if seen[0].is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at = seen[0].expect("last_used_at never recorded");
+    assert!(at >= before, "{at} < {before}");
+}
