@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -86,6 +86,11 @@ struct Entry {
     hash: Vec<u8>,
     expires_at: Option<i64>,
     revoked: bool,
+    /// When this process last verified the key (Unix seconds, 0 for not yet), and the latest
+    /// such time written to the store. Atomics in the entry rather than one locked map of
+    /// touched keys: every API-key request took that lock, from every core.
+    last_used: AtomicI64,
+    flushed: AtomicI64,
 }
 
 /// Splits `pcl_<id>_<secret>`. The id is hex; the secret may contain `_`.
@@ -107,7 +112,6 @@ pub struct ApiKeys {
     pepper: Zeroizing<Vec<u8>>,
     cache: ArcSwap<HashMap<String, Arc<Entry>>>,
     epoch: AtomicI64,
-    touched: Mutex<HashMap<Arc<str>, i64>>,
 }
 
 impl ApiKeys {
@@ -137,7 +141,6 @@ impl ApiKeys {
             pepper,
             cache: ArcSwap::from_pointee(HashMap::new()),
             epoch: AtomicI64::new(0),
-            touched: Mutex::new(HashMap::new()),
         });
         keys.reload().await?;
         Ok(keys)
@@ -158,6 +161,8 @@ impl ApiKeys {
     /// Re-reads every key from the store.
     pub async fn reload(&self) -> Result<(), KeyError> {
         let epoch = self.store.keys().keys_epoch().await?;
+        // Last-used times not yet written carry over to the reloaded entries.
+        let old = self.cache.load_full();
         let map = self
             .store
             .keys()
@@ -165,12 +170,20 @@ impl ApiKeys {
             .await?
             .into_iter()
             .map(|k| {
+                let (last_used, flushed) = old.get(&k.key_id).map_or((0, 0), |o| {
+                    (
+                        o.last_used.load(Ordering::Relaxed),
+                        o.flushed.load(Ordering::Relaxed),
+                    )
+                });
                 let e = Entry {
                     client_id: Arc::from(k.client_id.as_str()),
                     key_id: Arc::from(k.key_id.as_str()),
                     hash: k.hash,
                     expires_at: k.expires_at,
                     revoked: k.revoked_at.is_some(),
+                    last_used: AtomicI64::new(last_used),
+                    flushed: AtomicI64::new(flushed),
                 };
                 (k.key_id, Arc::new(e))
             })
@@ -189,6 +202,20 @@ impl ApiKeys {
         Ok(false)
     }
 
+    /// Writes the last-used time of every key verified since the previous write. A failed
+    /// write is tried again next time.
+    async fn write_last_used(&self) {
+        let cache = self.cache.load_full();
+        for e in cache.values() {
+            let used = e.last_used.load(Ordering::Relaxed);
+            if used > e.flushed.load(Ordering::Relaxed)
+                && self.store.keys().touch_key(&e.key_id, used).await.is_ok()
+            {
+                e.flushed.fetch_max(used, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Polls for changes from other processes and writes last-used times.
     pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let keys = Arc::downgrade(self);
@@ -200,13 +227,7 @@ impl ApiKeys {
                 if let Err(e) = k.refresh_if_changed().await {
                     tracing::warn!(error = %e, "API key change watch failed");
                 }
-                let touched: Vec<(Arc<str>, i64)> = match k.touched.lock() {
-                    Ok(mut m) => m.drain().collect(),
-                    Err(_) => Vec::new(),
-                };
-                for (id, at) in touched {
-                    let _ = k.store.keys().touch_key(&id, at).await;
-                }
+                k.write_last_used().await;
             }
         })
     }
@@ -227,9 +248,7 @@ impl ApiKeys {
         if !matches || entry.revoked || entry.expires_at.is_some_and(|e| e <= t) {
             return Err(KeyError::Invalid);
         }
-        if let Ok(mut m) = self.touched.lock() {
-            m.insert(entry.key_id.clone(), t);
-        }
+        entry.last_used.fetch_max(t, Ordering::Relaxed);
         Ok(Verified {
             key_id: entry.key_id.clone(),
             client_id: entry.client_id.clone(),
