@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{assert_problem, client, route, server_section, upstream, Gw, BIN};
-use std::{process::Command, time::Duration};
+use common::{assert_problem, client, route, server_section, upstream, Gw};
+use std::time::Duration;
 
 const CLIENTS: &str = r#"
 [[clients]]
@@ -46,17 +46,10 @@ fn config(up: &str, extra_server: &str) -> String {
 }
 
 fn issue(gw: &Gw, client_id: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["client", "key", "issue", client_id, "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let key = gw
+        .cli(&["client", "key", "issue", client_id])
+        .trim()
+        .to_string();
     assert!(key.starts_with("pcl_"), "{key}");
     key
 }
@@ -221,12 +214,7 @@ async fn api_keys_authenticate_and_scopes_authorize() {
         );
     }
     // The key id (public) is listed; the key is not.
-    let out = Command::new(BIN)
-        .args(["client", "key", "list", "billing", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = gw.cli(&["client", "key", "list", "billing"]);
     assert!(
         listed.contains(id) && listed.contains("revoked") && !listed.contains(&secret_part),
         "{listed}"
@@ -438,17 +426,8 @@ async fn disabling_a_client_by_reload_applies_to_the_next_request() {
 
 /// The `last_used_at` the store holds for `client`'s keys, as `client key list --json` prints it.
 fn last_used(gw: &Gw, client_id: &str) -> Vec<Option<i64>> {
-    let out = Command::new(BIN)
-        .args(["client", "key", "list", client_id, "--json", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let out = gw.cli(&["client", "key", "list", client_id, "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     list.iter().map(|k| k["last_used_at"].as_i64()).collect()
 }
 

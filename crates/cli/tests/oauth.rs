@@ -205,25 +205,15 @@ async fn client_credentials_tokens_work_and_can_be_revoked() {
 
     // Rotating the signing key with a grace period: both keys are published, tokens signed by
     // the old one keep working, new tokens use the new one.
-    let out = std::process::Command::new(common::BIN)
-        .args([
-            "secret",
-            "generate",
-            "portcullis.oauth-signing-key",
-            "--type",
-            "ed25519",
-            "--grace",
-            "1h",
-            "--config",
-        ])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gw.cli(&[
+        "secret",
+        "generate",
+        "portcullis.oauth-signing-key",
+        "--type",
+        "ed25519",
+        "--grace",
+        "1h",
+    ]);
     let mut published = 0;
     for _ in 0..50 {
         let j: serde_json::Value = http

@@ -6,8 +6,9 @@
 //! instructions per timer per request (callgrind, `bench/RESULTS.md`, tenth run). A kept one:
 //! - moving it to a later deadline only changes a number in the registered timer (tokio's
 //!   `extend_expiration`, no lock), and it is moved only when the new deadline is past the
-//!   one it holds, to that deadline plus [`SLACK`]: a timer here fires up to `SLACK` late,
-//!   never early, and under load most requests find it already set far enough;
+//!   one it holds (or more than [`SLACK`] before it), to that deadline plus `SLACK`: a timer
+//!   here fires up to `SLACK` late, never early, and under load most requests find it
+//!   already set far enough;
 //! - polling it again from the task that polled it last, before it fires, is a waker
 //!   comparison: the timer already holds that task's waker.
 //!

@@ -150,6 +150,23 @@ impl Gw {
         self.dir.path().join("portcullis.toml")
     }
 
+    /// Runs `portcullis ARGS --config <this gateway's config>`, asserts it succeeded and
+    /// returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Replaces the configuration file the gateway watches (atomically, as editors do).
     pub fn rewrite_config(&self, config: &str) {
         let tmp = self.dir.path().join("portcullis.toml.tmp");
