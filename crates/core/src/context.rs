@@ -83,13 +83,11 @@ impl Connection {
     }
 }
 
-/// The declared route a request matched, with its captured path parameters.
+/// The path parameters a request's route captured. In the request's extensions only on
+/// routes whose chain reads them (`Chain::reads_route_match` in portcullis-policy): the
+/// capture copies every value, and most routes never look at one.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
-    /// The route id.
-    pub route_id: Arc<str>,
-    /// The route's path template.
-    pub template: Arc<str>,
     /// Captured parameters, in template order: the name (shared with the routing table) and
     /// the value as the request had it.
     pub params: Vec<(Arc<str>, String)>,

@@ -57,13 +57,32 @@ pub trait Policy: Send + Sync + 'static {
     ) -> Result<Response<Body>, GatewayError> {
         Ok(res)
     }
+
+    /// Whether this policy reads the route's captured path parameters
+    /// ([`RouteMatch`](portcullis_core::RouteMatch) in the request's extensions). The
+    /// gateway captures them only for chains where some step says so, so a policy that
+    /// reads them must answer `true`.
+    fn reads_route_match(&self) -> bool {
+        false
+    }
 }
 
 /// The last step of a chain: the thing that produces a response (the upstream forwarder).
 #[async_trait]
 pub trait Terminal: Send + Sync + 'static {
-    /// Produces the response for a request that passed every policy.
-    async fn call(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError>;
+    /// Produces the response for a request that passed every policy. `ctx` is the
+    /// request's context, with the identity the policies established.
+    async fn call(
+        &self,
+        req: Request<Body>,
+        ctx: &RequestContext,
+    ) -> Result<Response<Body>, GatewayError>;
+
+    /// As [`Policy::reads_route_match`]: whether the terminal reads the captured path
+    /// parameters (a rewrite that uses them, say).
+    fn reads_route_match(&self) -> bool {
+        false
+    }
 }
 
 /// Headers a policy wants on the eventual response (rate-limit allowance, say). Insert it
@@ -85,15 +104,25 @@ pub struct HoldUntilSent(pub Arc<dyn Any + Send + Sync>);
 pub struct Chain {
     policies: Arc<[Arc<dyn Policy>]>,
     terminal: Arc<dyn Terminal>,
+    reads_route_match: bool,
 }
 
 impl Chain {
     /// A chain of `policies` (outermost first) in front of `terminal`.
     pub fn new(policies: Vec<Arc<dyn Policy>>, terminal: Arc<dyn Terminal>) -> Self {
+        let reads_route_match =
+            terminal.reads_route_match() || policies.iter().any(|p| p.reads_route_match());
         Chain {
             policies: policies.into(),
             terminal,
+            reads_route_match,
         }
+    }
+
+    /// Whether any step reads the route's captured path parameters
+    /// ([`RouteMatch`](portcullis_core::RouteMatch)); the gateway captures them only then.
+    pub fn reads_route_match(&self) -> bool {
+        self.reads_route_match
     }
 
     /// The names of the policies, in order; shown by the inventory.
@@ -103,17 +132,24 @@ impl Chain {
 
     /// Runs the request through the chain. Always produces a response: errors become
     /// problem+json here, at the step that failed, so earlier policies see them too.
+    ///
+    /// Policies find the context in the request's extensions; the chain puts it there
+    /// (only when there are policies: the terminal is handed it directly).
     pub async fn run(&self, req: Request<Body>, ctx: &RequestContext) -> Response<Body> {
         if self.policies.is_empty() {
             // A route without policies: nothing to collect or replay around the terminal,
-            // so none of the bookkeeping below (a context clone, the loop's state).
-            return match self.terminal.call(req).await {
+            // so none of the bookkeeping below (a context clone, the loop's state, the
+            // extensions map the context would need).
+            return match self.terminal.call(req, ctx).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e, ctx),
             };
         }
         // The response phase sees the identity that authentication established.
         let mut ctx = ctx.clone();
+        // Put in the extensions before the first policy that applies, and only then: a
+        // request no policy acts on (a GET past a body limit) needs no extensions map.
+        let mut ctx_inserted = false;
         let mut extra = http::HeaderMap::new();
         let mut holds: Vec<HoldUntilSent> = Vec::new();
         let mut pending = Some(req);
@@ -123,12 +159,16 @@ impl Chain {
         let mut skipped: u64 = 0;
         let mut early = None;
         for (i, policy) in self.policies.iter().enumerate() {
-            let Some(req) = pending.take() else { break };
+            let Some(mut req) = pending.take() else { break };
             if i < 64 && !policy.applies(&req) {
                 skipped |= 1 << i;
                 pending = Some(req);
                 passed += 1;
                 continue;
+            }
+            if !ctx_inserted {
+                req.extensions_mut().insert(ctx.clone());
+                ctx_inserted = true;
             }
             match policy.on_request(req).await {
                 Ok(Flow::Continue(mut next)) => {
@@ -154,7 +194,7 @@ impl Chain {
         }
         let mut res = match (early, pending) {
             (Some(r), _) => r,
-            (None, Some(req)) => match self.terminal.call(req).await {
+            (None, Some(req)) => match self.terminal.call(req, &ctx).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e, &ctx),
             },
@@ -269,7 +309,11 @@ pub(crate) mod tests {
 
     #[async_trait]
     impl Terminal for Ok200 {
-        async fn call(&self, _req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        async fn call(
+            &self,
+            _req: Request<Body>,
+            _ctx: &RequestContext,
+        ) -> Result<Response<Body>, GatewayError> {
             Ok(Response::new(portcullis_core::empty()))
         }
     }

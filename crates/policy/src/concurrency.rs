@@ -74,7 +74,11 @@ mod tests {
 
     #[async_trait]
     impl Terminal for Streaming {
-        async fn call(&self, _req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        async fn call(
+            &self,
+            _req: Request<Body>,
+            _ctx: &portcullis_core::RequestContext,
+        ) -> Result<Response<Body>, GatewayError> {
             let rx = self.0.lock().unwrap().pop().unwrap();
             let frames = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()

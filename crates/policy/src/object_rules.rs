@@ -51,6 +51,12 @@ impl Policy for ObjectRules {
         "object_rules"
     }
 
+    fn reads_route_match(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.source, ObjectSource::Path(_)))
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let id = req
             .extensions()

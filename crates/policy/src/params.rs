@@ -200,6 +200,10 @@ impl Policy for Params {
         "params"
     }
 
+    fn reads_route_match(&self) -> bool {
+        true
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let errors = self.errors(req.extensions().get::<RouteMatch>(), req.uri().query());
         if !errors.is_empty() {
@@ -274,8 +278,6 @@ mod tests {
 
     fn run(id: &str, query: &str) -> Vec<(String, String)> {
         let m = RouteMatch {
-            route_id: Arc::from("r"),
-            template: Arc::from("/orders/{id}"),
             params: vec![("id".into(), id.into())],
         };
         Params::new(cfg()).errors(Some(&m), Some(query))

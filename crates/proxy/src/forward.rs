@@ -130,16 +130,19 @@ impl Forwarder {
         }
         let mut pq = String::with_capacity(self.upstream.base_path.len() + uri.path().len() + 32);
         pq.push_str(&self.upstream.base_path);
-        match (&self.rewrite, matched) {
-            (Some(parts), Some(m)) => {
+        match &self.rewrite {
+            Some(parts) => {
                 for p in parts {
                     match p {
                         Part::Literal(s) => pq.push_str(s),
-                        Part::Param(name) => pq.push_str(m.param(name).unwrap_or_default()),
+                        // Captured for this route: `reads_route_match` says so.
+                        Part::Param(name) => {
+                            pq.push_str(matched.and_then(|m| m.param(name)).unwrap_or_default())
+                        }
                     }
                 }
             }
-            _ => pq.push_str(uri.path()),
+            None => pq.push_str(uri.path()),
         }
         if let Some(q) = uri.query() {
             pq.push('?');
@@ -196,12 +199,18 @@ impl Forwarder {
 
 #[async_trait]
 impl Terminal for Forwarder {
-    async fn call(&self, mut req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .cloned()
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+    fn reads_route_match(&self) -> bool {
+        self.rewrite
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, Part::Param(_)))
+    }
+
+    async fn call(
+        &self,
+        mut req: Request<Body>,
+        ctx: &RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
         let path = self.upstream_path(req.uri(), req.extensions().get::<RouteMatch>())?;
         let req_identity = req.extensions().get::<Identity>().cloned();
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {

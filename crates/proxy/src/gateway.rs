@@ -372,7 +372,11 @@ impl Gateway {
             }
         }
         // Webhook endpoints: exact paths, verified before anything else happens.
-        if let Some(hook) = generation.webhooks.get(req.uri().path()) {
+        // (Most gateways declare none: no SipHash of the path for them.)
+        let hook = (!generation.webhooks.is_empty())
+            .then(|| generation.webhooks.get(req.uri().path()))
+            .flatten();
+        if let Some(hook) = hook {
             let id = Cow::Borrowed(hook.id());
             return hook
                 .handle(req, ctx)
@@ -385,8 +389,6 @@ impl Gateway {
             let id = rest.split('/').next().unwrap_or("");
             if let Some((chain, _)) = generation.integrations.get(id) {
                 let name = Cow::Owned(id.to_string());
-                let mut req = req;
-                req.extensions_mut().insert(ctx.clone());
                 return Ok((chain.run(req, ctx).await, name));
             }
         }
@@ -424,8 +426,9 @@ impl Gateway {
         };
         // 5. The route's policies, then the upstream.
         let mut req = req;
-        req.extensions_mut().insert(ctx.clone());
-        req.extensions_mut().insert(matched);
+        if let Some(m) = matched {
+            req.extensions_mut().insert(m);
+        }
         Ok((route.chain.run(req, ctx).await, Cow::Borrowed(&*route.id)))
     }
 }

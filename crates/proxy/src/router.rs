@@ -31,7 +31,8 @@ pub(crate) struct RouteTable {
 
 /// The outcome of a lookup.
 pub(crate) enum Lookup<'a> {
-    Found(&'a CompiledRoute, RouteMatch),
+    /// The route, and its captured parameters when its chain reads them.
+    Found(&'a CompiledRoute, Option<RouteMatch>),
     NoPath,
     NoMethod(Vec<Method>),
 }
@@ -75,27 +76,24 @@ impl RouteTable {
             });
         match hit {
             Some(route) => {
-                let params = m
-                    .params
-                    .iter()
-                    .map(|(k, v)| {
-                        let name = entry
-                            .param_names
-                            .iter()
-                            .find(|n| ***n == *k)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::from(k));
-                        (name, v.to_string())
-                    })
-                    .collect();
-                Lookup::Found(
-                    route,
-                    RouteMatch {
-                        route_id: route.id.clone(),
-                        template: entry.template.clone(),
-                        params,
-                    },
-                )
+                // Captured only for a chain that reads them: copying the values is an
+                // allocation per parameter, and most routes never look at one.
+                let matched = route.chain.reads_route_match().then(|| RouteMatch {
+                    params: m
+                        .params
+                        .iter()
+                        .map(|(k, v)| {
+                            let name = entry
+                                .param_names
+                                .iter()
+                                .find(|n| ***n == *k)
+                                .cloned()
+                                .unwrap_or_else(|| Arc::from(k));
+                            (name, v.to_string())
+                        })
+                        .collect(),
+                });
+                Lookup::Found(route, matched)
             }
             None => {
                 let mut allow: Vec<Method> = entry

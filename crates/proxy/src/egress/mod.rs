@@ -564,7 +564,11 @@ fn count_refusal(id: &str, why: &str) {
 #[async_trait]
 impl Terminal for EgressTerminal {
     /// Runs the steps and writes the call's audit event, however it ends.
-    async fn call(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    async fn call(
+        &self,
+        req: Request<Body>,
+        _ctx: &portcullis_core::RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
         let mut record = audit::CallRecord::new(req.method().clone());
         let result = self.steps(req, &mut record).await;
         audit::call(
