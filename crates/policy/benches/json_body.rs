@@ -68,6 +68,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("stream_limits_and_schema", |b| {
         b.iter(|| stream.accepts(black_box(&body), Some(&limits)))
     });
+    // The same check without the byte scanner: serde_json's tokens drive the walk.
+    g.bench_function("stream_limits_and_schema_serde_walk", |b| {
+        b.iter(|| stream.accepts_via_serde(black_box(&body), Some(&limits)))
+    });
     g.finish();
 }
 

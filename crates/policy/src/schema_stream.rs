@@ -179,7 +179,12 @@ impl StreamSchema {
         self.check(bytes, limits, true)
     }
 
-    /// `accepts`, with or without the byte scanner's first try (the tests compare the two).
+    /// `accepts` without the byte scanner's first try: the serde_json walk alone (public for
+    /// the benchmark that compares the two, and the tests).
+    pub fn accepts_via_serde(&self, bytes: &[u8], limits: Option<&JsonLimits>) -> bool {
+        self.check(bytes, limits, false)
+    }
+
     fn check(&self, bytes: &[u8], limits: Option<&JsonLimits>, scan_first: bool) -> bool {
         let scratch = RefCell::new(Value::String(String::new()));
         let walk = Walk {
