@@ -333,6 +333,72 @@ pub(crate) mod tests {
         }
     }
 
+    /// Answers with the request id it finds: in the extensions (a policy) or as given (the
+    /// terminal), so the test can see each got the request's own context.
+    struct SeesContext;
+
+    #[async_trait]
+    impl Policy for SeesContext {
+        fn name(&self) -> &'static str {
+            "sees_context"
+        }
+        fn applies(&self, req: &Request<Body>) -> bool {
+            req.headers().contains_key("x-apply")
+        }
+        async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+            let id = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| c.request_id.header_value());
+            let mut res = Response::new(portcullis_core::empty());
+            res.headers_mut()
+                .insert("x-seen", id.ok_or(GatewayError::Forbidden)?);
+            Ok(Flow::Respond(res))
+        }
+        fn reads_route_match(&self) -> bool {
+            true
+        }
+    }
+
+    struct EchoContext;
+
+    #[async_trait]
+    impl Terminal for EchoContext {
+        async fn call(
+            &self,
+            req: Request<Body>,
+            ctx: &RequestContext,
+        ) -> Result<Response<Body>, GatewayError> {
+            // A request no policy acted on carries no context in its extensions.
+            assert!(req.extensions().get::<RequestContext>().is_none());
+            let mut res = Response::new(portcullis_core::empty());
+            res.headers_mut()
+                .insert("x-seen", ctx.request_id.header_value());
+            Ok(res)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_context_reaches_the_policies_that_apply_and_the_terminal() {
+        let chain = Chain::new(vec![Arc::new(SeesContext)], Arc::new(EchoContext));
+        assert!(chain.reads_route_match());
+        assert!(!Chain::new(vec![], Arc::new(EchoContext)).reads_route_match());
+        for apply in [true, false] {
+            let c = ctx();
+            let mut req = Request::new(portcullis_core::empty());
+            if apply {
+                req.headers_mut()
+                    .insert("x-apply", http::HeaderValue::from_static("1"));
+            }
+            let res = chain.run(req, &c).await;
+            assert_eq!(
+                res.headers().get("x-seen"),
+                Some(&c.request_id.header_value()),
+                "{apply}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_policy_that_does_not_apply_runs_neither_phase_and_the_others_still_do() {
         let log = Arc::new(Mutex::new(Vec::new()));
