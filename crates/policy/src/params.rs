@@ -216,7 +216,6 @@ impl Policy for Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn cfg() -> ParamsConfig {
         let string = |min, max, pattern: Option<&str>, values: &[&str]| ParamKind::String {
