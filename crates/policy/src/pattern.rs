@@ -20,9 +20,11 @@ use std::cell::RefCell;
 
 /// A compiled `pattern`.
 pub(crate) enum Pattern {
-    /// `^[class]{min,max}$`: the allowed ASCII bytes as bits, and the bounds on the length.
+    /// `^[class]{min,max}$`: whether each byte is allowed (a table, not the 128 bits
+    /// `class_run` gives: a shift of a `u128` by a byte branches on which half, and a SKU's
+    /// letters and digits sit in different halves), and the bounds on the length.
     Class {
-        allowed: u128,
+        allowed: Box<[bool; 256]>,
         min: u64,
         max: Option<u64>,
     },
@@ -35,7 +37,12 @@ impl Pattern {
     pub(crate) fn compile(value: &Value) -> Option<Pattern> {
         let text = value.as_str()?;
         if let Some((allowed, min, max)) = class_run(text) {
-            return Some(Pattern::Class { allowed, min, max });
+            let table = std::array::from_fn(|b| b < 128 && allowed >> b & 1 == 1);
+            return Some(Pattern::Class {
+                allowed: Box::new(table),
+                min,
+                max,
+            });
         }
         let mut one = serde_json::Map::new();
         one.insert("pattern".into(), value.clone());
@@ -54,7 +61,7 @@ impl Pattern {
                 let n = v.len() as u64;
                 n >= *min
                     && max.is_none_or(|m| n <= m)
-                    && v.bytes().all(|b| b < 128 && allowed >> b & 1 == 1)
+                    && v.bytes().all(|b| allowed[usize::from(b)])
             }
             Pattern::Full(validator) => {
                 let mut scratch = scratch.borrow_mut();
