@@ -90,6 +90,35 @@ struct Rules {
     additional: Node,
 }
 
+impl Rules {
+    /// The schema for the value of `key`, marking it in `seen` when it is required.
+    fn property(&self, key: &str, seen: &mut u64) -> &Node {
+        // A few names: length and first byte rule out most of them before any comparison of
+        // the whole text (each a `memcmp` call); the binary search compares at every step.
+        let name = if self.names.len() <= 8 {
+            let k = key.as_bytes();
+            self.names.iter().find(|n| {
+                let n = n.name.as_bytes();
+                n.len() == k.len() && n.first() == k.first() && n == k
+            })
+        } else {
+            self.names
+                .binary_search_by(|n| (*n.name).cmp(key))
+                .ok()
+                .map(|at| &self.names[at])
+        };
+        match name {
+            Some(name) => {
+                if let Some(bit) = name.bit {
+                    *seen |= 1 << bit;
+                }
+                name.node.as_ref().unwrap_or(&self.additional)
+            }
+            None => &self.additional,
+        }
+    }
+}
+
 /// A property name the object rules mention.
 struct Name {
     name: Box<str>,
@@ -187,12 +216,7 @@ impl StreamSchema {
 
     fn check(&self, bytes: &[u8], limits: Option<&JsonLimits>, scan_first: bool) -> bool {
         let scratch = RefCell::new(Value::String(String::new()));
-        let walk = Walk {
-            node: &self.root,
-            limits: limits.unwrap_or(&UNBOUNDED),
-            depth: 0,
-            scratch: &scratch,
-        };
+        let walk = self.walk(limits.unwrap_or(&UNBOUNDED), &scratch);
         // One UTF-8 check of the whole body, so serde_json does not check each string again
         // (measured: a tenth of the walk on the 1 KiB order). JSON that is not UTF-8 is
         // invalid anyway; the full path reports it.
@@ -209,6 +233,18 @@ impl StreamSchema {
         }
         let mut de = serde_json::Deserializer::from_str(text);
         walk.deserialize(&mut de).is_ok() && de.end().is_ok()
+    }
+}
+
+impl StreamSchema {
+    /// The walk of a whole document.
+    fn walk<'a>(&'a self, limits: &'a JsonLimits, scratch: &'a RefCell<Value>) -> Walk<'a> {
+        Walk {
+            node: &self.root,
+            limits,
+            depth: 0,
+            scratch,
+        }
     }
 }
 
@@ -549,16 +585,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
             }
             inner.node = match rules {
                 None => &Node::Any,
-                Some(r) => match r.names.binary_search_by(|n| (*n.name).cmp(&key)) {
-                    Ok(at) => {
-                        let name = &r.names[at];
-                        if let Some(bit) = name.bit {
-                            seen |= 1 << bit;
-                        }
-                        name.node.as_ref().unwrap_or(&r.additional)
-                    }
-                    Err(_) => &r.additional,
-                },
+                Some(r) => r.property(&key, &mut seen),
             };
             map.next_value_seed(inner)?;
         }
@@ -950,13 +977,7 @@ mod tests {
     /// The scanner's verdict (`None` when it leaves the document to serde_json).
     fn scanned(stream: &StreamSchema, text: &str, limits: &JsonLimits) -> Option<bool> {
         let scratch = RefCell::new(Value::String(String::new()));
-        let walk = Walk {
-            node: &stream.root,
-            limits,
-            depth: 0,
-            scratch: &scratch,
-        };
-        match scan::document(text, walk) {
+        match scan::document(text, stream.walk(limits, &scratch)) {
             Ok(()) => Some(true),
             Err(scan::Stop::Refuse) => Some(false),
             Err(scan::Stop::Unsure) => None,
