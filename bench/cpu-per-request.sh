@@ -112,6 +112,5 @@ for _ in $(seq 1 "$PAIRS"); do
   if [ -n "$BARE" ]; then measure bare 18497 "" "$BARE_PID"; fi
 done
 echo "medians over $PAIRS pairs (A=$A${B:+, B=$B}${BARE:+, bare=$BARE}):"
-awk '{ v[$1] = v[$1] " " $4; r[$1] = r[$1] " " $2 }
-  function median(list,   a, n, i, j, t) { n = split(list, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t } return a[int((n + 1) / 2)] }
+awk "$AWK_STATS"'{ v[$1] = v[$1] " " $4; r[$1] = r[$1] " " $2 }
   END { for (k in v) printf "%-8s %8.0f req/s %6.1f us/request\n", k, median(r[k]), median(v[k]) }' "$OUT/results.txt" | sort

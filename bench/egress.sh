@@ -63,9 +63,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run egress "$r" "http://127.0.0.1:$PCL_PORT/egress/api/bench/item" "Authorization: Bearer $KEY"
 done
 echo "GET; wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median; machine: $(nproc) cores, $(uname -r)"
-awk '
+awk "$AWK_STATS"'
   { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
-  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
   END {
     printf "%-8s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
     split("direct nginx egress", order, " ")

@@ -13,6 +13,16 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 # wrk's latency figure (us, ms or s) in milliseconds.
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
 
+# awk functions the scripts' summaries share, put in front of their programs
+# (awk "$AWK_STATS"'...'): median(list) of a space-separated list; by_round(a, b, label)
+# prints the ratio of target a to target b in each round and the median of those ratios
+# (the spread shows how far one run can be trusted on this machine), from by[target, round]
+# and rounds, which the caller's rules fill.
+AWK_STATS='
+  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
+  function by_round(a, b, label,   r, v, list, line) { for (r=1;r<=rounds;r++) { v=sprintf("%.2f", by[a, r]/by[b, r]); list=list " " v; line=line " " v } printf "%s by round:%s (median %.2fx)\n", label, line, median(list) }
+'
+
 # Starts nginx as a plain reverse proxy on 127.0.0.1:$2 to the upstream on 127.0.0.1:$3, with
 # upstream keep-alive and the access log on, as shipped; its files go under $1/nginx.
 # Usage: start_nginx OUT_DIR LISTEN_PORT UPSTREAM_PORT

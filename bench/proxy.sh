@@ -102,12 +102,8 @@ done
 grep -q "Non-2xx" "$OUT"/portcullis-apikey-*.txt && { echo "bench: the API-key route answered non-2xx; see $OUT" >&2; exit 1; }
 
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median per target; machine: $(nproc) cores, $(uname -r)"
-awk '
+awk "$AWK_STATS"'
   { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5; by[$1, $2]=$3; if ($2 > rounds) rounds=$2 }
-  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
-  # The ratio of a to b in each round (measured back to back), and the median of those ratios:
-  # the spread shows how far one run can be trusted on this machine.
-  function by_round(a, b, label,   r, v, list, line) { for (r=1;r<=rounds;r++) { v=sprintf("%.2f", by[a, r]/by[b, r]); list=list " " v; line=line " " v } printf "%s by round:%s (median %.2fx)\n", label, line, median(list) }
   END {
     printf "%-18s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
     n=split("direct nginx portcullis portcullis-apikey baseline", order, " ")

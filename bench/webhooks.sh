@@ -90,9 +90,8 @@ if grep -q '"duplicate webhook' "$OUT/logs/portcullis.log"; then
 fi
 
 echo "POST 1 KiB JSON; wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, median; machine: $(nproc) cores, $(uname -r)"
-awk '
+awk "$AWK_STATS"'
   { rps[$1]=rps[$1] " " $3; p50[$1]=p50[$1] " " $4; p99[$1]=p99[$1] " " $5 }
-  function median(list,   a, n, i, j, t) { n=split(list, a, " "); for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t } return a[int((n+1)/2)] }
   END {
     printf "%-10s %12s %10s %10s\n", "target", "requests/s", "p50 ms", "p99 ms"
     split("plain webhook", order, " ")

@@ -119,7 +119,7 @@ pub fn parse_key(presented: &str) -> Option<(&str, &str)> {
 }
 
 /// Whether each byte is a hex digit. A table lookup per byte: the chained character tests
-/// were ~1.8k instructions per request for one key (bench/RESULTS.md, issue 5).
+/// were ~1.7k instructions per request for one key (bench/RESULTS.md, issue 5).
 const HEX: [bool; 256] = byte_table!(|b| b.is_ascii_hexdigit());
 /// Whether each byte may appear in a key's secret (base64url).
 const SECRET_CHAR: [bool; 256] =
