@@ -1,7 +1,7 @@
 //! A fast path for JSON Schema validation: the common subset of the 2020-12 keywords checked
 //! while the body is tokenized, together with the route's JSON structure limits, in one pass
 //! that builds no tree and allocates nothing. The tokenizer is first a byte scanner of our
-//! own for plain JSON (ASCII strings without escapes, integers: [`scan`]), and serde_json
+//! own for plain JSON (strings without escapes, integers: [`scan`]), and serde_json
 //! for whatever the scanner leaves undecided; both drive the same checks ([`Walk`]).
 //!
 //! Why: on a 1 KiB body, building the `serde_json::Value` that jsonschema needs (and dropping
@@ -88,6 +88,9 @@ struct Rules {
     /// One bit per distinct required name.
     required: u64,
     additional: Node,
+    /// The four numeric bounds as one inclusive integer range, when every bound present is
+    /// an integer: an integer instance is then checked with two comparisons.
+    int_bounds: Option<(i128, i128)>,
 }
 
 impl Rules {
@@ -117,6 +120,39 @@ impl Rules {
             None => &self.additional,
         }
     }
+
+    /// The scanner's key lookup without reading the key first: when `rest` (the bytes after
+    /// a key's opening quote) starts with one of the few names and its closing quote, that
+    /// name's byte length and schema. A name holding no quote, backslash or control
+    /// character is written the same way in every JSON text that spells it without escapes,
+    /// so these bytes are exactly that key. `None` sends the key through the full read and
+    /// [`Rules::property`].
+    #[inline]
+    fn property_at(&self, rest: &[u8], seen: &mut u64) -> Option<(usize, &Node)> {
+        if self.names.len() > 8 {
+            return None;
+        }
+        // The first eight bytes as one word, compared with each name's head under its mask:
+        // no `memcmp` call for names of up to seven bytes (measured: the call and the
+        // byte compares cost about as much as reading the key did).
+        let mut head = [0u8; 8];
+        head.copy_from_slice(rest.get(..8)?);
+        let word = u64::from_le_bytes(head);
+        let name = self.names.iter().find(|n| {
+            let b = n.name.as_bytes();
+            n.plain
+                && word & n.mask == n.head
+                && (b.len() < 8
+                    || (rest.get(b.len()) == Some(&b'"') && rest[8..].starts_with(&b[8..])))
+        })?;
+        if let Some(bit) = name.bit {
+            *seen |= 1 << bit;
+        }
+        Some((
+            name.name.len(),
+            name.node.as_ref().unwrap_or(&self.additional),
+        ))
+    }
 }
 
 /// A property name the object rules mention.
@@ -127,6 +163,13 @@ struct Name {
     node: Option<Node>,
     /// Its bit in `Rules::required`.
     bit: Option<u8>,
+    /// Not empty, and no quote, backslash or control character: [`Rules::property_at`] may
+    /// match it on the raw bytes.
+    plain: bool,
+    /// The name followed by its closing quote, its first eight bytes as a little-endian word
+    /// (zero-padded), and the mask of the bytes that word holds.
+    head: u64,
+    mask: u64,
 }
 
 /// An `enum`/`const` member the walk compares: numbers, arrays and objects are left to the
@@ -332,11 +375,44 @@ fn compile(schema: &Value, root: bool) -> Option<Node> {
             _ => return None,
         }
     }
+    r.int_bounds = int_bounds(&r);
     Some(if asserts {
         Node::Rules(Box::new(r))
     } else {
         Node::Any
     })
+}
+
+/// `Rules::int_bounds`: `None` when a bound is not an integer (the exact comparison of
+/// [`Num::cmp`] decides then).
+fn int_bounds(r: &Rules) -> Option<(i128, i128)> {
+    let (mut lo, mut hi) = (i128::MIN, i128::MAX);
+    for (bound, shift, lower) in [
+        (r.minimum, 0, true),
+        (r.exclusive_minimum, 1, true),
+        (r.maximum, 0, false),
+        (r.exclusive_maximum, -1, false),
+    ] {
+        let Some(b) = bound else { continue };
+        let b = b.integer()? + shift;
+        if lower {
+            lo = lo.max(b);
+        } else {
+            hi = hi.min(b);
+        }
+    }
+    Some((lo, hi))
+}
+
+/// `Name::head` and `Name::mask` for `name`.
+fn head_word(name: &str) -> (u64, u64) {
+    let mut head = [0u8; 8];
+    let mut mask = [0u8; 8];
+    for (i, b) in name.bytes().chain([b'"']).take(8).enumerate() {
+        head[i] = b;
+        mask[i] = 0xff;
+    }
+    (u64::from_le_bytes(head), u64::from_le_bytes(mask))
 }
 
 /// The entry for `name`, added in sorted place when new.
@@ -350,6 +426,10 @@ fn name_entry<'a>(names: &'a mut Vec<Name>, name: &str) -> &'a mut Name {
                     name: name.into(),
                     node: None,
                     bit: None,
+                    plain: !name.is_empty()
+                        && !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+                    head: head_word(name).0,
+                    mask: head_word(name).1,
                 },
             );
             at
@@ -457,6 +537,13 @@ impl<'a> Walk<'a> {
         // No enum member is a number (see `Scalar`), so an enum refuses every number.
         if !r.enums.is_empty() {
             return Err(no());
+        }
+        if let (Some((lo, hi)), Some(v)) = (r.int_bounds, n.integer()) {
+            return if lo <= v && v <= hi {
+                Ok(())
+            } else {
+                Err(no())
+            };
         }
         let holds = |bound: Option<Num>, ok: fn(Ordering) -> bool| {
             bound.is_none_or(|b| n.cmp(b).is_some_and(ok))
@@ -865,11 +952,12 @@ mod tests {
             prop::option::of(bound()),
             prop::option::of(bound()),
             prop::option::of(bound()),
+            prop::option::of(bound()),
             prop::option::of(prop::collection::vec(scalar_value(), 0..3)),
             prop::option::of(scalar_value()),
         )
             .prop_map(
-                |(kinds, min_len, max_len, pattern, min, max, emin, en, constant)| {
+                |(kinds, min_len, max_len, pattern, min, max, emin, emax, en, constant)| {
                     let mut m = serde_json::Map::new();
                     match kinds.len() {
                         0 => {}
@@ -891,11 +979,27 @@ mod tests {
                     put("minimum", min);
                     put("maximum", max);
                     put("exclusiveMinimum", emin);
+                    put("exclusiveMaximum", emax);
                     put("enum", en.map(Value::Array));
                     put("const", constant);
                     Value::Object(m)
                 },
             )
+    }
+
+    /// Property names: one byte, prefixes of each other, and names around the scanner's
+    /// eight-byte word (seven, eight and ten bytes).
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "a",
+            "ab",
+            "b",
+            "c",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghij",
+        ])
+        .prop_map(String::from)
     }
 
     fn schema() -> impl Strategy<Value = Value> {
@@ -918,8 +1022,8 @@ mod tests {
                         s
                     }),
                 (
-                    prop::collection::btree_map("[abc]", inner.clone(), 0..3),
-                    prop::sample::subsequence(vec!["a", "b", "c", "d"], 0..3),
+                    prop::collection::btree_map(key(), inner.clone(), 0..3),
+                    prop::sample::subsequence(vec!["a", "b", "c", "d", "ab", "abcdefgh"], 0..3),
                     prop::option::of(prop_oneof![any::<bool>().prop_map(Value::Bool), inner]),
                 )
                     .prop_map(|(props, required, additional)| {
@@ -954,8 +1058,12 @@ mod tests {
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[abcd]", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map(
+                    prop_oneof![key(), Just("d".to_owned()), Just("abcdefghi".to_owned())],
+                    inner,
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
@@ -999,6 +1107,9 @@ mod tests {
             "-9223372036854775808",
             "\"\x7f\"",
             "\t\n\r 1 ",
+            // Beyond ASCII: the body is checked as UTF-8 once, and lengths count code points.
+            "\"\u{e9}\"",
+            "\n\"\u{e9}\u{1f600}\"",
         ] {
             assert_eq!(scanned(&any, doc, &l), Some(true), "{doc:?}");
         }
@@ -1028,7 +1139,6 @@ mod tests {
         // Decoding, floats and integers serde_json gives as floats: the serde_json walk's.
         for doc in [
             r#""\u0041""#,
-            "\"\u{e9}\"",
             "1.5",
             "1e3",
             "-0",
@@ -1057,6 +1167,62 @@ mod tests {
         );
     }
 
+    /// The scanner matches the schema's names on the raw bytes: prefixes, names around its
+    /// eight-byte word, keys at the end of the body, and names it must not match that way.
+    #[test]
+    fn keys_match_on_raw_bytes_as_in_the_tree() {
+        let schema = json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["a"],
+            "properties": {
+                "a": { "type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3 },
+                "ab": { "type": "string", "maxLength": 3 },
+                "abcdefg": { "type": "null" },
+                "abcdefgh": { "type": "boolean" },
+                "abcdefghij": { "type": "integer", "minimum": 1.5 },
+                "q\"t": { "type": "null" },
+                "b\\s": { "type": "null" },
+                "\u{e9}t\u{e9}": { "type": "integer" }
+            }
+        });
+        let stream = StreamSchema::compile(&schema).expect("streams");
+        for doc in [
+            r#"{"a":1}"#,
+            r#"{"a":2,"ab":"x"}"#,
+            r#"{"a":3}"#,
+            r#"{"a":0}"#,
+            r#"{"ab":"x"}"#,
+            r#"{"a":1,"abc":1}"#,
+            r#"{"a":1,"abcdefg":null,"abcdefgh":true,"abcdefghij":2}"#,
+            r#"{"a":1,"abcdefgh":null}"#,
+            r#"{"a":1,"abcdefghi":true}"#,
+            r#"{"a":1,"abcdefghij":1}"#,
+            r#"{"a":1,"abcdefghijk":2}"#,
+            r#"{"a":1,"q\"t":null}"#,
+            r#"{"a":1,"b\\s":null}"#,
+            "{\"a\":1,\"\u{e9}t\u{e9}\":5}",
+            "{\"a\":1,\"\u{e9}t\u{e9}\":\"x\"}",
+            "{\"a\":1,\"ab\":\"\u{e9}\u{e9}\u{e9}\"}",
+            "{\"a\":1,\"ab\":\"\u{e9}\u{e9}\u{e9}\u{e9}\"}",
+            r#"{"\u0061":1}"#,
+            r#"{"ab":"x","a":1}"#,
+            r#"{ "a" : 1 , "ab" : "x" }"#,
+            "{\"a\":1,\n\"ab\":\"x\ty\"}",
+            "{\"a\":1,\n\"ab\":\"xy\"}",
+        ] {
+            let full = full_path(&schema, doc.as_bytes(), &JsonLimits::DEFAULT);
+            assert_eq!(
+                stream.accepts(doc.as_bytes(), Some(&JsonLimits::DEFAULT)),
+                full,
+                "{doc}"
+            );
+        }
+        // The cases above are not all alike: some pass, some fail.
+        assert!(stream.accepts(br#"{"a":2,"ab":"x"}"#, Some(&JsonLimits::DEFAULT)));
+        assert!(!stream.accepts(br#"{"a":3}"#, Some(&JsonLimits::DEFAULT)));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -1064,10 +1230,13 @@ mod tests {
         #[test]
         fn the_scanner_agrees_with_the_serde_walk(schema in schema(), doc in document(), d in 1u32..6, s in 0u64..8, a in 0u64..5, m in 0u64..5) {
             let stream = StreamSchema::compile(&schema).expect("the subset streams");
-            let text = doc.to_string();
-            for limits in [JsonLimits::DEFAULT, JsonLimits { max_depth: d, max_string: s, max_array: a, max_members: m, explicit: true }] {
-                if let Some(verdict) = scanned(&stream, &text, &limits) {
-                    prop_assert_eq!(verdict, stream.check(text.as_bytes(), Some(&limits), false), "{} against {}", text, schema);
+            // Compact (no byte below 0x20: the scanner's memchr path) and pretty-printed
+            // (whitespace between tokens: its word loop).
+            for text in [doc.to_string(), serde_json::to_string_pretty(&doc).expect("json")] {
+                for limits in [JsonLimits::DEFAULT, JsonLimits { max_depth: d, max_string: s, max_array: a, max_members: m, explicit: true }] {
+                    if let Some(verdict) = scanned(&stream, &text, &limits) {
+                        prop_assert_eq!(verdict, stream.check(text.as_bytes(), Some(&limits), false), "{} against {}", text, schema);
+                    }
                 }
             }
         }
@@ -1092,15 +1261,17 @@ mod tests {
             let Some(stream) = StreamSchema::compile(&schema) else {
                 return Err(TestCaseError::fail(format!("the subset did not stream: {schema}")));
             };
-            // Keys written with escapes must match `properties` as the tree does.
-            let plain = doc.to_string();
-            let text = if escape_keys { plain.replace("\"a\":", "\"\\u0061\":") } else { plain };
-            for limits in [JsonLimits::DEFAULT, JsonLimits { max_depth: d, max_string: s, max_array: a, max_members: m, explicit: true }] {
-                let fast = stream.accepts(text.as_bytes(), Some(&limits));
-                let full = full_path(&schema, text.as_bytes(), &limits);
-                prop_assert!(!fast || full, "fast accepted what jsonschema refuses: {} against {}", text, schema);
-                if !has_large_integer(&doc) && !has_large_integer(&schema) {
-                    prop_assert_eq!(fast, full, "{} against {}", text, schema);
+            // Keys written with escapes must match `properties` as the tree does; compact and
+            // pretty-printed text take the scanner's two string paths.
+            for plain in [doc.to_string(), serde_json::to_string_pretty(&doc).expect("json")] {
+                let text = if escape_keys { plain.replace("\"a\":", "\"\\u0061\":") } else { plain };
+                for limits in [JsonLimits::DEFAULT, JsonLimits { max_depth: d, max_string: s, max_array: a, max_members: m, explicit: true }] {
+                    let fast = stream.accepts(text.as_bytes(), Some(&limits));
+                    let full = full_path(&schema, text.as_bytes(), &limits);
+                    prop_assert!(!fast || full, "fast accepted what jsonschema refuses: {} against {}", text, schema);
+                    if !has_large_integer(&doc) && !has_large_integer(&schema) {
+                        prop_assert_eq!(fast, full, "{} against {}", text, schema);
+                    }
                 }
             }
         }
