@@ -22,6 +22,7 @@ A=${1:?usage: bench/cpu-per-request.sh A_BIN [B_BIN]}
 B=${2:-}
 PAIRS=${PAIRS:-5}
 DURATION=${DURATION:-5}
+DURATION=${DURATION%s}   # seconds; "5s" as the other scripts take it is read as 5
 CONNS=${CONNS:-32}
 UP_PORT=18491
 NGINX_PORT=18492
@@ -68,7 +69,7 @@ load() {
     "${LOAD[@]}" wrk -t1 "$@" -s "$OUT/post.lua" ${key:+-H "Authorization: Bearer $key"} "http://127.0.0.1:$port/guarded/orders"
   else
     "${LOAD[@]}" wrk -t1 "$@" "http://127.0.0.1:$port/bench/item"
-  fi
+  fi || { echo "bench: wrk failed on port $port" >&2; return 1; }
 }
 start_gateway a "$A" 18493; A_PID=${pids[-1]}
 [ -n "$B" ] && { start_gateway b "$B" 18495; B_PID=${pids[-1]}; }

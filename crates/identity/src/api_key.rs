@@ -129,7 +129,12 @@ const SECRET_CHAR: [bool; 256] =
 /// cached (ids, owners, hashes), so an unknown id never costs a database query.
 pub struct ApiKeys {
     store: Arc<dyn Store>,
-    pepper: Zeroizing<Vec<u8>>,
+    /// HMAC-SHA256 already keyed with the pepper: the pad blocks are compressed once here,
+    /// and each hash clones this state, so a verification runs two SHA-256 compressions
+    /// instead of four (bench/RESULTS.md, issue 5). The keyed state is as sensitive as the
+    /// pepper and, like it, lives as long as the service; the `hmac` crate cannot zeroize
+    /// it, and the per-request HMAC it replaces held the same state unzeroized on the stack.
+    mac: Hmac<Sha256>,
     cache: ArcSwap<HashMap<String, Arc<Entry>>>,
     epoch: AtomicI64,
 }
@@ -156,9 +161,12 @@ impl ApiKeys {
             }
             Err(e) => return Err(e.into()),
         };
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&pepper)
+            .map_err(|_| KeyError::Request("the API key pepper is unusable".into()))?;
+        drop(pepper);
         let keys = Arc::new(ApiKeys {
             store,
-            pepper,
+            mac,
             cache: ArcSwap::from_pointee(HashMap::new()),
             epoch: AtomicI64::new(0),
         });
@@ -167,15 +175,11 @@ impl ApiKeys {
     }
 
     fn hash(&self, key_id: &str, secret: &str) -> Vec<u8> {
-        match <Hmac<Sha256> as Mac>::new_from_slice(&self.pepper) {
-            Ok(mut m) => {
-                m.update(key_id.as_bytes());
-                m.update(b":");
-                m.update(secret.as_bytes());
-                m.finalize().into_bytes().to_vec()
-            }
-            Err(_) => Vec::new(),
-        }
+        let mut m = self.mac.clone();
+        m.update(key_id.as_bytes());
+        m.update(b":");
+        m.update(secret.as_bytes());
+        m.finalize().into_bytes().to_vec()
     }
 
     /// Re-reads every key from the store.
