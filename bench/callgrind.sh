@@ -3,10 +3,12 @@
 # (kernel time is not counted), but repeatable whatever else the machine is doing, so it
 # resolves changes of a few percent that wrk throughput on two shared cores cannot.
 # Usage: bench/callgrind.sh  (env: ROUTE=plain|guarded|webhook, BIN=another/portcullis for an
-# A/B, ACCESS_LOG=false)
+# A/B, ACCESS_LOG=false, BARE=target/release/examples/bare_hyper_proxy)
 #   plain:   GET on a route with no policies (the foundation benchmark's route)
 #   guarded: POST of a 1 KiB JSON order with API key + rate limit + JSON Schema (issue 5's)
 #   webhook: a Standard Webhooks delivery of a 1 KiB event, direct delivery (issue 6's)
+# BARE= counts the floor instead of the gateway: the bare hyper proxy (hyper, tokio and
+# jemalloc only; `cargo build --release --example bare_hyper_proxy`) on the plain route's GET.
 # Prints requests served under valgrind and instructions per request; the dump (for
 # callgrind_annotate --inclusive=yes) stays in bench/out-callgrind/.
 set -euo pipefail
@@ -69,8 +71,15 @@ case $ROUTE in
   *) echo "ROUTE must be plain, guarded or webhook" >&2; exit 2 ;;
 esac
 
-valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-  "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/access.log" 2>"$OUT/valgrind.log" & pids+=($!)
+BARE=${BARE:-}
+if [ -n "$BARE" ]; then
+  [ "$ROUTE" = plain ] || { echo "BARE= measures the plain route only" >&2; exit 2; }
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    "$BARE" 127.0.0.1:$PCL_PORT 127.0.0.1:$UP_PORT >"$OUT/logs/bare.log" 2>"$OUT/valgrind.log" & pids+=($!)
+else
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/access.log" 2>"$OUT/valgrind.log" & pids+=($!)
+fi
 GW=${pids[-1]}
 for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PCL_PORT) 2>/dev/null && break; sleep 0.1; done
 # Warm up (pools, caches, lazily built state), then count only the measured run.
@@ -84,4 +93,4 @@ if echo "$out" | grep -q "Non-2xx"; then echo "bench: the $ROUTE route answered 
 reqs=$(echo "$out" | awk '/requests in/ {print $1}')
 dump=$(ls -t "$OUT"/callgrind.out* | head -n1)
 ir=$(awk '/^(totals|summary):/ {print $2; exit}' "$dump")
-echo "route=$ROUTE access_log=$ACCESS_LOG requests=$reqs instructions/request=$((ir / reqs)) dump=$dump"
+echo "${BARE:+bare=$BARE }route=$ROUTE access_log=$ACCESS_LOG requests=$reqs instructions/request=$((ir / reqs)) dump=$dump"
