@@ -355,7 +355,49 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_vault::{Kek, LogEventSink, StaticKeyProvider};
     use proptest::prelude::*;
+
+    /// The keyed HMAC kept in `ApiKeys` gives exactly HMAC-SHA256(pepper, "id:secret"), the
+    /// hash stored for every key ever issued, and cloning it per hash leaves no state behind.
+    #[tokio::test]
+    async fn stored_hash_is_the_peppered_hmac_and_verification_repeats() {
+        let store: Arc<dyn Store> = Arc::new(
+            portcullis_store::SqliteStore::memory()
+                .await
+                .expect("store"),
+        );
+        let vault = Vault::open(
+            store.clone(),
+            Arc::new(StaticKeyProvider(Kek::from_bytes([9; 32]))),
+            Arc::new(LogEventSink),
+        )
+        .await
+        .expect("vault");
+        let keys = ApiKeys::open(store.clone(), &vault).await.expect("keys");
+        let issued = keys.issue("client-a", None).await.expect("issue");
+        let (id, secret) = parse_key(&issued.key).expect("well-formed");
+
+        let pepper = vault
+            .resolve(PEPPER_SECRET, PEPPER_CONSUMER)
+            .await
+            .expect("pepper");
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(pepper.expose()).expect("any length");
+        m.update(format!("{id}:{secret}").as_bytes());
+        let expected = m.finalize().into_bytes().to_vec();
+        let stored = store.keys().all_keys().await.expect("keys");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].hash, expected);
+
+        let wrong = format!("{KEY_PREFIX}{id}_{}", "B".repeat(secret.len()));
+        for _ in 0..3 {
+            assert_eq!(
+                keys.verify(&issued.key).expect("valid").client_id.as_ref(),
+                "client-a"
+            );
+            assert!(matches!(keys.verify(&wrong), Err(KeyError::Invalid)));
+        }
+    }
 
     #[test]
     fn key_format_is_strict() {
