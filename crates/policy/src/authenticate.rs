@@ -5,11 +5,14 @@
 
 use crate::{Flow, Policy};
 use async_trait::async_trait;
-use http::{header, Request};
+use http::{header, HeaderName, HeaderValue, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{AuthKind, Body, ClientCert, GatewayError, Identity, RequestContext};
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use std::{collections::HashMap, sync::Arc};
+
+/// Parsed once: a `&str` name is parsed again on every lookup.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Clients by id, from the running configuration.
 pub type Clients = Arc<HashMap<String, Arc<ClientConfig>>>;
@@ -142,17 +145,50 @@ impl Authenticate {
     }
 }
 
-fn presented(req: &Request<Body>) -> Option<String> {
+/// The presented credential: the header it came in (a reference count on the bytes hyper
+/// read) and where in it the credential is. Copying it into a `String`, as before, put the
+/// secret in one more place in memory, never zeroized, and cost an allocation per request.
+struct Presented {
+    value: HeaderValue,
+    start: usize,
+    end: usize,
+}
+
+impl Presented {
+    fn credential(&self) -> &str {
+        // The range came from the value's text, so neither step fails.
+        self.value
+            .to_str()
+            .ok()
+            .and_then(|t| t.get(self.start..self.end))
+            .unwrap_or("")
+    }
+}
+
+/// `Authorization: Bearer <credential>` when `Authorization` is text (no other scheme, and no
+/// fallback to `X-Api-Key` then), otherwise `X-Api-Key: <credential>`.
+fn presented(req: &Request<Body>) -> Option<Presented> {
     let h = req.headers();
-    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, rest) = v.split_once(' ')?;
+    let within = |value: &HeaderValue, text: &str, part: &str| {
+        let start = part.as_ptr() as usize - text.as_ptr() as usize;
+        Presented {
+            value: value.clone(),
+            start,
+            end: start + part.len(),
+        }
+    };
+    if let Some((v, text)) = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| Some((v, v.to_str().ok()?)))
+    {
+        let (scheme, rest) = text.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_string());
+            .then(|| within(v, text, rest.trim()));
     }
-    h.get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
+    let v = h.get(&X_API_KEY)?;
+    let text = v.to_str().ok()?;
+    Some(within(v, text, text.trim()))
 }
 
 #[async_trait]
@@ -188,17 +224,18 @@ impl Policy for Authenticate {
                 return Ok(Flow::Continue(req));
             }
         }
-        let Some(key) = presented(&req) else {
+        let Some(presented) = presented(&req) else {
             if let Some(wait) = self.guard.locked(ip, None) {
                 return Err(GatewayError::TooManyRequests { retry_after: wait });
             }
             return Err(GatewayError::Unauthorized { presented: false });
         };
-        let key_id = ApiKeys::key_id_of(&key);
+        let key = presented.credential();
+        let key_id = ApiKeys::key_id_of(key);
         if let Some(wait) = self.guard.locked(ip, key_id) {
             return Err(GatewayError::TooManyRequests { retry_after: wait });
         }
-        let verified = self.check(&key).await;
+        let verified = self.check(key).await;
         let prepared = verified
             .as_ref()
             .and_then(|v| self.prepared.get(v.0.as_ref()))
@@ -221,7 +258,7 @@ impl Policy for Authenticate {
         }
         let h = req.headers_mut();
         h.remove(header::AUTHORIZATION);
-        h.remove("x-api-key");
+        h.remove(&X_API_KEY);
         // A token's scopes are narrowed to what the client may hold, when the client lists any.
         let scopes: Arc<[String]> = match token_scopes {
             Some(t) if client.scopes.is_empty() => t.into(),
@@ -234,5 +271,56 @@ impl Policy for Authenticate {
         let identity = prepared.identity(client_id, scopes, kind, used_key);
         req.extensions_mut().insert(identity);
         Ok(Flow::Continue(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &[u8])]) -> Request<Body> {
+        let mut b = Request::builder();
+        for (n, v) in headers {
+            b = b.header(*n, HeaderValue::from_bytes(v).expect("value"));
+        }
+        b.body(portcullis_core::empty()).expect("request")
+    }
+
+    fn credential(headers: &[(&str, &[u8])]) -> Option<String> {
+        presented(&request(headers)).map(|p| p.credential().to_string())
+    }
+
+    #[test]
+    fn the_credential_is_found_where_it_was_before() {
+        assert_eq!(
+            credential(&[("authorization", b"Bearer pcl_ab_cd")]).as_deref(),
+            Some("pcl_ab_cd")
+        );
+        assert_eq!(
+            credential(&[("authorization", b"bEaReR   pcl_ab_cd  ")]).as_deref(),
+            Some("pcl_ab_cd")
+        );
+        assert_eq!(
+            credential(&[("x-api-key", b"  pcl_ab_cd ")]).as_deref(),
+            Some("pcl_ab_cd")
+        );
+        // Another scheme, or no scheme, in a text `Authorization`: nothing, and no fallback.
+        for auth in [&b"Basic dXNlcjpwYXNz"[..], b"pcl_ab_cd"] {
+            assert_eq!(
+                credential(&[("authorization", auth), ("x-api-key", b"pcl_ab_cd")]),
+                None
+            );
+        }
+        // An `Authorization` that is not text is passed over for `X-Api-Key`.
+        assert_eq!(
+            credential(&[("authorization", b"Bearer \xff"), ("x-api-key", b"pcl_x_y")]).as_deref(),
+            Some("pcl_x_y")
+        );
+        assert_eq!(credential(&[("x-api-key", b"\xffpcl")]), None);
+        assert_eq!(credential(&[]), None);
+        assert_eq!(
+            credential(&[("authorization", b"Bearer ")]).as_deref(),
+            Some("")
+        );
     }
 }

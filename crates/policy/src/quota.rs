@@ -4,7 +4,11 @@
 //! nothing, so a refused request uses up nothing. If the store cannot answer, the request is
 //! refused (503): a quota is a promise to the party paying for the upstream.
 
-use crate::{chain::ResponseHeaders, Clients, Flow, Policy};
+use crate::{
+    chain::ResponseHeaders,
+    rate_limit::{RATELIMIT, RATELIMIT_POLICY},
+    Clients, Flow, Policy,
+};
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue, Request};
 use portcullis_config::QuotaConfig;
@@ -210,11 +214,11 @@ impl Policy for Quota {
                     .unwrap_or_else(portcullis_core::RequestId::generate);
                 let mut res = portcullis_core::problem_response(&err, &id);
                 if let Some(p) = policy_header {
-                    res.headers_mut().append("ratelimit-policy", p);
+                    res.headers_mut().append(RATELIMIT_POLICY, p);
                 }
                 let item = format!("\"{}\";r=0;t={}", c.name, c.reset.as_secs());
                 if let Ok(v) = HeaderValue::from_str(&item) {
-                    res.headers_mut().append("ratelimit", v);
+                    res.headers_mut().append(RATELIMIT, v);
                 }
                 Ok(Flow::Respond(res))
             }
@@ -233,10 +237,10 @@ impl Policy for Quota {
                     c.name,
                     c.reset.as_secs()
                 )) {
-                    h.append("ratelimit", v);
+                    h.append(RATELIMIT, v);
                 }
                 if let Some(p) = policy_header {
-                    h.append("ratelimit-policy", p);
+                    h.append(RATELIMIT_POLICY, p);
                 }
                 req.extensions_mut().insert(ResponseHeaders(h));
                 Ok(Flow::Continue(req))

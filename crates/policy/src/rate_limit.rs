@@ -17,8 +17,8 @@ use std::{
 };
 
 // The IETF headers, parsed once rather than on every insert.
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// Where a route's limits are decided, and what to do when that place is unreachable.
 #[derive(Clone)]
