@@ -72,14 +72,13 @@ case $ROUTE in
 esac
 
 BARE=${BARE:-}
+SUBJECT=("$BIN" serve --config "$OUT/portcullis.toml")
 if [ -n "$BARE" ]; then
   [ "$ROUTE" = plain ] || { echo "BARE= measures the plain route only" >&2; exit 2; }
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-    "$BARE" 127.0.0.1:$PCL_PORT 127.0.0.1:$UP_PORT >"$OUT/logs/bare.log" 2>"$OUT/valgrind.log" & pids+=($!)
-else
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-    "$BIN" serve --config "$OUT/portcullis.toml" >"$OUT/logs/access.log" 2>"$OUT/valgrind.log" & pids+=($!)
+  SUBJECT=("$BARE" 127.0.0.1:$PCL_PORT 127.0.0.1:$UP_PORT)
 fi
+valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+  "${SUBJECT[@]}" >"$OUT/logs/access.log" 2>"$OUT/valgrind.log" & pids+=($!)
 GW=${pids[-1]}
 for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PCL_PORT) 2>/dev/null && break; sleep 0.1; done
 # Warm up (pools, caches, lazily built state), then count only the measured run.

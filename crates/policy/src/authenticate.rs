@@ -5,7 +5,7 @@
 
 use crate::{Flow, Policy};
 use async_trait::async_trait;
-use http::{header, HeaderName, HeaderValue, Request};
+use http::{header, HeaderName, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{AuthKind, Body, ClientCert, GatewayError, Identity, RequestContext};
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
@@ -145,50 +145,19 @@ impl Authenticate {
     }
 }
 
-/// The presented credential: the header it came in (a reference count on the bytes hyper
-/// read) and where in it the credential is. Copying it into a `String`, as before, put the
-/// secret in one more place in memory, never zeroized, and cost an allocation per request.
-struct Presented {
-    value: HeaderValue,
-    start: usize,
-    end: usize,
-}
-
-impl Presented {
-    fn credential(&self) -> &str {
-        // The range came from the value's text, so neither step fails.
-        self.value
-            .to_str()
-            .ok()
-            .and_then(|t| t.get(self.start..self.end))
-            .unwrap_or("")
-    }
-}
-
 /// `Authorization: Bearer <credential>` when `Authorization` is text (no other scheme, and no
-/// fallback to `X-Api-Key` then), otherwise `X-Api-Key: <credential>`.
-fn presented(req: &Request<Body>) -> Option<Presented> {
+/// fallback to `X-Api-Key` then), otherwise `X-Api-Key: <credential>`. Borrowed from the
+/// request: a `String` copy, as before, put the secret in one more place in memory, never
+/// zeroized, and cost an allocation per request.
+fn presented(req: &Request<Body>) -> Option<&str> {
     let h = req.headers();
-    let within = |value: &HeaderValue, text: &str, part: &str| {
-        let start = part.as_ptr() as usize - text.as_ptr() as usize;
-        Presented {
-            value: value.clone(),
-            start,
-            end: start + part.len(),
-        }
-    };
-    if let Some((v, text)) = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| Some((v, v.to_str().ok()?)))
-    {
-        let (scheme, rest) = text.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| within(v, text, rest.trim()));
+    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, rest) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
     }
-    let v = h.get(&X_API_KEY)?;
-    let text = v.to_str().ok()?;
-    Some(within(v, text, text.trim()))
+    h.get(&X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 #[async_trait]
@@ -224,13 +193,12 @@ impl Policy for Authenticate {
                 return Ok(Flow::Continue(req));
             }
         }
-        let Some(presented) = presented(&req) else {
+        let Some(key) = presented(&req) else {
             if let Some(wait) = self.guard.locked(ip, None) {
                 return Err(GatewayError::TooManyRequests { retry_after: wait });
             }
             return Err(GatewayError::Unauthorized { presented: false });
         };
-        let key = presented.credential();
         let key_id = ApiKeys::key_id_of(key);
         if let Some(wait) = self.guard.locked(ip, key_id) {
             return Err(GatewayError::TooManyRequests { retry_after: wait });
@@ -277,6 +245,7 @@ impl Policy for Authenticate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn request(headers: &[(&str, &[u8])]) -> Request<Body> {
         let mut b = Request::builder();
@@ -287,7 +256,7 @@ mod tests {
     }
 
     fn credential(headers: &[(&str, &[u8])]) -> Option<String> {
-        presented(&request(headers)).map(|p| p.credential().to_string())
+        presented(&request(headers)).map(str::to_string)
     }
 
     #[test]

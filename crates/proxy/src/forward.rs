@@ -277,12 +277,12 @@ impl Terminal for Forwarder {
     }
 }
 
-/// Identity headers: whatever `X-Portcullis-*` a client sent is dropped, and the verified
-/// identity (when the route authenticated the caller) is set, so the upstream can trust them.
 // Parsed once: a `&str` name is parsed again on every insert.
 const X_PORTCULLIS_CLIENT: http::HeaderName = http::HeaderName::from_static("x-portcullis-client");
 const X_PORTCULLIS_SCOPES: http::HeaderName = http::HeaderName::from_static("x-portcullis-scopes");
 
+/// Identity headers: whatever `X-Portcullis-*` a client sent is dropped, and the verified
+/// identity (when the route authenticated the caller) is set, so the upstream can trust them.
 fn set_identity(h: &mut http::HeaderMap, id: Option<&Identity>) {
     let spoofed: Vec<http::HeaderName> = h
         .keys()
