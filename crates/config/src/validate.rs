@@ -288,7 +288,7 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
     let max_header_count = bounded(
         c,
         raw.max_header_count,
-        100,
+        64,
         1..=10_000,
         "server.max_header_count",
         |n| *n as u64,

@@ -65,6 +65,16 @@ pub(crate) struct SendFailure {
 }
 
 impl Transport {
+    /// The `Host` this transport gives a request that has none: the plain-HTTP pool's own,
+    /// built once. `None` for HTTPS, where hyper-util's client (or `:authority` on HTTP/2)
+    /// takes it from the URI, so the header must be absent.
+    pub(crate) fn own_host(&self) -> Option<&http::HeaderValue> {
+        match self {
+            Transport::Plain(pool) => Some(pool.host()),
+            Transport::Tls(_) => None,
+        }
+    }
+
     /// Sends `req` to `path` on the upstream at `scheme://authority` and returns the answer's
     /// head; the body streams after. Without a `Host` header the upstream's own is set.
     pub(crate) async fn send(
@@ -93,7 +103,10 @@ impl Transport {
                         connect: false,
                         error: Box::new(e),
                     })?;
-                match client.request(req).await {
+                // Boxed: hyper-util's future (over 1 KB) held inline made the plain-HTTP
+                // path's future, moved on every request, as large; next to a TLS exchange
+                // one allocation is nothing.
+                match Box::pin(client.request(req)).await {
                     Ok(res) => Ok(res.map(|b| b.map_err(BoxError::from).boxed_unsync())),
                     Err(e) => Err(SendFailure {
                         connect: e.is_connect(),

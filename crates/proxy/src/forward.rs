@@ -231,29 +231,38 @@ impl Terminal for Forwarder {
         headers.insert(REQUEST_ID_HEADER, ctx.request_id.header_value());
         set_identity(headers, req_identity.as_ref());
         if let (Some(signer), Some(id)) = (&self.assertions, &req_identity) {
-            let assertion = signer
-                .assert_identity(
-                    &id.client_id,
-                    &id.scopes,
-                    &self.route_id,
-                    ctx.request_id.as_str(),
-                )
-                .await
-                .ok_or_else(|| {
-                    GatewayError::CredentialUnavailable("identity assertion key unavailable".into())
-                })?;
+            // Boxed, as the vault lookup below: held inline, these futures (over 1 KB each)
+            // made every forwarded request's future larger, and it is moved on every request.
+            let assertion = Box::pin(signer.assert_identity(
+                &id.client_id,
+                &id.scopes,
+                &self.route_id,
+                ctx.request_id.as_str(),
+            ))
+            .await
+            .ok_or_else(|| {
+                GatewayError::CredentialUnavailable("identity assertion key unavailable".into())
+            })?;
             let mut v = HeaderValue::from_str(&assertion)
                 .map_err(|e| GatewayError::Internal(Box::new(e)))?;
             v.set_sensitive(true);
             headers.insert("x-portcullis-assertion", v);
         }
-        self.inject_headers(headers).await?;
-        headers.remove(header::HOST);
-        // Without preserve_host the transport sets the upstream's own `Host` (the plain-HTTP
-        // pool's, built once; hyper-util's, or `:authority` on HTTP/2, for HTTPS).
-        if self.preserve_host {
-            if let Some(h) = client_host {
+        if !self.headers.is_empty() {
+            Box::pin(self.inject_headers(headers)).await?;
+        }
+        // The client's `Host` with preserve_host; otherwise the upstream's own: the plain-HTTP
+        // pool's, built once, written over the client's in one step; for HTTPS none, so
+        // hyper-util's client (or `:authority` on HTTP/2) takes it from the URI.
+        match (self.preserve_host, client_host, self.transport.own_host()) {
+            (true, Some(h), _) => {
                 headers.insert(header::HOST, h);
+            }
+            (false, _, Some(own)) => {
+                headers.insert(header::HOST, own.clone());
+            }
+            _ => {
+                headers.remove(header::HOST);
             }
         }
         *req.version_mut() = Version::HTTP_11;
@@ -313,31 +322,33 @@ struct BodyTimeout;
 
 pin_project_lite::pin_project! {
     /// A response body that fails once the route's total deadline passes or the upstream goes
-    /// quiet for longer than the read timeout. One timer, moved to the last frame's idle
-    /// deadline only when the body has to wait: resetting a tokio `Sleep` registers it in the
-    /// timer wheel (a lock, and another to remove it on drop), and most small bodies arrive
-    /// whole with the head and never wait.
+    /// quiet for longer than the read timeout. The timer and the clock are touched only when
+    /// the body has to wait: most small bodies arrive whole with the head and never do, and
+    /// making a tokio `Sleep` (the runtime's handle) and reading the clock were two of the
+    /// few costs every proxied response paid. Once made, the one timer is moved, not
+    /// replaced: resetting registers it in the timer wheel under a lock. The upstream's
+    /// silence counts from the first wait after its latest frame, that is from when the
+    /// gateway was ready for more: time spent waiting on a slow client is not the upstream's.
     struct Deadline {
         #[pin]
         inner: Body,
         #[pin]
-        timer: Sleep,
+        timer: Option<Sleep>,
         deadline: Instant,
         idle: Duration,
-        // When the latest frame arrived, until the timer has been moved to match it.
-        last_frame: Option<Instant>,
+        // A frame arrived (or none has been waited for yet) since the timer was last set.
+        fresh: bool,
     }
 }
 
 impl Deadline {
     fn new(inner: Body, deadline: Instant, idle: Duration) -> Self {
-        let first = deadline.min(Instant::now() + idle);
         Deadline {
             inner,
-            timer: tokio::time::sleep_until(first),
+            timer: None,
             deadline,
             idle,
-            last_frame: None,
+            fresh: true,
         }
     }
 }
@@ -353,20 +364,23 @@ impl HttpBody for Deadline {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.last_frame = Some(Instant::now());
+                *this.fresh = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if let Some(at) = this.last_frame.take() {
-                    this.timer
-                        .as_mut()
-                        .reset((*this.deadline).min(at + *this.idle));
+                if std::mem::take(this.fresh) {
+                    let at = (*this.deadline).min(Instant::now() + *this.idle);
+                    match this.timer.as_mut().as_pin_mut() {
+                        Some(timer) => timer.reset(at),
+                        None => this.timer.set(Some(tokio::time::sleep_until(at))),
+                    }
                 }
-                match this.timer.poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
-                    Poll::Pending => Poll::Pending,
+                match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                    // Set above whenever it was missing: `fresh` starts true.
+                    Some(Poll::Pending) | None => Poll::Pending,
                 }
             }
         }

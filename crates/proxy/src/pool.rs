@@ -97,6 +97,11 @@ impl Http1Pool {
         }))
     }
 
+    /// The `Host` a request without one gets.
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
     /// Sends `req` (origin-form URI) on an idle connection or a new one; without a `Host`
     /// header it gets the upstream's. The response body hands the connection back when it
     /// ends.
