@@ -7,7 +7,9 @@ use crate::{Flow, Policy};
 use async_trait::async_trait;
 use http::{header, HeaderName, Request};
 use portcullis_config::ClientConfig;
-use portcullis_core::{AuthKind, Body, ClientCert, GatewayError, Identity, RequestContext};
+use portcullis_core::{
+    AuthKind, Body, ClientCert, GatewayError, Identity, IdentityData, RequestContext,
+};
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use std::{collections::HashMap, sync::Arc};
 
@@ -57,14 +59,14 @@ impl Prepared {
         kind: AuthKind,
         key_id: Option<Arc<str>>,
     ) -> Identity {
-        Identity {
+        Identity::new(IdentityData {
             client_id,
             roles: self.roles.clone(),
             scopes,
             attributes: self.attributes.clone(),
             kind,
             key_id,
-        }
+        })
     }
 }
 
