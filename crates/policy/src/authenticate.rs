@@ -168,6 +168,10 @@ impl Policy for Authenticate {
         "authenticate"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         let (ip, cert) = req
             .extensions()

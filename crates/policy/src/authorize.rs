@@ -25,6 +25,10 @@ impl Policy for Authorize {
         "authorize"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         // Fail closed: without an identity (a chain built without authentication) nothing passes.
         let id = req

@@ -49,6 +49,10 @@ impl Policy for BodyLimit {
         "body_limit"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     /// A request without a body and without a declared length has nothing to limit.
     fn applies(&self, req: &Request<Body>) -> bool {
         !req.body().is_end_stream() || req.headers().contains_key(http::header::CONTENT_LENGTH)

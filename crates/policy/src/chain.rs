@@ -49,13 +49,22 @@ pub trait Policy: Send + Sync + 'static {
     }
 
     /// Runs on every response coming back through this policy, in reverse chain order. Only
-    /// policies whose `on_request` passed the request on see the response.
+    /// policies whose `on_request` passed the request on see the response. A policy that
+    /// implements this must leave [`Policy::has_response_phase`] at its default.
     async fn on_response(
         &self,
         res: Response<Body>,
         _ctx: &RequestContext,
     ) -> Result<Response<Body>, GatewayError> {
         Ok(res)
+    }
+
+    /// Whether this policy has a response phase. Answer `false` only from a policy that keeps
+    /// the pass-through default of [`Policy::on_response`]: the chain then skips that phase
+    /// for it (no future is boxed for it on every response). The default is `true`, so a
+    /// policy that forgets this costs a boxed future, never a skipped check.
+    fn has_response_phase(&self) -> bool {
+        true
     }
 
     /// Whether this policy reads the route's captured path parameters
@@ -176,9 +185,13 @@ impl Chain {
                 Ok(Flow::Continue(mut next)) => {
                     if let Some(h) = next.extensions_mut().remove::<ResponseHeaders>() {
                         // Appended, not replaced: rate limits and quotas each add an item to
-                        // the same `RateLimit` list header.
-                        for (name, value) in h.0.iter() {
-                            extra.append(name.clone(), value.clone());
+                        // the same `RateLimit` list header. The first set is taken whole.
+                        if extra.is_empty() {
+                            extra = h.0;
+                        } else {
+                            for (name, value) in h.0.iter() {
+                                extra.append(name.clone(), value.clone());
+                            }
                         }
                     }
                     if let Some(h) = next.extensions_mut().remove::<HoldUntilSent>() {
@@ -209,7 +222,7 @@ impl Chain {
             res.headers_mut().append(name.clone(), value.clone());
         }
         for (i, policy) in self.policies[..passed].iter().enumerate().rev() {
-            if i < 64 && skipped & (1 << i) != 0 {
+            if i < 64 && skipped & (1 << i) != 0 || !policy.has_response_phase() {
                 continue;
             }
             res = match policy.on_response(res, &ctx).await {
@@ -275,6 +288,8 @@ pub(crate) mod tests {
     struct Recorder {
         name: &'static str,
         applies_to_bodies_only: bool,
+        /// What it answers to `has_response_phase` (its `on_response` records either way).
+        responds: bool,
         log: Arc<Mutex<Vec<String>>>,
     }
 
@@ -285,6 +300,9 @@ pub(crate) mod tests {
         }
         fn applies(&self, req: &Request<Body>) -> bool {
             !self.applies_to_bodies_only || !req.body().is_end_stream()
+        }
+        fn has_response_phase(&self) -> bool {
+            self.responds
         }
         async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
             self.note("request");
@@ -402,12 +420,71 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_policy_without_a_response_phase_is_skipped_on_the_way_back_only() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let step = |name, responds| -> Arc<dyn Policy> {
+            Arc::new(Recorder {
+                name,
+                applies_to_bodies_only: false,
+                responds,
+                log: log.clone(),
+            })
+        };
+        let chain = Chain::new(
+            vec![step("a", true), step("b", false), step("c", true)],
+            Arc::new(Ok200),
+        );
+        let res = chain
+            .run(Request::new(portcullis_core::empty()), &ctx())
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            std::mem::take(&mut *log.lock().expect("log")),
+            [
+                "a request",
+                "b request",
+                "c request",
+                "c response",
+                "a response"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn when_no_policy_applies_only_the_terminal_runs() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let bodies_only = |name| -> Arc<dyn Policy> {
+            Arc::new(Recorder {
+                name,
+                applies_to_bodies_only: true,
+                responds: true,
+                log: log.clone(),
+            })
+        };
+        let chain = Chain::new(vec![bodies_only("a"), bodies_only("b")], Arc::new(Ok200));
+        let res = chain
+            .run(Request::new(portcullis_core::empty()), &ctx())
+            .await;
+        assert_eq!(res.status(), 200);
+        assert!(log.lock().expect("log").is_empty());
+        // With a body both apply, and both phases run.
+        chain
+            .run(Request::new(portcullis_core::full("x")), &ctx())
+            .await;
+        assert_eq!(
+            std::mem::take(&mut *log.lock().expect("log")),
+            ["a request", "b request", "b response", "a response"]
+        );
+    }
+
+    #[tokio::test]
     async fn a_policy_that_does_not_apply_runs_neither_phase_and_the_others_still_do() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let step = |name, bodies_only| -> Arc<dyn Policy> {
             Arc::new(Recorder {
                 name,
                 applies_to_bodies_only: bodies_only,
+                responds: true,
                 log: log.clone(),
             })
         };

@@ -39,6 +39,10 @@ impl Policy for Concurrency {
         "max_concurrent"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -97,6 +97,10 @@ impl Policy for Cors {
         "cors"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         if let Some(origin) = allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned()
         {

@@ -26,6 +26,10 @@ impl Policy for IpFilter {
         "ip_filter"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let ip = req
             .extensions()

@@ -457,6 +457,10 @@ impl Policy for JsonLimitCheck {
         "json_limits"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         use http_body::Body as _;
         if req.body().is_end_stream()

@@ -51,6 +51,10 @@ impl Policy for ObjectRules {
         "object_rules"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     fn reads_route_match(&self) -> bool {
         self.rules
             .iter()

@@ -200,6 +200,10 @@ impl Policy for Params {
         "params"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     fn reads_route_match(&self) -> bool {
         true
     }

@@ -167,6 +167,10 @@ impl Policy for Quota {
         "quota"
     }
 
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+
     async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         let Some(client) = req
             .extensions()

@@ -52,18 +52,35 @@ impl ValidateBody {
 
 /// True for `application/json` and `application/*+json` content types.
 pub(crate) fn is_json(ct: Option<&http::HeaderValue>) -> bool {
-    ct.and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        })
+    // Compared in place, in any ASCII case: no lowercased copy per request.
+    const TYPE: &[u8] = b"application/";
+    const SUFFIX: &[u8] = b"+json";
+    let Some(v) = ct.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let m = essence.trim_ascii();
+    if m.len() < TYPE.len() || !m[..TYPE.len()].eq_ignore_ascii_case(TYPE) {
+        return false;
+    }
+    let subtype = &m[TYPE.len()..];
+    subtype.eq_ignore_ascii_case(b"json")
+        || (subtype.len() > SUFFIX.len()
+            && subtype[subtype.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
 #[async_trait]
 impl Policy for ValidateBody {
     fn name(&self) -> &'static str {
         "validate_body"
+    }
+
+    fn has_response_phase(&self) -> bool {
+        false
     }
 
     async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
@@ -104,5 +121,46 @@ impl Policy for ValidateBody {
             errors.push(("/".to_string(), "schema".to_string()));
         }
         Err(GatewayError::Invalid { errors })
+    }
+}
+
+#[cfg(test)]
+mod content_type_tests {
+    use super::is_json;
+    use http::HeaderValue;
+
+    #[test]
+    fn json_and_json_suffixed_types_in_any_case_with_parameters() {
+        let ct = |s: &'static str| is_json(Some(&HeaderValue::from_static(s)));
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=utf-8",
+            "application/problem+json",
+            "APPLICATION/VND.API+JSON",
+            "application/merge-patch+json; x=1",
+        ] {
+            assert!(ct(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "application/",
+            "application/+json",
+            "application/jsonx",
+            "application/xml",
+            "text/json",
+            "text/plain+json",
+            "json",
+            "application/json-seq",
+            "applicationjson",
+        ] {
+            assert!(!ct(no), "{no}");
+        }
+        assert!(!is_json(None));
+        // Not text: refused, as before.
+        let bytes =
+            HeaderValue::from_bytes(b"application/x\xff+json").expect("obs-text is a valid value");
+        assert!(!is_json(Some(&bytes)));
     }
 }
