@@ -103,6 +103,17 @@ async fn hot_reload_applies_valid_configs_and_refuses_invalid_ones() {
         "{}",
         gw.stdout.all()
     );
+
+    // A header-count limit past hyper's own, which is set at start: applied, and the log
+    // says what needs a restart.
+    gw.rewrite_config(&format!("{}{a}", server_section("max_header_count = 120")));
+    assert!(
+        gw.stdout
+            .wait_for(&["hyper's own header limit"], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        gw.stdout.all()
+    );
 }
 
 #[tokio::test]

@@ -143,14 +143,15 @@ impl Chain {
     /// problem+json here, at the step that failed, so earlier policies see them too.
     ///
     /// Policies find the context in the request's extensions; the chain puts it there
-    /// (only when there are policies: the terminal is handed it directly).
+    /// (only when some policy applies: the terminal is handed it directly).
     pub async fn run(&self, req: Request<Body>, ctx: &RequestContext) -> Response<Body> {
         // No policy to run for this request (a route without policies, or a GET on a route
         // whose only policy is the body limit): nothing to collect or replay around the
         // terminal, so none of the bookkeeping below (a context clone, the loop's state, the
         // extensions map the context would need). `applies` is a cheap look at the head,
         // asked again by the loop below when some policy does apply.
-        if self.policies.iter().all(|p| !p.applies(&req)) {
+        // (Within the first 64, as the loop below: past them every policy runs.)
+        if self.policies.len() <= 64 && self.policies.iter().all(|p| !p.applies(&req)) {
             return match self.terminal.call(req, ctx).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e, ctx),

@@ -69,7 +69,9 @@ pub(crate) fn is_json(ct: Option<&http::HeaderValue>) -> bool {
     }
     let subtype = &m[TYPE.len()..];
     subtype.eq_ignore_ascii_case(b"json")
-        || (subtype.len() > SUFFIX.len()
+        // `>=`: a bare `application/+json` counts, as it always did, so the JSON limits
+        // check (which skips non-JSON bodies) never lets it past unchecked.
+        || (subtype.len() >= SUFFIX.len()
             && subtype[subtype.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
@@ -140,13 +142,13 @@ mod content_type_tests {
             "application/problem+json",
             "APPLICATION/VND.API+JSON",
             "application/merge-patch+json; x=1",
+            "application/+json",
         ] {
             assert!(ct(yes), "{yes}");
         }
         for no in [
             "",
             "application/",
-            "application/+json",
             "application/jsonx",
             "application/xml",
             "text/json",

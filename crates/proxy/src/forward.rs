@@ -442,7 +442,7 @@ mod tests {
     // Paused tokio time: the runtime jumps to the next timer when every task waits, so these
     // run instantly and the instants they compare are virtual, exact and repeatable.
     #[tokio::test(start_paused = true)]
-    async fn the_read_timeout_counts_from_the_latest_frame() {
+    async fn the_read_timeout_counts_from_the_first_wait_after_the_latest_frame() {
         let (start, tx, body) = deadline_body(Duration::from_secs(3600), Duration::from_secs(10));
         let feeder = tokio::spawn(async move {
             for i in 0..3u8 {

@@ -185,6 +185,15 @@ impl Gateway {
         if o.data_dir != n.data_dir || old.config.store != cfg.store {
             notes.push("data directory or store changed: takes effect after a restart".to_string());
         }
+        if crate::server::header_count_backstop(o.max_header_count)
+            != crate::server::header_count_backstop(n.max_header_count)
+        {
+            notes.push(
+                "server.max_header_count: hyper's own header limit is set at start; heads over \
+                 it get its bare 431 until a restart"
+                    .to_string(),
+            );
+        }
         if old.config.shared_state != cfg.shared_state {
             notes.push("shared_state changed: takes effect after a restart".to_string());
         }

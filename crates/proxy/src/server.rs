@@ -116,10 +116,11 @@ const HYPER_INLINE_HEADERS: usize = 100;
 /// hyper's own header-count limit, a backstop above `server.max_header_count` so that heads
 /// over ours but within it get the gateway's 431 problem+json; only heads beyond it get
 /// hyper's bare 431. `None` keeps hyper's default of [`HYPER_INLINE_HEADERS`], which is at
-/// least 32 above ours for limits up to 68 (the default is 64): any `max_headers` makes hyper
-/// allocate its header slots on the heap, two arrays for every request (measured at ~580
-/// instructions per request, bench/RESULTS.md). Larger limits get twice theirs plus 32.
-fn header_count_backstop(max_header_count: usize) -> Option<usize> {
+/// least 32 above ours for limits up to 68 (the default is 64): a `max_headers` above 100
+/// makes hyper allocate its header slots on the heap, two arrays for every request (the old
+/// backstop of 232 for the old default of 100 cost ~580 instructions per request,
+/// bench/RESULTS.md). Larger limits get twice theirs plus 32. Fixed when the listener starts.
+pub(crate) fn header_count_backstop(max_header_count: usize) -> Option<usize> {
     if max_header_count.saturating_add(32) <= HYPER_INLINE_HEADERS {
         None
     } else {
