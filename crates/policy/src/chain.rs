@@ -320,6 +320,20 @@ pub(crate) mod tests {
     }
 
     impl Recorder {
+        fn step(
+            name: &'static str,
+            applies_to_bodies_only: bool,
+            responds: bool,
+            log: &Arc<Mutex<Vec<String>>>,
+        ) -> Arc<dyn Policy> {
+            Arc::new(Recorder {
+                name,
+                applies_to_bodies_only,
+                responds,
+                log: log.clone(),
+            })
+        }
+
         fn note(&self, phase: &str) {
             let entry = format!("{} {phase}", self.name);
             self.log.lock().expect("log").push(entry);
@@ -423,14 +437,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_policy_without_a_response_phase_is_skipped_on_the_way_back_only() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let step = |name, responds| -> Arc<dyn Policy> {
-            Arc::new(Recorder {
-                name,
-                applies_to_bodies_only: false,
-                responds,
-                log: log.clone(),
-            })
-        };
+        let step = |name, responds| Recorder::step(name, false, responds, &log);
         let chain = Chain::new(
             vec![step("a", true), step("b", false), step("c", true)],
             Arc::new(Ok200),
@@ -454,14 +461,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn when_no_policy_applies_only_the_terminal_runs() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let bodies_only = |name| -> Arc<dyn Policy> {
-            Arc::new(Recorder {
-                name,
-                applies_to_bodies_only: true,
-                responds: true,
-                log: log.clone(),
-            })
-        };
+        let bodies_only = |name| Recorder::step(name, true, true, &log);
         let chain = Chain::new(vec![bodies_only("a"), bodies_only("b")], Arc::new(Ok200));
         let res = chain
             .run(Request::new(portcullis_core::empty()), &ctx())
@@ -481,14 +481,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_policy_that_does_not_apply_runs_neither_phase_and_the_others_still_do() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let step = |name, bodies_only| -> Arc<dyn Policy> {
-            Arc::new(Recorder {
-                name,
-                applies_to_bodies_only: bodies_only,
-                responds: true,
-                log: log.clone(),
-            })
-        };
+        let step = |name, bodies_only| Recorder::step(name, bodies_only, true, &log);
         let chain = Chain::new(
             vec![step("a", false), step("b", true), step("c", false)],
             Arc::new(Ok200),

@@ -370,7 +370,7 @@ impl HttpBody for Deadline {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if std::mem::take(this.fresh) {
+                if std::mem::take(this.fresh) || this.timer.is_none() {
                     let at = (*this.deadline).min(Instant::now() + *this.idle);
                     match this.timer.as_mut().as_pin_mut() {
                         Some(timer) => timer.reset(at),
@@ -378,9 +378,10 @@ impl HttpBody for Deadline {
                     }
                 }
                 match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
-                    // Set above whenever it was missing: `fresh` starts true.
-                    Some(Poll::Pending) | None => Poll::Pending,
+                    Some(Poll::Pending) => Poll::Pending,
+                    // `None` cannot happen (set just above); were it to, the body fails
+                    // rather than wait with no timer to wake it.
+                    Some(Poll::Ready(())) | None => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
                 }
             }
         }
