@@ -774,6 +774,34 @@ mod tests {
     }
 
     #[test]
+    fn string_lengths_count_code_points_where_bytes_do_not_decide() {
+        // Two-byte é and four-byte 😀: the byte length alone would say "long enough" for
+        // "é" under minLength 2 and "too long" for "😀😀" under maxLength 3.
+        let schema = json!({ "type": "string", "minLength": 2, "maxLength": 3 });
+        let limits = JsonLimits::DEFAULT;
+        for (s, valid) in [
+            ("é", false),
+            ("éé", true),
+            ("ééé", true),
+            ("éééé", false),
+            ("😀", false),
+            ("😀😀", true),
+            ("😀a😀", true),
+            ("ab", true),
+            ("abcd", false),
+            ("a", false),
+        ] {
+            let doc = serde_json::to_string(s).expect("a JSON string");
+            assert_eq!(fast(&schema, &doc), valid, "{s}");
+            assert_eq!(full_path(&schema, doc.as_bytes(), &limits), valid, "{s}");
+        }
+        // Only a lower bound: eight bytes are at least two code points whatever they hold.
+        let min_only = json!({ "type": "string", "minLength": 2 });
+        assert!(fast(&min_only, "\"abcdefgh\""));
+        assert!(!fast(&min_only, "\"😀\""));
+    }
+
+    #[test]
     fn a_typical_schema_accepts_and_refuses_like_jsonschema() {
         let s = order_schema();
         let l = JsonLimits::DEFAULT;
