@@ -12,6 +12,8 @@
 # BARE=target/release/examples/bare_hyper_proxy adds the floor: hyper and tokio alone, with
 # none of the gateway's work (crates/cli/examples/bare_hyper_proxy.rs; build it with
 # `cargo build --release --example bare_hyper_proxy`).
+# B_ACCESS_LOG=false turns B's access log off: with B the same binary as A, the pairs give the
+# access log's own cost per request.
 # Prints one line per measurement and the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,7 @@ start_gateway() { # name bin port
   mkdir -p "$OUT/$1"
   {
     toml_server "$3" $(($3 + 1))
+    [ "$1" != b ] || [ -z "${B_ACCESS_LOG:-}" ] || printf '[logging]\naccess_log = %s\n' "$B_ACCESS_LOG"
     toml_bench_route $UP_PORT
     [ "$ROUTE" != guarded ] || toml_guarded_route $UP_PORT
   } >"$OUT/$1/portcullis.toml"
