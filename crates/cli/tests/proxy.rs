@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_problem, client, route, server_section, upstream, Gw};
+use common::{assert_problem, client, json_of, route, server_section, upstream, Gw};
 use std::time::Duration;
 
 fn echo_routes(up: &str) -> String {
@@ -71,26 +71,12 @@ async fn echo_gateway() -> (upstream::Upstream, Gw) {
 async fn routes_by_method_and_path_with_rewrite() {
     let (_up, gw) = echo_gateway().await;
     let c = client();
-    let v: serde_json::Value = c
-        .get(gw.url("/api/orders/42?x=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(c.get(gw.url("/api/orders/42?x=1"))).await;
     assert_eq!(v["path"], "/v2/orders/42");
     assert_eq!(v["query"], "x=1");
     assert_eq!(v["method"], "GET");
 
-    let v: serde_json::Value = c
-        .get(gw.url("/files/a/b/c.txt"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(c.get(gw.url("/files/a/b/c.txt"))).await;
     assert_eq!(v["path"], "/base/files/a/b/c.txt");
 
     let res = c
@@ -317,15 +303,7 @@ async fn the_upstream_sees_its_own_host_unless_the_route_preserves_the_clients()
     let sent_host = |path: &'static str| {
         let url = gw.url(path);
         async move {
-            let v: serde_json::Value = client()
-                .get(url)
-                .header("host", "client.example")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = json_of(client().get(url).header("host", "client.example")).await;
             v["headers"]["host"].as_str().map(str::to_string)
         }
     };
@@ -341,16 +319,13 @@ async fn forwarded_headers_believe_only_trusted_proxies() {
     let up = upstream::start(None).await;
     let routes = route("r", "[\"GET\"]", "/r", &up.url(), "");
     let untrusted = Gw::start(&format!("{}{routes}", server_section("")));
-    let v: serde_json::Value = client()
-        .get(untrusted.url("/r"))
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("forwarded", "for=6.6.6.6")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(
+        client()
+            .get(untrusted.url("/r"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6"),
+    )
+    .await;
     assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(
         v["headers"]["forwarded"]

@@ -434,6 +434,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// Runs one request (with a body or without) through `chain`: its status, and the phases
+    /// the recorders logged, taken from `log`.
+    async fn phases(
+        chain: &Chain,
+        with_body: bool,
+        log: &Mutex<Vec<String>>,
+    ) -> (http::StatusCode, Vec<String>) {
+        let body = if with_body {
+            portcullis_core::full("x")
+        } else {
+            portcullis_core::empty()
+        };
+        let res = chain.run(Request::new(body), &ctx()).await;
+        (res.status(), std::mem::take(&mut *log.lock().expect("log")))
+    }
+
     #[tokio::test]
     async fn a_policy_without_a_response_phase_is_skipped_on_the_way_back_only() {
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -442,12 +458,10 @@ pub(crate) mod tests {
             vec![step("a", true), step("b", false), step("c", true)],
             Arc::new(Ok200),
         );
-        let res = chain
-            .run(Request::new(portcullis_core::empty()), &ctx())
-            .await;
-        assert_eq!(res.status(), 200);
+        let (status, seen) = phases(&chain, false, &log).await;
+        assert_eq!(status, 200);
         assert_eq!(
-            std::mem::take(&mut *log.lock().expect("log")),
+            seen,
             [
                 "a request",
                 "b request",
@@ -463,19 +477,12 @@ pub(crate) mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let bodies_only = |name| Recorder::step(name, true, true, &log);
         let chain = Chain::new(vec![bodies_only("a"), bodies_only("b")], Arc::new(Ok200));
-        let res = chain
-            .run(Request::new(portcullis_core::empty()), &ctx())
-            .await;
-        assert_eq!(res.status(), 200);
-        assert!(log.lock().expect("log").is_empty());
+        let (status, seen) = phases(&chain, false, &log).await;
+        assert_eq!(status, 200);
+        assert!(seen.is_empty());
         // With a body both apply, and both phases run.
-        chain
-            .run(Request::new(portcullis_core::full("x")), &ctx())
-            .await;
-        assert_eq!(
-            std::mem::take(&mut *log.lock().expect("log")),
-            ["a request", "b request", "b response", "a response"]
-        );
+        let (_, seen) = phases(&chain, true, &log).await;
+        assert_eq!(seen, ["a request", "b request", "b response", "a response"]);
     }
 
     #[tokio::test]
@@ -487,19 +494,12 @@ pub(crate) mod tests {
             Arc::new(Ok200),
         );
 
-        chain
-            .run(Request::new(portcullis_core::empty()), &ctx())
-            .await;
-        assert_eq!(
-            std::mem::take(&mut *log.lock().expect("log")),
-            ["a request", "c request", "c response", "a response"]
-        );
+        let (_, seen) = phases(&chain, false, &log).await;
+        assert_eq!(seen, ["a request", "c request", "c response", "a response"]);
 
-        chain
-            .run(Request::new(portcullis_core::full("x")), &ctx())
-            .await;
+        let (_, seen) = phases(&chain, true, &log).await;
         assert_eq!(
-            std::mem::take(&mut *log.lock().expect("log")),
+            seen,
             [
                 "a request",
                 "b request",

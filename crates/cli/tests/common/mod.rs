@@ -263,6 +263,11 @@ pub fn route(id: &str, methods: &str, path: &str, upstream: &str, extra: &str) -
     format!("[[routes]]\nid = \"{id}\"\nmethods = {methods}\npath = \"{path}\"\nupstream = \"{upstream}\"\n{extra}\n")
 }
 
+/// Sends `req` and reads the response body as JSON (the echo upstream's view of a request).
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 /// Asserts an RFC 9457 problem response and returns its JSON.
 pub async fn assert_problem(res: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
     assert_eq!(res.status().as_u16(), status, "status");
