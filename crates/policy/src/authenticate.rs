@@ -3,8 +3,7 @@
 //! counted per source IP and key id; a locked-out source gets 429 before any verification. The
 //! credential is consumed here: it is removed before the request goes upstream.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use http::{header, HeaderName, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{
@@ -112,41 +111,44 @@ impl Authenticate {
         })
     }
 
-    /// None when the credential is not valid for any of the route's methods.
-    async fn check(&self, credential: &str) -> Option<Verified> {
-        if credential.starts_with(portcullis_identity::KEY_PREFIX) {
-            let v = self.keys.as_ref()?.verify(credential).ok()?;
-            return Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey));
+    /// An API key's verification, done in place: a keyed hash and a constant-time compare.
+    /// None when it is not a valid key of this route.
+    fn check_key(&self, credential: &str) -> Option<Verified> {
+        let v = self.keys.as_ref()?.verify(credential).ok()?;
+        Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey))
+    }
+
+    /// A bearer token's verification (OAuth first, then JWT), which may wait for keys to be
+    /// fetched. None when the token is not valid for any of the route's methods.
+    async fn check_token(&self, credential: &str) -> Option<Verified> {
+        if credential.matches('.').count() != 2 {
+            return None;
         }
-        if credential.matches('.').count() == 2 {
-            if let Some(issuer) = &self.oauth {
-                // Boxed, here and below: the token verifiers' futures are ~1.2-1.8 KB, and
-                // inline they made every request's authentication future 2.3 KB, which
-                // async-trait moves into its box on every request, API keys included.
-                if let Some(c) = Box::pin(issuer.verify(credential)).await {
-                    return Some((
-                        Arc::from(c.client_id.as_str()),
-                        None,
-                        Some(c.scopes),
-                        AuthKind::OAuth2,
-                    ));
-                }
+        if let Some(issuer) = &self.oauth {
+            // Boxed, here and below: the token verifiers' futures are ~1.2-1.8 KB, and inline
+            // they would make every token request's phase future that large.
+            if let Some(c) = Box::pin(issuer.verify(credential)).await {
+                return Some((
+                    Arc::from(c.client_id.as_str()),
+                    None,
+                    Some(c.scopes),
+                    AuthKind::OAuth2,
+                ));
             }
-            let claims = match Box::pin(self.jwt.as_ref()?.verify(credential)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::info!(target: "portcullis::security", route = %self.route, reason = %e, "JWT refused");
-                    return None;
-                }
-            };
-            return Some((
-                Arc::from(claims.client_id.as_str()),
-                None,
-                Some(claims.scopes),
-                AuthKind::Jwt,
-            ));
         }
-        None
+        let claims = match Box::pin(self.jwt.as_ref()?.verify(credential)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(target: "portcullis::security", route = %self.route, reason = %e, "JWT refused");
+                return None;
+            }
+        };
+        Some((
+            Arc::from(claims.client_id.as_str()),
+            None,
+            Some(claims.scopes),
+            AuthKind::Jwt,
+        ))
     }
 }
 
@@ -165,7 +167,6 @@ fn presented(req: &Request<Body>) -> Option<&str> {
         .map(str::trim)
 }
 
-#[async_trait]
 impl Policy for Authenticate {
     fn name(&self) -> &'static str {
         "authenticate"
@@ -175,44 +176,76 @@ impl Policy for Authenticate {
         false
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
-        let (ip, cert) = req
+    /// Decided in place for API keys, certificates and refusals; only a bearer token's
+    /// verification is a future.
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        let Some((ip, cert)) = req
             .extensions()
             .get::<RequestContext>()
             .map(|c| (c.client_ip, c.connection.client_cert.clone()))
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-        if self.mtls && presented(&req).is_none() {
-            if let Some(cert) = cert {
-                let Some(prepared) = self.by_certificate(&cert).filter(|p| p.client.enabled) else {
-                    tracing::warn!(target: "portcullis::security", event = "auth_failure", route = %self.route, client_ip = %ip, cert_fingerprint = %cert.fingerprint, "client certificate is not bound to an enabled client");
-                    return Err(GatewayError::Unauthorized { presented: true });
-                };
-                let client = &prepared.client;
-                if !client.allow_ips.is_empty() && !client.allow_ips.iter().any(|n| n.contains(&ip))
-                {
-                    return Err(GatewayError::Forbidden);
-                }
-                let identity = prepared.identity(
-                    Arc::from(client.id.as_str()),
-                    prepared.scopes.clone(),
-                    AuthKind::Mtls,
-                    None,
-                );
-                req.extensions_mut().insert(identity);
-                return Ok(Flow::Continue(req));
-            }
-        }
-        let Some(key) = presented(&req) else {
-            if let Some(wait) = self.guard.locked(ip, None) {
-                return Err(GatewayError::TooManyRequests { retry_after: wait });
-            }
-            return Err(GatewayError::Unauthorized { presented: false });
+        else {
+            return Err(GatewayError::Internal("request context missing".into())).into();
         };
-        let key_id = ApiKeys::key_id_of(key);
-        if let Some(wait) = self.guard.locked(ip, key_id) {
+        let Some(key) = presented(&req) else {
+            return self.without_credential(req, ip, cert).into();
+        };
+        if let Some(wait) = self.guard.locked(ip, ApiKeys::key_id_of(key)) {
+            return Err(GatewayError::TooManyRequests { retry_after: wait }).into();
+        }
+        if key.starts_with(portcullis_identity::KEY_PREFIX) {
+            let verified = self.check_key(key);
+            return self.finish(req, ip, verified).into();
+        }
+        Step::later(async move {
+            let verified = match presented(&req) {
+                Some(token) => self.check_token(token).await,
+                None => None,
+            };
+            self.finish(req, ip, verified)
+        })
+    }
+}
+
+impl Authenticate {
+    /// A request that presents no credential: a client certificate bound to a client (when
+    /// the route accepts them), otherwise 401, or 429 for a locked-out source.
+    fn without_credential(
+        &self,
+        mut req: Request<Body>,
+        ip: std::net::IpAddr,
+        cert: Option<Arc<ClientCert>>,
+    ) -> Result<Flow, GatewayError> {
+        if let Some(cert) = cert.filter(|_| self.mtls) {
+            let Some(prepared) = self.by_certificate(&cert).filter(|p| p.client.enabled) else {
+                tracing::warn!(target: "portcullis::security", event = "auth_failure", route = %self.route, client_ip = %ip, cert_fingerprint = %cert.fingerprint, "client certificate is not bound to an enabled client");
+                return Err(GatewayError::Unauthorized { presented: true });
+            };
+            let client = &prepared.client;
+            if !client.allow_ips.is_empty() && !client.allow_ips.iter().any(|n| n.contains(&ip)) {
+                return Err(GatewayError::Forbidden);
+            }
+            let identity = prepared.identity(
+                Arc::from(client.id.as_str()),
+                prepared.scopes.clone(),
+                AuthKind::Mtls,
+                None,
+            );
+            req.extensions_mut().insert(identity);
+            return Ok(Flow::Continue(req));
+        }
+        if let Some(wait) = self.guard.locked(ip, None) {
             return Err(GatewayError::TooManyRequests { retry_after: wait });
         }
-        let verified = self.check(key).await;
+        Err(GatewayError::Unauthorized { presented: false })
+    }
+
+    /// The request phase once the credential was verified (`verified`) or refused (`None`).
+    fn finish(
+        &self,
+        mut req: Request<Body>,
+        ip: std::net::IpAddr,
+        verified: Option<Verified>,
+    ) -> Result<Flow, GatewayError> {
         let prepared = verified
             .as_ref()
             .and_then(|v| self.prepared.get(v.0.as_ref()))
@@ -220,6 +253,7 @@ impl Policy for Authenticate {
         let (Some((client_id, used_key, token_scopes, kind)), Some(prepared)) =
             (verified, prepared)
         else {
+            let key_id = presented(&req).and_then(ApiKeys::key_id_of);
             let locked = self.guard.fail(ip, key_id);
             // The key id is public (it is not the secret); logging it lets an operator see
             // which key is being guessed at.

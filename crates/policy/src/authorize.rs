@@ -1,8 +1,7 @@
 //! Function-level authorization: the caller must hold every scope the route requires and at
 //! least one of its roles (when it names any). A known caller without them gets 403.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use http::Request;
 use portcullis_core::{Body, GatewayError, Identity};
 
@@ -19,7 +18,6 @@ impl Authorize {
     }
 }
 
-#[async_trait]
 impl Policy for Authorize {
     fn name(&self) -> &'static str {
         "authorize"
@@ -29,7 +27,14 @@ impl Policy for Authorize {
         false
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Authorize {
+    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         // Fail closed: without an identity (a chain built without authentication) nothing passes.
         let id = req
             .extensions()

@@ -2,8 +2,7 @@
 //! anything is read; a chunked body is counted as it streams, and the stream fails the moment
 //! it passes the limit, so an oversized body is never buffered and never fully forwarded.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
@@ -43,7 +42,6 @@ impl BodyLimit {
     }
 }
 
-#[async_trait]
 impl Policy for BodyLimit {
     fn name(&self) -> &'static str {
         "body_limit"
@@ -58,34 +56,35 @@ impl Policy for BodyLimit {
         !req.body().is_end_stream() || req.headers().contains_key(http::header::CONTENT_LENGTH)
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    /// Decided in place; a future only to drain a declared oversized body before the 413.
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
         let limit = self.limit;
         if let Some(len) = req.headers().get(http::header::CONTENT_LENGTH) {
-            let len: u64 =
-                len.to_str()
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(GatewayError::Malformed(
-                        portcullis_core::MalformedKind::InvalidHeader,
-                    ))?;
+            let Some(len) = len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) else {
+                return Err(GatewayError::Malformed(
+                    portcullis_core::MalformedKind::InvalidHeader,
+                ))
+                .into();
+            };
             if len > limit {
-                if len <= limit.saturating_add(DRAIN_CAP) {
-                    // Boxed: inline, this rare drain's timer and collector made the future
-                    // of every request's length check 760 bytes, moved into async-trait's box.
-                    let drain = tokio::time::timeout(DRAIN_TIME, req.into_body().collect());
-                    let _ = Box::pin(drain).await;
+                if len > limit.saturating_add(DRAIN_CAP) {
+                    return Err(GatewayError::PayloadTooLarge { limit }).into();
                 }
-                return Err(GatewayError::PayloadTooLarge { limit });
+                return Step::later(async move {
+                    let _ = tokio::time::timeout(DRAIN_TIME, req.into_body().collect()).await;
+                    Err(GatewayError::PayloadTooLarge { limit })
+                });
             }
             // hyper enforces a declared length exactly, so nothing more to count.
-            return Ok(Flow::Continue(req));
+            return Ok(Flow::Continue(req)).into();
         }
         if req.body().is_end_stream() {
-            return Ok(Flow::Continue(req));
+            return Ok(Flow::Continue(req)).into();
         }
         Ok(Flow::Continue(
             req.map(|b| Limited::new(b, limit).boxed_unsync()),
         ))
+        .into()
     }
 }
 

@@ -7,8 +7,7 @@
 //! requests of the old generation keep their permits on the old counter until they finish.
 //! During that overlap a route can briefly have up to twice its limit in flight.
 
-use crate::{Flow, HoldUntilSent, Policy};
-use async_trait::async_trait;
+use crate::{Flow, HoldUntilSent, Policy, Step};
 use http::Request;
 use portcullis_core::{Body, GatewayError};
 use std::{sync::Arc, time::Duration};
@@ -33,7 +32,6 @@ impl Concurrency {
     }
 }
 
-#[async_trait]
 impl Policy for Concurrency {
     fn name(&self) -> &'static str {
         "max_concurrent"
@@ -43,7 +41,14 @@ impl Policy for Concurrency {
         false
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Concurrency {
+    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 req.extensions_mut().insert(HoldUntilSent(Arc::new(permit)));
@@ -66,6 +71,7 @@ mod tests {
     use super::*;
     use crate::chain::tests::ctx;
     use crate::{Chain, Terminal};
+    use async_trait::async_trait;
     use bytes::Bytes;
     use http::{Response, StatusCode};
     use http_body::Frame;
@@ -131,13 +137,12 @@ mod tests {
     #[tokio::test]
     async fn a_refused_request_releases_at_once() {
         struct Refuse;
-        #[async_trait]
         impl Policy for Refuse {
             fn name(&self) -> &'static str {
                 "refuse"
             }
-            async fn on_request(&self, _req: Request<Body>) -> Result<Flow, GatewayError> {
-                Err(GatewayError::Forbidden)
+            fn on_request(&self, _req: Request<Body>) -> crate::Step<'_, Flow> {
+                Err(GatewayError::Forbidden).into()
             }
         }
         let (_tx, rx) = mpsc::unbounded_channel();

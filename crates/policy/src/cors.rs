@@ -2,8 +2,7 @@
 //! every response (errors included); preflight requests are answered by [`preflight`] before
 //! routing by method. Other origins get no CORS headers, so browsers refuse the response.
 
-use crate::{chain::ResponseHeaders, Flow, Policy};
-use async_trait::async_trait;
+use crate::{chain::ResponseHeaders, Flow, Policy, Step};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use portcullis_config::CorsConfig;
 use portcullis_core::{empty, Body, GatewayError};
@@ -91,7 +90,6 @@ impl Cors {
     }
 }
 
-#[async_trait]
 impl Policy for Cors {
     fn name(&self) -> &'static str {
         "cors"
@@ -101,7 +99,14 @@ impl Policy for Cors {
         false
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Cors {
+    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         if let Some(origin) = allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned()
         {
             let mut h = HeaderMap::new();

@@ -1,8 +1,7 @@
 //! Deprecation and sunset (RFC 9745 `Deprecation`, RFC 8594 `Sunset`): before the sunset the
 //! route works and tells callers it is going; from the sunset on it answers 410 Gone.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use http::{HeaderName, HeaderValue, Request, Response};
 use portcullis_config::Deprecation as DeprecationConfig;
 use portcullis_core::{Body, GatewayError, RequestContext};
@@ -44,24 +43,34 @@ impl Deprecation {
     }
 }
 
-#[async_trait]
 impl Policy for Deprecation {
     fn name(&self) -> &'static str {
         "deprecation"
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+
+    fn on_response<'a>(
+        &'a self,
+        res: Response<Body>,
+        _ctx: &'a RequestContext,
+    ) -> Step<'a, Response<Body>> {
+        self.response_phase(res).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Deprecation {
+    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         if SystemTime::now() >= self.sunset {
             return Err(GatewayError::Gone);
         }
         Ok(Flow::Continue(req))
     }
 
-    async fn on_response(
-        &self,
-        mut res: Response<Body>,
-        _ctx: &RequestContext,
-    ) -> Result<Response<Body>, GatewayError> {
+    fn response_phase(&self, mut res: Response<Body>) -> Result<Response<Body>, GatewayError> {
         let h = res.headers_mut();
         h.insert(DEPRECATION.clone(), self.deprecation.clone());
         h.insert(SUNSET.clone(), self.sunset_header.clone());

@@ -2,8 +2,7 @@
 //! networks (403 otherwise). The client address is the socket peer unless a trusted proxy
 //! forwarded it, with IPv4-mapped IPv6 already normalised.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use http::Request;
 use portcullis_config::IpRules;
 use portcullis_core::{Body, GatewayError, RequestContext};
@@ -20,7 +19,6 @@ impl IpFilter {
     }
 }
 
-#[async_trait]
 impl Policy for IpFilter {
     fn name(&self) -> &'static str {
         "ip_filter"
@@ -30,7 +28,14 @@ impl Policy for IpFilter {
         false
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl IpFilter {
+    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let ip = req
             .extensions()
             .get::<RequestContext>()

@@ -15,8 +15,7 @@
 //! extensions as [`ParsedJson`], so the body is parsed once, not twice. The two walks are one
 //! generic visitor: the counting one builds `()` and still allocates nothing.
 
-use crate::{body_limit::read_limited, validate_body::is_json, Flow, Policy};
-use async_trait::async_trait;
+use crate::{body_limit::read_limited, validate_body::is_json, Flow, Policy, Step};
 use bytes::Bytes;
 use http::{header, Request};
 use portcullis_config::JsonLimits;
@@ -451,7 +450,6 @@ impl JsonLimitCheck {
     }
 }
 
-#[async_trait]
 impl Policy for JsonLimitCheck {
     fn name(&self) -> &'static str {
         "json_limits"
@@ -461,7 +459,14 @@ impl Policy for JsonLimitCheck {
         false
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        Step::later(self.request_phase(req))
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl JsonLimitCheck {
+    async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         use http_body::Body as _;
         if req.body().is_end_stream()
             || !(self.any_content_type || is_json(req.headers().get(header::CONTENT_TYPE)))

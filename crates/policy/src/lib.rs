@@ -31,7 +31,7 @@ mod validate_body;
 pub use authenticate::{Authenticate, Clients};
 pub use authorize::Authorize;
 pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
-pub use chain::{Chain, Flow, HoldUntilSent, Policy, ResponseHeaders, Terminal};
+pub use chain::{Chain, Flow, HoldUntilSent, Policy, ResponseHeaders, Step, StepFuture, Terminal};
 pub use concurrency::Concurrency;
 pub use cors::{preflight, Cors};
 pub use deprecation::Deprecation;

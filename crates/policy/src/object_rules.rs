@@ -3,8 +3,7 @@
 //! the caller's tenant), and a caller may not set the body fields the route denies. Checked
 //! before the upstream is called; anything missing fails closed (403).
 
-use crate::{body_limit::read_limited, json_path, Flow, Policy};
-use async_trait::async_trait;
+use crate::{body_limit::read_limited, json_path, Flow, Policy, Step};
 use http::Request;
 use portcullis_config::{ObjectRule, ObjectSource};
 use portcullis_core::{full, Body, GatewayError, Identity, MalformedKind, RouteMatch};
@@ -45,7 +44,6 @@ fn scalar(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-#[async_trait]
 impl Policy for ObjectRules {
     fn name(&self) -> &'static str {
         "object_rules"
@@ -61,7 +59,14 @@ impl Policy for ObjectRules {
             .any(|r| matches!(r.source, ObjectSource::Path(_)))
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        Step::later(self.request_phase(req))
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl ObjectRules {
+    async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let id = req
             .extensions()
             .get::<Identity>()

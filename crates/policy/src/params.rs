@@ -8,8 +8,7 @@
 //! included, so `li%6Dit=5` is `limit`. Path parameters are percent-decoded (`+` stays `+`)
 //! and must be UTF-8.
 
-use crate::{Flow, Policy};
-use async_trait::async_trait;
+use crate::{Flow, Policy, Step};
 use http::Request;
 use portcullis_config::{ParamKind, ParamRule, ParamsConfig};
 use portcullis_core::{Body, GatewayError, RouteMatch};
@@ -194,7 +193,6 @@ fn json_number(v: &str) -> bool {
     i == b.len()
 }
 
-#[async_trait]
 impl Policy for Params {
     fn name(&self) -> &'static str {
         "params"
@@ -208,7 +206,14 @@ impl Policy for Params {
         true
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Params {
+    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let errors = self.errors(req.extensions().get::<RouteMatch>(), req.uri().query());
         if !errors.is_empty() {
             return Err(GatewayError::InvalidParams { errors });

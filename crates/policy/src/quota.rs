@@ -7,9 +7,8 @@
 use crate::{
     chain::ResponseHeaders,
     rate_limit::{RATELIMIT, RATELIMIT_POLICY},
-    Clients, Flow, Policy,
+    Clients, Flow, Policy, Step,
 };
-use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue, Request};
 use portcullis_config::QuotaConfig;
 use portcullis_core::{Body, GatewayError, Identity, RequestContext};
@@ -161,7 +160,6 @@ fn policy_item(c: &Counter) -> String {
     )
 }
 
-#[async_trait]
 impl Policy for Quota {
     fn name(&self) -> &'static str {
         "quota"
@@ -171,7 +169,14 @@ impl Policy for Quota {
         false
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        Step::later(self.request_phase(req))
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl Quota {
+    async fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         let Some(client) = req
             .extensions()
             .get::<Identity>()

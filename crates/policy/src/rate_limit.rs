@@ -3,8 +3,7 @@
 //! the shared state cannot decide, the route's `shared_state_failure` choice applies:
 //! refuse with 503, or decide locally with each limit divided by the number of instances.
 
-use crate::{chain::ResponseHeaders, Flow, Policy};
-use async_trait::async_trait;
+use crate::{chain::ResponseHeaders, Flow, Policy, Step};
 use http::{HeaderName, HeaderValue, Request, Response};
 use portcullis_config::{RateKey, RateLimitConfig, SharedStateFailure};
 use portcullis_core::{text::push_u64, Body, GatewayError, Identity, RequestContext};
@@ -143,54 +142,95 @@ impl RateLimit {
         })
     }
 
-    async fn decide(&self, keys: &[String]) -> Result<Vec<Decision>, GatewayError> {
-        let checks: Vec<Check<'_>> = keys
-            .iter()
+    /// Every limit's decision for `checks`, by the configured limiter, or by the route's
+    /// failure choice when that limiter cannot decide.
+    async fn decide(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, GatewayError> {
+        match self.store.shared.check(checks).await {
+            Ok(d) => Ok(d),
+            Err(_) => self.unavailable(checks),
+        }
+    }
+
+    /// The route's `shared_state_failure` choice, when the shared limiter could not decide.
+    fn unavailable(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, GatewayError> {
+        match self.on_failure {
+            SharedStateFailure::FailClosed => {
+                metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fail_closed").increment(1);
+                Err(GatewayError::Unavailable {
+                    retry_after: Some(Duration::from_secs(1)),
+                })
+            }
+            SharedStateFailure::FallBackLocal => {
+                metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fall_back_local").increment(1);
+                let n = self.store.instances;
+                let local: Vec<Check<'_>> = checks
+                    .iter()
+                    .map(|c| Check {
+                        key: c.key,
+                        rate: c.rate.divided(n),
+                    })
+                    .collect();
+                Ok(self.store.local.decide(&local))
+            }
+        }
+    }
+
+    /// The request's counter keys, one per limit; an error when a limit cannot key it.
+    fn keys(&self, req: &Request<Body>) -> Result<Vec<String>, GatewayError> {
+        let mut keys = Vec::with_capacity(self.limits.len());
+        for (l, prefix) in self.limits.iter().zip(&self.key_prefixes) {
+            // Fail closed: a per-client limit with no identity refuses rather than skips.
+            keys.push(
+                self.key(l, prefix, req)
+                    .ok_or(GatewayError::Unauthorized { presented: false })?,
+            );
+        }
+        Ok(keys)
+    }
+
+    fn checks<'k>(&self, keys: &'k [String]) -> Vec<Check<'k>> {
+        keys.iter()
             .zip(&self.rates)
             .map(|(key, rate)| Check { key, rate: *rate })
-            .collect();
-        match self.store.shared.check(&checks).await {
-            Ok(d) => Ok(d),
-            Err(_) => match self.on_failure {
-                SharedStateFailure::FailClosed => {
-                    metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fail_closed").increment(1);
-                    Err(GatewayError::Unavailable {
-                        retry_after: Some(Duration::from_secs(1)),
-                    })
-                }
-                SharedStateFailure::FallBackLocal => {
-                    metrics::counter!("portcullis_rate_limit_degraded_total", "route" => self.route.to_string(), "mode" => "fall_back_local").increment(1);
-                    let n = self.store.instances;
-                    let local: Vec<Check<'_>> = checks
-                        .iter()
-                        .map(|c| Check {
-                            key: c.key,
-                            rate: c.rate.divided(n),
-                        })
-                        .collect();
-                    Ok(self.store.local.decide(&local))
-                }
-            },
-        }
+            .collect()
     }
 }
 
-#[async_trait]
 impl Policy for RateLimit {
     fn name(&self) -> &'static str {
         "rate_limit"
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
-        let mut keys = Vec::with_capacity(self.limits.len());
-        for (l, prefix) in self.limits.iter().zip(&self.key_prefixes) {
-            // Fail closed: a per-client limit with no identity refuses rather than skips.
-            keys.push(
-                self.key(l, prefix, &req)
-                    .ok_or(GatewayError::Unauthorized { presented: false })?,
-            );
+    /// Decided in place by an in-memory limiter; a future only for one that must ask Redis.
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        let keys = match self.keys(&req) {
+            Ok(k) => k,
+            Err(e) => return Err(e).into(),
+        };
+        if let Some(decisions) = self.store.shared.check_now(&self.checks(&keys)) {
+            return Ok(self.apply(req, decisions)).into();
         }
-        let decisions = self.decide(&keys).await?;
+        Step::later(async move {
+            let decisions = self.decide(&self.checks(&keys)).await?;
+            Ok(self.apply(req, decisions))
+        })
+    }
+
+    fn on_response<'a>(
+        &'a self,
+        mut res: Response<Body>,
+        _ctx: &'a RequestContext,
+    ) -> Step<'a, Response<Body>> {
+        res.headers_mut()
+            .append(RATELIMIT_POLICY, self.policy_header.clone());
+        Ok(res).into()
+    }
+}
+
+impl RateLimit {
+    /// What the decisions mean for the request: a 429 when a limit refuses it, otherwise
+    /// the request, carrying the allowance header for its response.
+    fn apply(&self, mut req: Request<Body>, decisions: Vec<Decision>) -> Flow {
         if !all_allowed(&decisions) {
             // The binding limit: the refusing one that frees up last.
             let (i, d) = decisions
@@ -217,7 +257,7 @@ impl Policy for RateLimit {
             if let Some(v) = ratelimit_value(i, 0, wait) {
                 res.headers_mut().insert(RATELIMIT, v);
             }
-            return Ok(Flow::Respond(res));
+            return Flow::Respond(res);
         }
         for c in self.counters().admitted.iter().take(decisions.len()) {
             c.increment(1);
@@ -235,17 +275,7 @@ impl Policy for RateLimit {
                 req.extensions_mut().insert(ResponseHeaders(h));
             }
         }
-        Ok(Flow::Continue(req))
-    }
-
-    async fn on_response(
-        &self,
-        mut res: Response<Body>,
-        _ctx: &RequestContext,
-    ) -> Result<Response<Body>, GatewayError> {
-        res.headers_mut()
-            .append(RATELIMIT_POLICY, self.policy_header.clone());
-        Ok(res)
+        Flow::Continue(req)
     }
 }
 

@@ -2,8 +2,7 @@
 //! not see are removed before the response leaves the gateway. A response that cannot be
 //! filtered (not JSON, compressed, too large) is not passed on: 502.
 
-use crate::{body_limit::read_limited, json_path, Flow, Policy};
-use async_trait::async_trait;
+use crate::{body_limit::read_limited, json_path, Flow, Policy, Step};
 use http::{header, HeaderValue, Request, Response};
 use portcullis_config::FieldFilter;
 use portcullis_core::{full, Body, ErrorInfo, GatewayError, RequestContext};
@@ -31,13 +30,27 @@ impl ResponseFields {
     }
 }
 
-#[async_trait]
 impl Policy for ResponseFields {
     fn name(&self) -> &'static str {
         "response_fields"
     }
 
-    async fn on_request(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        self.request_phase(req).into()
+    }
+
+    fn on_response<'a>(
+        &'a self,
+        res: Response<Body>,
+        ctx: &'a RequestContext,
+    ) -> Step<'a, Response<Body>> {
+        Step::later(self.response_phase(res, ctx))
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl ResponseFields {
+    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         // Compressed bodies cannot be filtered; ask the upstream for plain ones.
         req.headers_mut().insert(
             header::ACCEPT_ENCODING,
@@ -46,7 +59,7 @@ impl Policy for ResponseFields {
         Ok(Flow::Continue(req))
     }
 
-    async fn on_response(
+    async fn response_phase(
         &self,
         res: Response<Body>,
         ctx: &RequestContext,

@@ -9,9 +9,8 @@
 use crate::{
     body_limit::read_limited,
     json_limits::{parse_json_within, JsonFault, ParsedJson},
-    Flow, JsonSchema, Policy,
+    Flow, JsonSchema, Policy, Step,
 };
-use async_trait::async_trait;
 use http::{header, Request};
 use portcullis_config::JsonLimits;
 use portcullis_core::{full, Body, GatewayError, MalformedKind};
@@ -75,7 +74,6 @@ pub(crate) fn is_json(ct: Option<&http::HeaderValue>) -> bool {
             && subtype[subtype.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
-#[async_trait]
 impl Policy for ValidateBody {
     fn name(&self) -> &'static str {
         "validate_body"
@@ -85,7 +83,14 @@ impl Policy for ValidateBody {
         false
     }
 
-    async fn on_request(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
+        Step::later(self.request_phase(req))
+    }
+}
+
+/// The phases themselves, as plain methods so they can use `?`.
+impl ValidateBody {
+    async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(GatewayError::UnsupportedMediaType);
         }

@@ -2,13 +2,12 @@
 //! and in what order. Read top to bottom; that is the order a request meets them.
 
 use crate::{forward::Forwarder, Services};
-use async_trait::async_trait;
 use http::Request;
 use portcullis_config::{AuthMethod, RouteConfig};
 use portcullis_core::{Body, GatewayError};
 use portcullis_policy::{
     Authenticate, Authorize, BodyLimit, Chain, Clients, Concurrency, Cors, Deprecation, Flow,
-    IpFilter, JsonLimitCheck, ObjectRules, Params, Policy, Quota, RateLimit, ResponseFields,
+    IpFilter, JsonLimitCheck, ObjectRules, Params, Policy, Quota, RateLimit, ResponseFields, Step,
     ValidateBody,
 };
 use std::sync::Arc;
@@ -203,14 +202,13 @@ pub(crate) fn route_chain(
 /// Stands in for authentication when the gateway has no key service: refuses everything.
 struct Refuse;
 
-#[async_trait]
 impl Policy for Refuse {
     fn name(&self) -> &'static str {
         "authenticate"
     }
 
-    async fn on_request(&self, _req: Request<Body>) -> Result<Flow, GatewayError> {
-        Err(GatewayError::Unauthorized { presented: false })
+    fn on_request(&self, _req: Request<Body>) -> Step<'_, Flow> {
+        Err(GatewayError::Unauthorized { presented: false }).into()
     }
 }
 

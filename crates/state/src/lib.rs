@@ -92,6 +92,13 @@ pub trait Limiter: Send + Sync {
     /// check admits it, and only then does each counter record it. Returns one decision per
     /// check, in order.
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, LimiterError>;
+
+    /// The same decision made in place, by a limiter whose state is in this process and
+    /// needs no I/O; `None` from one that must ask elsewhere, whose caller then awaits
+    /// [`Limiter::check`]. It spares the rate-limit policy a boxed future per request.
+    fn check_now(&self, _checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        None
+    }
 }
 
 /// True when every decision admits.

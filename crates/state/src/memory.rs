@@ -173,6 +173,10 @@ impl Limiter for MemoryLimiter {
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, LimiterError> {
         Ok(self.decide(checks))
     }
+
+    fn check_now(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        Some(self.decide(checks))
+    }
 }
 
 #[cfg(test)]
