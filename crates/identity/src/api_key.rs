@@ -261,6 +261,12 @@ impl ApiKeys {
     /// comparison is constant-time.
     pub fn verify(&self, presented: &str) -> Result<Verified, KeyError> {
         let (id, secret) = parse_key(presented).ok_or(KeyError::Invalid)?;
+        self.verify_parts(id, secret)
+    }
+
+    /// [`ApiKeys::verify`] for a key already split by [`parse_key`] (the authentication
+    /// policy splits it once, for the lockout check and this).
+    pub fn verify_parts(&self, id: &str, secret: &str) -> Result<Verified, KeyError> {
         let cache = self.cache.load();
         let Some(entry) = cache.get(id) else {
             // Spend the same work as a known id, so timing does not reveal which ids exist.

@@ -9,7 +9,7 @@ use portcullis_config::ClientConfig;
 use portcullis_core::{
     AuthKind, Body, ClientCert, GatewayError, Identity, IdentityData, RequestContext,
 };
-use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
+use portcullis_identity::{parse_key, ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use std::{collections::HashMap, sync::Arc};
 
 /// Parsed once: a `&str` name is parsed again on every lookup.
@@ -113,8 +113,8 @@ impl Authenticate {
 
     /// An API key's verification, done in place: a keyed hash and a constant-time compare.
     /// None when it is not a valid key of this route.
-    fn check_key(&self, credential: &str) -> Option<Verified> {
-        let v = self.keys.as_ref()?.verify(credential).ok()?;
+    fn check_key(&self, id: &str, secret: &str) -> Option<Verified> {
+        let v = self.keys.as_ref()?.verify_parts(id, secret).ok()?;
         Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey))
     }
 
@@ -189,11 +189,13 @@ impl Policy for Authenticate {
         let Some(key) = presented(&req) else {
             return self.without_credential(req, ip, cert).into();
         };
-        if let Some(wait) = self.guard.locked(ip, ApiKeys::key_id_of(key)) {
+        // Split once, for the lockout (by key id) and the verification.
+        let parts = parse_key(key);
+        if let Some(wait) = self.guard.locked(ip, parts.map(|(id, _)| id)) {
             return Err(GatewayError::TooManyRequests { retry_after: wait }).into();
         }
         if key.starts_with(portcullis_identity::KEY_PREFIX) {
-            let verified = self.check_key(key);
+            let verified = parts.and_then(|(id, secret)| self.check_key(id, secret));
             return self.finish(req, ip, verified).into();
         }
         Step::later(async move {
