@@ -229,66 +229,60 @@ impl Chain {
         let mut ctx_inserted = false;
         let mut extra = http::HeaderMap::new();
         let mut holds: Vec<HoldUntilSent> = Vec::new();
-        let mut pending = Some(req);
+        let mut req = req;
         let mut passed = 0;
         // Policies (among the first 64) that did not apply to this request: their response
         // phase is skipped too. Past 64, every policy runs both phases.
         let mut skipped: u64 = 0;
-        let mut early = None;
-        for (i, policy) in self.policies.iter().enumerate() {
-            let Some(mut req) = pending.take() else { break };
-            if i < 64 && !policy.applies(&req) {
-                skipped |= 1 << i;
-                pending = Some(req);
-                passed += 1;
-                continue;
-            }
-            if !ctx_inserted {
-                req.extensions_mut().insert(ctx.clone());
-                ctx_inserted = true;
-            }
-            // Matched here rather than awaited as a `Step`: a decided phase's result is then
-            // not moved through a future's state (measured: ~250 instructions per request).
-            let decided = match policy.on_request(req) {
-                Step::Ready(r) => r,
-                Step::Later(f) => f.await,
-            };
-            match decided {
-                Ok(Flow::Continue(mut next)) => {
-                    if let Some(h) = next.extensions_mut().remove::<ResponseHeaders>() {
-                        // Appended, not replaced: rate limits and quotas each add an item to
-                        // the same `RateLimit` list header. The first set is taken whole.
-                        if extra.is_empty() {
-                            extra = h.0;
-                        } else {
-                            for (name, value) in h.0.iter() {
-                                extra.append(name.clone(), value.clone());
-                            }
+        // The request is moved straight from step to step (not through an `Option`), and
+        // the loop's normal end is the only way to the terminal: each move of a request is
+        // a copy of ~240 bytes.
+        let mut res = 'chain: {
+            for (i, policy) in self.policies.iter().enumerate() {
+                if i < 64 && !policy.applies(&req) {
+                    skipped |= 1 << i;
+                    passed += 1;
+                    continue;
+                }
+                if !ctx_inserted {
+                    req.extensions_mut().insert(ctx.clone());
+                    ctx_inserted = true;
+                }
+                // Matched here rather than awaited as a `Step`: a decided phase's result is
+                // then not moved through a future's state (measured: ~250 instructions per
+                // request).
+                let decided = match policy.on_request(req) {
+                    Step::Ready(r) => r,
+                    Step::Later(f) => f.await,
+                };
+                req = match decided {
+                    Ok(Flow::Continue(next)) => next,
+                    Ok(Flow::Respond(r)) => break 'chain r,
+                    Err(e) => break 'chain error_response(&e, &ctx),
+                };
+                if let Some(h) = req.extensions_mut().remove::<ResponseHeaders>() {
+                    // Appended, not replaced: rate limits and quotas each add an item to the
+                    // same `RateLimit` list header. The first set is taken whole.
+                    if extra.is_empty() {
+                        extra = h.0;
+                    } else {
+                        for (name, value) in h.0.iter() {
+                            extra.append(name.clone(), value.clone());
                         }
                     }
-                    if let Some(h) = next.extensions_mut().remove::<HoldUntilSent>() {
-                        holds.push(h);
-                    }
-                    if ctx.identity.is_none() {
-                        ctx.identity = next.extensions().get::<Identity>().cloned();
-                    }
-                    pending = Some(next);
-                    passed += 1;
                 }
-                Ok(Flow::Respond(r)) => early = Some(r),
-                Err(e) => early = Some(error_response(&e, &ctx)),
+                if let Some(h) = req.extensions_mut().remove::<HoldUntilSent>() {
+                    holds.push(h);
+                }
+                if ctx.identity.is_none() {
+                    ctx.identity = req.extensions().get::<Identity>().cloned();
+                }
+                passed += 1;
             }
-        }
-        let mut res = match (early, pending) {
-            (Some(r), _) => r,
-            (None, Some(req)) => match self.terminal.call(req, &ctx).await {
+            match self.terminal.call(req, &ctx).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e, &ctx),
-            },
-            (None, None) => error_response(
-                &GatewayError::Internal("policy chain lost the request".into()),
-                &ctx,
-            ),
+            }
         };
         for (name, value) in extra.iter() {
             res.headers_mut().append(name.clone(), value.clone());
