@@ -30,8 +30,8 @@ pub enum Flow {
 /// and a phase that has decided returns [`Step::Ready`]: no future is allocated for it. Only
 /// a phase that must wait (a request body, a token issuer, Redis) returns [`Step::later`],
 /// which boxes its future. Measured: with async-trait, each phase boxed and moved its whole
-/// future on every request, six times on the guarded benchmark route (bench/RESULTS.md,
-/// issue 5). A `Step` can be awaited directly.
+/// future on every request, six times on the guarded benchmark route, seven with the
+/// terminal (bench/RESULTS.md, issue 5). A `Step` can also be awaited directly.
 pub enum Step<'a, T> {
     /// Decided.
     Ready(Result<T, GatewayError>),

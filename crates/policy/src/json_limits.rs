@@ -464,7 +464,8 @@ impl Policy for JsonLimitCheck {
     }
 }
 
-/// The phases themselves, as plain methods so they can use `?`.
+/// The request phase itself: it reads the body, so it is an async method whose future
+/// `Step::later` boxes.
 impl JsonLimitCheck {
     async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         use http_body::Body as _;

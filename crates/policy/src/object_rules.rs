@@ -64,7 +64,8 @@ impl Policy for ObjectRules {
     }
 }
 
-/// The phases themselves, as plain methods so they can use `?`.
+/// The request phase itself: it reads the body, so it is an async method whose future
+/// `Step::later` boxes.
 impl ObjectRules {
     async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let id = req

@@ -174,7 +174,8 @@ impl Policy for Quota {
     }
 }
 
-/// The phases themselves, as plain methods so they can use `?`.
+/// The request phase itself: it charges the quota in the store, so it is an async method
+/// whose future `Step::later` boxes.
 impl Quota {
     async fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         let Some(client) = req

@@ -48,7 +48,8 @@ impl Policy for ResponseFields {
     }
 }
 
-/// The phases themselves, as plain methods so they can use `?`.
+/// The phases themselves: the request phase decides in place; the response phase reads
+/// the body, so its future is boxed by `Step::later`.
 impl ResponseFields {
     fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
         // Compressed bodies cannot be filtered; ask the upstream for plain ones.

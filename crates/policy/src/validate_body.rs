@@ -88,7 +88,8 @@ impl Policy for ValidateBody {
     }
 }
 
-/// The phases themselves, as plain methods so they can use `?`.
+/// The request phase itself: it reads the body, so it is an async method whose future
+/// `Step::later` boxes.
 impl ValidateBody {
     async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
