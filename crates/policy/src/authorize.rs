@@ -28,25 +28,17 @@ impl Policy for Authorize {
     }
 
     fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl Authorize {
-    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         // Fail closed: without an identity (a chain built without authentication) nothing passes.
-        let id = req
-            .extensions()
-            .get::<Identity>()
-            .ok_or(GatewayError::Unauthorized { presented: false })?;
+        let Some(id) = req.extensions().get::<Identity>() else {
+            return Err(GatewayError::Unauthorized { presented: false }).into();
+        };
         let has_scopes = self.scopes.iter().all(|s| id.scopes.iter().any(|g| g == s));
         let has_role =
             self.roles.is_empty() || self.roles.iter().any(|r| id.roles.iter().any(|g| g == r));
         if !has_scopes || !has_role {
             tracing::info!(target: "portcullis::security", event = "forbidden", client = %id.client_id, "caller lacks a required scope or role");
-            return Err(GatewayError::Forbidden);
+            return Err(GatewayError::Forbidden).into();
         }
-        Ok(Flow::Continue(req))
+        Ok(Flow::Continue(req)).into()
     }
 }

@@ -41,18 +41,11 @@ impl Policy for Concurrency {
         false
     }
 
-    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl Concurrency {
-    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 req.extensions_mut().insert(HoldUntilSent(Arc::new(permit)));
-                Ok(Flow::Continue(req))
+                Ok(Flow::Continue(req)).into()
             }
             Err(_) => {
                 metrics::counter!("portcullis_shed_total", "reason" => "route_concurrency", "route" => self.route.to_string())
@@ -60,6 +53,7 @@ impl Concurrency {
                 Err(GatewayError::Overloaded {
                     retry_after: RETRY_AFTER,
                 })
+                .into()
             }
         }
     }

@@ -99,14 +99,7 @@ impl Policy for Cors {
         false
     }
 
-    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl Cors {
-    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
+    fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
         if let Some(origin) = allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned()
         {
             let mut h = HeaderMap::new();
@@ -118,6 +111,6 @@ impl Cors {
             }
             req.extensions_mut().insert(ResponseHeaders(h));
         }
-        Ok(Flow::Continue(req))
+        Ok(Flow::Continue(req)).into()
     }
 }

@@ -49,34 +49,23 @@ impl Policy for Deprecation {
     }
 
     fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
+        if SystemTime::now() >= self.sunset {
+            return Err(GatewayError::Gone).into();
+        }
+        Ok(Flow::Continue(req)).into()
     }
 
     fn on_response<'a>(
         &'a self,
-        res: Response<Body>,
+        mut res: Response<Body>,
         _ctx: &'a RequestContext,
     ) -> Step<'a, Response<Body>> {
-        self.response_phase(res).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl Deprecation {
-    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
-        if SystemTime::now() >= self.sunset {
-            return Err(GatewayError::Gone);
-        }
-        Ok(Flow::Continue(req))
-    }
-
-    fn response_phase(&self, mut res: Response<Body>) -> Result<Response<Body>, GatewayError> {
         let h = res.headers_mut();
         h.insert(DEPRECATION.clone(), self.deprecation.clone());
         h.insert(SUNSET.clone(), self.sunset_header.clone());
         if let Some(link) = &self.link {
             h.append(http::header::LINK, link.clone());
         }
-        Ok(res)
+        Ok(res).into()
     }
 }

@@ -29,21 +29,13 @@ impl Policy for IpFilter {
     }
 
     fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl IpFilter {
-    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
-        let ip = req
+        let admitted = req
             .extensions()
             .get::<RequestContext>()
-            .map(|c| c.client_ip)
-            .ok_or(GatewayError::Forbidden)?;
-        if !self.rules.admits(&ip) {
-            return Err(GatewayError::Forbidden);
+            .is_some_and(|c| self.rules.admits(&c.client_ip));
+        if !admitted {
+            return Err(GatewayError::Forbidden).into();
         }
-        Ok(Flow::Continue(req))
+        Ok(Flow::Continue(req)).into()
     }
 }

@@ -207,18 +207,11 @@ impl Policy for Params {
     }
 
     fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
-    }
-}
-
-/// The phases themselves, as plain methods so they can use `?`.
-impl Params {
-    fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         let errors = self.errors(req.extensions().get::<RouteMatch>(), req.uri().query());
         if !errors.is_empty() {
-            return Err(GatewayError::InvalidParams { errors });
+            return Err(GatewayError::InvalidParams { errors }).into();
         }
-        Ok(Flow::Continue(req))
+        Ok(Flow::Continue(req)).into()
     }
 }
 

@@ -35,8 +35,13 @@ impl Policy for ResponseFields {
         "response_fields"
     }
 
-    fn on_request(&self, req: Request<Body>) -> Step<'_, Flow> {
-        self.request_phase(req).into()
+    fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
+        // Compressed bodies cannot be filtered; ask the upstream for plain ones.
+        req.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        Ok(Flow::Continue(req)).into()
     }
 
     fn on_response<'a>(
@@ -48,18 +53,9 @@ impl Policy for ResponseFields {
     }
 }
 
-/// The phases themselves: the request phase decides in place; the response phase reads
-/// the body, so its future is boxed by `Step::later`.
+/// The response phase itself: it reads the body, so it is an async method whose future
+/// `Step::later` boxes.
 impl ResponseFields {
-    fn request_phase(&self, mut req: Request<Body>) -> Result<Flow, GatewayError> {
-        // Compressed bodies cannot be filtered; ask the upstream for plain ones.
-        req.headers_mut().insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        Ok(Flow::Continue(req))
-    }
-
     async fn response_phase(
         &self,
         res: Response<Body>,
