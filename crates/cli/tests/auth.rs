@@ -28,6 +28,11 @@ enabled = false
 id = "office-only"
 scopes = ["orders:read"]
 allow_ips = ["10.0.0.0/8"]
+
+[[clients]]
+id = "not-from-here"
+scopes = ["orders:read"]
+deny_ips = ["::ffff:127.0.0.1"]
 "#;
 
 fn config(up: &str, extra_server: &str) -> String {
@@ -154,6 +159,7 @@ async fn api_keys_authenticate_and_scopes_authorize() {
     // Known callers without permission: 403.
     let no_scope = gw.issue_key("reader-without-scope").await;
     let office = gw.issue_key("office-only").await;
+    let banned = gw.issue_key("not-from-here").await;
     let off = gw.issue_key("switched-off").await;
     assert_problem(
         gw.get_with_key("/orders/7", &no_scope).await,
@@ -163,6 +169,13 @@ async fn api_keys_authenticate_and_scopes_authorize() {
     .await;
     assert_problem(
         gw.get_with_key("/orders/7", &office).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // A client's deny list, here in the IPv4-mapped form of this test's 127.0.0.1.
+    assert_problem(
+        gw.get_with_key("/orders/7", &banned).await,
         403,
         "forbidden",
     )

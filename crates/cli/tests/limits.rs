@@ -78,6 +78,78 @@ async fn a_limit_of_100_admits_exactly_100_of_150_concurrent_requests() {
 }
 
 #[tokio::test]
+async fn a_client_limit_is_one_allowance_across_routes_and_a_client_route_limit_is_not() {
+    let up = upstream::start(None).await;
+    let client_limit =
+        "auth = [\"api_key\"]\nrate_limits = [{ per = \"client\", limit = 2, period = \"1h\" }]";
+    let route_limit = "auth = [\"api_key\"]\nrate_limits = [{ per = \"client_route\", limit = 2, period = \"1h\" }]";
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\n\n{}{}{}{}",
+        server_section(""),
+        route("a", "[\"GET\"]", "/a", &up.url(), client_limit),
+        route("b", "[\"GET\"]", "/b", &up.url(), client_limit),
+        route("c", "[\"GET\"]", "/c", &up.url(), route_limit),
+        route("d", "[\"GET\"]", "/d", &up.url(), route_limit),
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("billing").await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for path in ["/a", "/b", "/a", "/b", "/c", "/d", "/c", "/d", "/c", "/d"] {
+        let res = c.get(gw.url(path)).bearer_auth(&key).send().await.unwrap();
+        statuses.push((path, res.status().as_u16()));
+    }
+    assert_eq!(
+        statuses,
+        [
+            ("/a", 200),
+            ("/b", 200),
+            ("/a", 429),
+            ("/b", 429),
+            ("/c", 200),
+            ("/d", 200),
+            ("/c", 200),
+            ("/d", 200),
+            ("/c", 429),
+            ("/d", 429),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_waits_retry_after_is_admitted() {
+    let up = upstream::start(None).await;
+    // One request per 3 s: the second waits just under 3 s, which a rounded-down
+    // Retry-After would give as 2, too early.
+    let cfg = format!(
+        "{}{}",
+        server_section(""),
+        route(
+            "slow",
+            "[\"GET\"]",
+            "/slow",
+            &up.url(),
+            "rate_limits = [{ per = \"ip\", limit = 1, period = \"3s\" }]"
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    let c = client();
+    assert_eq!(c.get(gw.url("/slow")).send().await.unwrap().status(), 200);
+    let res = c.get(gw.url("/slow")).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t = res.headers()["ratelimit"].to_str().unwrap().to_string();
+    // Both say the same whole number of seconds, rounded up.
+    assert!(t.ends_with(&format!(";t={retry}")), "{t}");
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    assert_eq!(c.get(gw.url("/slow")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn client_network_rules_apply_per_route_and_server_wide() {
     let up = upstream::start(None).await;
     let routes = [
@@ -102,6 +174,21 @@ async fn client_network_rules_apply_per_route_and_server_wide() {
             &up.url(),
             "allow_ips = [\"127.0.0.1\", \"::1\"]",
         ),
+        // Rules written in the IPv4-mapped form hold for IPv4 clients, as written.
+        route(
+            "mapped-deny",
+            "[\"GET\"]",
+            "/mapped-deny",
+            &up.url(),
+            "deny_ips = [\"::ffff:127.0.0.1\"]",
+        ),
+        route(
+            "mapped-allow",
+            "[\"GET\"]",
+            "/mapped-allow",
+            &up.url(),
+            "allow_ips = [\"::ffff:127.0.0.0/104\"]",
+        ),
     ]
     .concat();
     let gw = Gw::start(&format!("{}{routes}", server_section("")));
@@ -109,6 +196,18 @@ async fn client_network_rules_apply_per_route_and_server_wide() {
     assert_eq!(c.get(gw.url("/denied")).send().await.unwrap().status(), 403);
     assert_eq!(c.get(gw.url("/office")).send().await.unwrap().status(), 403);
     assert_eq!(c.get(gw.url("/local")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/mapped-deny")).send().await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        c.get(gw.url("/mapped-allow"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let locked = Gw::start(&format!(
         "{}{routes}",
@@ -310,6 +409,80 @@ async fn cors_preflights_and_responses() {
     let (code, _, err) = common::run_cli(&["check", bad.to_str().unwrap()], dir.path());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("credentials"), "{err}");
+}
+
+#[tokio::test]
+async fn cors_is_decided_by_the_route_not_the_upstream() {
+    let up = upstream::start(None).await;
+    let cors =
+        "cors = { origins = [\"https://app.example\"], expose_headers = [\"x-request-id\"] }";
+    let cfg = format!(
+        "{}{}{}",
+        server_section(""),
+        route("open", "[\"GET\"]", "/cors-open", &up.url(), cors),
+        route(
+            "walled",
+            "[\"GET\"]",
+            "/walled",
+            &up.url(),
+            &format!("{cors}\nallow_ips = [\"10.0.0.0/8\"]")
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    let c = client();
+    let get = |origin: Option<&'static str>| {
+        let mut r = c.get(gw.url("/cors-open"));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    // The upstream answers `*` with credentials: a refused origin must get none of it.
+    let res = get(Some("https://evil.example")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    for name in [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-expose-headers",
+    ] {
+        assert!(
+            res.headers().get(name).is_none(),
+            "{name} reached a refused origin"
+        );
+    }
+    assert_eq!(res.headers()["vary"], "Origin");
+    // An allowed origin gets exactly the route's answer: one origin, its expose list, and
+    // no credentials the route did not allow.
+    let res = get(Some("https://app.example")).await.unwrap();
+    let origins: Vec<_> = res
+        .headers()
+        .get_all("access-control-allow-origin")
+        .iter()
+        .collect();
+    assert_eq!(origins, ["https://app.example"]);
+    assert_eq!(
+        res.headers()["access-control-expose-headers"],
+        "x-request-id"
+    );
+    assert!(res
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+    // No Origin at all: still `Vary: Origin`, so a cache does not serve this to a browser.
+    let res = get(None).await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(res.headers()["vary"], "Origin");
+
+    // A preflight from a network the route refuses is refused like the route itself.
+    let res = c
+        .request(reqwest::Method::OPTIONS, gw.url("/walled"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    common::assert_problem(res, 403, "forbidden").await;
 }
 
 /// The (pointer, rule) pairs of a problem's `errors` list.

@@ -654,8 +654,9 @@ pub struct ClientConfig {
     pub scopes: Vec<String>,
     /// Attributes for object-level rules (such as `tenant`).
     pub attributes: std::collections::BTreeMap<String, String>,
-    /// When non-empty, the client may call only from these networks.
-    pub allow_ips: Vec<IpNet>,
+    /// The networks the client may call from (`allow_ips`, `deny_ips`): checked once the
+    /// caller is known to be this client, as the route's rules are for every caller.
+    pub ip_rules: IpRules,
     /// SHA-256 fingerprints (lower-case hex) of client certificates bound to this client.
     pub cert_fingerprints: Vec<String>,
     /// DNS subject alternative names of client certificates bound to this client.

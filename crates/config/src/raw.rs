@@ -304,6 +304,8 @@ pub(crate) struct RawClient {
     #[serde(default)]
     pub allow_ips: Vec<Spanned<String>>,
     #[serde(default)]
+    pub deny_ips: Vec<Spanned<String>>,
+    #[serde(default)]
     pub cert_fingerprints: Vec<Spanned<String>>,
     #[serde(default)]
     pub cert_sans: Vec<String>,

@@ -408,6 +408,28 @@ fn ip_rules_deny_wins_and_allow_restricts() {
 }
 
 #[test]
+fn networks_in_the_ipv4_mapped_form_become_the_ipv4_networks_they_name() {
+    let c = ok(&format!(
+        "[server]\ntrusted_proxies = [\"::ffff:10.0.0.1\"]\ndeny_ips = [\"::ffff:192.0.2.0/120\"]\n{ROUTE}allow_ips = [\"::ffff:0:0/96\", \"::/0\"]\n"
+    ))
+    .config;
+    let net = |s: &str| s.parse::<ipnet::IpNet>().ok();
+    assert_eq!(
+        c.server.trusted_proxies.first().copied(),
+        net("10.0.0.1/32")
+    );
+    assert_eq!(c.server.ip_rules.deny.first().copied(), net("192.0.2.0/24"));
+    // The whole mapped range is every IPv4 address; wider IPv6 networks stay as written.
+    let allow: Vec<_> = c.routes[0]
+        .ip_rules
+        .allow
+        .iter()
+        .map(|n| Some(*n))
+        .collect();
+    assert_eq!(allow, [net("0.0.0.0/0"), net("::/0")]);
+}
+
+#[test]
 fn shared_state_and_quotas_are_validated() {
     let l = ok("");
     assert_eq!(l.config.shared_state.backend, SharedBackend::Memory);

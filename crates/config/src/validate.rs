@@ -264,17 +264,14 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
     let mut trusted_proxies = Vec::new();
     for p in raw.trusted_proxies {
         let s = p.get_ref().trim();
-        let net = s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-        match net {
-            Ok(n) => {
+        match parse_net(s) {
+            Some(n) => {
                 if n.prefix_len() == 0 {
                     c.warn(Some(p.span()), format!("server.trusted_proxies: {n} believes X-Forwarded-For from every peer, so any client can choose its own address"));
                 }
-                trusted_proxies.push(n.trunc());
+                trusted_proxies.push(n);
             }
-            Err(_) => c.error(
+            None => c.error(
                 Some(p.span()),
                 format!("server.trusted_proxies: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
             ),
@@ -365,18 +362,35 @@ fn nets(c: &mut Checker, raw: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
     let mut out = Vec::new();
     for p in raw {
         let s = p.get_ref().trim();
-        match s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => out.push(n.trunc()),
-            Err(_) => c.error(
+        match parse_net(s) {
+            Some(n) => out.push(n),
+            None => c.error(
                 Some(p.span()),
                 format!("{what}: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
             ),
         }
     }
     out
+}
+
+/// A network (`10.0.0.0/8`) or one address, as the gateway compares clients with it. Client
+/// addresses in the IPv4-mapped form (`::ffff:10.1.2.3`) are compared as the IPv4 address
+/// they carry, so a rule written in that form is turned into its IPv4 network here: as
+/// written it could never match. (Wider IPv6 networks that merely include the mapped range,
+/// such as `::/0`, stay IPv6 rules.)
+fn parse_net(s: &str) -> Option<IpNet> {
+    let net = s
+        .parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()?
+        .trunc();
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), Some(len)) = (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
+        {
+            return ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4);
+        }
+    }
+    Some(net)
 }
 
 fn bounded<T>(
@@ -647,20 +661,10 @@ fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfi
             );
             continue;
         }
-        let mut allow_ips = Vec::new();
-        for ip in r.allow_ips {
-            let s = ip.get_ref().trim();
-            match s
-                .parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-            {
-                Ok(n) => allow_ips.push(n.trunc()),
-                Err(_) => c.error(
-                    Some(ip.span()),
-                    format!("client {id:?}: allow_ips entry {s:?} is not an IP address or CIDR"),
-                ),
-            }
-        }
+        let ip_rules = IpRules {
+            allow: nets(c, r.allow_ips, &format!("client {id:?}: allow_ips")),
+            deny: nets(c, r.deny_ips, &format!("client {id:?}: deny_ips")),
+        };
         let quota = r
             .quota
             .and_then(|q| crate::validate_limits::quota(c, q, &format!("client {id:?}")));
@@ -688,7 +692,7 @@ fn clients(c: &mut Checker, raw: Vec<Spanned<RawClient>>) -> Vec<Arc<ClientConfi
             roles: r.roles,
             scopes: r.scopes,
             attributes: r.attributes,
-            allow_ips,
+            ip_rules,
             enabled: r.enabled.unwrap_or(true),
             quota,
         }));

@@ -89,7 +89,10 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         | GatewayError::TooManyRequests { retry_after: d }
         | GatewayError::QuotaExceeded { retry_after: d, .. }
         | GatewayError::Overloaded { retry_after: d } => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::text::seconds_up(*d).max(1)),
+            );
         }
         GatewayError::Unauthorized { presented } => {
             let challenge = if *presented {

@@ -2,7 +2,13 @@
 //! without `core::fmt` (whose `Ipv4Addr` display alone cost ~1,500 instructions per call on
 //! the benchmark, several times per request).
 
-use std::{io::Write, net::IpAddr};
+use std::{io::Write, net::IpAddr, time::Duration};
+
+/// `d` in whole seconds, rounded up: a client told to wait `Retry-After` seconds (or that a
+/// limit resets in `t` seconds) must not be refused again for coming back on time.
+pub fn seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
 
 /// `ip` with an IPv4-mapped IPv6 address turned into the IPv4 address it carries, so that
 /// rules, logs and forwarding headers see one form of each client.

@@ -223,7 +223,7 @@ impl Authenticate {
                 return Err(GatewayError::Unauthorized { presented: true });
             };
             let client = &prepared.client;
-            if !client.allow_ips.is_empty() && !client.allow_ips.iter().any(|n| n.contains(&ip)) {
+            if !client.ip_rules.admits(&ip) {
                 return Err(GatewayError::Forbidden);
             }
             let identity = prepared.identity(
@@ -265,7 +265,7 @@ impl Authenticate {
             return Err(GatewayError::Unauthorized { presented: true });
         };
         let client = &prepared.client;
-        if !client.allow_ips.is_empty() && !client.allow_ips.iter().any(|n| n.contains(&ip)) {
+        if !client.ip_rules.admits(&ip) {
             tracing::warn!(target: "portcullis::security", event = "ip_not_allowed", route = %self.route, client = %client.id, client_ip = %ip, "client called from a network it is not allowed to use");
             return Err(GatewayError::Forbidden);
         }

@@ -161,7 +161,7 @@ pub trait Terminal: Send + Sync + 'static {
 
 /// Headers a policy wants on the eventual response (rate-limit allowance, say). Insert it
 /// into the request's extensions in `on_request`; the chain moves it to the response,
-/// whatever produces the response.
+/// whatever produces the response, after every response phase has run.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseHeaders(pub http::HeaderMap);
 
@@ -284,9 +284,6 @@ impl Chain {
                 Err(e) => error_response(&e, &ctx),
             }
         };
-        for (name, value) in extra.iter() {
-            res.headers_mut().append(name.clone(), value.clone());
-        }
         for (i, policy) in self.policies[..passed].iter().enumerate().rev() {
             if i < 64 && skipped & (1 << i) != 0 || !policy.has_response_phase() {
                 continue;
@@ -299,6 +296,12 @@ impl Chain {
                 Ok(r) => r,
                 Err(e) => error_response(&e, &ctx),
             };
+        }
+        // After the response phases: a phase may clear what the upstream said in the
+        // gateway's place (CORS removes the upstream's `Access-Control-*`), never what the
+        // gateway adds.
+        for (name, value) in extra.iter() {
+            res.headers_mut().append(name.clone(), value.clone());
         }
         if !holds.is_empty() && res.extensions().get::<ErrorInfo>().is_none() {
             res = res.map(|inner| {

@@ -1,11 +1,28 @@
 //! CORS for browsers calling a route: allowed origins get `Access-Control-Allow-*` headers on
 //! every response (errors included); preflight requests are answered by [`preflight`] before
 //! routing by method. Other origins get no CORS headers, so browsers refuse the response.
+//!
+//! The route's list is the only word on CORS: the upstream's own `Access-Control-*` headers
+//! are removed from its responses. Otherwise an upstream that answers
+//! `Access-Control-Allow-Origin: *` would open the route to every origin the list refuses
+//! (and an allowed origin would see two values, which browsers reject). Every response of a
+//! CORS route says `Vary: Origin`, refused origins' too, so a shared cache never hands one
+//! origin's answer to another.
 
 use crate::{chain::ResponseHeaders, Flow, Policy, Step};
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use portcullis_config::CorsConfig;
-use portcullis_core::{empty, Body, GatewayError};
+use portcullis_core::{empty, Body, GatewayError, RequestContext};
+
+/// The response headers of the CORS protocol, which only the route's CORS list may set.
+const CORS_RESPONSE_HEADERS: [HeaderName; 6] = [
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+];
 
 fn allowed_origin<'a>(
     cfg: &CorsConfig,
@@ -95,22 +112,36 @@ impl Policy for Cors {
         "cors"
     }
 
-    fn has_response_phase(&self) -> bool {
-        false
-    }
-
     fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
-        if let Some(origin) = allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned()
-        {
-            let mut h = HeaderMap::new();
-            common_headers(&self.cfg, &origin, &mut h);
-            if !self.cfg.expose_headers.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&self.cfg.expose_headers.join(", ")) {
-                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        let mut h = HeaderMap::new();
+        match allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned() {
+            Some(origin) => {
+                common_headers(&self.cfg, &origin, &mut h);
+                if !self.cfg.expose_headers.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&self.cfg.expose_headers.join(", ")) {
+                        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+                    }
                 }
             }
-            req.extensions_mut().insert(ResponseHeaders(h));
+            // The answer still depends on the origin: caches must key on it.
+            None => {
+                h.append(header::VARY, HeaderValue::from_static("Origin"));
+            }
         }
+        req.extensions_mut().insert(ResponseHeaders(h));
         Ok(Flow::Continue(req)).into()
+    }
+
+    /// Removes the upstream's CORS headers; the chain adds this route's after this phase.
+    fn on_response<'a>(
+        &'a self,
+        mut res: Response<Body>,
+        _ctx: &'a RequestContext,
+    ) -> Step<'a, Response<Body>> {
+        let h = res.headers_mut();
+        for name in &CORS_RESPONSE_HEADERS {
+            h.remove(name);
+        }
+        Ok(res).into()
     }
 }

@@ -11,7 +11,7 @@ use crate::{
 };
 use http::{HeaderMap, HeaderValue, Request};
 use portcullis_config::QuotaConfig;
-use portcullis_core::{Body, GatewayError, Identity, RequestContext};
+use portcullis_core::{text::seconds_up, Body, GatewayError, Identity, RequestContext};
 use portcullis_store::{QuotaCharge, Store};
 use std::{
     sync::{
@@ -226,7 +226,7 @@ impl Quota {
                 if let Some(p) = policy_header {
                     res.headers_mut().append(RATELIMIT_POLICY, p);
                 }
-                let item = format!("\"{}\";r=0;t={}", c.name, c.reset.as_secs());
+                let item = format!("\"{}\";r=0;t={}", c.name, seconds_up(c.reset));
                 if let Ok(v) = HeaderValue::from_str(&item) {
                     res.headers_mut().append(RATELIMIT, v);
                 }
@@ -245,7 +245,7 @@ impl Quota {
                 if let Ok(v) = HeaderValue::from_str(&format!(
                     "\"{}\";r={left};t={}",
                     c.name,
-                    c.reset.as_secs()
+                    seconds_up(c.reset)
                 )) {
                     h.append(RATELIMIT, v);
                 }

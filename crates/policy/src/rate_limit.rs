@@ -5,12 +5,17 @@
 
 use crate::{chain::ResponseHeaders, Flow, Policy, Step};
 use http::{HeaderName, HeaderValue, Request, Response};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis_config::{RateKey, RateLimitConfig, SharedStateFailure};
-use portcullis_core::{text::push_u64, Body, GatewayError, Identity, RequestContext};
+use portcullis_core::{
+    text::{push_u64, seconds_up},
+    Body, GatewayError, Identity, RequestContext,
+};
 use portcullis_state::{all_allowed, Check, Decision, Limiter, MemoryLimiter, Rate};
 use sha2::{Digest, Sha256};
 use std::{
     fmt::Write as _,
+    net::IpAddr,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -38,7 +43,11 @@ pub struct RateLimit {
     store: LimitStore,
     on_failure: SharedStateFailure,
     policy_header: HeaderValue,
-    /// `route|i|`, the start of limit `i`'s counter keys.
+    /// The start of limit `i`'s counter keys: `route|i|` for the limits that count per route
+    /// (`route`, `client_route`); for the others (`client`, `ip`, `header:`), the rate
+    /// itself, `*|limit/period_ms/burst|`, so that every route declaring the same limit on
+    /// the same key shares one allowance, and limits that differ never share a counter.
+    /// (`*` is not allowed in a route id, so the two kinds never meet.)
     key_prefixes: Vec<String>,
     /// The decision counters per limit, looked up once: a registry lookup hashes every label,
     /// on every request otherwise. Made on first use, so the exporter is installed by then.
@@ -80,7 +89,14 @@ impl RateLimit {
                 burst: l.burst,
             })
             .collect();
-        let key_prefixes = (0..limits.len()).map(|i| format!("{route}|{i}|")).collect();
+        let key_prefixes = limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match l.per {
+                RateKey::Route | RateKey::ClientRoute => format!("{route}|{i}|"),
+                _ => format!("*|{}/{}/{}|", l.limit, l.period.as_millis(), l.burst),
+            })
+            .collect();
         RateLimit {
             route: Arc::from(route),
             key_prefixes,
@@ -107,7 +123,7 @@ impl RateLimit {
                 key.push_str(client()?);
             }
             RateKey::Ip => {
-                let _ = write!(key, "ip:{}", ctx.client_ip);
+                let _ = write!(key, "ip:{}", ip_key(ctx.client_ip));
             }
             RateKey::Route => key.push('r'),
             RateKey::ClientRoute => {
@@ -281,6 +297,18 @@ impl RateLimit {
 
 /// The IETF `RateLimit` item for limit `i`: `"l<i>";r=<remaining>;t=<seconds until full>`.
 /// Written without `fmt`: it is on every admitted request.
+/// What a per-IP limit counts: an IPv4 address, or the /64 network of an IPv6 one. One
+/// IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so counting single
+/// addresses would hand it 2^64 allowances, and a flood of fresh keys with it.
+fn ip_key(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(v4) => IpNet::V4(Ipv4Net::from(v4)),
+        IpAddr::V6(v6) => {
+            Ipv6Net::new(v6, 64).map_or(IpNet::V6(Ipv6Net::from(v6)), |n| IpNet::V6(n.trunc()))
+        }
+    }
+}
+
 fn ratelimit_value(i: usize, remaining: u64, wait: Duration) -> Option<HeaderValue> {
     let mut v = Vec::with_capacity(40);
     v.extend_from_slice(b"\"l");
@@ -288,6 +316,29 @@ fn ratelimit_value(i: usize, remaining: u64, wait: Duration) -> Option<HeaderVal
     v.extend_from_slice(b"\";r=");
     push_u64(&mut v, remaining);
     v.extend_from_slice(b";t=");
-    push_u64(&mut v, wait.as_secs_f64().ceil() as u64);
+    push_u64(&mut v, seconds_up(wait));
     HeaderValue::from_bytes(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(other));
+        assert_eq!(ip_key(a).to_string(), "2001:db8:1:2::/64");
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let v4_next: IpAddr = [192, 0, 2, 8].into();
+        assert_ne!(ip_key(v4), ip_key(v4_next));
+        assert_eq!(ip_key(v4).to_string(), "192.0.2.7/32");
+    }
 }

@@ -412,6 +412,11 @@ impl Gateway {
                 if let Lookup::Found(route, _) = generation.routes.lookup(&want, req.uri().path()) {
                     if let Some(cors) = &route.config.cors {
                         let id = Cow::Borrowed(&*route.id);
+                        // The route's network rules hold for its preflight too: a refused
+                        // network learns nothing of the route's CORS lists.
+                        if !route.config.ip_rules.admits(&ctx.client_ip) {
+                            return Err((GatewayError::Forbidden, id));
+                        }
                         return portcullis_policy::preflight(cors, req.headers())
                             .map(|r| (r, id.clone()))
                             .map_err(|e| (e, id));
