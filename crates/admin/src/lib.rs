@@ -44,7 +44,64 @@ pub fn router(state: AdminState) -> Router {
         .merge(secrets::routes())
         .merge(webhooks::routes())
         .fallback(not_found)
+        .layer(axum::middleware::map_response(errors_as_problems))
         .with_state(state)
+}
+
+/// axum refuses some requests itself, before a handler runs: a body that is not JSON or
+/// lacks a JSON content type, a field of the wrong type, a path segment that is not a
+/// number, a method the path does not have. Its answers are plain text. This turns every
+/// error response that is not already problem+json into one, so the admin API has one error
+/// format, as the data plane does. axum's text is dropped, not moved into `detail`: serde's
+/// messages quote the offending value, which on `PUT /admin/secrets/...` can be the secret.
+async fn errors_as_problems(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+    {
+        return res;
+    }
+    let (slug, title, detail) = match status {
+        StatusCode::BAD_REQUEST => (
+            "malformed-request",
+            "Malformed request",
+            "The request's path, query or JSON body could not be read.",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "Method not allowed on this path",
+            "See the Allow header for the methods this path has.",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body-too-large",
+            "Request body too large",
+            "The request body is larger than the admin API accepts.",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "Unsupported content type",
+            "Send the body as application/json.",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => (
+            "invalid-body",
+            "Request body does not have the expected fields",
+            "The JSON body is missing a field, has an unknown one, or a value of the wrong type.",
+        ),
+        s if s.is_server_error() => ("internal-error", "Internal error", "The request failed."),
+        _ => (
+            "request-refused",
+            "Request refused",
+            "The request was refused.",
+        ),
+    };
+    let mut out = secrets::problem(status, slug, title, Some(detail.to_string()));
+    if let Some(allow) = res.headers().get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Serves the admin API until `shutdown` flips.

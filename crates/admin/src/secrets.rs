@@ -12,7 +12,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use portcullis_core::{Problem, RequestId, PROBLEM_CONTENT_TYPE};
+use portcullis_core::{Problem, RequestId, PROBLEM_CONTENT_TYPE, REQUEST_ID_HEADER};
 use portcullis_vault::{PutOptions, SecretType, Vault, VaultError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -51,12 +51,16 @@ pub(crate) fn problem(
         request_id: id.as_str(),
         errors: Vec::new(),
     };
-    (
+    let mut res = (
         status,
         [(axum::http::header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)],
         Json(p),
     )
-        .into_response()
+        .into_response();
+    // As on the data plane: the id to quote is in the header as well as the body.
+    res.headers_mut()
+        .insert(REQUEST_ID_HEADER, id.header_value());
+    res
 }
 
 /// Why an admin vault call was refused; turned into problem+json in one place.

@@ -167,6 +167,55 @@ async fn credentials_are_injected_from_the_vault_and_revocation_is_immediate() {
         Some(format!("Bearer {SENTINEL}-2").as_str())
     );
 
+    // Requests axum refuses before a handler runs answer problem+json too, and never quote
+    // the body (serde's own message would: `invalid type: string "...", expected i64`).
+    let put = |body: &'static str, json: bool| {
+        let mut r = client()
+            .put(gw.admin_url("/admin/secrets/backend-token"))
+            .bearer_auth(token.trim())
+            .body(body.replace("SENTINEL", SENTINEL));
+        if json {
+            r = r.header("content-type", "application/json");
+        }
+        r.send()
+    };
+    for (res, status, slug) in [
+        (
+            put("{\"keep\": \"SENTINEL\"}", true).await.unwrap(),
+            422,
+            "invalid-body",
+        ),
+        (
+            put("{\"value\": \"SENTINEL\"", true).await.unwrap(),
+            400,
+            "malformed-request",
+        ),
+        (
+            put("{\"value\": \"SENTINEL\"}", false).await.unwrap(),
+            415,
+            "unsupported-media-type",
+        ),
+    ] {
+        let v = assert_problem(res, status, slug).await;
+        assert!(!v.to_string().contains(SENTINEL), "{v}");
+    }
+    let res = client()
+        .patch(gw.admin_url("/admin/secrets/backend-token"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("allow"), "{:?}", res.headers());
+    assert_problem(res, 405, "method-not-allowed").await;
+    // A path segment of the wrong type (the version is a number).
+    let res = client()
+        .post(gw.admin_url("/admin/secrets/backend-token/versions/x/revoke"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400, "malformed-request").await;
+
     // Nowhere else: not in the logs, not in the database files (db, WAL, SHM).
     assert!(
         gw.stdout
