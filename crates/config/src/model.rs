@@ -583,6 +583,9 @@ pub enum RateKey {
     ClientRoute,
     /// A request header's value.
     Header(http::HeaderName),
+    /// A claim of the caller's verified token, or for a caller without a token (an API key,
+    /// a certificate) the client's attribute of that name.
+    Claim(String),
 }
 
 /// `limit` requests per `period`, plus `burst` extra at once.

@@ -798,18 +798,27 @@ fn rate_limits(
             "ip" => RateKey::Ip,
             "route" => RateKey::Route,
             "client_route" => RateKey::ClientRoute,
-            other => match other
-                .strip_prefix("header:")
-                .map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
-            {
-                Some(Ok(h)) => RateKey::Header(h),
+            other => match (
+                other
+                    .strip_prefix("header:")
+                    .map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())),
+                other
+                    .strip_prefix("claim:")
+                    .filter(|n| !n.trim().is_empty()),
+            ) {
+                (Some(Ok(h)), _) => RateKey::Header(h),
+                (_, Some(name)) => RateKey::Claim(name.trim().to_string()),
                 _ => {
-                    c.error(Some(span), format!("{ctx}: rate_limits per {other:?} is not known; expected client, ip, route, client_route or header:NAME"));
+                    c.error(Some(span), format!("{ctx}: rate_limits per {other:?} is not known; expected client, ip, route, client_route, header:NAME or claim:NAME"));
                     continue;
                 }
             },
         };
-        if matches!(per, RateKey::Client | RateKey::ClientRoute) && !authenticated {
+        if matches!(
+            per,
+            RateKey::Client | RateKey::ClientRoute | RateKey::Claim(_)
+        ) && !authenticated
+        {
             c.error(
                 Some(span.clone()),
                 format!("{ctx}: a per-client rate limit needs an authenticated caller; add auth"),

@@ -54,4 +54,10 @@ pub struct IdentityData {
     pub kind: AuthKind,
     /// The API key id used, if any (never the secret part).
     pub key_id: Option<Arc<str>>,
+    /// A verified token's top-level claims that are text, numbers or booleans, as text
+    /// (`None` for API keys and certificates): what `per = "claim:NAME"` rate limits count.
+    pub claims: Option<TokenClaims>,
 }
+
+/// Claims of a verified token, by name; shared by every request that presents the token.
+pub type TokenClaims = Arc<BTreeMap<String, String>>;

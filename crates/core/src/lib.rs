@@ -15,6 +15,6 @@ pub use body::{
 };
 pub use context::{ClientCert, Connection, RequestContext, RouteMatch};
 pub use error::{GatewayError, MalformedKind};
-pub use identity::{AuthKind, Identity, IdentityData};
+pub use identity::{AuthKind, Identity, IdentityData, TokenClaims};
 pub use problem::{problem_response, ErrorInfo, Problem, PROBLEM_CONTENT_TYPE};
 pub use request_id::{RequestId, REQUEST_ID_HEADER};

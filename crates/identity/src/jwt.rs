@@ -10,7 +10,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use portcullis_config::JwtIssuerConfig;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     str::FromStr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -34,6 +34,27 @@ pub struct JwtClaims {
     pub client_id: String,
     /// Scopes from `scope` (space-separated) or `scp` (array).
     pub scopes: Vec<String>,
+    /// The token's top-level claims that are text, numbers or booleans, as text.
+    pub claims: Arc<BTreeMap<String, String>>,
+}
+
+/// The scalar top-level claims of a verified token, as text (objects and arrays left out).
+pub fn scalar_claims(claims: &serde_json::Value) -> Arc<BTreeMap<String, String>> {
+    let map = claims
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), text))
+        })
+        .collect();
+    Arc::new(map)
 }
 
 struct KeyEntry {
@@ -317,6 +338,13 @@ impl JwtVerifier {
         scopes.retain(|s| seen.insert(s.clone()));
         // `exp` is required and was validated; the leeway is not extended by the cache.
         let exp = claims.get("exp").and_then(|e| e.as_i64()).unwrap_or(0);
-        Ok((JwtClaims { client_id, scopes }, exp))
+        Ok((
+            JwtClaims {
+                client_id,
+                scopes,
+                claims: scalar_claims(&claims),
+            },
+            exp,
+        ))
     }
 }

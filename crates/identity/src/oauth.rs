@@ -269,6 +269,7 @@ impl TokenIssuer {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            claims: crate::jwt::scalar_claims(&claims),
         })
     }
 

@@ -7,7 +7,7 @@ use crate::{Flow, Policy, Step};
 use http::{header, HeaderName, Request};
 use portcullis_config::ClientConfig;
 use portcullis_core::{
-    AuthKind, Body, ClientCert, GatewayError, Identity, IdentityData, RequestContext,
+    AuthKind, Body, ClientCert, GatewayError, Identity, IdentityData, RequestContext, TokenClaims,
 };
 use portcullis_identity::{parse_key, ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use std::{collections::HashMap, sync::Arc};
@@ -57,6 +57,7 @@ impl Prepared {
         scopes: Arc<[String]>,
         kind: AuthKind,
         key_id: Option<Arc<str>>,
+        claims: Option<TokenClaims>,
     ) -> Identity {
         Identity::new(IdentityData {
             client_id,
@@ -65,12 +66,31 @@ impl Prepared {
             attributes: self.attributes.clone(),
             kind,
             key_id,
+            claims,
         })
     }
 }
 
-/// A credential that verified: client id, API key id, the token's scopes, how.
-type Verified = (Arc<str>, Option<Arc<str>>, Option<Vec<String>>, AuthKind);
+/// A credential that verified.
+struct Verified {
+    client_id: Arc<str>,
+    /// The API key's id, for an API key.
+    key_id: Option<Arc<str>>,
+    /// A token's scopes and claims, for a token.
+    token: Option<(Vec<String>, TokenClaims)>,
+    kind: AuthKind,
+}
+
+impl Verified {
+    fn token(c: portcullis_identity::JwtClaims, kind: AuthKind) -> Verified {
+        Verified {
+            client_id: Arc::from(c.client_id.as_str()),
+            key_id: None,
+            token: Some((c.scopes, c.claims)),
+            kind,
+        }
+    }
+}
 
 impl Authenticate {
     /// Authenticates against `clients` with whichever of API keys, JWTs and client
@@ -115,7 +135,12 @@ impl Authenticate {
     /// None when it is not a valid key of this route.
     fn check_key(&self, id: &str, secret: &str) -> Option<Verified> {
         let v = self.keys.as_ref()?.verify_parts(id, secret).ok()?;
-        Some((v.client_id, Some(v.key_id), None, AuthKind::ApiKey))
+        Some(Verified {
+            client_id: v.client_id,
+            key_id: Some(v.key_id),
+            token: None,
+            kind: AuthKind::ApiKey,
+        })
     }
 
     /// A bearer token's verification (OAuth first, then JWT), which may wait for keys to be
@@ -128,12 +153,7 @@ impl Authenticate {
             // Boxed, here and below: the token verifiers' futures are ~1.2-1.8 KB, and inline
             // they would make every token request's phase future that large.
             if let Some(c) = Box::pin(issuer.verify(credential)).await {
-                return Some((
-                    Arc::from(c.client_id.as_str()),
-                    None,
-                    Some(c.scopes),
-                    AuthKind::OAuth2,
-                ));
+                return Some(Verified::token(c, AuthKind::OAuth2));
             }
         }
         let claims = match Box::pin(self.jwt.as_ref()?.verify(credential)).await {
@@ -143,12 +163,7 @@ impl Authenticate {
                 return None;
             }
         };
-        Some((
-            Arc::from(claims.client_id.as_str()),
-            None,
-            Some(claims.scopes),
-            AuthKind::Jwt,
-        ))
+        Some(Verified::token(claims, AuthKind::Jwt))
     }
 }
 
@@ -231,6 +246,7 @@ impl Authenticate {
                 prepared.scopes.clone(),
                 AuthKind::Mtls,
                 None,
+                None,
             );
             req.extensions_mut().insert(identity);
             return Ok(Flow::Continue(req));
@@ -250,11 +266,9 @@ impl Authenticate {
     ) -> Result<Flow, GatewayError> {
         let prepared = verified
             .as_ref()
-            .and_then(|v| self.prepared.get(v.0.as_ref()))
+            .and_then(|v| self.prepared.get(v.client_id.as_ref()))
             .filter(|p| p.client.enabled);
-        let (Some((client_id, used_key, token_scopes, kind)), Some(prepared)) =
-            (verified, prepared)
-        else {
+        let (Some(verified), Some(prepared)) = (verified, prepared) else {
             let key_id = presented(&req).and_then(ApiKeys::key_id_of);
             let locked = self.guard.fail(ip, key_id);
             // The key id is public (it is not the secret); logging it lets an operator see
@@ -273,6 +287,7 @@ impl Authenticate {
         h.remove(header::AUTHORIZATION);
         h.remove(&X_API_KEY);
         // A token's scopes are narrowed to what the client may hold, when the client lists any.
+        let (token_scopes, claims) = verified.token.unzip();
         let scopes: Arc<[String]> = match token_scopes {
             Some(t) if client.scopes.is_empty() => t.into(),
             Some(t) => t
@@ -281,7 +296,13 @@ impl Authenticate {
                 .collect(),
             None => prepared.scopes.clone(),
         };
-        let identity = prepared.identity(client_id, scopes, kind, used_key);
+        let identity = prepared.identity(
+            verified.client_id,
+            scopes,
+            verified.kind,
+            verified.key_id,
+            claims,
+        );
         req.extensions_mut().insert(identity);
         Ok(Flow::Continue(req))
     }

@@ -134,11 +134,21 @@ impl RateLimit {
             // memory or in Redis). SHA-256, not a seeded hash, so instances agree on the key.
             RateKey::Header(h) => {
                 let v = req.headers().get(h).map_or(&b""[..], |v| v.as_bytes());
-                let digest = Sha256::digest(v);
                 let _ = write!(key, "h:{h}:");
-                for b in &digest[..16] {
-                    let _ = write!(key, "{b:02x}");
-                }
+                push_digest(&mut key, v);
+            }
+            // Claims may name people (an email) or be secrets of a kind: a digest only, as
+            // for headers. A caller without the claim counts with every other one without it.
+            RateKey::Claim(name) => {
+                let id = req.extensions().get::<Identity>()?;
+                let v = id
+                    .claims
+                    .as_ref()
+                    .and_then(|c| c.get(name))
+                    .or_else(|| id.attributes.get(name))
+                    .map_or(&b""[..], |v| v.as_bytes());
+                let _ = write!(key, "cl:{name}:");
+                push_digest(&mut key, v);
             }
         }
         Some(key)
@@ -297,6 +307,14 @@ impl RateLimit {
 
 /// The IETF `RateLimit` item for limit `i`: `"l<i>";r=<remaining>;t=<seconds until full>`.
 /// Written without `fmt`: it is on every admitted request.
+/// The first half of `v`'s SHA-256, in hex: a key that names a value without holding it.
+/// SHA-256 rather than a seeded hash, so that instances sharing Redis agree on the key.
+fn push_digest(key: &mut String, v: &[u8]) {
+    for b in &Sha256::digest(v)[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+}
+
 /// What a per-IP limit counts: an IPv4 address, or the /64 network of an IPv6 one. One
 /// IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so counting single
 /// addresses would hand it 2^64 allowances, and a flood of fresh keys with it.
