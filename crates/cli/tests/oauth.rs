@@ -11,7 +11,7 @@ use oauth2::{basic::BasicClient, ClientId, ClientSecret, Scope, TokenResponse, T
 async fn client_credentials_tokens_work_and_can_be_revoked() {
     let up = upstream::start(None).await;
     let cfg = format!(
-        "{}[[clients]]\nid = \"billing\"\nscopes = [\"orders:read\", \"orders:write\"]\n\n[auth.oauth2]\ntoken_ttl = \"10m\"\n\n{}{}",
+        "{}[[clients]]\nid = \"billing\"\nscopes = [\"orders:read\", \"orders:write\"]\n\n[[clients]]\nid = \"elsewhere\"\ndeny_ips = [\"127.0.0.0/8\"]\n\n[auth.oauth2]\ntoken_ttl = \"10m\"\n\n{}{}",
         server_section(""),
         route("read", "[\"GET\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:read\"]"),
         route("write", "[\"POST\"]", "/orders", &up.url(), "auth = [\"oauth2\"]\nscopes = [\"orders:write\"]\nidentity_assertion = true"),
@@ -96,6 +96,19 @@ async fn client_credentials_tokens_work_and_can_be_revoked() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["cache-control"], "no-store");
+    // A client refused on this network gets no token here either.
+    let far = gw.issue_key("elsewhere").await;
+    let refused = http
+        .post(gw.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "elsewhere"),
+            ("client_secret", far.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, 403, "forbidden").await;
     let full: serde_json::Value = res.json().await.unwrap();
     assert_eq!(full["scope"], "orders:read orders:write");
     let res = http

@@ -427,6 +427,15 @@ fn networks_in_the_ipv4_mapped_form_become_the_ipv4_networks_they_name() {
         .map(|n| Some(*n))
         .collect();
     assert_eq!(allow, [net("0.0.0.0/0"), net("::/0")]);
+    // `::/0` holds every IPv6 client only: `check` says so.
+    let l = ok(&format!("{ROUTE}deny_ips = [\"::/0\"]\n"));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.message.contains("IPv4-mapped range")),
+        "{:?}",
+        l.warnings
+    );
 }
 
 #[test]

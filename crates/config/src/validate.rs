@@ -363,7 +363,12 @@ fn nets(c: &mut Checker, raw: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
     for p in raw {
         let s = p.get_ref().trim();
         match parse_net(s) {
-            Some(n) => out.push(n),
+            Some(n) => {
+                if covers_mapped_range(&n) {
+                    c.warn(Some(p.span()), format!("{what}: {n} includes the IPv4-mapped range, but IPv4 clients are compared as IPv4 and never match it; add 0.0.0.0/0 (or the IPv4 networks meant) to cover them"));
+                }
+                out.push(n);
+            }
             None => c.error(
                 Some(p.span()),
                 format!("{what}: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
@@ -371,6 +376,18 @@ fn nets(c: &mut Checker, raw: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
         }
     }
     out
+}
+
+/// Whether `n` is an IPv6 network wider than the IPv4-mapped range that holds it (`::/0`):
+/// written for "everyone", it does not hold IPv4 clients, which are compared as IPv4.
+fn covers_mapped_range(n: &IpNet) -> bool {
+    match n {
+        IpNet::V6(v6) => {
+            v6.prefix_len() < 96
+                && v6.contains(&std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
+        }
+        IpNet::V4(_) => false,
+    }
 }
 
 /// A network (`10.0.0.0/8`) or one address, as the gateway compares clients with it. Client

@@ -44,7 +44,7 @@ pub struct RateLimit {
     on_failure: SharedStateFailure,
     policy_header: HeaderValue,
     /// The start of limit `i`'s counter keys: `route|i|` for the limits that count per route
-    /// (`route`, `client_route`); for the others (`client`, `ip`, `header:`), the rate
+    /// (`route`, `client_route`); for the others (`client`, `ip`, `header:`, `claim:`), the rate
     /// itself, `*|limit/period_ms/burst|`, so that every route declaring the same limit on
     /// the same key shares one allowance, and limits that differ never share a counter.
     /// (`*` is not allowed in a route id, so the two kinds never meet.)
@@ -141,12 +141,13 @@ impl RateLimit {
             // for headers. A caller without the claim counts with every other one without it.
             RateKey::Claim(name) => {
                 let id = req.extensions().get::<Identity>()?;
-                let v = id
-                    .claims
-                    .as_ref()
-                    .and_then(|c| c.get(name))
-                    .or_else(|| id.attributes.get(name))
-                    .map_or(&b""[..], |v| v.as_bytes());
+                // A token's claims alone, when there is a token; the client's attributes only
+                // for callers without one.
+                let v = match &id.claims {
+                    Some(claims) => claims.get(name),
+                    None => id.attributes.get(name),
+                }
+                .map_or(&b""[..], |v| v.as_bytes());
                 let _ = write!(key, "cl:{name}:");
                 push_digest(&mut key, v);
             }

@@ -178,6 +178,12 @@ pub(crate) async fn handle(
             return Ok(oauth_error(&e, basic));
         }
     };
+    // The client's own network rules, as for its requests: no token (nor revocation or
+    // introspection) from a network the client may not call from.
+    if !client.ip_rules.admits(&ip) {
+        tracing::warn!(target: "portcullis::security", event = "ip_not_allowed", endpoint = %path, client = %client.id, client_ip = %ip, "client called the token endpoint from a network it is not allowed to use");
+        return Err(GatewayError::Forbidden);
+    }
     match path.as_str() {
         "/oauth/token" => {
             if params.get("grant_type").map(String::as_str) != Some("client_credentials") {

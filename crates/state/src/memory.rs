@@ -167,7 +167,19 @@ fn store(map: &mut HashMap<Box<str>, u64, Hasher>, key: &str, tat: u64, now: u64
             let nth = (max / 8).min(tats.len() - 1);
             let (_, cut, _) = tats.select_nth_unstable(nth);
             let cut = *cut;
-            map.retain(|_, v| *v > cut);
+            // Exactly `nth + 1` keys: those below the cut, then as many at it as are needed
+            // (many keys can share one value; dropping all of them could empty the shard).
+            let mut at_cut = nth + 1 - tats.iter().filter(|&&t| t < cut).count();
+            map.retain(|_, v| {
+                if *v < cut {
+                    false
+                } else if *v == cut && at_cut > 0 {
+                    at_cut -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
     map.insert(Box::from(key), tat);
@@ -324,6 +336,17 @@ mod tests {
         }
         assert_eq!(map.len(), max);
         assert!(map.contains_key("k9"));
+    }
+
+    #[test]
+    fn keys_that_share_one_value_are_evicted_only_as_far_as_needed() {
+        let mut map = HashMap::with_hasher(Hasher::default());
+        let max = 64;
+        for i in 0..max {
+            store(&mut map, &format!("k{i}"), 1_000, 0, max);
+        }
+        store(&mut map, "new", 1_000, 0, max);
+        assert_eq!(map.len(), max - 9 + 1);
     }
 
     #[test]
