@@ -99,6 +99,16 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
     }
 }
 
+/// The source a failure is counted against: an IPv4 address, or the /64 network of an IPv6
+/// one. One IPv6 host usually holds a whole /64, so counting single addresses would let it
+/// guess on, one fresh address per lockout (rate limits count the /64 too).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// Tracks authentication failures and refuses locked-out sources.
 pub struct BruteForce {
     max_failures: u32,
@@ -123,7 +133,7 @@ impl BruteForce {
     /// How long the source must still wait, if it is locked out.
     pub fn locked(&self, ip: IpAddr, key_id: Option<&str>) -> Option<Duration> {
         let now = Instant::now();
-        let by_ip = self.ips.locked(&ip, now);
+        let by_ip = self.ips.locked(&source(ip), now);
         let by_key = key_id.and_then(|k| self.keys.locked(k, now));
         by_ip.max(by_key)
     }
@@ -131,9 +141,13 @@ impl BruteForce {
     /// Counts a failure; true when it just caused a lockout.
     pub fn fail(&self, ip: IpAddr, key_id: Option<&str>) -> bool {
         let now = Instant::now();
-        let a = self
-            .ips
-            .fail(&ip, now, self.max_failures, self.window, self.cooldown);
+        let a = self.ips.fail(
+            &source(ip),
+            now,
+            self.max_failures,
+            self.window,
+            self.cooldown,
+        );
         let b = key_id.is_some_and(|k| {
             self.keys.fail(
                 &k.to_string(),
@@ -164,6 +178,22 @@ mod tests {
         assert!(bf.locked(IpAddr::from([192, 0, 2, 2]), None).is_none());
         std::thread::sleep(Duration::from_millis(60));
         assert!(bf.locked(ip, None).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64_so_fresh_addresses_do_not_escape_a_lockout() {
+        let bf = BruteForce::new(2, Duration::from_secs(60), Duration::from_secs(60));
+        let v6 = |last: u16, net: u16| IpAddr::from([0x2001, 0xdb8, 1, net, 0, 0, 0, last]);
+        for i in 1..=3 {
+            bf.fail(v6(i, 2), None);
+        }
+        assert!(bf.locked(v6(9_999, 2), None).is_some(), "the same /64");
+        assert!(bf.locked(v6(1, 3), None).is_none(), "another /64");
+        // IPv4 stays per address.
+        for _ in 0..3 {
+            bf.fail(IpAddr::from([192, 0, 2, 1]), None);
+        }
+        assert!(bf.locked(IpAddr::from([192, 0, 2, 2]), None).is_none());
     }
 
     #[test]
