@@ -19,6 +19,17 @@ pub fn normalise_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The source a client is counted as by rate limits and the lockout: an IPv4 address, or
+/// the /64 network (its first address) of an IPv6 one. One IPv6 host usually holds a whole
+/// /64 (SLAAC, privacy addresses), so counting single addresses would hand it 2^64
+/// allowances, or a fresh address per lockout.
+pub fn client_source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// Appends `ip` as `Display` writes it.
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
@@ -65,6 +76,24 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(client_source(a), client_source(b));
+        assert_ne!(client_source(a), client_source(other));
+        assert_eq!(client_source(a).to_string(), "2001:db8:1:2::");
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let v4_next: IpAddr = [192, 0, 2, 8].into();
+        assert_ne!(client_source(v4), client_source(v4_next));
+        assert_eq!(client_source(v4).to_string(), "192.0.2.7");
+    }
 
     proptest! {
         #[test]

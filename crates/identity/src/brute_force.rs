@@ -2,6 +2,7 @@
 //! fixed window; past the threshold the source is refused for a cool-down period. Memory is
 //! bounded: at most `MAX_TRACKED` sources of each kind are tracked.
 
+use portcullis_core::text::client_source;
 use std::{
     borrow::Borrow,
     collections::HashMap,
@@ -99,16 +100,6 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
     }
 }
 
-/// The source a failure is counted against: an IPv4 address, or the /64 network of an IPv6
-/// one. One IPv6 host usually holds a whole /64, so counting single addresses would let it
-/// guess on, one fresh address per lockout (rate limits count the /64 too).
-fn source(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        v4 => v4,
-    }
-}
-
 /// Tracks authentication failures and refuses locked-out sources.
 pub struct BruteForce {
     max_failures: u32,
@@ -133,7 +124,7 @@ impl BruteForce {
     /// How long the source must still wait, if it is locked out.
     pub fn locked(&self, ip: IpAddr, key_id: Option<&str>) -> Option<Duration> {
         let now = Instant::now();
-        let by_ip = self.ips.locked(&source(ip), now);
+        let by_ip = self.ips.locked(&client_source(ip), now);
         let by_key = key_id.and_then(|k| self.keys.locked(k, now));
         by_ip.max(by_key)
     }
@@ -142,7 +133,7 @@ impl BruteForce {
     pub fn fail(&self, ip: IpAddr, key_id: Option<&str>) -> bool {
         let now = Instant::now();
         let a = self.ips.fail(
-            &source(ip),
+            &client_source(ip),
             now,
             self.max_failures,
             self.window,

@@ -9,8 +9,9 @@ use arc_swap::ArcSwap;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use portcullis_config::JwtIssuerConfig;
+use portcullis_core::TokenClaims;
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     str::FromStr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -35,11 +36,11 @@ pub struct JwtClaims {
     /// Scopes from `scope` (space-separated) or `scp` (array).
     pub scopes: Vec<String>,
     /// The token's top-level claims that are text, numbers or booleans, as text.
-    pub claims: Arc<BTreeMap<String, String>>,
+    pub claims: TokenClaims,
 }
 
 /// The scalar top-level claims of a verified token, as text (objects and arrays left out).
-pub fn scalar_claims(claims: &serde_json::Value) -> Arc<BTreeMap<String, String>> {
+pub fn scalar_claims(claims: &serde_json::Value) -> TokenClaims {
     let map = claims
         .as_object()
         .into_iter()
