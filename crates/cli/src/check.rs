@@ -1,21 +1,14 @@
 //! `portcullis check`: everything `serve` would verify before starting, without starting.
 
-use crate::{InvalidConfig, EXIT_CONFIG};
+use crate::{InvalidConfig, UnusableConfig, EXIT_CONFIG};
 use portcullis_config::{Config, Severity};
 use portcullis_vault::{LogEventSink, Vault, VaultError};
 use std::{path::Path, process::ExitCode, sync::Arc};
 
 pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     let loaded = portcullis_config::load(path).map_err(InvalidConfig)?;
-    // Build the data plane against a throwaway store: this proves certificates, keys and CA
-    // files parse, which the schema alone cannot.
-    let scratch = portcullis_store::open("sqlite::memory:", Path::new(".")).await?;
-    if let Err(e) = portcullis_proxy::Gateway::new(
-        &loaded.config,
-        scratch,
-        portcullis_proxy::Services::none(&loaded.config),
-    ) {
-        eprintln!("{}: error: {e}", path.display());
+    if let Err(e) = files_load(&loaded.config, &path.display().to_string()).await {
+        eprintln!("{e}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
     let file = path.display().to_string();
@@ -54,6 +47,22 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Loads every file the configuration names and only the running gateway reads, without
+/// touching its state: the data plane is built against a throwaway store (certificates, keys,
+/// CA files, compiled schemas), and the JWT issuers' static keys and CA files are read. `check`
+/// runs it, and so does `serve` before it creates a vault or binds a port. `file` names the
+/// configuration in the message.
+pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableConfig> {
+    let scratch = portcullis_store::open("sqlite::memory:", Path::new("."))
+        .await
+        .map_err(|e| UnusableConfig(format!("{file}: error: a scratch store: {e}")))?;
+    portcullis_proxy::Gateway::new(cfg, scratch, portcullis_proxy::Services::none(cfg))
+        .map_err(|e| UnusableConfig(format!("{file}: error: {e}")))?;
+    portcullis_identity::JwtVerifier::check_files(&cfg.auth.jwt)
+        .map_err(|e| UnusableConfig(format!("{file}: error: auth.jwt: {e}")))?;
+    Ok(())
 }
 
 /// Checks every `{secret:...}` reference against the vault, when the vault exists: the secret

@@ -121,6 +121,20 @@ impl std::fmt::Display for InvalidConfig {
 
 impl std::error::Error for InvalidConfig {}
 
+/// A configuration that parses but names something that does not load: a certificate, key,
+/// CA or schema file the data plane or a JWT issuer needs. Exit code 2 as well: it is the
+/// file's fault, and nothing was started.
+#[derive(Debug)]
+pub(crate) struct UnusableConfig(pub String);
+
+impl std::fmt::Display for UnusableConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for UnusableConfig {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -155,6 +169,11 @@ fn main() -> ExitCode {
         Err(e) => match e.downcast_ref::<InvalidConfig>() {
             Some(invalid) => {
                 eprintln!("{invalid}");
+                eprintln!("error: the configuration is invalid; nothing was started");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            None if e.is::<UnusableConfig>() => {
+                eprintln!("{e}");
                 eprintln!("error: the configuration is invalid; nothing was started");
                 ExitCode::from(EXIT_CONFIG)
             }

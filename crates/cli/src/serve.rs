@@ -27,6 +27,7 @@ pub(crate) async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (cfg, warnings) = match &config {
         Some(path) => {
             let loaded = portcullis_config::load(path).map_err(InvalidConfig)?;
+            crate::check::files_load(&loaded.config, &path.display().to_string()).await?;
             (loaded.config, loaded.warnings)
         }
         None => (portcullis_config::zero_config(), Vec::new()),

@@ -310,6 +310,36 @@ fn check_reports_errors_with_location_and_exit_code_2() {
     let (code, _, err) = run_cli(&["check", tls.to_str().unwrap()], dir.path());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("TLS"), "{err}");
+    // `serve` loads the same files before it creates a vault or binds a port: exit 2 too.
+    let (code, _, err) = run_cli(&["serve", "--config", tls.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("TLS") && err.contains("nothing was started"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("portcullis-data").exists(),
+        "serve created state for a config whose files do not load"
+    );
+
+    // A JWT issuer's key file that is not a key, likewise, for check and serve.
+    let jwt = dir.path().join("jwt.toml");
+    std::fs::write(
+        &jwt,
+        "[[auth.jwt]]\nissuer = \"https://login.example.com/\"\naudiences = [\"portcullis\"]\nalgorithms = [\"ES256\"]\npublic_keys = [{ pem = \"junk.pem\" }]\n",
+    )
+    .unwrap();
+    for args in [&["check"][..], &["serve", "--config"][..]] {
+        let mut argv = args.to_vec();
+        argv.push(jwt.to_str().unwrap());
+        let (code, _, err) = run_cli(&argv, dir.path());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("jwt.toml") && err.contains("login.example.com"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("portcullis-data").exists());
 
     let (code, out, _) = run_cli(&["version"], dir.path());
     assert_eq!(code, 0);

@@ -318,6 +318,32 @@ async fn request_bodies_are_validated_against_the_schema() {
         "malformed-request",
     )
     .await;
+    // A repeated name: serde_json's tree keeps the last "sku", which passes, and a
+    // first-wins upstream would act on the first, which does not. Both orders are refused.
+    for body in [
+        r#"{"sku":"SENTINEL-too-long","qty":2,"sku":"A1"}"#,
+        r#"{"sku":"A1","qty":2,"sku":"SENTINEL-too-long"}"#,
+    ] {
+        let res = post(body.into(), "application/json").await;
+        let v = if res.status() == 400 {
+            common::assert_problem(res, 400, "json-limit-exceeded").await
+        } else {
+            common::assert_problem(res, 422, "invalid-body").await
+        };
+        assert!(!v.to_string().contains("SENTINEL"), "{v}");
+    }
+    let v = common::assert_problem(
+        post(
+            r#"{"sku":"SENTINEL-too-long","qty":2,"sku":"A1"}"#.into(),
+            "application/json",
+        )
+        .await,
+        400,
+        "json-limit-exceeded",
+    )
+    .await;
+    assert_eq!(v["errors"][0]["rule"], "unique_member_names", "{v}");
+    assert_eq!(v["errors"][0]["pointer"], "/", "{v}");
 }
 
 #[tokio::test]
@@ -356,20 +382,22 @@ async fn cors_preflights_and_responses() {
     assert_eq!(h["access-control-allow-credentials"], "true");
     assert_eq!(h["access-control-allow-methods"], "GET, POST");
     assert_eq!(h["access-control-max-age"], "300");
-    assert_eq!(
-        pre("https://evil.example", "POST", "content-type")
-            .await
-            .status(),
-        403
-    );
-    // A method the path does not have at all: the route lookup answers 405.
-    assert_eq!(pre("https://app.example", "DELETE", "").await.status(), 405);
-    assert_eq!(
-        pre("https://app.example", "GET", "x-unlisted")
-            .await
-            .status(),
-        403
-    );
+    // Refusals: another origin, a method the path does not have at all (it was a 405 from
+    // the route lookup), a header not listed. Each is a 403 that varies by Origin.
+    for (origin, method, headers) in [
+        ("https://evil.example", "POST", "content-type"),
+        ("https://app.example", "DELETE", ""),
+        ("https://app.example", "GET", "x-unlisted"),
+    ] {
+        let res = pre(origin, method, headers).await;
+        assert_eq!(
+            res.headers().get("vary").map(|v| v.to_str().unwrap()),
+            Some("Origin"),
+            "{method}"
+        );
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+        common::assert_problem(res, 403, "forbidden").await;
+    }
 
     // Actual requests: even a 401 carries the headers for an allowed origin; others get none.
     let res = c

@@ -418,6 +418,123 @@ async fn ambiguous_paths_get_400() {
     }
 }
 
+// Multi-threaded: `raw_request` blocks its thread, and the upstream runs on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_written_another_way_cannot_slip_past_a_protected_route_to_a_catch_all() {
+    // `/admin/...` refuses this client (deny_ips); a catch-all serves everything else. Each
+    // path below was routed to the catch-all and forwarded as written, and an upstream that
+    // merges slashes, decodes escapes or strips `;` parameters then served `/admin/x`.
+    let up = upstream::start(None).await;
+    let gw = Gw::start(&format!(
+        "{}{}{}",
+        server_section(""),
+        route(
+            "admin",
+            "[\"GET\"]",
+            "/admin/{*rest}",
+            &up.url(),
+            "deny_ips = [\"127.0.0.1\"]\n"
+        ),
+        route("rest", "[\"GET\"]", "/{*rest}", &up.url(), "")
+    ));
+    let get = |path: &str| {
+        raw_request(
+            gw.data,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert!(get("/admin/x").starts_with("HTTP/1.1 403"));
+    let other = get("/other/x");
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    for path in [
+        "//admin/x",
+        "/admin//x",
+        "/%61dmin/x",
+        "/%61%64%6d%69%6e/x",
+        "/x/..;/admin/x",
+        "/admin;/x",
+        "/admin/x/%zz",
+        "/%c0%ae%c0%ae/admin/x",
+    ] {
+        let raw = get(path);
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(
+            raw.contains("urn:portcullis:problem:malformed-request"),
+            "{path}: {raw}"
+        );
+    }
+    // Escapes of characters that need one still pass.
+    let other = get("/other/caf%C3%A9%20x");
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+}
+
+// Multi-threaded: `raw_request` blocks its thread, and the upstream runs on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_must_name_one_valid_host() {
+    let (_up, gw) = echo_gateway().await;
+    let send = |head: &str| raw_request(gw.data, &format!("{head}Connection: close\r\n\r\n"));
+    for head in [
+        // HTTP/1.1 without Host, with two, with one that is not an authority, and an
+        // absolute-form target whose host differs from Host (RFC 9112 §3.2).
+        "GET /api/orders/1 HTTP/1.1\r\n",
+        "GET /api/orders/1 HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n",
+        "GET /api/orders/1 HTTP/1.1\r\nHost: a b\r\n",
+        "GET /api/orders/1 HTTP/1.1\r\nHost: a.example/x\r\n",
+        "GET http://evil.example/api/orders/1 HTTP/1.1\r\nHost: a.example\r\n",
+    ] {
+        let raw = send(head);
+        assert!(raw.starts_with("HTTP/1.1 400"), "{head:?}: {raw}");
+        assert!(
+            raw.contains("urn:portcullis:problem:malformed-request"),
+            "{head:?}: {raw}"
+        );
+    }
+    for head in [
+        "GET /api/orders/1 HTTP/1.1\r\nHost: gw.example:8080\r\n",
+        "GET http://gw.example/api/orders/1 HTTP/1.1\r\nHost: GW.example\r\n",
+        // HTTP/1.0 has no Host requirement.
+        "GET /api/orders/1 HTTP/1.0\r\n",
+    ] {
+        let raw = send(head);
+        assert!(raw.contains(" 200 "), "{head:?}: {raw}");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_chunks() {
+    // A raw upstream: hyper would never send both headers.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let gw = Gw::start(&format!(
+        "{}{}",
+        server_section(""),
+        route("raw", "[\"GET\"]", "/raw", &format!("http://{addr}"), "")
+    ));
+    let res = client().get(gw.url("/raw")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("content-length"), None);
+    // The Content-Length of 0 was passed on, and the client read an empty body.
+    assert_eq!(res.text().await.unwrap(), "hello");
+}
+
 /// Sends raw bytes and returns whatever comes back before the server closes (or 5s pass).
 fn raw_request(addr: std::net::SocketAddr, req: &str) -> String {
     use std::io::{Read, Write};

@@ -41,10 +41,10 @@ pub(crate) struct RawIntegration {
     pub allow: Spanned<Vec<Spanned<RawAllow>>>,
     pub clients: Spanned<Vec<String>>,
     pub credential: Option<Spanned<RawCredential>>,
-    pub timeout: Option<HumanDuration>,
-    pub connect_timeout: Option<HumanDuration>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
     pub max_body: Option<ByteSize>,
-    pub max_response: Option<ByteSize>,
+    pub max_response: Option<Spanned<ByteSize>>,
     #[serde(default)]
     pub strip_response_headers: Vec<Spanned<String>>,
     #[serde(default)]
@@ -182,8 +182,8 @@ pub(crate) struct RawServer {
     #[serde(default)]
     pub deny_ips: Vec<Spanned<String>>,
     pub data_dir: Option<PathBuf>,
-    pub shutdown_grace: Option<HumanDuration>,
-    pub header_read_timeout: Option<HumanDuration>,
+    pub shutdown_grace: Option<Spanned<HumanDuration>>,
+    pub header_read_timeout: Option<Spanned<HumanDuration>>,
     pub max_header_count: Option<Spanned<usize>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_url_bytes: Option<Spanned<ByteSize>>,
@@ -238,7 +238,7 @@ pub(crate) struct RawLogging {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawVault {
     pub key_provider: Option<Spanned<String>>,
-    pub key_file: Option<PathBuf>,
+    pub key_file: Option<Spanned<PathBuf>>,
     pub expiry_warning: Option<HumanDuration>,
 }
 
@@ -256,7 +256,7 @@ pub(crate) struct RawAuth {
 pub(crate) struct RawOAuth2 {
     pub issuer: Option<String>,
     pub audience: Option<String>,
-    pub token_ttl: Option<HumanDuration>,
+    pub token_ttl: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,14 +265,14 @@ pub(crate) struct RawJwtIssuer {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub jwks_url: Option<Spanned<String>>,
-    pub jwks_ca: Option<PathBuf>,
+    pub jwks_ca: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub public_keys: Vec<RawJwtKey>,
     pub algorithms: Spanned<Vec<String>>,
     pub client_claim: Option<String>,
-    pub leeway: Option<HumanDuration>,
-    pub jwks_refresh: Option<HumanDuration>,
-    pub jwks_refetch_after: Option<HumanDuration>,
+    pub leeway: Option<Spanned<HumanDuration>>,
+    pub jwks_refresh: Option<Spanned<HumanDuration>>,
+    pub jwks_refetch_after: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,12 +282,12 @@ pub(crate) struct RawJwtKey {
     pub pem: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBruteForce {
-    pub max_failures: Option<u32>,
-    pub window: Option<HumanDuration>,
-    pub cooldown: Option<HumanDuration>,
+    pub max_failures: Option<Spanned<u32>>,
+    pub window: Option<Spanned<HumanDuration>>,
+    pub cooldown: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

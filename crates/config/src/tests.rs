@@ -1,5 +1,5 @@
 use super::*;
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 fn ok(text: &str) -> Loaded {
     match parse(text, "test.toml", Path::new(".")) {
@@ -849,4 +849,248 @@ fn circuit_breaker_window_and_probes_are_configurable_and_checked_where_written(
         e.iter().any(|e| e.message.contains("unknown field")),
         "{e:?}"
     );
+}
+
+/// The one error of `text`, which must have a location and mention every word of `words`.
+fn located_error(text: &str, words: &[&str]) {
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|d| d.line.is_some() && words.iter().all(|w| d.message.contains(w))),
+        "no located error with {words:?} for:\n{text}\ngot {e:?}"
+    );
+}
+
+#[test]
+fn durations_that_would_switch_a_protection_off_or_overflow_are_refused_where_written() {
+    let jwt = "[[auth.jwt]]\nissuer = \"https://login.example.com/\"\naudiences = [\"portcullis\"]\njwks_url = \"https://login.example.com/jwks\"\nalgorithms = [\"ES256\"]\n";
+    let cases = [
+        // A zero window never counts a second failure; a huge cool-down overflowed the clock.
+        (
+            "[auth]\nbrute_force = { window = \"0s\" }\n".to_string(),
+            "auth.brute_force.window",
+        ),
+        (
+            "[auth]\nbrute_force = { cooldown = \"400000000000y\" }\n".into(),
+            "auth.brute_force.cooldown",
+        ),
+        (
+            "[auth]\nbrute_force = { max_failures = 0 }\n".into(),
+            "auth.brute_force.max_failures",
+        ),
+        // A zero refresh period panicked the refresh task at start.
+        (format!("{jwt}jwks_refresh = \"0s\"\n"), "jwks_refresh"),
+        (
+            format!("{jwt}jwks_refetch_after = \"0s\"\n"),
+            "jwks_refetch_after",
+        ),
+        (format!("{jwt}leeway = \"3650d\"\n"), "leeway"),
+        // Zero closed every connection whose head arrived in two reads.
+        (
+            "[server]\nheader_read_timeout = \"0s\"\n".into(),
+            "server.header_read_timeout",
+        ),
+        (
+            "[server]\nshutdown_grace = \"2h\"\n".into(),
+            "server.shutdown_grace",
+        ),
+        (
+            "[auth.oauth2]\ntoken_ttl = \"0s\"\n".into(),
+            "auth.oauth2.token_ttl",
+        ),
+    ];
+    for (text, what) in &cases {
+        located_error(text, &[what, "expected between"]);
+    }
+    let l = ok(&format!(
+        "[auth]\nbrute_force = {{ max_failures = 3, window = \"30s\", cooldown = \"1h\" }}\n{jwt}jwks_refresh = \"10m\"\nleeway = \"0s\"\n"
+    ));
+    let bf = &l.config.auth.brute_force;
+    assert_eq!(
+        (bf.max_failures, bf.window, bf.cooldown),
+        (3, Duration::from_secs(30), Duration::from_secs(3600))
+    );
+    assert_eq!(l.config.auth.jwt[0].leeway, Duration::ZERO);
+}
+
+#[test]
+fn a_rate_limit_whose_allowance_would_take_centuries_to_refill_is_refused() {
+    // These passed, and the limiter's saturated arithmetic then admitted every request.
+    for rl in [
+        "{ per = \"ip\", limit = 1, period = \"600y\" }",
+        "{ per = \"ip\", limit = 1, period = \"1y\", burst = 600 }",
+    ] {
+        located_error(
+            &format!("{ROUTE}rate_limits = [{rl}]\n"),
+            &["rate limit", "years to refill"],
+        );
+    }
+    let c = ok(&format!(
+        "{ROUTE}rate_limits = [{{ per = \"ip\", limit = 1, period = \"1y\", burst = 5 }}]\n"
+    ))
+    .config;
+    assert_eq!(c.routes[0].rate_limits[0].burst, 5);
+}
+
+#[test]
+fn networks_with_host_bits_set_are_refused_with_both_readings() {
+    // `203.0.113.7/0` used to become 0.0.0.0/0: an allow list for one address let everyone in.
+    for (list, text) in [
+        ("allow_ips", "203.0.113.7/0"),
+        ("deny_ips", "10.1.2.3/8"),
+        ("allow_ips", "2001:db8::1/32"),
+    ] {
+        located_error(
+            &format!("{ROUTE}{list} = [\"{text}\"]\n"),
+            &["host bits", "single address"],
+        );
+    }
+    located_error(
+        "[server]\ntrusted_proxies = [\"10.1.2.3/8\"]\n",
+        &["trusted_proxies", "10.0.0.0/8", "10.1.2.3/32"],
+    );
+    let c = ok(&format!(
+        "{ROUTE}allow_ips = [\"10.0.0.0/8\", \"10.1.2.3\"]\n"
+    ))
+    .config;
+    assert_eq!(c.routes[0].ip_rules.allow.len(), 2);
+}
+
+#[test]
+fn cors_entries_that_could_never_match_are_refused() {
+    for (cors, words) in [
+        ("origins = []", &["origins is empty"][..]),
+        (
+            "origins = [\"https://*.example.com\"]",
+            &["wildcard origins"][..],
+        ),
+        (
+            "origins = [\"https://app.example.com:443\"]",
+            &["never sent", "\"https://app.example.com\""][..],
+        ),
+        (
+            "origins = [\"https://App.Example.com\"]",
+            &["never sent", "\"https://app.example.com\""][..],
+        ),
+        (
+            "origins = [\"https://app.example.com\"], methods = [\"TRACE\"]",
+            &["method \"TRACE\""][..],
+        ),
+        (
+            "origins = [\"https://app.example.com\"], headers = [\"*\"]",
+            &["not a header name"][..],
+        ),
+        (
+            "origins = [\"https://app.example.com\"], max_age = \"2d\"",
+            &["max_age"][..],
+        ),
+    ] {
+        located_error(&format!("{ROUTE}cors = {{ {cors} }}\n"), words);
+    }
+    ok(&format!(
+        "{ROUTE}cors = {{ origins = [\"https://app.example.com:8443\", \"http://localhost:3000\"], methods = [\"get\"], headers = [\"content-type\"] }}\n"
+    ));
+}
+
+#[test]
+fn the_log_level_is_parsed_as_the_logger_parses_it() {
+    located_error(
+        "[logging]\nlevel = \"info,portcullis=notalevel\"\n",
+        &["logging.level", "not a level"],
+    );
+    ok("[logging]\nlevel = \"warn,portcullis=debug\"\n");
+}
+
+#[test]
+fn the_admin_listener_cannot_share_the_data_planes_port_on_any_address() {
+    located_error(
+        "[server]\nlisten = \"0.0.0.0:18080\"\nadmin_listen = \"127.0.0.1:18080\"\n",
+        &["admin_listen must differ"],
+    );
+    ok("[server]\nlisten = \"127.0.0.2:18080\"\nadmin_listen = \"127.0.0.1:18080\"\n");
+}
+
+#[test]
+fn a_schema_file_that_is_not_a_valid_schema_is_refused_with_the_place_in_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"type": "object", "properties": {"n": {"minimum": "x"}}}"#,
+    )
+    .expect("the schema file is written");
+    let text = format!("{ROUTE}methods = [\"POST\"]\nrequest_schema = \"bad.json\"\n").replacen(
+        "methods = [\"GET\"]\n",
+        "",
+        1,
+    );
+    let e = match parse(&text, "test.toml", dir.path()) {
+        Ok(_) => panic!("an invalid schema was accepted"),
+        Err(e) => e.diagnostics,
+    };
+    assert!(
+        e.iter().any(|d| d.line.is_some()
+            && d.message.contains("bad.json")
+            && d.message.contains("not a valid JSON Schema")
+            && d.message.contains("/properties/n/minimum")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn store_and_vault_paths_that_name_no_file_are_refused_where_written() {
+    // These failed only at start, as "cannot open the vault" and "./: Is a directory".
+    located_error(
+        "[store]\nurl = \"sqlite://\"\n",
+        &["store.url", "names no database file"],
+    );
+    located_error(
+        "[vault]\nkey_file = \"\"\n",
+        &["vault.key_file names no file"],
+    );
+    located_error(
+        "[vault]\nkey_file = \"keys/\"\n",
+        &["vault.key_file names no file"],
+    );
+    ok("[store]\nurl = \"sqlite://state/p.db\"\n[vault]\nkey_file = \"keys/master.key\"\n");
+}
+
+#[test]
+fn a_dangerous_switch_that_changes_nothing_is_pointed_out() {
+    let l = ok("[server]\ndangerous_expose_admin = true\n");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.message.contains("has no effect") && w.line.is_some()),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn integration_timeouts_sizes_and_health_checks_refuse_zero() {
+    let base = "[[clients]]\nid = \"wf\"\n\n[[integrations]]\nid = \"crm\"\nbase_url = \"https://api.example.com\"\nallow = [{ methods = [\"GET\"], path = \"/v1/{*rest}\" }]\nclients = [\"wf\"]\n";
+    ok(base);
+    for (extra, words) in [
+        ("timeout = \"0s\"\n", &["timeout", "expected between"][..]),
+        ("connect_timeout = \"0s\"\n", &["connect_timeout"][..]),
+        ("max_response = 0\n", &["max_response"][..]),
+        (
+            "health_check = { path = \"/health\", interval = \"0s\" }\n",
+            &["health_check needs"][..],
+        ),
+        (
+            "health_check = { path = \"/health\", unhealthy_after = 0 }\n",
+            &["health_check needs"][..],
+        ),
+        (
+            "rate_limit = { limit = 1, period = \"600y\" }\n",
+            &["years to refill"][..],
+        ),
+        (
+            "dangerous_allow_cidrs = [\"10.1.2.3/8\"]\n",
+            &["host bits"][..],
+        ),
+    ] {
+        located_error(&format!("{base}{extra}"), words);
+    }
 }

@@ -207,10 +207,21 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         .as_ref()
         .is_some_and(|b| *b.get_ref());
 
-    if listen.port() != 0 && listen == admin_listen {
+    // The same port on the same address, or on an address that binds every interface.
+    let clash = listen.port() == admin_listen.port()
+        && (listen.ip() == admin_listen.ip()
+            || listen.ip().is_unspecified()
+            || admin_listen.ip().is_unspecified());
+    if listen.port() != 0 && clash {
         c.error(
             admin_span.clone(),
             "server.admin_listen must differ from server.listen",
+        );
+    }
+    if expose && admin_listen.ip().is_loopback() {
+        c.warn(
+            raw.dangerous_expose_admin.as_ref().map(|s| s.span()),
+            format!("dangerous_expose_admin has no effect: the admin listener binds {admin_listen}, a loopback address"),
         );
     }
     if !admin_listen.ip().is_loopback() {
@@ -265,16 +276,13 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
     for p in raw.trusted_proxies {
         let s = p.get_ref().trim();
         match parse_net(s) {
-            Some(n) => {
+            Ok(n) => {
                 if n.prefix_len() == 0 {
                     c.warn(Some(p.span()), format!("server.trusted_proxies: {n} believes X-Forwarded-For from every peer, so any client can choose its own address"));
                 }
                 trusted_proxies.push(n);
             }
-            None => c.error(
-                Some(p.span()),
-                format!("server.trusted_proxies: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
-            ),
+            Err(e) => c.error(Some(p.span()), format!("server.trusted_proxies: {e}")),
         }
     }
 
@@ -344,10 +352,21 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
             &raw.data_dir
                 .unwrap_or_else(|| PathBuf::from("portcullis-data")),
         ),
-        shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
-        header_read_timeout: raw
-            .header_read_timeout
-            .map_or(Duration::from_secs(10), |d| d.0),
+        shutdown_grace: duration_within(
+            c,
+            raw.shutdown_grace,
+            Duration::from_secs(30),
+            Duration::ZERO..=Duration::from_secs(3600),
+            "server.shutdown_grace",
+        ),
+        // Zero would close every connection whose head arrives in more than one read.
+        header_read_timeout: duration_within(
+            c,
+            raw.header_read_timeout,
+            Duration::from_secs(10),
+            Duration::from_millis(100)..=Duration::from_secs(600),
+            "server.header_read_timeout",
+        ),
         max_header_count: max_header_count as usize,
         max_header_bytes,
         max_url_bytes,
@@ -363,16 +382,13 @@ fn nets(c: &mut Checker, raw: Vec<Spanned<String>>, what: &str) -> Vec<IpNet> {
     for p in raw {
         let s = p.get_ref().trim();
         match parse_net(s) {
-            Some(n) => {
+            Ok(n) => {
                 if covers_mapped_range(&n) {
                     c.warn(Some(p.span()), format!("{what}: {n} includes the IPv4-mapped range, but IPv4 clients are compared as IPv4 and never match it; add 0.0.0.0/0 (or the IPv4 networks meant) to cover them"));
                 }
                 out.push(n);
             }
-            None => c.error(
-                Some(p.span()),
-                format!("{what}: {s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""),
-            ),
+            Err(e) => c.error(Some(p.span()), format!("{what}: {e}")),
         }
     }
     out
@@ -395,22 +411,38 @@ fn covers_mapped_range(n: &IpNet) -> bool {
 /// they carry, so a rule written in that form is turned into its IPv4 network here: as
 /// written it could never match. (Wider IPv6 networks that merely include the mapped range,
 /// such as `::/0`, stay IPv6 rules.)
-fn parse_net(s: &str) -> Option<IpNet> {
-    let net = s
+///
+/// A network with host bits set (`10.1.2.3/8`) is refused: silently widening it to
+/// `10.0.0.0/8` would turn a typo for `/32` into an allow for a whole network.
+pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
+    let Ok(net) = s
         .parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .ok()?
-        .trunc();
+    else {
+        return Err(format!(
+            "{s:?} is not an IP address or CIDR such as \"10.0.0.0/8\""
+        ));
+    };
+    if net.trunc() != net {
+        let host = IpNet::from(net.addr());
+        return Err(format!(
+            "{s:?} has host bits set past its /{}; write the network {} or the single address {host}",
+            net.prefix_len(),
+            net.trunc()
+        ));
+    }
     if let IpNet::V6(v6) = net {
         if let (Some(v4), Some(len)) = (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
         {
-            return ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4);
+            if let Ok(v4) = ipnet::Ipv4Net::new(v4, len) {
+                return Ok(IpNet::V4(v4));
+            }
         }
     }
-    Some(net)
+    Ok(net)
 }
 
-fn bounded<T>(
+pub(crate) fn bounded<T>(
     c: &mut Checker,
     v: Option<Spanned<T>>,
     default: u64,
@@ -434,6 +466,34 @@ fn bounded<T>(
     n
 }
 
+/// `v` (or `default` when absent), which must lie within `range`; outside it, a located error
+/// naming the bounds. Zero and huge durations are refused rather than clamped: a zero window
+/// switches a protection off, and a huge one overflows the clock arithmetic it feeds.
+pub(crate) fn duration_within(
+    c: &mut Checker,
+    v: Option<Spanned<crate::units::HumanDuration>>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    what: &str,
+) -> Duration {
+    let Some(v) = v else { return default };
+    let d = v.get_ref().0;
+    if !range.contains(&d) {
+        let show = |d: &Duration| humantime::format_duration(*d).to_string();
+        c.error(
+            Some(v.span()),
+            format!(
+                "{what} is {}; expected between {} and {}",
+                show(&d),
+                show(range.start()),
+                show(range.end())
+            ),
+        );
+        return default;
+    }
+    d
+}
+
 fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
     let default = format!("sqlite://{}", data_dir.join("portcullis.db").display());
     let Some(url) = raw.url else {
@@ -444,6 +504,13 @@ fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
         return StoreConfig { url: u.to_string() };
     }
     if let Some(rest) = u.strip_prefix("sqlite://") {
+        if rest.trim().is_empty() || rest.ends_with('/') {
+            c.error(
+                Some(url.span()),
+                format!("store.url: {u:?} names no database file; expected sqlite://PATH, such as \"sqlite://portcullis-data/portcullis.db\""),
+            );
+            return StoreConfig { url: default };
+        }
         let path = c.path(Path::new(rest));
         return StoreConfig {
             url: format!("sqlite://{}", path.display()),
@@ -483,7 +550,14 @@ fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
             c.error(Some(l.span()), "logging.level is empty; expected a level such as \"info\" or a directive such as \"portcullis=debug\"");
             "info".to_string()
         }
-        Some(l) => l.into_inner(),
+        // Parsed here as the logger will parse it, so `check` refuses what `serve` would.
+        Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+            Ok(_) => l.into_inner(),
+            Err(e) => {
+                c.error(Some(l.span()), format!("logging.level {:?} is not a level or filter directive ({e}); expected a level such as \"info\" or directives such as \"info,portcullis=debug\"", l.get_ref()));
+                "info".to_string()
+            }
+        },
     };
     let mut names = |list: Vec<Spanned<String>>, what: &str| -> Vec<String> {
         let mut out = Vec::new();
@@ -513,15 +587,26 @@ fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
 
 fn vault(c: &mut Checker, raw: RawVault, data_dir: &Path) -> VaultConfig {
     let key_provider = match raw.key_provider.as_ref().map(|p| p.get_ref().as_str()) {
-        None | Some("file") => VaultKeyProvider::File(
-            raw.key_file
-                .as_deref()
-                .map_or_else(|| data_dir.join("master.key"), |p| c.path(p)),
-        ),
+        None | Some("file") => {
+            if let Some(p) = raw.key_file.as_ref().filter(|p| {
+                let p = p.get_ref();
+                p.as_os_str().is_empty() || p.to_string_lossy().ends_with('/')
+            }) {
+                c.error(
+                    Some(p.span()),
+                    "vault.key_file names no file; give the master key's file (or leave it out for DATA_DIR/master.key)",
+                );
+            }
+            VaultKeyProvider::File(
+                raw.key_file
+                    .as_ref()
+                    .map_or_else(|| data_dir.join("master.key"), |p| c.path(p.get_ref())),
+            )
+        }
         Some("env") => {
-            if raw.key_file.is_some() {
+            if let Some(p) = &raw.key_file {
                 c.warn(
-                    None,
+                    Some(p.span()),
                     "vault.key_file has no effect with key_provider = \"env\"",
                 );
             }
@@ -604,19 +689,48 @@ fn jwt_issuer(c: &mut Checker, raw: Spanned<RawJwtIssuer>) -> Option<JwtIssuerCo
             );
         }
     }
+    let jwks_ca = r.jwks_ca.map(|p| {
+        let path = c.path(p.get_ref());
+        if !path.is_file() {
+            c.error(
+                Some(p.span()),
+                format!("{ctx}: jwks_ca file {} does not exist", path.display()),
+            );
+        }
+        path
+    });
+    let leeway = duration_within(
+        c,
+        r.leeway,
+        Duration::from_secs(30),
+        Duration::ZERO..=Duration::from_secs(600),
+        &format!("{ctx}: leeway"),
+    );
+    let jwks_refresh = duration_within(
+        c,
+        r.jwks_refresh,
+        Duration::from_secs(300),
+        Duration::from_secs(1)..=Duration::from_secs(7 * 86_400),
+        &format!("{ctx}: jwks_refresh"),
+    );
+    let jwks_refetch_after = duration_within(
+        c,
+        r.jwks_refetch_after,
+        Duration::from_secs(30),
+        Duration::from_secs(1)..=Duration::from_secs(86_400),
+        &format!("{ctx}: jwks_refetch_after"),
+    );
     Some(JwtIssuerConfig {
         issuer: r.issuer,
         audiences: r.audiences,
         jwks_url: r.jwks_url.map(Spanned::into_inner),
-        jwks_ca: r.jwks_ca.map(|p| c.path(&p)),
+        jwks_ca,
         public_keys,
         algorithms: r.algorithms.into_inner(),
         client_claim: r.client_claim.unwrap_or_else(|| "azp".into()),
-        leeway: r.leeway.map_or(Duration::from_secs(30), |d| d.0),
-        jwks_refresh: r.jwks_refresh.map_or(Duration::from_secs(300), |d| d.0),
-        jwks_refetch_after: r
-            .jwks_refetch_after
-            .map_or(Duration::from_secs(30), |d| d.0),
+        leeway,
+        jwks_refresh,
+        jwks_refetch_after,
     })
 }
 
@@ -629,29 +743,44 @@ fn auth(c: &mut Checker, raw: RawAuth) -> AuthConfig {
     let oauth2 = raw.oauth2.map(|o| OAuth2Config {
         issuer: o.issuer.unwrap_or_else(|| "urn:portcullis".into()),
         audience: o.audience.unwrap_or_else(|| "portcullis".into()),
-        token_ttl: o
-            .token_ttl
-            .map_or(Duration::from_secs(600), |d| d.0)
-            .max(Duration::from_secs(1)),
+        token_ttl: duration_within(
+            c,
+            o.token_ttl,
+            Duration::from_secs(600),
+            Duration::from_secs(1)..=Duration::from_secs(86_400),
+            "auth.oauth2.token_ttl",
+        ),
     });
-    let bf = raw.brute_force;
+    // A zero window or cooldown would switch the lockout off without a word; bounded, so
+    // the clock arithmetic of a lockout cannot overflow.
+    let bf = raw.brute_force.unwrap_or_default();
+    let max_failures = bounded(
+        c,
+        bf.max_failures,
+        10,
+        1..=1_000_000,
+        "auth.brute_force.max_failures",
+        |n| u64::from(*n),
+    );
     AuthConfig {
         oauth2,
         jwt,
         brute_force: BruteForceConfig {
-            max_failures: bf
-                .as_ref()
-                .and_then(|b| b.max_failures)
-                .unwrap_or(10)
-                .max(1),
-            window: bf
-                .as_ref()
-                .and_then(|b| b.window)
-                .map_or(Duration::from_secs(60), |d| d.0),
-            cooldown: bf
-                .as_ref()
-                .and_then(|b| b.cooldown)
-                .map_or(Duration::from_secs(300), |d| d.0),
+            max_failures: u32::try_from(max_failures).unwrap_or(10),
+            window: duration_within(
+                c,
+                bf.window,
+                Duration::from_secs(60),
+                Duration::from_secs(1)..=Duration::from_secs(86_400),
+                "auth.brute_force.window",
+            ),
+            cooldown: duration_within(
+                c,
+                bf.cooldown,
+                Duration::from_secs(300),
+                Duration::from_secs(1)..=Duration::from_secs(7 * 86_400),
+                "auth.brute_force.cooldown",
+            ),
         },
     }
 }
@@ -848,6 +977,10 @@ fn rate_limits(
             );
             continue;
         }
+        if let Err(e) = refill_fits(r.limit, r.period.0, r.burst) {
+            c.error(Some(span), format!("{ctx}: rate limit {e}"));
+            continue;
+        }
         out.push(RateLimitConfig {
             per,
             limit: r.limit,
@@ -856,6 +989,25 @@ fn rate_limits(
         });
     }
     out
+}
+
+/// The longest a rate's full allowance may take to refill. The limiters count in nanoseconds
+/// (memory) and in microseconds held as Lua doubles (Redis): far past this they would
+/// saturate or lose precision, and a saturated window admits everything.
+const MAX_REFILL: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// Whether a full allowance of `limit + burst` at `limit` per `period` refills within
+/// [`MAX_REFILL`]; the message says what it takes otherwise.
+pub(crate) fn refill_fits(limit: u64, period: Duration, burst: u64) -> Result<(), String> {
+    let capacity = u128::from(limit.saturating_add(burst));
+    let refill_ns = period.as_nanos().saturating_mul(capacity) / u128::from(limit.max(1));
+    if refill_ns > MAX_REFILL.as_nanos() {
+        let years = refill_ns / (365 * 86_400 * 1_000_000_000);
+        return Err(format!(
+            "takes about {years} years to refill its limit + burst (period x (limit + burst) / limit); expected at most 10 years"
+        ));
+    }
+    Ok(())
 }
 
 fn response_fields(
@@ -1033,11 +1185,38 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         if wildcard && cr.credentials {
             c.error(Some(span.clone()), format!("{ctx}: cors: origins = [\"*\"] with credentials = true lets any site act with the user's credentials; list the origins"));
         }
+        if cr.origins.is_empty() {
+            c.error(Some(span.clone()), format!("{ctx}: cors: origins is empty, so no browser origin is allowed; list the origins (or remove cors)"));
+        }
         for o in cr.origins.iter().filter(|o| *o != "*") {
-            let okay = url::Url::parse(o).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/'));
-            if !okay {
+            let parsed = url::Url::parse(o).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/'));
+            let Some(u) = parsed else {
                 c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} must be scheme://host[:port] with no path"));
+                continue;
+            };
+            if o.contains('*') {
+                c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?}: wildcard origins are not supported; list each origin"));
+                continue;
             }
+            // Origins are compared as browsers send them: lower case, no default port. One
+            // written otherwise would never match.
+            let sent = u.origin().ascii_serialization();
+            if sent != *o {
+                c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} is never sent that way by a browser, so it would never match; write {sent:?}"));
+            }
+        }
+        for m in &cr.methods {
+            if !ROUTE_METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+                c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not allowed; expected some of {}", ROUTE_METHODS.join(", ")));
+            }
+        }
+        for h in cr.headers.iter().chain(&cr.expose_headers) {
+            if h == "*" || http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
+                c.error(Some(span.clone()), format!("{ctx}: cors: {h:?} is not a header name (wildcards are not supported; list the headers)"));
+            }
+        }
+        if cr.max_age.is_some_and(|d| d.0 > Duration::from_secs(86_400)) {
+            c.error(Some(span.clone()), format!("{ctx}: cors: max_age is at most 24h (browsers cap it lower still)"));
         }
         CorsConfig {
             origins: cr.origins,
@@ -1148,7 +1327,23 @@ pub(crate) fn load_json_schema(
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
     {
-        Ok(v) => Some(Arc::new(v)),
+        // Compiled here too, as the gateway compiles it (draft 2020-12), so `check` names the
+        // file and the place in the schema that is wrong; the compiled form is not kept.
+        Ok(v) => match jsonschema::draft202012::new(&v) {
+            Ok(_) => Some(Arc::new(v)),
+            Err(e) => {
+                let at = e.instance_path.to_string();
+                let at = if at.is_empty() { "/".to_string() } else { at };
+                c.error(
+                    Some(p.span()),
+                    format!(
+                        "{what} {}: not a valid JSON Schema (draft 2020-12) at {at}: {e}",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        },
         Err(e) => {
             c.error(Some(p.span()), format!("{what} {}: {e}", path.display()));
             None

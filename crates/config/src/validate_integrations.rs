@@ -5,9 +5,11 @@ use crate::{
         BreakerSettings, ClientConfig, CredentialConfig, CredentialPlacement, IntegrationConfig,
     },
     raw::{RawBreaker, RawCredential, RawIntegration},
-    validate::{load_json_schema, valid_id, Checker},
+    validate::{
+        bounded, duration_within, load_json_schema, parse_net, refill_fits, valid_id, Checker,
+    },
 };
-use ipnet::IpNet;
+
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use toml::Spanned;
 
@@ -89,15 +91,12 @@ pub(crate) fn integrations(
         let credential = i.credential.and_then(|cr| credential(c, cr, &ctx));
         let mut dangerous_allow_cidrs = Vec::new();
         for n in &i.dangerous_allow_cidrs {
-            match n.get_ref().parse::<IpNet>() {
+            match parse_net(n.get_ref().trim()) {
                 Ok(net) => {
                     c.warn(Some(n.span()), format!("{ctx}: dangerous_allow_cidrs re-admits {net}, which the SSRF guard refuses; only for a destination you control"));
-                    dangerous_allow_cidrs.push(net.trunc());
+                    dangerous_allow_cidrs.push(net);
                 }
-                Err(_) => c.error(
-                    Some(n.span()),
-                    format!("{ctx}: {:?} is not a CIDR", n.get_ref()),
-                ),
+                Err(e) => c.error(Some(n.span()), format!("{ctx}: dangerous_allow_cidrs: {e}")),
             }
         }
         let mut strip = Vec::new();
@@ -165,6 +164,10 @@ pub(crate) fn integrations(
                 );
                 return None;
             }
+            if let Err(e) = refill_fits(r.limit, r.period.0, r.burst) {
+                c.error(Some(span), format!("{ctx}: rate_limit {e}"));
+                return None;
+            }
             Some((
                 crate::model::RateLimitConfig {
                     per: crate::model::RateKey::Route,
@@ -175,6 +178,29 @@ pub(crate) fn integrations(
                 r.max_wait.map_or(Duration::ZERO, |d| d.0),
             ))
         });
+        // Zero would fail every call; the bounds keep a typo from doing so silently.
+        let timeout = duration_within(
+            c,
+            i.timeout,
+            Duration::from_secs(30),
+            Duration::from_millis(1)..=Duration::from_secs(3600),
+            &format!("{ctx}: timeout"),
+        );
+        let connect_timeout = duration_within(
+            c,
+            i.connect_timeout,
+            Duration::from_secs(5),
+            Duration::from_millis(1)..=Duration::from_secs(300),
+            &format!("{ctx}: connect_timeout"),
+        );
+        let max_response = bounded(
+            c,
+            i.max_response,
+            10 * 1024 * 1024,
+            1..=u64::MAX,
+            &format!("{ctx}: max_response (bytes)"),
+            |b| b.0,
+        );
         let Some(base_url) = base_url else { continue };
         out.push(Arc::new(IntegrationConfig {
             id,
@@ -182,10 +208,10 @@ pub(crate) fn integrations(
             allow,
             clients: i.clients.into_inner(),
             credential,
-            timeout: i.timeout.map_or(Duration::from_secs(30), |t| t.0),
-            connect_timeout: i.connect_timeout.map_or(Duration::from_secs(5), |t| t.0),
+            timeout,
+            connect_timeout,
             max_body: i.max_body.map_or(1024 * 1024, |b| b.0),
-            max_response: i.max_response.map_or(10 * 1024 * 1024, |b| b.0),
+            max_response,
             strip_response_headers: strip,
             dangerous_allow_cidrs,
             retry,
@@ -208,10 +234,16 @@ pub(crate) fn integrations(
                     c.error(Some(h.span()), format!("{ctx}: health_check.path must start with /"));
                     return None;
                 }
+                let interval = r.interval.as_ref().map_or(Duration::from_secs(10), |d| d.0);
+                let unhealthy_after = r.unhealthy_after.unwrap_or(2);
+                // Refused rather than raised: a zero interval or count is a typo, not a wish.
+                if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) || unhealthy_after == 0 {
+                    c.error(Some(h.span()), format!("{ctx}: health_check needs an interval between 100ms and 1h and unhealthy_after >= 1"));
+                }
                 Some((
                     r.path.clone(),
-                    r.interval.as_ref().map_or(Duration::from_secs(10), |d| d.0).max(Duration::from_millis(100)),
-                    r.unhealthy_after.unwrap_or(2).max(1),
+                    interval.clamp(Duration::from_millis(100), Duration::from_secs(3600)),
+                    unhealthy_after.max(1),
                 ))
             }),
             ca: i.ca.as_ref().map(|p| {

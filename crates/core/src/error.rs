@@ -16,6 +16,16 @@ pub enum MalformedKind {
     EncodedSeparator,
     /// The path is not an absolute path (or has bytes that are not allowed).
     InvalidPath,
+    /// The path has an empty segment (`//`), which some servers merge and routing does not.
+    EmptySegment,
+    /// The path percent-encodes a character that needs no encoding (`%61` for `a`): only
+    /// a way to make one path look like another to path-based rules.
+    EncodedUnreserved,
+    /// A percent-escape is malformed, or the escapes do not decode to UTF-8 (overlong
+    /// forms of `.` and `/` among them).
+    InvalidEncoding,
+    /// The path has `;`, which Java servers and others read as path parameters and strip.
+    PathParameter,
     /// A header value is not acceptable (control characters, bad Host).
     InvalidHeader,
     /// The body ended early or could not be read.
@@ -28,6 +38,12 @@ impl MalformedKind {
             Self::DotSegments => "The request path contains '.' or '..' segments.",
             Self::EncodedSeparator => "The request path contains an encoded '/' or '\\'.",
             Self::InvalidPath => "The request path is not valid.",
+            Self::EmptySegment => "The request path contains an empty segment ('//').",
+            Self::EncodedUnreserved => {
+                "The request path percent-encodes a character that needs no encoding."
+            }
+            Self::InvalidEncoding => "The request path has an invalid percent-encoding.",
+            Self::PathParameter => "The request path contains ';'.",
             Self::InvalidHeader => "A request header is not valid.",
             Self::InvalidBody => "The request body could not be read.",
         }
@@ -110,7 +126,8 @@ pub enum GatewayError {
     JsonLimit {
         /// JSON pointer of the offending container or string; never its content.
         pointer: String,
-        /// Which limit: `max_depth`, `max_string`, `max_array` or `max_members`.
+        /// Which limit: `max_depth`, `max_string`, `max_array`, `max_members`, or
+        /// `unique_member_names` for an object that repeats a name.
         rule: &'static str,
         /// The configured limit.
         limit: u64,
@@ -262,6 +279,9 @@ impl GatewayError {
             }
             Self::Overloaded { .. } => Some(
                 "Too many requests are in progress; retry after the time in Retry-After.".into(),
+            ),
+            Self::JsonLimit { rule, .. } if *rule == "unique_member_names" => Some(
+                "An object in the JSON body has the same member name more than once.".into(),
             ),
             Self::JsonLimit { rule, limit, .. } => Some(format!(
                 "The JSON body exceeds this route's {rule} limit of {limit}."

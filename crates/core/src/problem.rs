@@ -37,6 +37,21 @@ pub struct ErrorInfo {
     pub cause: Option<String>,
 }
 
+/// The longest pointer a problem repeats back. Pointers are made of the client's own keys,
+/// which may be long (or secrets pasted as keys): past this they are cut, marked with `…`.
+const MAX_POINTER: usize = 256;
+
+fn shown_pointer(p: &str) -> std::borrow::Cow<'_, str> {
+    if p.len() <= MAX_POINTER {
+        return p.into();
+    }
+    let mut end = MAX_POINTER;
+    while !p.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &p[..end]).into()
+}
+
 /// Builds the problem+json response for `err`, with [`ErrorInfo`] in its extensions. Headers a status requires (`Allow` on 405,
 /// `Retry-After` on 503) are set here, so every producer of the error gets them.
 pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<Body> {
@@ -50,10 +65,10 @@ pub fn problem_response(err: &GatewayError, request_id: &RequestId) -> Response<
         errors: match err {
             GatewayError::Invalid { errors } | GatewayError::InvalidParams { errors } => errors
                 .iter()
-                .map(|(p, r)| serde_json::json!({ "pointer": p, "rule": r }))
+                .map(|(p, r)| serde_json::json!({ "pointer": shown_pointer(p), "rule": r }))
                 .collect(),
             GatewayError::JsonLimit { pointer, rule, .. } => {
-                vec![serde_json::json!({ "pointer": pointer, "rule": rule })]
+                vec![serde_json::json!({ "pointer": shown_pointer(pointer), "rule": rule })]
             }
             _ => Vec::new(),
         },
@@ -220,6 +235,33 @@ mod tests {
         assert_eq!(v["type"], "urn:portcullis:problem:invalid-parameters");
         assert_eq!(v["errors"][1]["pointer"], "/query/limit");
         assert_eq!(v["errors"][1]["rule"], "duplicate");
+    }
+
+    #[test]
+    fn long_pointers_are_cut_so_a_body_of_huge_keys_is_not_echoed_back() {
+        let rt = tokio_rt();
+        let id = RequestId::generate();
+        // Keys from the client's own body: 33 levels of 60 KB keys once came back whole.
+        let key = format!("SECRET-TOKEN-{}", "é".repeat(30_000));
+        let pointer = format!("/{key}").repeat(33);
+        let res = problem_response(
+            &GatewayError::JsonLimit {
+                pointer,
+                rule: "max_depth",
+                limit: 32,
+            },
+            &id,
+        );
+        let v = rt.block_on(body_json(res));
+        let shown = v["errors"][0]["pointer"].as_str().unwrap_or_default();
+        assert!(
+            shown.len() <= MAX_POINTER + '…'.len_utf8(),
+            "{}",
+            shown.len()
+        );
+        assert!(shown.starts_with("/SECRET-TOKEN-é") && shown.ends_with('…'));
+        assert!(v.to_string().len() < 2048);
+        assert_eq!(shown_pointer("/items/3"), "/items/3");
     }
 
     fn tokio_rt() -> SimpleRt {

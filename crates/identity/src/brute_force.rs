@@ -100,6 +100,9 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
     }
 }
 
+/// The longest lock-out the tracker keeps, whatever it is given (the config allows 7 days).
+const MAX_COOLDOWN: Duration = Duration::from_secs(30 * 86_400);
+
 /// Tracks authentication failures and refuses locked-out sources.
 pub struct BruteForce {
     max_failures: u32,
@@ -110,12 +113,13 @@ pub struct BruteForce {
 }
 
 impl BruteForce {
-    /// `max_failures` within `window` lock a source for `cooldown`.
+    /// `max_failures` within `window` lock a source for `cooldown`. The config bounds both;
+    /// the cool-down is capped here too, because `now + cooldown` must not overflow.
     pub fn new(max_failures: u32, window: Duration, cooldown: Duration) -> Self {
         BruteForce {
             max_failures,
             window,
-            cooldown,
+            cooldown: cooldown.min(MAX_COOLDOWN),
             ips: Tracker::new(),
             keys: Tracker::new(),
         }

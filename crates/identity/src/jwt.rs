@@ -103,6 +103,35 @@ fn pem_key(path: &std::path::Path) -> Result<DecodingKey, JwtError> {
         })
 }
 
+/// An issuer's algorithms, static keys and JWKS client (with its CA), from its config.
+type Loaded = (Vec<Algorithm>, Vec<Arc<KeyEntry>>, Option<reqwest::Client>);
+
+fn load(cfg: &JwtIssuerConfig) -> Result<Loaded, JwtError> {
+    let algorithms = cfg
+        .algorithms
+        .iter()
+        .map(|a| {
+            Algorithm::from_str(a).map_err(|_| JwtError::Keys(format!("unknown algorithm {a}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let static_keys = cfg
+        .public_keys
+        .iter()
+        .map(|(kid, p)| {
+            Ok(Arc::new(KeyEntry {
+                kid: kid.clone(),
+                key: pem_key(p)?,
+            }))
+        })
+        .collect::<Result<Vec<_>, JwtError>>()?;
+    let http = cfg
+        .jwks_url
+        .as_ref()
+        .map(|_| http_client(cfg))
+        .transpose()?;
+    Ok((algorithms, static_keys, http))
+}
+
 fn http_client(cfg: &JwtIssuerConfig) -> Result<reqwest::Client, JwtError> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
@@ -195,29 +224,7 @@ impl JwtVerifier {
     pub async fn new(cfgs: &[JwtIssuerConfig]) -> Result<Arc<JwtVerifier>, JwtError> {
         let mut issuers = Vec::new();
         for cfg in cfgs {
-            let algorithms = cfg
-                .algorithms
-                .iter()
-                .map(|a| {
-                    Algorithm::from_str(a)
-                        .map_err(|_| JwtError::Keys(format!("unknown algorithm {a}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let static_keys = cfg
-                .public_keys
-                .iter()
-                .map(|(kid, p)| {
-                    Ok(Arc::new(KeyEntry {
-                        kid: kid.clone(),
-                        key: pem_key(p)?,
-                    }))
-                })
-                .collect::<Result<Vec<_>, JwtError>>()?;
-            let http = cfg
-                .jwks_url
-                .as_ref()
-                .map(|_| http_client(cfg))
-                .transpose()?;
+            let (algorithms, static_keys, http) = load(cfg)?;
             let issuer = Arc::new(Issuer {
                 cfg: cfg.clone(),
                 algorithms,
@@ -238,6 +245,18 @@ impl JwtVerifier {
             issuers,
             verified: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Loads what [`JwtVerifier::new`] loads from files (static keys, the JWKS CA) without
+    /// fetching anything: what `check` and start-up verify before anything else happens.
+    pub fn check_files(cfgs: &[JwtIssuerConfig]) -> Result<(), JwtError> {
+        for cfg in cfgs {
+            load(cfg).map_err(|e| match e {
+                JwtError::Keys(why) => JwtError::Keys(format!("issuer {:?}: {why}", cfg.issuer)),
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 
     /// Refreshes every JWKS (call periodically).

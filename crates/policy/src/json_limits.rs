@@ -64,6 +64,21 @@ pub fn check_json(bytes: &[u8], limits: &JsonLimits) -> Result<(), JsonFault> {
     walk::<NoTree>(bytes, limits)
 }
 
+/// The document in `bytes`, with no structural limits but one: a repeated member name is
+/// refused, as [`parse_json_within`] refuses it. For the steps that read a body the route's
+/// limits have already passed.
+pub(crate) fn parse_json_unique(bytes: &[u8]) -> Result<Value, GatewayError> {
+    // serde_json's own recursion limit (128 levels) still bounds the depth.
+    const NONE: JsonLimits = JsonLimits {
+        max_depth: u32::MAX,
+        max_string: u64::MAX,
+        max_array: u64::MAX,
+        max_members: u64::MAX,
+        explicit: false,
+    };
+    parse_json_within(bytes, &NONE).map_err(JsonFault::into_error)
+}
+
 /// Checks `bytes` like [`check_json`] and returns the document, built in the same pass.
 pub fn parse_json_within(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonFault> {
     walk::<TreeBuilder>(bytes, limits)
@@ -117,7 +132,8 @@ trait Build {
     fn push(seq: &mut Self::Seq, v: Self::Out);
     fn end_seq(seq: Self::Seq) -> Self::Out;
     fn map() -> Self::Map;
-    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Self::Out);
+    /// Adds a member; false when the object already has one of that name.
+    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Self::Out) -> bool;
     fn end_map(map: Self::Map) -> Self::Out;
 }
 
@@ -140,8 +156,12 @@ impl Build for NoTree {
     fn end_seq(_: ()) {}
     #[inline]
     fn map() {}
+    /// Names are not remembered: without a tree the gateway reads no member's value, so a
+    /// repeated name changes nothing it decides.
     #[inline]
-    fn insert(_: &mut (), _: Cow<'_, str>, _: ()) {}
+    fn insert(_: &mut (), _: Cow<'_, str>, _: ()) -> bool {
+        true
+    }
     #[inline]
     fn end_map(_: ()) {}
 }
@@ -172,9 +192,17 @@ impl Build for TreeBuilder {
     fn map() -> Self::Map {
         serde_json::Map::new()
     }
-    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Value) {
-        // A repeated key keeps its last value, as serde_json does.
-        map.insert(k.into_owned(), v);
+    fn insert(map: &mut Self::Map, k: Cow<'_, str>, v: Value) -> bool {
+        // A repeated name is refused, not resolved: serde_json keeps the last value and many
+        // upstreams the first, so the schema (and object rules) would judge one value and
+        // the upstream act on another.
+        match map.entry(k.into_owned()) {
+            serde_json::map::Entry::Vacant(e) => {
+                e.insert(v);
+                true
+            }
+            serde_json::map::Entry::Occupied(_) => false,
+        }
     }
     fn end_map(map: Self::Map) -> Value {
         Value::Object(map)
@@ -206,6 +234,9 @@ impl ParsedJson {
         (bytes.as_ptr() as usize == self.addr && bytes.len() == self.len).then_some(&*self.value)
     }
 }
+
+/// The rule of a refusal for an object that repeats a member name (each name at most once).
+pub const DUPLICATE_NAME: &str = "unique_member_names";
 
 /// A recorded limit failure: the rule, and the path to it collected innermost first while the
 /// error unwinds through the containers.
@@ -356,7 +387,12 @@ impl<'de, B: Build> Visitor<'de> for Walker<'_, B> {
                 return Ok(B::end_map(out));
             };
             match map.next_value_seed(inner) {
-                Ok(v) => B::insert(&mut out, key, v),
+                Ok(v) => {
+                    if !B::insert(&mut out, key, v) {
+                        // Reported at this object: the name itself is not echoed.
+                        return Err(stop(self.fault, DUPLICATE_NAME, 1));
+                    }
+                }
                 Err(e) => {
                     unwind(self.fault, || Segment::Key(key.into_owned()));
                     return Err(e);
@@ -726,19 +762,34 @@ mod props {
             let theirs = serde_json::from_slice::<Value>(&bytes);
             prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}", String::from_utf8_lossy(&bytes));
             let _ = check_json(&bytes, &JsonLimits { max_depth: 1, max_string: 1, max_array: 1, max_members: 1, explicit: true });
-            // The building walk gives serde_json's own tree, or fails where it fails.
-            let built = parse_json_within(&bytes, &UNLIMITED).ok();
-            prop_assert_eq!(built, theirs.ok());
+            // The building walk gives serde_json's own tree, or fails where it fails (and
+            // on a repeated member name, which serde_json resolves to the last value).
+            match parse_json_within(&bytes, &UNLIMITED) {
+                Err(JsonFault::Limit { rule: DUPLICATE_NAME, .. }) => prop_assert!(theirs.is_ok()),
+                built => prop_assert_eq!(built.ok(), theirs.ok()),
+            }
         }
 
-        /// Built trees equal serde_json's, escapes, duplicate keys and all; and the building
-        /// walk refuses exactly what the counting walk refuses.
+        /// Built trees equal serde_json's, escapes and all; a repeated member name is refused
+        /// at its object; and otherwise the building walk refuses exactly what the counting
+        /// walk refuses.
         #[test]
         fn the_built_tree_is_serde_jsons_tree(v in json(), dup in "[a-z]{1,3}", d in 1u32..5, s in 0u64..6) {
-            let text = format!("{{\"{dup}\":1,\"e\\u00e9\\n\":[1.5,-2,18446744073709551615],\"{dup}\":{v}}}");
+            let text = format!("{{\"{dup}\":1,\"e\\u00e9\\n\":[1.5,-2,18446744073709551615],\"{dup}x\":{v}}}");
             prop_assert_eq!(parse_json_within(text.as_bytes(), &UNLIMITED).ok(), serde_json::from_str::<Value>(&text).ok());
             let l = JsonLimits { max_depth: d, max_string: s, max_array: 3, max_members: 3, explicit: true };
             prop_assert_eq!(parse_json_within(text.as_bytes(), &l).err(), check_json(text.as_bytes(), &l).err());
+            let repeated = format!("{{\"{dup}\":1,\"e\":[{v}],\"{dup}\":{v}}}");
+            prop_assert_eq!(
+                parse_json_within(repeated.as_bytes(), &UNLIMITED).err(),
+                Some(JsonFault::Limit { pointer: "/".into(), rule: DUPLICATE_NAME, limit: 1 })
+            );
+            // Nested, the pointer names the object that repeats the name, never the name.
+            let nested = format!("{{\"o\":[{repeated}]}}");
+            prop_assert_eq!(
+                parse_json_within(nested.as_bytes(), &UNLIMITED).err(),
+                Some(JsonFault::Limit { pointer: "/o/0".into(), rule: DUPLICATE_NAME, limit: 1 })
+            );
         }
 
         /// JSON-looking text (brackets, quotes, escapes) reaches the interesting parser states.

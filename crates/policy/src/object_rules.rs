@@ -6,7 +6,7 @@
 use crate::{body_limit::read_limited, json_path, Flow, Policy, Step};
 use http::Request;
 use portcullis_config::{ObjectRule, ObjectSource};
-use portcullis_core::{full, Body, GatewayError, Identity, MalformedKind, RouteMatch};
+use portcullis_core::{full, Body, GatewayError, Identity, RouteMatch};
 
 /// The object-rule policy for one route.
 pub struct ObjectRules {
@@ -87,9 +87,9 @@ impl ObjectRules {
                 v.clone()
             } else {
                 // serde_json stops at 128 levels of nesting, so a deep document is an error, not
-                // a stack overflow.
-                serde_json::from_slice(&bytes)
-                    .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?
+                // a stack overflow; a repeated name is refused, so the rules and the upstream
+                // read the same value.
+                crate::json_limits::parse_json_unique(&bytes)?
             };
             (full(bytes), Some(json))
         } else {

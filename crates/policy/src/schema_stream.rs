@@ -942,9 +942,10 @@ mod tests {
     #[test]
     fn a_repeated_key_is_checked_at_every_value() {
         let s = json!({"properties": {"a": {"type": "integer"}}});
-        // The tree keeps the last value, so the full path accepts this; the walk does not
-        // say so and leaves it to the full path, which is what the caller runs then.
-        assert!(full_path(&s, br#"{"a":"x","a":1}"#, &JsonLimits::DEFAULT));
+        // The walk checks every copy and leaves a failing one to the full path, which
+        // refuses the repeated name: serde_json's tree keeps only the last value, so it
+        // would otherwise accept what a first-wins upstream reads as "x".
+        assert!(!full_path(&s, br#"{"a":"x","a":1}"#, &JsonLimits::DEFAULT));
         assert!(!fast(&s, r#"{"a":"x","a":1}"#));
         assert!(!full_path(&s, br#"{"a":1,"a":"x"}"#, &JsonLimits::DEFAULT));
         assert!(!fast(&s, r#"{"a":1,"a":"x"}"#));

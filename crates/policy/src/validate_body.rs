@@ -8,12 +8,12 @@
 
 use crate::{
     body_limit::read_limited,
-    json_limits::{parse_json_within, JsonFault, ParsedJson},
+    json_limits::{parse_json_unique, parse_json_within, JsonFault, ParsedJson},
     Flow, JsonSchema, Policy, Step,
 };
 use http::{header, Request};
 use portcullis_config::JsonLimits;
-use portcullis_core::{full, Body, GatewayError, MalformedKind};
+use portcullis_core::{full, Body, GatewayError};
 
 /// The schema policy for one route.
 pub struct ValidateBody {
@@ -111,8 +111,7 @@ impl ValidateBody {
                 }
                 parsed = match &self.limits {
                     Some(l) => parse_json_within(&bytes, l).map_err(JsonFault::into_error)?,
-                    None => serde_json::from_slice::<serde_json::Value>(&bytes)
-                        .map_err(|_| GatewayError::Malformed(MalformedKind::InvalidBody))?,
+                    None => parse_json_unique(&bytes)?,
                 };
                 &parsed
             }

@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use portcullis_config::{Config, ServerConfig};
 use portcullis_core::{
-    problem_response, Body, Connection, ErrorInfo, GatewayError, RequestContext, RequestId,
-    REQUEST_ID_HEADER,
+    problem_response, Body, Connection, ErrorInfo, GatewayError, MalformedKind, RequestContext,
+    RequestId, REQUEST_ID_HEADER,
 };
 use portcullis_identity::{ApiKeys, BruteForce, JwtVerifier, TokenIssuer};
 use portcullis_policy::Clients;
@@ -409,18 +409,34 @@ impl Gateway {
                 .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok())
             {
-                if let Lookup::Found(route, _) = generation.routes.lookup(&want, req.uri().path()) {
-                    if let Some(cors) = &route.config.cors {
-                        let id = Cow::Borrowed(&*route.id);
-                        // The route's network rules hold for its preflight too: a refused
-                        // network learns nothing of the route's CORS lists.
-                        if !route.config.ip_rules.admits(&ctx.client_ip) {
-                            return Err((GatewayError::Forbidden, id));
-                        }
-                        return portcullis_policy::preflight(cors, req.headers())
-                            .map(|r| (r, id.clone()))
-                            .map_err(|e| (e, id));
-                    }
+                // The route for the requested method; failing that, a CORS route on the same
+                // path, which then refuses the method (403, as a CORS route's own list would)
+                // rather than leaving the preflight to a 405.
+                let path = req.uri().path();
+                let (route, method_ok) = match generation.routes.lookup(&want, path) {
+                    Lookup::Found(route, _) if route.config.cors.is_some() => (Some(route), true),
+                    Lookup::NoMethod(_) => (generation.routes.cors_route_at(path), false),
+                    _ => (None, false),
+                };
+                if let Some((route, cors)) = route.and_then(|r| Some((r, r.config.cors.as_ref()?)))
+                {
+                    let id = Cow::Borrowed(&*route.id);
+                    // The route's network rules hold for its preflight too: a refused
+                    // network learns nothing of the route's CORS lists.
+                    let answer = if !route.config.ip_rules.admits(&ctx.client_ip) || !method_ok {
+                        Err(GatewayError::Forbidden)
+                    } else {
+                        portcullis_policy::preflight(cors, req.headers())
+                    };
+                    // A refusal varies by Origin like an answer does, so no cache hands one
+                    // origin's refusal to another.
+                    let res = answer.unwrap_or_else(|e| {
+                        let mut res = problem_response(&e, &ctx.request_id);
+                        res.headers_mut()
+                            .append(http::header::VARY, http::HeaderValue::from_static("Origin"));
+                        res
+                    });
+                    return Ok((res, id));
                 }
             }
         }
@@ -457,14 +473,100 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     if headers.len() > limits.header_count {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let bytes: u64 = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64)
-        .sum();
+    // Host is found in the same pass that sums the sizes: a standard name compares without
+    // hashing.
+    let mut bytes = 0u64;
+    let mut hosts = 0usize;
+    let mut host = None;
+    for (n, v) in headers {
+        bytes += (n.as_str().len() + v.len() + 4) as u64;
+        if n == http::header::HOST {
+            hosts += 1;
+            host = Some(v);
+        }
+    }
     if bytes > limits.header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
-    Ok(())
+    check_host(req, hosts, host)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and it must be an authority;
+/// and where the target carries its own authority (absolute form, HTTP/2's `:authority`), a
+/// `Host` beside it must name the same one. Otherwise the gateway, the upstream and the
+/// access log could each take a different host from one request (400).
+fn check_host(
+    req: &Request<Incoming>,
+    hosts: usize,
+    host: Option<&http::HeaderValue>,
+) -> Result<(), GatewayError> {
+    let bad = || GatewayError::Malformed(MalformedKind::InvalidHeader);
+    if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
+        return Err(bad());
+    }
+    let Some(host) = host else { return Ok(()) };
+    let host = host.as_bytes();
+    if !is_host_text(host) {
+        return Err(bad());
+    }
+    match req.uri().authority() {
+        Some(target) if !target.as_str().as_bytes().eq_ignore_ascii_case(host) => Err(bad()),
+        _ => Ok(()),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets, or a
+/// name of unreserved, sub-delim and `%` characters; then digits after one `:`. Checked in
+/// place: `http::uri::Authority` would copy the value on every request, and it also admits
+/// userinfo, which a `Host` never has.
+fn is_host_text(v: &[u8]) -> bool {
+    let (name, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let inside = &v[1..end];
+                let literal = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+                if !literal {
+                    return false;
+                }
+                match &v[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&b"x"[..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match v.iter().rposition(|&c| c == b':') {
+            Some(at) => (&v[..at], &v[at + 1..]),
+            None => (v, &b""[..]),
+        },
+    };
+    !name.is_empty()
+        && name.iter().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 fn build_generation(
@@ -576,5 +678,41 @@ fn limits(s: &ServerConfig) -> HeadLimits {
         header_count: s.max_header_count,
         header_bytes: s.max_header_bytes,
         url_bytes: s.max_url_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_text;
+
+    #[test]
+    fn host_values_are_a_host_and_an_optional_port() {
+        for ok in [
+            "gw.example",
+            "gw.example:8080",
+            "GW.Example:",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:8443",
+            "[::ffff:10.0.0.1]:80",
+            "xn--caf-dma.example",
+        ] {
+            assert!(is_host_text(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a.example/x",
+            "user@a.example",
+            "a.example:80x",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            ":80",
+            "a\tb",
+            "a.example?q",
+        ] {
+            assert!(!is_host_text(bad.as_bytes()), "{bad}");
+        }
     }
 }

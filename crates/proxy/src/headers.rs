@@ -30,6 +30,12 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     {
         return;
     }
+    // RFC 9112 §6.3: with Transfer-Encoding the message's length is its chunking, and an
+    // intermediary must drop a Content-Length beside it. Kept, it would be sent on with the
+    // body re-framed: a body longer than it is cut short, a shorter one breaks the connection.
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -49,6 +55,9 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// nginx's client-address header: upstreams behind nginx often trust it, so from an
+/// untrusted peer it goes with the other forwarding headers.
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
@@ -82,7 +91,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 }
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` for the
-/// upstream. From an untrusted peer, whatever forwarding headers it sent are discarded first.
+/// upstream. From an untrusted peer, whatever forwarding headers it sent are discarded first
+/// (`X-Real-IP` among them).
 pub(crate) fn set_forwarding(
     h: &mut HeaderMap,
     conn: &Connection,
@@ -91,13 +101,14 @@ pub(crate) fn set_forwarding(
 ) {
     let proto = if conn.tls { "https" } else { "http" };
 
-    // Most requests carry none of the four: one pass over the names (a standard name and a
-    // custom one compare without hashing) instead of six hashed lookups that find nothing.
+    // Most requests carry none of the five: one pass over the names (a standard name and a
+    // custom one compare without hashing) instead of hashed lookups that find nothing.
     let present = h.keys().any(|k| {
         k == header::FORWARDED
             || k == X_FORWARDED_FOR
             || k == X_FORWARDED_PROTO
             || k == X_FORWARDED_HOST
+            || k == X_REAL_IP
     });
 
     let (xff, forwarded) = if present {
@@ -149,6 +160,7 @@ fn forwarding_after(
     } else {
         h.remove(X_FORWARDED_PROTO);
         h.remove(X_FORWARDED_HOST);
+        h.remove(X_REAL_IP);
     }
     h.remove(X_FORWARDED_FOR);
     h.remove(header::FORWARDED);
@@ -265,6 +277,20 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        // Content-Length goes with Transfer-Encoding, and only then.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
     }
 
     #[test]
@@ -287,6 +313,12 @@ mod tests {
             h[header::FORWARDED],
             "for=\"[::1]\";proto=http;host=\"gw.example\""
         );
+        // X-Real-IP alone is enough to take the slow path, and it is dropped.
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", HeaderValue::from_static("10.1.1.1"));
+        set_forwarding(&mut h, &Connection::new(peer, false, None), None, &[]);
+        assert!(!h.contains_key("x-real-ip"), "{h:?}");
+        assert_eq!(h["x-forwarded-for"], "::1");
     }
     #[test]
     fn a_connections_values_are_reused_only_for_the_same_host() {
@@ -337,6 +369,7 @@ mod tests {
             HeaderValue::from_static("for=198.51.100.7"),
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-real-ip", HeaderValue::from_static("198.51.100.7"));
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let peer: SocketAddr = "10.0.0.2:5000"
             .parse()
@@ -355,6 +388,7 @@ mod tests {
         // The trusted proxy's own proto is kept.
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.\"exa\\mple");
+        assert_eq!(h["x-real-ip"], "198.51.100.7", "a trusted proxy's is kept");
         strip_hop_by_hop(&mut h);
         assert!(!h.contains_key(header::CONNECTION));
     }

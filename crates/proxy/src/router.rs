@@ -109,6 +109,17 @@ impl RouteTable {
         }
     }
 
+    /// The first route with a CORS policy among those sharing `path`'s template, whatever
+    /// their methods: the route a preflight for an undeclared method belongs to.
+    pub(crate) fn cors_route_at(&self, path: &str) -> Option<&CompiledRoute> {
+        let m = self.router.at(path).ok()?;
+        self.entries
+            .get(*m.value)?
+            .routes
+            .iter()
+            .find(|r| r.config.cors.is_some())
+    }
+
     /// Every compiled route, in declaration order per path.
     pub(crate) fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
         self.entries.iter().flat_map(|e| e.routes.iter())
@@ -126,30 +137,80 @@ fn param_names(template: &str) -> Vec<Arc<str>> {
         .collect()
 }
 
-/// Refuses paths that different servers would interpret differently: dot segments (also
-/// percent-encoded), encoded or backslash separators, NUL. Routing happens on the raw path,
-/// so what the gateway matched is exactly what the upstream receives.
+/// Refuses paths that different servers would interpret differently, so that a path-based
+/// rule (a route's auth, its IP rules) cannot be slipped past by writing the same path
+/// another way: dot segments (also percent-encoded), encoded or backslash separators, NUL,
+/// empty segments (`//`), `;` path parameters, percent-encoded unreserved characters
+/// (`%61` for `a`), malformed escapes and escapes that are not UTF-8 (`%c0%ae`, an overlong
+/// `.`). Routing happens on the raw path, so what the gateway matched is exactly what the
+/// upstream receives: refusing, rather than normalising, keeps that true.
+///
+/// Not refused: letter case and a trailing `.` in a segment. Routes match them as written;
+/// an upstream that folds them (IIS, case-insensitive file systems) must not be given a
+/// catch-all route beside routes that protect a part of it.
 pub fn check_path(path: &str) -> Result<(), MalformedKind> {
-    if !path.starts_with('/') {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return Err(MalformedKind::InvalidPath);
     }
-    // Without `%`, a backslash or `.` none of the checks below can match: most paths stop here,
-    // without the lower-cased copy.
-    if !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b'.')) {
+    // One pass for `//` and for the bytes the slower checks look at; most paths have none.
+    let mut rare = false;
+    let mut prev = 0u8;
+    for &c in b {
+        match c {
+            b'/' if prev == b'/' => return Err(MalformedKind::EmptySegment),
+            b'%' | b'\\' | b'.' | b';' => rare = true,
+            _ => {}
+        }
+        prev = c;
+    }
+    if !rare {
         return Ok(());
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+    if b.contains(&b'\\') {
         return Err(MalformedKind::EncodedSeparator);
     }
-    if lower.contains("%00") {
-        return Err(MalformedKind::InvalidPath);
+    if b.contains(&b';') {
+        return Err(MalformedKind::PathParameter);
     }
-    for seg in lower.split('/') {
-        let decoded = seg.replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
-            return Err(MalformedKind::DotSegments);
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut encoded_dot = false;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            decoded.push(b[i]);
+            i += 1;
+            continue;
         }
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+            return Err(MalformedKind::InvalidEncoding);
+        };
+        let v = (hi * 16 + lo) as u8;
+        match v {
+            b'/' | b'\\' => return Err(MalformedKind::EncodedSeparator),
+            0 => return Err(MalformedKind::InvalidPath),
+            b'.' => encoded_dot = true,
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~') => {
+                return Err(MalformedKind::EncodedUnreserved)
+            }
+            _ => {}
+        }
+        decoded.push(v);
+        i += 3;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(MalformedKind::InvalidEncoding);
+    }
+    if decoded
+        .split(|c| *c == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+    {
+        return Err(MalformedKind::DotSegments);
+    }
+    // `.` is unreserved too: an encoded one outside a dot segment is refused as such.
+    if encoded_dot {
+        return Err(MalformedKind::EncodedUnreserved);
     }
     Ok(())
 }
@@ -178,10 +239,36 @@ mod tests {
             ("/a\\b", MalformedKind::EncodedSeparator),
             ("/a%00", MalformedKind::InvalidPath),
             ("*", MalformedKind::InvalidPath),
+            // Each of these reached a catch-all route instead of the route that protects
+            // `/admin/...`, and the upstream then read it as `/admin/...`.
+            ("//admin/x", MalformedKind::EmptySegment),
+            ("/admin//x", MalformedKind::EmptySegment),
+            ("/%61dmin/x", MalformedKind::EncodedUnreserved),
+            ("/admin%2Dx", MalformedKind::EncodedUnreserved),
+            ("/a%7e", MalformedKind::EncodedUnreserved),
+            ("/admin%2e/x", MalformedKind::EncodedUnreserved),
+            ("/x/..;/admin/x", MalformedKind::PathParameter),
+            ("/admin;/x", MalformedKind::PathParameter),
+            ("/a;jsessionid=1", MalformedKind::PathParameter),
+            ("/a/%zz", MalformedKind::InvalidEncoding),
+            ("/a/%", MalformedKind::InvalidEncoding),
+            ("/a/%4", MalformedKind::InvalidEncoding),
+            ("/a/%c0%ae%c0%ae/x", MalformedKind::InvalidEncoding),
+            ("/a/%ff", MalformedKind::InvalidEncoding),
         ] {
             assert_eq!(check_path(p), Err(want), "{p}");
         }
-        for ok in ["/", "/a/b.c", "/a/..b", "/v1/orders/42", "/a/%20b"] {
+        for ok in [
+            "/",
+            "/a/",
+            "/a/b.c",
+            "/a/..b",
+            "/v1/orders/42",
+            "/a/%20b",
+            "/caf%C3%A9",
+            "/a/%25",
+            "/a:b@c!$&'()*+,=",
+        ] {
             assert_eq!(check_path(ok), Ok(()), "{ok}");
         }
     }
@@ -196,14 +283,19 @@ mod props {
         /// Whatever a client sends, the check answers without panicking, and anything it
         /// accepts has no dot segment and no encoded separator left in it.
         #[test]
-        fn accepted_paths_are_unambiguous(path in "[/a-zA-Z0-9.%\\\\-]{0,40}") {
+        fn accepted_paths_are_unambiguous(path in "[/a-zA-Z0-9.%;\\\\-]{0,40}") {
             if check_path(&path).is_ok() {
                 let lower = path.to_ascii_lowercase();
                 prop_assert!(path.starts_with('/'));
                 prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains('\\'));
+                prop_assert!(!path.contains("//") && !path.contains(';'));
+                // Every escape is well formed and of a character that needs one.
+                for (i, _) in path.match_indices('%') {
+                    let v = u8::from_str_radix(path.get(i + 1..i + 3).unwrap_or("zz"), 16);
+                    prop_assert!(v.is_ok_and(|v| !v.is_ascii_alphanumeric() && !b"-._~".contains(&v)));
+                }
                 for seg in lower.split('/') {
-                    let d = seg.replace("%2e", ".");
-                    prop_assert!(d != "." && d != "..");
+                    prop_assert!(seg != "." && seg != "..");
                 }
             }
         }

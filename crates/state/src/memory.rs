@@ -35,10 +35,17 @@ impl Default for MemoryLimiter {
 
 /// GCRA parameters in nanoseconds: the emission interval and the window (interval times
 /// capacity) a key's TAT may run ahead of now.
+///
+/// The window is capped at a quarter of the clock's range: a saturated window would hold
+/// every TAT and admit everything. Config refuses rates anywhere near the cap (ten years to
+/// refill); past it, a rate admits fewer requests than configured, never more.
 fn params(rate: &Rate) -> (u64, u64) {
     let interval = u64::try_from((rate.period.as_nanos() / u128::from(rate.limit.max(1))).max(1))
         .unwrap_or(u64::MAX);
-    (interval, interval.saturating_mul(rate.capacity()))
+    (
+        interval,
+        interval.saturating_mul(rate.capacity()).min(u64::MAX / 4),
+    )
 }
 
 fn decide(tat: Option<u64>, now: u64, rate: &Rate) -> (Decision, u64) {
@@ -224,6 +231,25 @@ mod tests {
             .filter(|_| m.decide(&one("other", r))[0].allowed)
             .count();
         assert_eq!(other, 10, "keys are independent");
+    }
+
+    #[test]
+    fn a_rate_too_long_for_the_clock_refuses_rather_than_admits_everything() {
+        // 1 per 600 years: the emission interval alone passes u64 nanoseconds. The saturated
+        // window used to hold every TAT, so every request passed.
+        let m = MemoryLimiter::default();
+        let r = rate(1, 600 * 365 * 86_400, 0);
+        let admitted = (0..50)
+            .filter(|_| m.decide(&one("k", r))[0].allowed)
+            .count();
+        assert!(admitted <= 1, "admitted {admitted}");
+        // 1 per year with a burst of 600: the window saturates, the cap keeps it finite.
+        let r = rate(1, 365 * 86_400, 600);
+        let admitted = (0..1000)
+            .filter(|_| m.decide(&one("j", r))[0].allowed)
+            .count();
+        assert!(admitted <= 601, "admitted {admitted}");
+        assert!(!m.decide(&one("j", r))[0].allowed);
     }
 
     #[test]
