@@ -520,6 +520,35 @@ fn check_host(
 /// place: `http::uri::Authority` would copy the value on every request, and it also admits
 /// userinfo, which a `Host` never has.
 fn is_host_text(v: &[u8]) -> bool {
+    // One table lookup per byte: the value is checked on every request.
+    const NAME: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                );
+            c += 1;
+        }
+        t
+    };
     let (name, port) = match v.first() {
         Some(b'[') => match v.iter().position(|&c| c == b']') {
             Some(end) => {
@@ -545,27 +574,7 @@ fn is_host_text(v: &[u8]) -> bool {
         },
     };
     !name.is_empty()
-        && name.iter().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        })
+        && name.iter().all(|&c| NAME[c as usize])
         && port.iter().all(u8::is_ascii_digit)
 }
 
