@@ -325,25 +325,11 @@ async fn request_bodies_are_validated_against_the_schema() {
         r#"{"sku":"A1","qty":2,"sku":"SENTINEL-too-long"}"#,
     ] {
         let res = post(body.into(), "application/json").await;
-        let v = if res.status() == 400 {
-            common::assert_problem(res, 400, "json-limit-exceeded").await
-        } else {
-            common::assert_problem(res, 422, "invalid-body").await
-        };
+        let v = common::assert_problem(res, 400, "json-limit-exceeded").await;
+        assert_eq!(v["errors"][0]["rule"], "unique_member_names", "{body}: {v}");
+        assert_eq!(v["errors"][0]["pointer"], "/", "{v}");
         assert!(!v.to_string().contains("SENTINEL"), "{v}");
     }
-    let v = common::assert_problem(
-        post(
-            r#"{"sku":"SENTINEL-too-long","qty":2,"sku":"A1"}"#.into(),
-            "application/json",
-        )
-        .await,
-        400,
-        "json-limit-exceeded",
-    )
-    .await;
-    assert_eq!(v["errors"][0]["rule"], "unique_member_names", "{v}");
-    assert_eq!(v["errors"][0]["pointer"], "/", "{v}");
 }
 
 #[tokio::test]

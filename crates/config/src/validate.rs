@@ -208,10 +208,13 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         .is_some_and(|b| *b.get_ref());
 
     // The same port on the same address, or on an address that binds every interface.
+    // An IPv4 wildcard leaves IPv6 addresses free; `[::]` binds both families on Linux.
+    let wildcard =
+        |a: &SocketAddr, b: &SocketAddr| a.ip().is_unspecified() && (a.is_ipv6() || b.is_ipv4());
     let clash = listen.port() == admin_listen.port()
         && (listen.ip() == admin_listen.ip()
-            || listen.ip().is_unspecified()
-            || admin_listen.ip().is_unspecified());
+            || wildcard(&listen, &admin_listen)
+            || wildcard(&admin_listen, &listen));
     if listen.port() != 0 && clash {
         c.error(
             admin_span.clone(),
@@ -1198,10 +1201,10 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
                 c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?}: wildcard origins are not supported; list each origin"));
                 continue;
             }
-            // Origins are compared as browsers send them: lower case, no default port. One
-            // written otherwise would never match.
+            // Origins are compared as browsers send them, without a default port (case does
+            // not matter: the comparison ignores it). One written otherwise would never match.
             let sent = u.origin().ascii_serialization();
-            if sent != *o {
+            if !sent.eq_ignore_ascii_case(o) {
                 c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} is never sent that way by a browser, so it would never match; write {sent:?}"));
             }
         }
@@ -1210,13 +1213,15 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
                 c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not allowed; expected some of {}", ROUTE_METHODS.join(", ")));
             }
         }
-        for h in cr.headers.iter().chain(&cr.expose_headers) {
+        // `*` is a wildcard browsers honour in expose_headers (without credentials), never in
+        // the allowed request headers, which are compared name by name.
+        for h in cr.headers.iter().chain(cr.expose_headers.iter().filter(|h| *h != "*")) {
             if h == "*" || http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).is_err() {
                 c.error(Some(span.clone()), format!("{ctx}: cors: {h:?} is not a header name (wildcards are not supported; list the headers)"));
             }
         }
         if cr.max_age.is_some_and(|d| d.0 > Duration::from_secs(86_400)) {
-            c.error(Some(span.clone()), format!("{ctx}: cors: max_age is at most 24h (browsers cap it lower still)"));
+            c.warn(Some(span.clone()), format!("{ctx}: cors: browsers cap max_age at 24h or less, so a longer one is not honoured"));
         }
         CorsConfig {
             origins: cr.origins,

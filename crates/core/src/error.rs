@@ -26,6 +26,8 @@ pub enum MalformedKind {
     InvalidEncoding,
     /// The path has `;`, which Java servers and others read as path parameters and strip.
     PathParameter,
+    /// The path has an encoded `%` (`%25`): an upstream that decodes twice reads another path.
+    DoubleEncoding,
     /// A header value is not acceptable (control characters, bad Host).
     InvalidHeader,
     /// The body ended early or could not be read.
@@ -44,6 +46,7 @@ impl MalformedKind {
             }
             Self::InvalidEncoding => "The request path has an invalid percent-encoding.",
             Self::PathParameter => "The request path contains ';'.",
+            Self::DoubleEncoding => "The request path contains an encoded '%'.",
             Self::InvalidHeader => "A request header is not valid.",
             Self::InvalidBody => "The request body could not be read.",
         }

@@ -38,7 +38,9 @@ pub struct ErrorInfo {
 }
 
 /// The longest pointer a problem repeats back. Pointers are made of the client's own keys,
-/// which may be long (or secrets pasted as keys): past this they are cut, marked with `…`.
+/// which may be huge: past this they are cut, marked with `…`, so an error answer (and the
+/// log line that records it) stays small. It bounds size only; a short key comes back whole
+/// to the client that sent it.
 const MAX_POINTER: usize = 256;
 
 fn shown_pointer(p: &str) -> std::borrow::Cow<'_, str> {

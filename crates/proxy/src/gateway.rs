@@ -516,7 +516,9 @@ fn check_host(
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets, or a
-/// name of unreserved, sub-delim and `%` characters; then digits after one `:`. Checked in
+/// name of unreserved, sub-delim and `%` characters, but not `,` (frameworks split
+/// `X-Forwarded-Host`, which carries this value, on commas: `a,b` would be two hosts again);
+/// then digits after one `:`. Checked in
 /// place: `http::uri::Authority` would copy the value on every request, and it also admits
 /// userinfo, which a `Host` never has.
 fn is_host_text(v: &[u8]) -> bool {
@@ -541,7 +543,6 @@ fn is_host_text(v: &[u8]) -> bool {
                         | b')'
                         | b'*'
                         | b'+'
-                        | b','
                         | b';'
                         | b'='
                 );
@@ -720,6 +721,7 @@ mod tests {
             ":80",
             "a\tb",
             "a.example?q",
+            "a.example,evil.example",
         ] {
             assert!(!is_host_text(bad.as_bytes()), "{bad}");
         }

@@ -55,9 +55,19 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// nginx's client-address header: upstreams behind nginx often trust it, so from an
-/// untrusted peer it goes with the other forwarding headers.
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Headers an upstream may believe about the client or the request target, which only a
+/// trusted proxy may set: client-address headers of nginx, CDNs and load balancers, and the
+/// URL overrides IIS and older Symfony honour (with them a request to a catch-all route
+/// could name a protected path). From an untrusted peer they go with the forwarding headers.
+const UNTRUSTED_ONLY: [HeaderName; 7] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
@@ -101,14 +111,14 @@ pub(crate) fn set_forwarding(
 ) {
     let proto = if conn.tls { "https" } else { "http" };
 
-    // Most requests carry none of the five: one pass over the names (a standard name and a
+    // Most requests carry none of these: one pass over the names (a standard name and a
     // custom one compare without hashing) instead of hashed lookups that find nothing.
     let present = h.keys().any(|k| {
         k == header::FORWARDED
             || k == X_FORWARDED_FOR
             || k == X_FORWARDED_PROTO
             || k == X_FORWARDED_HOST
-            || k == X_REAL_IP
+            || UNTRUSTED_ONLY.contains(k)
     });
 
     let (xff, forwarded) = if present {
@@ -160,7 +170,9 @@ fn forwarding_after(
     } else {
         h.remove(X_FORWARDED_PROTO);
         h.remove(X_FORWARDED_HOST);
-        h.remove(X_REAL_IP);
+        for n in &UNTRUSTED_ONLY {
+            h.remove(n);
+        }
     }
     h.remove(X_FORWARDED_FOR);
     h.remove(header::FORWARDED);
@@ -316,8 +328,11 @@ mod tests {
         // X-Real-IP alone is enough to take the slow path, and it is dropped.
         let mut h = HeaderMap::new();
         h.insert("x-real-ip", HeaderValue::from_static("10.1.1.1"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin/x"));
+        h.insert("true-client-ip", HeaderValue::from_static("10.1.1.1"));
         set_forwarding(&mut h, &Connection::new(peer, false, None), None, &[]);
         assert!(!h.contains_key("x-real-ip"), "{h:?}");
+        assert!(!h.contains_key("x-original-url") && !h.contains_key("true-client-ip"));
         assert_eq!(h["x-forwarded-for"], "::1");
     }
     #[test]
