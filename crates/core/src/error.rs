@@ -281,7 +281,7 @@ impl GatewayError {
                 Some("The request body arrived more slowly than this server accepts.".into())
             }
             Self::Overloaded { .. } => Some(
-                "Too many requests are in progress; retry after the time in Retry-After.".into(),
+                "Too many requests or connections are in progress; retry after the time in Retry-After.".into(),
             ),
             Self::JsonLimit { rule, .. } if *rule == "unique_member_names" => Some(
                 "An object in the JSON body has the same member name more than once.".into(),
