@@ -166,22 +166,15 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(e) => match e.downcast_ref::<InvalidConfig>() {
-            Some(invalid) => {
-                eprintln!("{invalid}");
-                eprintln!("error: the configuration is invalid; nothing was started");
-                ExitCode::from(EXIT_CONFIG)
-            }
-            None if e.is::<UnusableConfig>() => {
-                eprintln!("{e}");
-                eprintln!("error: the configuration is invalid; nothing was started");
-                ExitCode::from(EXIT_CONFIG)
-            }
-            None => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Err(e) if e.is::<InvalidConfig>() || e.is::<UnusableConfig>() => {
+            eprintln!("{e}");
+            eprintln!("error: the configuration is invalid; nothing was started");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

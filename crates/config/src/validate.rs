@@ -54,6 +54,17 @@ impl Checker<'_> {
     pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.push(Severity::Warning, span, message.into());
     }
+    /// `p` resolved like [`Checker::path`], with a located error when it is not a file.
+    fn existing_file(&mut self, p: &Spanned<PathBuf>, what: &str) -> PathBuf {
+        let path = self.path(p.get_ref());
+        if !path.is_file() {
+            self.error(
+                Some(p.span()),
+                format!("{what} file {} does not exist", path.display()),
+            );
+        }
+        path
+    }
     pub(crate) fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
@@ -259,10 +270,7 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
         files
     });
     let client_ca = raw.client_ca.map(|p| {
-        let path = c.path(p.get_ref());
-        if !path.is_file() {
-            c.error(Some(p.span()), format!("server.client_ca file {} does not exist", path.display()));
-        }
+        let path = c.existing_file(&p, "server.client_ca");
         if tls.is_none() {
             c.error(Some(p.span()), "server.client_ca needs server.tls: client certificates are part of the TLS handshake");
         }
@@ -692,16 +700,9 @@ fn jwt_issuer(c: &mut Checker, raw: Spanned<RawJwtIssuer>) -> Option<JwtIssuerCo
             );
         }
     }
-    let jwks_ca = r.jwks_ca.map(|p| {
-        let path = c.path(p.get_ref());
-        if !path.is_file() {
-            c.error(
-                Some(p.span()),
-                format!("{ctx}: jwks_ca file {} does not exist", path.display()),
-            );
-        }
-        path
-    });
+    let jwks_ca = r
+        .jwks_ca
+        .map(|p| c.existing_file(&p, &format!("{ctx}: jwks_ca")));
     let leeway = duration_within(
         c,
         r.leeway,
@@ -1242,16 +1243,9 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
         deny: nets(c, r.deny_ips, &format!("{ctx}: deny_ips")),
     };
 
-    let ca = r.upstream_ca.map(|p| {
-        let path = c.path(p.get_ref());
-        if !path.is_file() {
-            c.error(
-                Some(p.span()),
-                format!("{ctx}: upstream_ca file {} does not exist", path.display()),
-            );
-        }
-        path
-    });
+    let ca = r
+        .upstream_ca
+        .map(|p| c.existing_file(&p, &format!("{ctx}: upstream_ca")));
     let skip_verify = r
         .dangerous_skip_upstream_tls_verify
         .as_ref()

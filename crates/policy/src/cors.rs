@@ -48,6 +48,16 @@ fn common_headers(cfg: &CorsConfig, origin: &HeaderValue, h: &mut HeaderMap) {
     }
 }
 
+/// The answer to a refused preflight (`err`: the route's network rules, or its CORS lists):
+/// problem+json that varies by `Origin` like an accepted preflight, so no cache hands one
+/// origin's refusal to another.
+pub fn refused_preflight(err: &GatewayError, id: &portcullis_core::RequestId) -> Response<Body> {
+    let mut res = portcullis_core::problem_response(err, id);
+    res.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Origin"));
+    res
+}
+
 /// The answer to a preflight request for a route with `cfg`, or an error when the origin,
 /// method or headers are not allowed.
 pub fn preflight(

@@ -428,13 +428,8 @@ impl Gateway {
                     } else {
                         portcullis_policy::preflight(cors, req.headers())
                     };
-                    // A refusal varies by Origin like an answer does, so no cache hands one
-                    // origin's refusal to another.
                     let res = answer.unwrap_or_else(|e| {
-                        let mut res = problem_response(&e, &ctx.request_id);
-                        res.headers_mut()
-                            .append(http::header::VARY, http::HeaderValue::from_static("Origin"));
-                        res
+                        portcullis_policy::refused_preflight(&e, &ctx.request_id)
                     });
                     return Ok((res, id));
                 }
@@ -550,33 +545,28 @@ fn is_host_text(v: &[u8]) -> bool {
         }
         t
     };
-    let (name, port) = match v.first() {
-        Some(b'[') => match v.iter().position(|&c| c == b']') {
-            Some(end) => {
-                let inside = &v[1..end];
-                let literal = !inside.is_empty()
-                    && inside
-                        .iter()
-                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
-                if !literal {
-                    return false;
-                }
-                match &v[end + 1..] {
-                    [] => return true,
-                    [b':', port @ ..] => (&b"x"[..], port),
-                    _ => return false,
-                }
-            }
-            None => return false,
-        },
-        _ => match v.iter().rposition(|&c| c == b':') {
-            Some(at) => (&v[..at], &v[at + 1..]),
-            None => (v, &b""[..]),
-        },
+    let digits = |p: &[u8]| p.iter().all(u8::is_ascii_digit);
+    if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let inside = &rest[..end];
+        let literal = !inside.is_empty()
+            && inside
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+        return literal
+            && match &rest[end + 1..] {
+                [] => true,
+                [b':', port @ ..] => digits(port),
+                _ => false,
+            };
+    }
+    let (name, port) = match v.iter().rposition(|&c| c == b':') {
+        Some(at) => (&v[..at], &v[at + 1..]),
+        None => (v, &b""[..]),
     };
-    !name.is_empty()
-        && name.iter().all(|&c| NAME[c as usize])
-        && port.iter().all(u8::is_ascii_digit)
+    !name.is_empty() && name.iter().all(|&c| NAME[c as usize]) && digits(port)
 }
 
 fn build_generation(

@@ -153,25 +153,29 @@ pub fn check_path(path: &str) -> Result<(), MalformedKind> {
     if b.first() != Some(&b'/') {
         return Err(MalformedKind::InvalidPath);
     }
-    // One pass for `//` and for the bytes the slower checks look at; most paths have none.
-    let mut rare = false;
+    // One pass for `//`, `\\`, `;` and whether `.` or `%` occur; most paths have neither.
+    let (mut dot, mut pct) = (false, false);
     let mut prev = 0u8;
     for &c in b {
         match c {
             b'/' if prev == b'/' => return Err(MalformedKind::EmptySegment),
-            b'%' | b'\\' | b'.' | b';' => rare = true,
+            b'\\' => return Err(MalformedKind::EncodedSeparator),
+            b';' => return Err(MalformedKind::PathParameter),
+            b'.' => dot = true,
+            b'%' => pct = true,
             _ => {}
         }
         prev = c;
     }
-    if !rare {
+    if !pct {
+        // Nothing to decode: only written dot segments are left to find, with no copy.
+        if dot
+            && b.split(|c| *c == b'/')
+                .any(|seg| seg == b"." || seg == b"..")
+        {
+            return Err(MalformedKind::DotSegments);
+        }
         return Ok(());
-    }
-    if b.contains(&b'\\') {
-        return Err(MalformedKind::EncodedSeparator);
-    }
-    if b.contains(&b';') {
-        return Err(MalformedKind::PathParameter);
     }
     let mut decoded = Vec::with_capacity(b.len());
     let mut encoded_dot = false;
