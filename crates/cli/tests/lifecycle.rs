@@ -151,6 +151,51 @@ async fn upstream_connections_are_reused_across_requests_and_reloads() {
 }
 
 #[tokio::test]
+async fn a_rate_limit_edited_by_a_reload_starts_afresh_and_an_unchanged_one_keeps_its_count() {
+    let up = upstream::start(None).await;
+    let limited = |rate: &str| {
+        route(
+            "limited",
+            "[\"GET\"]",
+            "/limited",
+            &up.url(),
+            &format!("rate_limits = [{{ per = \"route\", {rate} }}]"),
+        )
+    };
+    let kept = route(
+        "kept",
+        "[\"GET\"]",
+        "/kept",
+        &up.url(),
+        "rate_limits = [{ per = \"route\", limit = 1, period = \"1h\" }]",
+    );
+    let gw = Gw::start(&format!(
+        "{}{}{kept}",
+        server_section(""),
+        limited("limit = 1, period = \"1h\"")
+    ));
+    for path in ["/limited", "/kept"] {
+        assert_eq!(status(&gw.url(path)).await, 200);
+        assert_eq!(status(&gw.url(path)).await, 429);
+    }
+    // The operator raises the first limit. Its state outlives the reload (the limiter is
+    // shared by generations, and in Redis by instances), so a key without the rate made the
+    // new limit start from the old one's hour-long wait.
+    gw.rewrite_config(&format!(
+        "{}{}{kept}",
+        server_section(""),
+        limited("limit = 100, period = \"1m\"")
+    ));
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+        .is_some());
+    assert_eq!(status(&gw.url("/limited")).await, 200);
+    // The limit nobody edited is not reset by the reload.
+    assert_eq!(status(&gw.url("/kept")).await, 429);
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let up = upstream::start(None).await;
     let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");

@@ -679,6 +679,56 @@ async fn tls_listener_speaks_http1_and_http2_with_tls12_or_13() {
     assert_eq!(res.status(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_that_sends_no_request_is_closed() {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    let pki = upstream::TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gw.pem"), &pki.leaf_pem).unwrap();
+    std::fs::write(dir.path().join("gw.key"), &pki.key_pem).unwrap();
+    let config = server_section(
+        "tls = { cert = \"gw.pem\", key = \"gw.key\" }\nheader_read_timeout = \"1s\"",
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), config).unwrap();
+    let gw = Gw::start_in(dir);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    // A finished handshake, then silence: whatever ALPN said, the connection used to wait
+    // for its first bytes for ever (hyper-util's protocol detection had no deadline).
+    for alpn in [&b"http/1.1"[..], b"h2", b""] {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        if !alpn.is_empty() {
+            cfg.alpn_protocols = vec![alpn.to_vec()];
+        }
+        let tcp = tokio::net::TcpStream::connect(gw.data).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = [0u8; 1024];
+            // HTTP/2's SETTINGS and GOAWAY may come first; the end of the stream must follow.
+            while let Ok(n) = tls.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "ALPN {alpn:?}: still open after 30 s");
+    }
+}
+
 #[tokio::test]
 async fn plaintext_http2_prior_knowledge_works() {
     let (_up, gw) = echo_gateway().await;

@@ -61,3 +61,46 @@ async fn quotas_count_admitted_requests_and_survive_a_restart() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_full_quota_that_resets_last() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}[[clients]]\nid = \"billing\"\nquota = {{ daily = 2, monthly = 2 }}\n\n{}",
+        server_section(""),
+        route("a", "[\"GET\"]", "/a", &up.url(), "auth = [\"api_key\"]"),
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("billing").await;
+    assert_eq!(gw.get_with_key("/a", &key).await.status(), 200);
+    assert_eq!(gw.get_with_key("/a", &key).await.status(), 200);
+    // Both quotas are used up. Coming back tomorrow would only meet the monthly one, so the
+    // answer must point to the next month (unless today is the month's last day, when the
+    // two reset together).
+    let refused = gw.get_with_key("/a", &key).await;
+    let now = time::OffsetDateTime::now_utc();
+    let today = now.date();
+    let next_month = if today.month() == time::Month::December {
+        time::Date::from_calendar_date(today.year() + 1, time::Month::January, 1)
+    } else {
+        time::Date::from_calendar_date(today.year(), today.month().next(), 1)
+    }
+    .unwrap();
+    let to_next_month = (next_month.midnight().assume_utc() - now).whole_seconds();
+    let retry: i64 = header(&refused, "retry-after").parse().unwrap();
+    let rl = header(&refused, "ratelimit");
+    if today.next_day() == Some(next_month) {
+        assert!(
+            (to_next_month - 5..=to_next_month + 1).contains(&retry),
+            "{retry}"
+        );
+    } else {
+        assert!(rl.contains("\"client-monthly\";r=0"), "{rl}");
+        assert!(
+            (to_next_month - 5..=to_next_month + 1).contains(&retry),
+            "Retry-After {retry}, {to_next_month} s to the next month"
+        );
+        let p = assert_problem(refused, 429, "quota-exceeded").await;
+        assert!(p["detail"].as_str().unwrap().contains("monthly"), "{p}");
+    }
+}

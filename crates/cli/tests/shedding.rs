@@ -317,3 +317,52 @@ async fn a_head_not_finished_in_time_ends_the_connection_and_busy_keep_alive_is_
     }
     assert!(!conn.is_finished(), "the busy connection was closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_start_a_request_are_closed_and_free_their_slots() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("header_read_timeout = \"1s\"\nmax_connections = 3"),
+        route("items", "[\"GET\"]", "/items/{id}", &up.url(), ""),
+    );
+    let gw = Gw::start(&cfg);
+
+    // Three sockets fill the cap without a byte of HTTP: one silent, one with half of
+    // HTTP/2's preface, one with the whole preface and SETTINGS but never a stream. Each
+    // used to hold its slot for ever (hyper-util's protocol detection had no deadline, and
+    // HTTP/2 has no idle timeout of its own), so the cap shut every other client out.
+    let mut silent = TcpStream::connect(gw.data).await.unwrap();
+    let mut half = TcpStream::connect(gw.data).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut idle_h2 = TcpStream::connect(gw.data).await.unwrap();
+    idle_h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let (said, _) = until_closed(&mut silent).await;
+    assert!(said.is_empty(), "{said}");
+    until_closed(&mut half).await;
+    // The idle HTTP/2 connection is told to go away (GOAWAY, frame type 7), then closed.
+    let (said, _) = until_closed(&mut idle_h2).await;
+    assert!(
+        said.as_bytes().windows(4).any(|w| w[3] == 0x07),
+        "no GOAWAY frame in {said:?}"
+    );
+
+    // The slots are free again: a real client is served.
+    let res = client().get(gw.url("/items/1")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    // HTTP/2 connections that do make requests stay open between them within the timeout.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let res = h2.get(gw.url("/items/2")).send().await.unwrap();
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        assert_eq!(res.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

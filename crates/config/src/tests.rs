@@ -1095,3 +1095,29 @@ fn integration_timeouts_sizes_and_health_checks_refuse_zero() {
         located_error(&format!("{base}{extra}"), words);
     }
 }
+
+#[test]
+fn a_fleet_is_warned_that_quotas_are_per_instance_and_fallback_needs_its_size() {
+    let limited = ROUTE.replace(
+        "]\npath",
+        "]\nrate_limits = [{ per = \"ip\", limit = 10, period = \"1m\" }]\nquota = { daily = 100 }\nauth = [\"api_key\"]\npath",
+    );
+    let warned = |doc: &str, what: &str| ok(doc).warnings.iter().any(|w| w.message.contains(what));
+    let redis = "[shared_state]\nurl = \"redis://127.0.0.1:6379\"\n";
+    let redis_fleet = "[shared_state]\nurl = \"redis://127.0.0.1:6379\"\ninstances = 3\n";
+    // One instance on its own: nothing to say.
+    assert!(!warned(&limited, "each instance's own store"));
+    assert!(!warned(&limited, "instances = 1"));
+    // Redis with the default instances = 1: both.
+    let doc = format!("{redis}{limited}");
+    assert!(
+        warned(&doc, "each instance's own store"),
+        "{:?}",
+        ok(&doc).warnings
+    );
+    assert!(warned(&doc, "instances = 1"), "{:?}", ok(&doc).warnings);
+    // Redis and the fleet's size: only the quotas.
+    let doc = format!("{redis_fleet}{limited}");
+    assert!(warned(&doc, "each instance's own store"));
+    assert!(!warned(&doc, "instances = 1"));
+}

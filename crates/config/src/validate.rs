@@ -155,6 +155,7 @@ pub(crate) fn validate(
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
+    crate::validate_limits::fleet(&mut c, &shared_state, &clients, &routes, &spans);
     if c.found.iter().any(|d| d.severity == Severity::Error) {
         return Err(ConfigError {
             diagnostics: c.found,

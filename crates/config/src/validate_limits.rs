@@ -2,11 +2,14 @@
 //! unreachable, and quotas.
 
 use crate::{
-    model::{QuotaConfig, SharedBackend, SharedStateConfig, SharedStateFailure},
+    model::{
+        ClientConfig, QuotaConfig, RouteConfig, SharedBackend, SharedStateConfig,
+        SharedStateFailure,
+    },
     raw::{RawQuota, RawSharedState},
     validate::Checker,
 };
-use std::time::Duration;
+use std::{collections::HashMap, ops::Range, sync::Arc, time::Duration};
 use toml::Spanned;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -133,4 +136,43 @@ pub(crate) fn quota(c: &mut Checker, raw: Spanned<RawQuota>, ctx: &str) -> Optio
         daily: q.daily,
         monthly: q.monthly,
     })
+}
+
+/// Warnings for a configuration meant for several instances, where counting differs from one
+/// instance's: quotas are kept in each instance's own store, and `fall_back_local` with
+/// `instances = 1` gives every instance the whole limit while Redis is away.
+pub(crate) fn fleet(
+    c: &mut Checker,
+    shared: &SharedStateConfig,
+    clients: &[Arc<ClientConfig>],
+    routes: &[Arc<RouteConfig>],
+    spans: &HashMap<String, Range<usize>>,
+) {
+    let redis = matches!(shared.backend, SharedBackend::Redis(_));
+    if redis || shared.instances > 1 {
+        let quota_route = routes.iter().find(|r| r.quota.is_some());
+        if quota_route.is_some() || clients.iter().any(|cl| cl.quota.is_some()) {
+            c.warn(
+                quota_route.and_then(|r| spans.get(&r.id).cloned()),
+                "quotas are counted in each instance's own store (SQLite): instances that \
+                 share rate limits through [shared_state] do not share quota counts, so each \
+                 one admits the whole quota",
+            );
+        }
+    }
+    if redis && shared.instances == 1 {
+        if let Some(r) = routes.iter().find(|r| {
+            !r.rate_limits.is_empty() && r.shared_state_failure == SharedStateFailure::FallBackLocal
+        }) {
+            c.warn(
+                spans.get(&r.id).cloned(),
+                format!(
+                    "route {:?} falls back to local limits while Redis is unreachable, divided \
+                     by shared_state.instances = 1: every instance then admits the whole limit; \
+                     set instances to the number of gateways sharing this Redis",
+                    r.id
+                ),
+            );
+        }
+    }
 }

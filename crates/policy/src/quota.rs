@@ -70,9 +70,12 @@ impl Quota {
         }
         .unwrap_or(tomorrow);
         let this_month = Date::from_calendar_date(y, m, 1).unwrap_or(today);
+        // Kept exact; the headers round it up, so a client that waits `Retry-After` seconds
+        // is never a fraction of a second early.
         let until = |d: Date| {
-            let secs = (d.midnight().assume_utc() - now).whole_seconds().max(1);
-            Duration::from_secs(u64::try_from(secs).unwrap_or(1))
+            Duration::try_from(d.midnight().assume_utc() - now)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1))
         };
         let day_len = Duration::from_secs(86_400);
         let month_len = Duration::from_secs(
@@ -151,6 +154,38 @@ impl Quota {
     }
 }
 
+/// Longest wait for the store to charge a request's quotas, before it is refused with 503: a
+/// stalled disk or database must not hold requests (and their connections) for ever.
+const STORE_WAIT: Duration = Duration::from_secs(2);
+
+impl Quota {
+    /// The counter a refusal reports: of the full counters, the one that resets last, so a
+    /// client told to come back tomorrow is not refused again by a full monthly quota. The
+    /// store names the first full one, `first`; the later ones are looked up only now.
+    async fn binding<'c>(
+        &self,
+        store: &Arc<dyn Store>,
+        counters: &'c [Counter],
+        first: usize,
+    ) -> &'c Counter {
+        let mut binding = &counters[first];
+        for c in counters.iter().skip(first + 1) {
+            if c.reset <= binding.reset {
+                continue;
+            }
+            let used = tokio::time::timeout(
+                STORE_WAIT,
+                store.quotas().quota_used(&c.charge.key, &c.charge.window),
+            )
+            .await;
+            if matches!(used, Ok(Ok(u)) if u >= c.charge.limit) {
+                binding = c;
+            }
+        }
+        binding
+    }
+}
+
 fn policy_item(c: &Counter) -> String {
     format!(
         "\"{}\";q={};w={}",
@@ -203,7 +238,12 @@ impl Quota {
             .collect::<Vec<_>>()
             .join(", ");
         let policy_header = HeaderValue::from_str(&policies).ok();
-        match store.quotas().charge(&charges).await {
+        let charged = match tokio::time::timeout(STORE_WAIT, store.quotas().charge(&charges)).await
+        {
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {STORE_WAIT:?}")),
+        };
+        match charged {
             Err(e) => {
                 tracing::warn!(error = %e, route = %self.route, "quota store unavailable; refusing");
                 Err(GatewayError::Unavailable {
@@ -211,7 +251,7 @@ impl Quota {
                 })
             }
             Ok(Err(i)) => {
-                let c = &counters[i];
+                let c = self.binding(store, &counters, i).await;
                 metrics::counter!("portcullis_quota_exceeded_total", "route" => self.route.to_string(), "quota" => c.name).increment(1);
                 let err = GatewayError::QuotaExceeded {
                     retry_after: c.reset,

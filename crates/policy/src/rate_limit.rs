@@ -22,6 +22,19 @@ use std::{
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
+/// A limit's `RateLimit-Policy` quota and window. The window is whole seconds, so a period
+/// that is not (10 per 500 ms) is scaled up to one that is (20 per second), rather than
+/// cut down to a window that says 10 per second.
+fn policy_window(l: &RateLimitConfig) -> (u64, u64) {
+    let w = seconds_up(l.period).max(1);
+    let period_ms = l.period.as_millis().max(1);
+    let per_window = u128::from(l.limit) * u128::from(w) * 1000 / period_ms;
+    let q = u64::try_from(per_window)
+        .unwrap_or(u64::MAX)
+        .saturating_add(l.burst);
+    (q, w)
+}
+
 /// Where a route's limits are decided, and what to do when that place is unreachable.
 #[derive(Clone)]
 pub struct LimitStore {
@@ -41,11 +54,13 @@ pub struct RateLimit {
     store: LimitStore,
     on_failure: SharedStateFailure,
     policy_header: HeaderValue,
-    /// The start of limit `i`'s counter keys: `route|i|` for the limits that count per route
-    /// (`route`, `client_route`); for the others (`client`, `ip`, `header:`, `claim:`), the rate
-    /// itself, `*|limit/period_ms/burst|`, so that every route declaring the same limit on
-    /// the same key shares one allowance, and limits that differ never share a counter.
-    /// (`*` is not allowed in a route id, so the two kinds never meet.)
+    /// The start of limit `i`'s counter keys: the rate, `limit/period_ms/burst|`, after
+    /// `route|` for the limits that count per route (`route`, `client_route`) and after `*|`
+    /// for the others (`client`, `ip`, `header:`, `claim:`), so that every route declaring the
+    /// same limit on the same key shares one allowance, and limits that differ never share a
+    /// counter. (`*` is not allowed in a route id, so the two kinds never meet.) The rate is
+    /// in the per-route keys too: state outlives a reload (in memory and in Redis), and a
+    /// limit edited from 1 an hour to 100 a minute must not start from the old limit's TAT.
     key_prefixes: Vec<String>,
     /// The decision counters per limit, looked up once: a registry lookup hashes every label,
     /// on every request otherwise. Made on first use, so the exporter is installed by then.
@@ -71,11 +86,8 @@ impl RateLimit {
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                format!(
-                    "\"l{i}\";q={};w={}",
-                    l.limit + l.burst,
-                    l.period.as_secs().max(1)
-                )
+                let (q, w) = policy_window(l);
+                format!("\"l{i}\";q={q};w={w}")
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -89,10 +101,12 @@ impl RateLimit {
             .collect();
         let key_prefixes = limits
             .iter()
-            .enumerate()
-            .map(|(i, l)| match l.per {
-                RateKey::Route | RateKey::ClientRoute => format!("{route}|{i}|"),
-                _ => format!("*|{}/{}/{}|", l.limit, l.period.as_millis(), l.burst),
+            .map(|l| {
+                let scope = match l.per {
+                    RateKey::Route | RateKey::ClientRoute => route,
+                    _ => "*",
+                };
+                format!("{scope}|{}/{}/{}|", l.limit, l.period.as_millis(), l.burst)
             })
             .collect();
         RateLimit {
@@ -323,4 +337,33 @@ fn ratelimit_value(i: usize, remaining: u64, wait: Duration) -> Option<HeaderVal
     v.extend_from_slice(b";t=");
     push_u64(&mut v, seconds_up(wait));
     HeaderValue::from_bytes(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(limit: u64, period: Duration, burst: u64) -> RateLimitConfig {
+        RateLimitConfig {
+            per: RateKey::Ip,
+            limit,
+            period,
+            burst,
+        }
+    }
+
+    #[test]
+    fn the_policy_window_is_whole_seconds_and_the_quota_scales_with_it() {
+        let s = Duration::from_secs;
+        assert_eq!(policy_window(&limit(100, s(60), 20)), (120, 60));
+        assert_eq!(
+            policy_window(&limit(10, Duration::from_millis(500), 0)),
+            (20, 1)
+        );
+        assert_eq!(
+            policy_window(&limit(10, Duration::from_millis(1500), 2)),
+            (15, 2)
+        );
+        assert_eq!(policy_window(&limit(1, s(3600), 0)), (1, 3600));
+    }
 }

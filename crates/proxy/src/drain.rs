@@ -7,6 +7,12 @@
 //! `bench/RESULTS.md`). Here a connection's poll reads one flag and refreshes its own waker,
 //! neither shared with another connection; the shared lock is taken when a connection opens
 //! and closes, and once at shutdown.
+//!
+//! The same wrapper closes idle HTTP/2 connections ([`Idle`]): hyper closes an idle HTTP/1
+//! connection when no request head arrives within `header_read_timeout`, but has no idle
+//! timeout for HTTP/2, whose pings only check that the client is alive. A client that opened
+//! connections and never sent a request on them held them, and their slots under
+//! `server.max_connections`, for ever: fifty such sockets shut every other client out.
 
 use futures_util::task::AtomicWaker;
 use hyper_util::server::graceful::GracefulConnection;
@@ -19,8 +25,9 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
     },
     task::{Context, Poll},
+    time::Duration,
 };
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Sleep};
 
 /// The open connections, and the switch that tells them to finish.
 #[derive(Default)]
@@ -100,7 +107,88 @@ impl Registration {
             conn,
             registration: self,
             shutting_down: false,
+            idle: None,
         }
+    }
+
+    /// `conn`, shut down gracefully once the drain begins or once `idle` sees no new request
+    /// for a whole period.
+    pub(crate) fn watch_idle<C: GracefulConnection>(self, conn: C, idle: Idle) -> Watched<C> {
+        Watched {
+            idle: Some(idle),
+            ..self.watch(conn)
+        }
+    }
+}
+
+/// Closes an HTTP/2 connection that stays idle, no request running and none begun, for a
+/// whole `period` (checked every `period`, so it closes between one and two periods after it
+/// fell idle). The close is graceful, HTTP/2's two-step GOAWAY; a client that does not take
+/// part in it (it never answers the PING of the first step) is dropped once another period
+/// passes with nothing running. The connection's service counts its requests in
+/// [`Idle::streams`].
+pub(crate) struct Idle {
+    tick: Pin<Box<Sleep>>,
+    period: Duration,
+    streams: Arc<Streams>,
+    seen: u64,
+}
+
+/// Requests begun and requests running on one connection.
+#[derive(Default)]
+pub(crate) struct Streams {
+    begun: AtomicU64,
+    running: AtomicU64,
+}
+
+impl Streams {
+    /// Counts a request from now until the guard is dropped (with its response body).
+    pub(crate) fn enter(self: &Arc<Self>) -> StreamGuard {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+}
+
+/// One running request of a connection watched by [`Idle`].
+pub(crate) struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Idle {
+    /// An idle check every `period`, from now.
+    pub(crate) fn new(period: Duration) -> Idle {
+        Idle {
+            tick: Box::pin(tokio::time::sleep(period)),
+            period,
+            streams: Arc::default(),
+            seen: 0,
+        }
+    }
+
+    /// What the connection's service counts its requests in.
+    pub(crate) fn streams(&self) -> Arc<Streams> {
+        self.streams.clone()
+    }
+
+    /// True once a tick finds nothing running and nothing begun since the last one; the
+    /// next tick is then a period away.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.tick.as_mut().poll(cx).is_ready() {
+            let begun = self.streams.begun.load(Ordering::Relaxed);
+            let idle = begun == self.seen && self.streams.running.load(Ordering::Acquire) == 0;
+            self.seen = begun;
+            let next = self.tick.deadline() + self.period;
+            self.tick.as_mut().reset(next);
+            if idle {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -121,11 +209,12 @@ pin_project_lite::pin_project! {
         conn: C,
         registration: Registration,
         shutting_down: bool,
+        idle: Option<Idle>,
     }
 }
 
 impl<C: GracefulConnection> Future for Watched<C> {
-    type Output = C::Output;
+    type Output = Result<(), C::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
@@ -133,10 +222,15 @@ impl<C: GracefulConnection> Future for Watched<C> {
             // The waker first, then the flag: a drain that begins in between wakes this
             // task, which then sees the flag (the order `AtomicWaker` is made for).
             this.registration.waker.register(cx.waker());
-            if this.registration.inner.draining.load(Ordering::SeqCst) {
+            let idle = this.idle.as_mut().is_some_and(|i| i.expired(cx));
+            if idle || this.registration.inner.draining.load(Ordering::SeqCst) {
                 *this.shutting_down = true;
                 this.conn.as_mut().graceful_shutdown();
             }
+        } else if this.idle.as_mut().is_some_and(|i| i.expired(cx)) {
+            // Closing, and still open a period later with nothing running: the client is not
+            // finishing the close, so the connection ends here.
+            return Poll::Ready(Ok(()));
         }
         this.conn.poll(cx)
     }
@@ -145,7 +239,6 @@ impl<C: GracefulConnection> Future for Watched<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn shutdown_waits_for_every_registration_and_counts_them() {

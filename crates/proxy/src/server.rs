@@ -8,14 +8,27 @@
 //! (prior knowledge) client over the cap gets its connection closed by the HTTP/1 parser, and
 //! a TLS connection over the cap is closed at once: answering it would first cost a handshake,
 //! the very work shedding is meant to save.
+//!
+//! Every connection must get going within `server.header_read_timeout`, whatever it speaks.
+//! A plaintext connection's first bytes are peeked at ([`sniff`]) to tell HTTP/2's preface
+//! from an HTTP/1 request, under that deadline; over TLS, ALPN says (`h2`, or HTTP/1.1 for
+//! `http/1.1` or none: RFC 9113 §3.3 has HTTP/2 over TLS negotiated by ALPN). Then hyper's
+//! HTTP/1 connection times each request head, and an HTTP/2 connection on which no request
+//! starts for a whole `header_read_timeout` is closed gracefully ([`Idle`]). hyper-util's
+//! protocol detection, used before, read the first bytes with no deadline at all: a socket
+//! that sent nothing (plain, or after its TLS handshake) or half a preface held its slot for
+//! ever. Serving each protocol with its own hyper builder also spares every request the
+//! detection's rewind layer.
 
-use crate::{drain::Drain, head_timer::HeadTimer, Gateway};
-use http::{header, HeaderValue};
-use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+use crate::{
+    drain::{Drain, Idle, StreamGuard, Streams},
+    head_timer::HeadTimer,
+    Gateway,
 };
+use http::{header, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::{server::conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_config::ServerConfig;
 use portcullis_core::{problem_response, Connection, GatewayError, RequestId};
 use std::{
@@ -88,8 +101,13 @@ async fn refuse(stream: TcpStream) {
 /// Flips to `true` when the process should stop accepting and drain.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
-fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// The two protocols' connection builders, configured once per listener.
+struct Builders {
+    h1: conn::http1::Builder,
+    h2: conn::http2::Builder<TokioExecutor>,
+}
+
+fn http_builders(s: &ServerConfig) -> Builders {
     // hyper's own limits are a backstop set above ours: requests within them reach the
     // gateway, which answers over-limit heads with problem+json (431/414). Only requests far
     // beyond them get hyper's bare error.
@@ -97,17 +115,91 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .unwrap_or(usize::MAX)
         .max(16 * 1024);
     // The HTTP/1 timer is set per connection (`HeadTimer`, in `serve`).
-    let mut h1 = b.http1();
+    let mut h1 = conn::http1::Builder::new();
     h1.header_read_timeout(s.header_read_timeout)
         .max_buf_size(backstop_bytes.max(8192));
     if let Some(n) = header_count_backstop(s.max_header_count) {
         h1.max_headers(n);
     }
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(backstop_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
+    Builders { h1, h2 }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as running (see [`Idle`]) until it
+    /// is done or dropped.
+    struct Guarded<B> {
+        #[pin]
+        inner: B,
+        _running: StreamGuard,
+    }
+}
+
+impl<B> Guarded<B> {
+    fn new(inner: B, running: StreamGuard) -> Self {
+        Guarded {
+            inner,
+            _running: running,
+        }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// HTTP/2's client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells from a plaintext connection's first bytes, read without consuming them, whether it
+/// speaks HTTP/2 (the whole preface) or HTTP/1 (anything else); `None` when the client
+/// closes or has not said enough by `deadline`.
+async fn sniff(stream: &TcpStream, deadline: Duration) -> Option<Protocol> {
+    let decide = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // Part of a preface: the bytes already there keep the socket readable, so wait a
+            // little before looking again rather than spin on them.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(deadline, decide).await.ok().flatten()
 }
 
 /// Most headers hyper parses into slots on the stack: with no `max_headers` set, its limit.
@@ -132,7 +224,7 @@ pub(crate) fn header_count_backstop(max_header_count: usize) -> Option<usize> {
 /// in-flight requests finish for up to `server.shutdown_grace`, and returns.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
     let server_cfg = gateway.config().server.clone();
-    let builder = Arc::new(http_builder(&server_cfg));
+    let builders = Arc::new(http_builders(&server_cfg));
     let drain = Drain::default();
     let tls = server_cfg.tls.is_some();
     let open = Arc::new(AtomicUsize::new(0));
@@ -166,27 +258,51 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                 let _ = stream.set_nodelay(true);
                 let registration = drain.register();
                 let gateway = gateway.clone();
-                let shared_builder = builder.clone();
-                let handshake_timeout = server_cfg.header_read_timeout;
+                let builders = builders.clone();
+                let head_timeout = server_cfg.header_read_timeout;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    // The connection's own HTTP/1 header-read timer: one tokio sleep moved from
-                    // request to request (head_timer.rs), not one registered per request.
-                    let mut builder = (*shared_builder).clone();
-                    builder.http1().timer(HeadTimer::default());
-                    let service = |cert: Option<Arc<portcullis_core::ClientCert>>| {
+                    let service = |cert: Option<Arc<portcullis_core::ClientCert>>, streams: Option<Arc<Streams>>| {
                         // What a request clones is this connection's own reference count,
                         // not the process-wide `Arc<Gateway>`'s that every request shares.
                         let serving = Arc::new((gateway.clone(), Arc::new(Connection::new(peer, tls, cert))));
                         service_fn(move |req| {
+                            // HTTP/2: the request counts as running until its response body
+                            // is done or dropped.
+                            let running = streams.as_ref().map(Streams::enter);
                             let serving = serving.clone();
-                            async move { Ok::<_, Infallible>(serving.0.handle(req, &serving.1).await) }
+                            async move {
+                                let res = serving.0.handle(req, &serving.1).await;
+                                Ok::<_, Infallible>(match running {
+                                    Some(guard) => res.map(|b| Guarded::new(b, guard).boxed_unsync()),
+                                    None => res,
+                                })
+                            }
                         })
                     };
+                    // HTTP/1 with the connection's own header-read timer: one tokio sleep moved
+                    // from request to request (head_timer.rs), not one registered per request.
+                    // HTTP/2 closed once idle for a whole header_read_timeout.
+                    macro_rules! serve_as {
+                        ($protocol:expr, $io:expr, $cert:expr) => {
+                            match $protocol {
+                                Protocol::Http1 => {
+                                    let mut h1 = builders.h1.clone();
+                                    h1.timer(HeadTimer::default());
+                                    registration.watch(h1.serve_connection($io, service($cert, None))).await
+                                }
+                                Protocol::Http2 => {
+                                    let idle = Idle::new(head_timeout);
+                                    let streams = Some(idle.streams());
+                                    registration.watch_idle(builders.h2.serve_connection($io, service($cert, streams)), idle).await
+                                }
+                            }
+                        };
+                    }
                     let result = if tls {
                         let Some(config) = gateway.tls_config() else { return };
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -197,10 +313,18 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                                 return;
                             }
                         };
+                        let protocol = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
                         let cert = crate::tls::client_cert(stream.get_ref().1);
-                        registration.watch(builder.serve_connection(TokioIo::new(stream), service(cert)).into_owned()).await
+                        serve_as!(protocol, TokioIo::new(stream), cert)
                     } else {
-                        registration.watch(builder.serve_connection(TokioIo::new(stream), service(None)).into_owned()).await
+                        let Some(protocol) = sniff(&stream, head_timeout).await else {
+                            tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                            return;
+                        };
+                        serve_as!(protocol, TokioIo::new(stream), None)
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -1,5 +1,12 @@
 //! The in-memory limiter: one theoretical arrival time (TAT) per key in sharded maps, so
 //! unrelated keys rarely meet on a lock, with bounded memory.
+//!
+//! When a shard is full, keys whose bucket has refilled go first (they carry no state), then
+//! the least recently asked about. Not the ones nearest to a full bucket: limits of different
+//! rates share the maps, and an exhausted 10-a-second key's TAT is nearer than a 1-an-hour
+//! key's used once, so spraying slow-limit keys used to evict, and so reset, the fast limits a
+//! flood was being refused by. A key being hammered, refused or not, is recently asked about
+//! and stays.
 
 use crate::{Check, Decision, Limiter, LimiterError, Rate};
 use async_trait::async_trait;
@@ -17,7 +24,15 @@ const MAX_KEYS_PER_SHARD: usize = 16_384;
 /// A fast keyed hash with a per-process random seed: keys are attacker-influenced (IPs,
 /// header values), so the seed must not be guessable from outside.
 type Hasher = foldhash::fast::RandomState;
-type Shard = Mutex<HashMap<Box<str>, u64, Hasher>>;
+type Shard = Mutex<HashMap<Box<str>, Entry, Hasher>>;
+
+/// One key's state: its TAT, and when it was last decided (admitted or refused), both in
+/// nanoseconds since the limiter's epoch.
+#[derive(Clone, Copy)]
+struct Entry {
+    tat: u64,
+    seen: u64,
+}
 
 /// Rate-limit state for one instance, in memory.
 pub struct MemoryLimiter {
@@ -107,9 +122,15 @@ impl MemoryLimiter {
             let Ok(mut map) = self.shards[self.shard_of(one.key)].lock() else {
                 return vec![refused()];
             };
-            let (d, tat) = decide(map.get(one.key).copied(), now, &one.rate);
-            if d.allowed {
-                store(&mut map, one.key, tat, now, self.max_per_shard);
+            let entry = map.get_mut(one.key);
+            let (d, tat) = decide(entry.as_ref().map(|e| e.tat), now, &one.rate);
+            match entry {
+                Some(e) => {
+                    e.seen = now;
+                    e.tat = tat;
+                }
+                None if d.allowed => store(&mut map, one.key, tat, now, self.max_per_shard),
+                None => {}
             }
             return vec![d];
         }
@@ -134,7 +155,11 @@ impl MemoryLimiter {
         let mut decisions = Vec::with_capacity(checks.len());
         let mut tats = Vec::with_capacity(checks.len());
         for (c, &at) in checks.iter().zip(&slots) {
-            let (d, tat) = decide(guards[at].1.get(c.key).copied(), now, &c.rate);
+            let entry = guards[at].1.get_mut(c.key);
+            let (d, tat) = decide(entry.as_ref().map(|e| e.tat), now, &c.rate);
+            if let Some(e) = entry {
+                e.seen = now;
+            }
             decisions.push(d);
             tats.push(tat);
         }
@@ -155,32 +180,32 @@ fn refused() -> Decision {
     }
 }
 
-fn store(map: &mut HashMap<Box<str>, u64, Hasher>, key: &str, tat: u64, now: u64, max: usize) {
-    if let Some(v) = map.get_mut(key) {
-        *v = tat;
+fn store(map: &mut HashMap<Box<str>, Entry, Hasher>, key: &str, tat: u64, now: u64, max: usize) {
+    if let Some(e) = map.get_mut(key) {
+        *e = Entry { tat, seen: now };
         return;
     }
     if map.len() >= max {
         // Keys whose bucket is full again carry no state worth keeping.
-        map.retain(|_, v| *v > now);
+        map.retain(|_, e| e.tat > now);
         if map.len() >= max {
-            // Still full of active keys (a key-spraying flood): drop the eighth of them
-            // nearest to a full bucket, which loses the least state. Memory stays bounded and
-            // no new key is refused for want of room. An eighth at once, not one key: each
-            // eviction scans the whole shard under its lock, and one per new key made every
-            // request of a flood of fresh keys cost a scan of ~16k entries. Now the next
-            // eighth of new keys find room without any scan.
-            let mut tats: Vec<u64> = map.values().copied().collect();
-            let nth = (max / 8).min(tats.len() - 1);
-            let (_, cut, _) = tats.select_nth_unstable(nth);
+            // Still full of active keys (a key-spraying flood): drop the eighth of them least
+            // recently asked about. Memory stays bounded and no new key is refused for want
+            // of room. An eighth at once, not one key: each eviction scans the whole shard
+            // under its lock, and one per new key made every request of a flood of fresh keys
+            // cost a scan of ~16k entries. Now the next eighth of new keys find room without
+            // any scan.
+            let mut seen: Vec<u64> = map.values().map(|e| e.seen).collect();
+            let nth = (max / 8).min(seen.len() - 1);
+            let (_, cut, _) = seen.select_nth_unstable(nth);
             let cut = *cut;
             // Exactly `nth + 1` keys: those below the cut, then as many at it as are needed
             // (many keys can share one value; dropping all of them could empty the shard).
-            let mut at_cut = nth + 1 - tats.iter().filter(|&&t| t < cut).count();
-            map.retain(|_, v| {
-                if *v < cut {
+            let mut at_cut = nth + 1 - seen.iter().filter(|&&t| t < cut).count();
+            map.retain(|_, e| {
+                if e.seen < cut {
                     false
-                } else if *v == cut && at_cut > 0 {
+                } else if e.seen == cut && at_cut > 0 {
                     at_cut -= 1;
                     false
                 } else {
@@ -189,7 +214,7 @@ fn store(map: &mut HashMap<Box<str>, u64, Hasher>, key: &str, tat: u64, now: u64
             });
         }
     }
-    map.insert(Box::from(key), tat);
+    map.insert(Box::from(key), Entry { tat, seen: now });
 }
 
 #[async_trait]
@@ -344,24 +369,42 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_full_of_active_keys_evicts_an_eighth_nearest_to_full_at_once() {
+    fn a_shard_full_of_active_keys_evicts_an_eighth_least_recently_asked_about_at_once() {
         let mut map = HashMap::with_hasher(Hasher::default());
         let max = 64;
+        // Key i last asked about at time i, each with a long way to a full bucket, and the
+        // oldest holding the most state: the eviction order must not follow the TATs.
         for i in 0..max as u64 {
-            store(&mut map, &format!("k{i}"), 1_000 + i, 0, max);
+            store(&mut map, &format!("k{i}"), 1_000_000 - i, i, max);
         }
         assert_eq!(map.len(), max);
-        store(&mut map, "new", 5_000, 0, max);
-        // The nine with the least state (1,000-1,008) went; the rest and the new key stay.
+        store(&mut map, "new", 5_000, 100, max);
+        // The nine asked about longest ago (k0-k8) went; the rest and the new key stay.
         assert_eq!(map.len(), max - 9 + 1);
         assert!(!map.contains_key("k0") && !map.contains_key("k8"));
         assert!(map.contains_key("k9") && map.contains_key("k63") && map.contains_key("new"));
         // The next new keys find room without evicting anything.
         for i in 0..8 {
-            store(&mut map, &format!("later{i}"), 6_000, 0, max);
+            store(&mut map, &format!("later{i}"), 6_000, 101, max);
         }
         assert_eq!(map.len(), max);
         assert!(map.contains_key("k9"));
+    }
+
+    #[test]
+    fn refilled_keys_go_before_any_active_one() {
+        let mut map = HashMap::with_hasher(Hasher::default());
+        let max = 64;
+        for i in 0..max as u64 {
+            // Even keys refilled by time 500 (TAT 400), odd ones still active.
+            let tat = if i % 2 == 0 { 400 } else { 10_000 };
+            store(&mut map, &format!("k{i}"), tat, i, max);
+        }
+        store(&mut map, "new", 10_000, 500, max);
+        assert_eq!(map.len(), max / 2 + 1);
+        assert!((0..max)
+            .filter(|i| i % 2 == 1)
+            .all(|i| map.contains_key(&*format!("k{i}"))));
     }
 
     #[test]
@@ -373,6 +416,29 @@ mod tests {
         }
         store(&mut map, "new", 1_000, 0, max);
         assert_eq!(map.len(), max - 9 + 1);
+    }
+
+    #[test]
+    fn spraying_keys_of_a_slower_limit_does_not_reset_a_fast_limit_being_refused() {
+        // A flood on a fast limit, refused, while the same attacker fills the table with
+        // keys of a slow limit (one request per value of a header, say). Evicting by the
+        // nearest TAT dropped the exhausted fast key first and admitted its flood again.
+        let m = MemoryLimiter::with_max_keys(SHARDS * 8);
+        let fast = rate(10, 1, 0);
+        let slow = rate(1, 3600, 0);
+        let admitted = (0..10)
+            .filter(|_| m.decide(&one("fast", fast))[0].allowed)
+            .count();
+        assert_eq!(admitted, 10);
+        let mut readmitted = 0;
+        for i in 0..(SHARDS * 8 * 2) {
+            let key = format!("h:{i}");
+            assert!(m.decide(&one(&key, slow))[0].allowed);
+            readmitted += usize::from(m.decide(&one("fast", fast))[0].allowed);
+        }
+        // The loop takes far less than the 100 ms a fast-limit request needs to refill on
+        // a debug build too, but allow the odd one a slow machine lets through in time.
+        assert!(readmitted <= 2, "readmitted {readmitted}");
     }
 
     #[test]

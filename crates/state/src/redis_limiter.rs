@@ -5,17 +5,31 @@
 //! [`LimiterError::Unavailable`] at once and the caller applies the route's choice (refuse, or
 //! decide locally). After a failure, calls fail fast for [`RETRY_AFTER`] and then one request
 //! probes; the connection manager reconnects by itself, so service resumes without a restart.
+//!
+//! It reconnects by itself only when the connection reports an error (reset, end of file,
+//! refused). A connection that goes silent instead (a NAT or firewall that dropped its state,
+//! a failover behind one address) only times out, and redis-rs retries a timed-out connection
+//! rather than replacing it: every decision then timed out until the kernel gave up on the
+//! socket, many minutes later, while Redis itself was healthy. So a timeout here replaces the
+//! connection, and the socket has `TCP_USER_TIMEOUT` set so the kernel gives up sooner too.
 
 use crate::{Check, Decision, Limiter, LimiterError};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 /// How long calls fail fast after Redis failed, before one request tries it again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long sent data may go unacknowledged before the kernel closes the socket. Well above a
+/// loaded network's retransmission times, well below the kernel's default of many minutes.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -30,7 +44,10 @@ pub struct RedisOptions {
 
 /// Rate-limit state in Redis.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    /// Replaced whole after a timeout (see the module's doc).
+    conn: ArcSwap<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     script: redis::Script,
     prefix: String,
     replay_prefix: String,
@@ -50,19 +67,29 @@ impl RedisLimiter {
     /// A limiter for `opts`. Does not connect yet: the first decision does, so the gateway
     /// starts (and applies each route's failure choice) even while Redis is down.
     pub fn new(opts: &RedisOptions) -> Result<Self, LimiterError> {
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|_| LimiterError::Unavailable("invalid redis URL".into()))?;
-        let info = client.get_connection_info();
+        let invalid = || LimiterError::Unavailable("invalid redis URL".into());
+        let info = redis::Client::open(opts.url.as_str())
+            .map_err(|_| invalid())?
+            .get_connection_info()
+            .clone();
         let target = info.addr().to_string();
+        // No Nagle: decisions from many requests share one connection, and a command held
+        // back until the previous one's ACK waits out the server's delayed ACK.
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_user_timeout(USER_TIMEOUT);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(|_| invalid())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.timeout))
             .set_response_timeout(Some(opts.timeout))
             .set_number_of_retries(1)
             .set_max_delay(RETRY_AFTER);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| LimiterError::Unavailable(e.to_string()))?;
         Ok(RedisLimiter {
-            conn,
+            conn: ArcSwap::from_pointee(conn),
+            client,
+            config,
             script: redis::Script::new(include_str!("gcra.lua")),
             prefix: format!("{}:rl:", opts.key_prefix),
             replay_prefix: format!("{}:seen:", opts.key_prefix),
@@ -103,6 +130,31 @@ impl RedisLimiter {
                 .is_ok()
     }
 
+    /// A connection to use for one call.
+    fn conn(&self) -> ConnectionManager {
+        ConnectionManager::clone(&self.conn.load())
+    }
+
+    /// The call's error as a [`LimiterError`]; a timeout also replaces the connection.
+    fn error(&self, op: &'static str, e: &redis::RedisError) -> LimiterError {
+        if e.is_timeout() {
+            self.timed_out(op)
+        } else {
+            self.failed(op, &e.to_string())
+        }
+    }
+
+    /// No answer in time: the connection may be dead without knowing it, so the next call
+    /// gets a new one (the old one's other callers finish or time out on their own).
+    fn timed_out(&self, op: &'static str) -> LimiterError {
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            self.conn.store(Arc::new(fresh));
+        }
+        self.failed(op, "timed out")
+    }
+
     fn failed(&self, op: &'static str, why: &str) -> LimiterError {
         metrics::counter!("portcullis_shared_state_errors_total", "op" => op).increment(1);
         self.down_until.store(
@@ -133,7 +185,7 @@ impl RedisLimiter {
 
     /// Sends one PING; for readiness checks and tests.
     pub async fn ping(&self) -> Result<(), LimiterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let ping = redis::cmd("PING");
         match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await {
             Ok(Ok(_)) => Ok(()),
@@ -164,7 +216,7 @@ impl Limiter for RedisLimiter {
                 .arg(interval)
                 .arg(interval.saturating_mul(c.rate.capacity()));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let started = Instant::now();
         let answer =
             tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
@@ -172,8 +224,8 @@ impl Limiter for RedisLimiter {
             .record(started.elapsed().as_secs_f64());
         let out = match answer {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(self.failed("rate_limit", &e.to_string())),
-            Err(_) => return Err(self.failed("rate_limit", "timed out")),
+            Ok(Err(e)) => return Err(self.error("rate_limit", &e)),
+            Err(_) => return Err(self.timed_out("rate_limit")),
         };
         if out.len() != 1 + 3 * checks.len() {
             return Err(self.failed("rate_limit", "unexpected script answer"));
@@ -204,7 +256,7 @@ impl crate::ReplayCache for RedisLimiter {
                 "failing fast after an error".into(),
             ));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}{key}", self.replay_prefix))
             .arg(1)
@@ -221,19 +273,19 @@ impl crate::ReplayCache for RedisLimiter {
                 self.recovered();
                 Ok(v.is_some())
             }
-            Ok(Err(e)) => Err(self.failed("replay", &e.to_string())),
-            Err(_) => Err(self.failed("replay", "timed out")),
+            Ok(Err(e)) => Err(self.error("replay", &e)),
+            Err(_) => Err(self.timed_out("replay")),
         }
     }
 
     async fn forget(&self, key: &str) -> Result<(), LimiterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("DEL");
         cmd.arg(format!("{}{key}", self.replay_prefix));
         match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.failed("replay", &e.to_string())),
-            Err(_) => Err(self.failed("replay", "timed out")),
+            Ok(Err(e)) => Err(self.error("replay", &e)),
+            Err(_) => Err(self.timed_out("replay")),
         }
     }
 }
@@ -258,8 +310,8 @@ impl RedisLimiter {
                 self.recovered();
                 Ok(v)
             }
-            Ok(Err(e)) => Err(self.failed("egress_token", &e.to_string())),
-            Err(_) => Err(self.failed("egress_token", "timed out")),
+            Ok(Err(e)) => Err(self.error("egress_token", &e)),
+            Err(_) => Err(self.timed_out("egress_token")),
         }
     }
 
@@ -278,7 +330,7 @@ impl RedisLimiter {
 impl crate::TokenCache for RedisLimiter {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LimiterError> {
         self.fast_fail()?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("GET");
         cmd.arg(format!("{}{key}", self.token_prefix));
         self.token_op(cmd.query_async::<Option<Vec<u8>>>(&mut conn))
@@ -287,7 +339,7 @@ impl crate::TokenCache for RedisLimiter {
 
     async fn put(&self, key: &str, sealed: &[u8], ttl: Duration) -> Result<(), LimiterError> {
         self.fast_fail()?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}{key}", self.token_prefix))
             .arg(sealed)
@@ -298,7 +350,7 @@ impl crate::TokenCache for RedisLimiter {
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, LimiterError> {
         self.fast_fail()?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}{key}", self.lock_prefix))
             .arg(owner)
@@ -311,7 +363,7 @@ impl crate::TokenCache for RedisLimiter {
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<(), LimiterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut inv = self.unlock.prepare_invoke();
         inv.key(format!("{}{key}", self.lock_prefix)).arg(owner);
         self.token_op(inv.invoke_async::<i64>(&mut conn))

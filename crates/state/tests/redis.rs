@@ -296,3 +296,107 @@ async fn the_token_cache_reports_an_outage_instead_of_guessing() {
         .await
         .is_err());
 }
+
+/// A TCP relay to the shared Redis that can go silent: `silence()` makes every connection it
+/// holds swallow what it reads (so the kernel still acknowledges, as a NAT or firewall that
+/// dropped the flow's state would leave it) and never answer, while connections made after
+/// it pass through again.
+struct Relay {
+    port: u16,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = epoch.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let born = current.load(Ordering::SeqCst);
+                let current = current.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let alive = move || current.load(Ordering::SeqCst) == born;
+                    let up = {
+                        let alive = alive.clone();
+                        async move {
+                            let mut buf = [0u8; 4096];
+                            loop {
+                                let n = match tokio::io::AsyncReadExt::read(&mut cr, &mut buf).await
+                                {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if alive() {
+                                    let _ = tokio::io::AsyncWriteExt::write_all(&mut sw, &buf[..n])
+                                        .await;
+                                }
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            let n = match tokio::io::AsyncReadExt::read(&mut sr, &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if alive() {
+                                let _ =
+                                    tokio::io::AsyncWriteExt::write_all(&mut cw, &buf[..n]).await;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Relay { port, epoch }
+    }
+
+    fn silence(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_replaced_once_it_times_out() {
+    let relay = Relay::start().await;
+    let mut o = opts(&format!("redis://127.0.0.1:{}", relay.port));
+    o.timeout = Duration::from_millis(250);
+    let l = RedisLimiter::new(&o).unwrap();
+    let c = [Check {
+        key: "silent",
+        rate: per_minute(1_000_000),
+    }];
+    l.check(&c)
+        .await
+        .expect("the shared Redis on 127.0.0.1:6379 must be running");
+    // The held connection goes silent; new ones would work. redis-rs does not replace a
+    // connection that only times out, so every decision used to time out from here on.
+    relay.silence();
+    assert!(matches!(
+        l.check(&c).await,
+        Err(LimiterError::Unavailable(_))
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut recovered = false;
+    while Instant::now() < deadline {
+        if l.check(&c).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        recovered,
+        "still failing 10 s after a fresh connection would have worked"
+    );
+}
