@@ -17,7 +17,7 @@ use portcullis_core::{problem_response, GatewayError, RequestId};
 use portcullis_proxy::{Gateway, ShutdownSignal};
 use portcullis_store::Store;
 use portcullis_telemetry::Metrics;
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 /// What the admin handlers need.
@@ -104,17 +104,62 @@ async fn errors_as_problems(res: Response) -> Response {
     out
 }
 
-/// Serves the admin API until `shutdown` flips.
+/// How the admin listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Longest wait for a request head (and for an idle keep-alive connection's next one):
+    /// the data plane's `header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// How long requests in progress get to finish once `shutdown` flips.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves the admin API over HTTP/1.1 until `shutdown` flips, then gives requests in progress
+/// up to `limits.shutdown_grace` and returns. Served with hyper directly rather than
+/// `axum::serve`, which has no header-read timeout and no deadline on its graceful shutdown: a
+/// connection that sent half a request head held the listener, and with it the process's
+/// exit, for as long as the client cared to wait.
 pub async fn serve_admin(
     listener: TcpListener,
     state: AdminState,
     mut shutdown: ShutdownSignal,
+    limits: AdminLimits,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("admin requests still open after the shutdown grace; closing them");
+    }
+    Ok(())
 }
 
 fn problem(err: GatewayError) -> Response {

@@ -1,5 +1,16 @@
 //! Hot reload: on SIGHUP or when the configuration file changes, validate the new file and
 //! swap it in; an invalid one is refused with a log line and the running one stays.
+//!
+//! A change is read only once the file has settled: the same content twice, [`SETTLE`]
+//! apart. A file written in place (`cat >`, scp) is empty or cut short for a moment, and a
+//! cut-short TOML file is often still a valid configuration, with fewer routes or a route
+//! without its `auth` line: swapped in, it served requests unauthenticated. Writing the new
+//! file elsewhere and renaming it over the old one is atomic and always safe.
+//!
+//! Changes are noticed through the directory's events (editors replace files by renaming over
+//! them), through the events of the directory a symlinked file really lives in, and by a
+//! comparison of the content every [`POLL`], which catches what events miss: a Kubernetes
+//! ConfigMap swaps a `..data` symlink, not the file.
 
 use portcullis_proxy::Gateway;
 use portcullis_telemetry::LogGuard;
@@ -12,7 +23,14 @@ use std::{
 };
 use tokio::sync::{mpsc, watch};
 
-/// Starts the watcher task. Changes are debounced: editors write files in several steps.
+/// How long a changed file must stay the same before it is read as the new configuration.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How often the file's content is compared with the running one's, events or not.
+const POLL: Duration = Duration::from_secs(5);
+/// Longest a file may keep changing before the reload waits for the next change instead.
+const MAX_SETTLING: Duration = Duration::from_secs(30);
+
+/// Starts the watcher task.
 pub(crate) fn spawn(
     path: PathBuf,
     gateway: Arc<Gateway>,
@@ -29,46 +47,85 @@ pub(crate) fn spawn(
         }
     });
 
-    // Watch the directory, not the file: editors replace files by renaming over them.
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let name = path.file_name().map(|n| n.to_os_string());
+    // Watch the directory, not the file: editors replace files by renaming over them. Any
+    // event there may be a change (a `..data` symlink swapped); the content decides.
+    let parent = |p: &Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    let mut dirs = vec![parent(&path)];
+    if let Ok(real) = std::fs::canonicalize(&path) {
+        let real_dir = parent(&real);
+        if std::fs::canonicalize(&dirs[0]).ok().as_ref() != Some(&real_dir) {
+            dirs.push(real_dir);
+        }
+    }
     let file_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-            {
-                let _ = file_tx.try_send("file change");
-            }
+        if res.is_ok_and(|ev| !ev.kind.is_access()) {
+            let _ = file_tx.try_send("file change");
         }
     })?;
-    notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        notify::Watcher::watch(&mut watcher, dir, notify::RecursiveMode::NonRecursive)?;
+    }
 
     tokio::spawn(async move {
         let _watcher = watcher;
         let mut last = digest(&path);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reason = tokio::select! {
                 r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = poll.tick() => "file change",
                 _ = shutdown.changed() => break,
             };
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            let now = digest(&path);
-            if reason != "SIGHUP" && now == last {
+            if reason == "SIGHUP" {
+                // Asked for: what is there now.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+                last = digest(&path);
+                reload_once(&path, &gateway, &log, reason);
                 continue;
             }
-            last = now;
+            if digest(&path) == last {
+                continue;
+            }
+            let Some(settled) = settle(&path, &mut rx).await else {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the configuration file kept changing for 30 s; not reloaded until it settles"
+                );
+                continue;
+            };
+            if settled == last {
+                continue;
+            }
+            last = settled;
             reload_once(&path, &gateway, &log, reason);
         }
     });
     Ok(())
+}
+
+/// Waits until the file reads the same twice [`SETTLE`] apart, and returns that content's
+/// digest; `None` if it is still changing after [`MAX_SETTLING`].
+async fn settle(path: &Path, rx: &mut mpsc::Receiver<&'static str>) -> Option<Option<u64>> {
+    let started = tokio::time::Instant::now();
+    let mut seen = digest(path);
+    while started.elapsed() < MAX_SETTLING {
+        tokio::time::sleep(SETTLE).await;
+        while rx.try_recv().is_ok() {}
+        let now = digest(path);
+        if now == seen {
+            return Some(now);
+        }
+        seen = now;
+    }
+    None
 }
 
 fn digest(path: &Path) -> Option<u64> {

@@ -3,7 +3,7 @@
 
 use crate::{reload, InvalidConfig};
 use anyhow::Context;
-use portcullis_admin::{serve_admin, AdminState};
+use portcullis_admin::{serve_admin, AdminLimits, AdminState};
 use portcullis_config::Config;
 use portcullis_identity::ApiKeys;
 use portcullis_proxy::{Gateway, Services};
@@ -19,6 +19,10 @@ pub(crate) struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The admin listener stops last, so readiness answers 503 (and metrics can be scraped)
+    /// while the data plane drains.
+    admin_shutdown: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     _log: Arc<LogGuard>,
 }
@@ -137,12 +141,16 @@ pub(crate) async fn start(
         metrics,
         token: Arc::new(token),
     };
-    let admin_signal = signal.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = serve_admin(admin, state, admin_signal).await {
+    let (admin_shutdown, admin_signal) = watch::channel(false);
+    let limits = AdminLimits {
+        header_read_timeout: cfg.server.header_read_timeout,
+        shutdown_grace: cfg.server.shutdown_grace,
+    };
+    let admin_task = tokio::spawn(async move {
+        if let Err(e) = serve_admin(admin, state, admin_signal, limits).await {
             tracing::error!(error = %e, "admin listener failed");
         }
-    }));
+    });
     tasks.push(tokio::spawn(flush_inventory(
         gateway.clone(),
         signal.clone(),
@@ -189,18 +197,28 @@ pub(crate) async fn start(
         gateway,
         shutdown,
         tasks,
+        admin_shutdown,
+        admin_task,
         _log: log,
     })
 }
 
 impl Running {
-    /// Waits for SIGTERM or SIGINT, then stops accepting and drains.
+    /// Waits for SIGTERM or SIGINT, then stops accepting and drains. A second signal during
+    /// the drain ends the process at once (exit 1), as operators expect of a second Ctrl-C.
     pub(crate) async fn wait_for_signal(self) {
         wait_for_stop_signal().await;
+        tokio::spawn(async {
+            wait_for_stop_signal().await;
+            eprintln!("portcullis: second stop signal: exiting without waiting for the drain");
+            tracing::warn!("second stop signal: exiting without waiting for the drain");
+            std::process::exit(1);
+        });
         self.stop().await;
     }
 
-    /// Stops accepting, drains in-flight requests (up to the grace period) and flushes state.
+    /// Stops accepting, drains in-flight requests (up to the grace period) and flushes state;
+    /// the admin listener last.
     pub(crate) async fn stop(self) {
         tracing::info!("shutting down");
         self.gateway.set_draining();
@@ -208,6 +226,8 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin_task.await;
         for t in self.background {
             t.abort();
         }

@@ -116,6 +116,117 @@ async fn hot_reload_applies_valid_configs_and_refuses_invalid_ones() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_is_read_only_once_it_is_whole() {
+    use std::io::Write;
+    let up = upstream::start(None).await;
+    let open = route("open", "[\"GET\"]", "/open", &up.url(), "");
+    // The route's auth line comes last: a file cut short before it is still a valid
+    // configuration, with the route unauthenticated.
+    let secure_head = route("secure", "[\"GET\"]", "/secure", &up.url(), "");
+    let full = format!(
+        "{}{open}{}auth = [\"api_key\"]\n",
+        server_section(""),
+        secure_head
+    );
+    let gw = Gw::start(&full);
+    assert_eq!(status(&gw.url("/secure")).await, 401);
+
+    // Written in place, as `cat > file` or scp do: truncated, then written in pieces over
+    // 1.2 s (comment lines), the auth line last. The old reload read the file 200 ms after
+    // the first event, cut short, and swapped it in.
+    let cut = full.len() - "auth = [\"api_key\"]\n".len();
+    let path = gw.config_path();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    let mut unauthenticated_ok = 0;
+    let started = Instant::now();
+    let mut pieces = 0;
+    while started.elapsed() < Duration::from_millis(3000) {
+        let due = (started.elapsed().as_millis() / 100) as usize;
+        while pieces < due.min(13) {
+            pieces += 1;
+            if pieces < 13 {
+                writeln!(f, "# piece {pieces}").unwrap();
+            } else {
+                f.write_all(&full.as_bytes()[cut..]).unwrap();
+            }
+            f.flush().unwrap();
+        }
+        if status(&gw.url("/secure")).await == 200 {
+            unauthenticated_ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        unauthenticated_ok,
+        0,
+        "the half-written file was swapped in\n{}",
+        gw.stdout.all()
+    );
+    assert_eq!(status(&gw.url("/secure")).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_behind_a_swapped_symlink_is_reloaded() {
+    // The layout of a Kubernetes ConfigMap volume: the file is a symlink through `..data`,
+    // and an update swaps `..data` to a new directory. No event names the file itself.
+    let up = upstream::start(None).await;
+    let a = route("a", "[\"GET\"]", "/a", &up.url(), "");
+    let b = route("b", "[\"GET\"]", "/b", &up.url(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (version, body) in [
+        ("..v1", format!("{}{a}", server_section(""))),
+        ("..v2", format!("{}{a}{b}", server_section(""))),
+    ] {
+        std::fs::create_dir(root.join(version)).unwrap();
+        std::fs::write(root.join(version).join("portcullis.toml"), body).unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/portcullis.toml", root.join("portcullis.toml")).unwrap();
+    let gw = Gw::start_in(dir);
+    assert_eq!(status(&gw.url("/b")).await, 404);
+    let root = gw.config_path().parent().unwrap().to_path_buf();
+    std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), async || status(&gw.url("/b"))
+            .await
+            == 200)
+        .await,
+        "{}",
+        gw.stdout.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_log_keeps_overriding_the_level_across_reloads() {
+    let up = upstream::start(None).await;
+    let a = route("a", "[\"GET\"]", "/a", &up.url(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{a}", server_section(""));
+    std::fs::write(dir.path().join("portcullis.toml"), &config).unwrap();
+    // The configuration says `info`; the environment turns the access log off.
+    let gw = Gw::start_in_with_env(dir, &[("PORTCULLIS_LOG", "info,portcullis::access=off")]);
+    gw.signal("HUP");
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+        .is_some());
+    // The reload applied the configured level over the environment's, and access lines
+    // came back.
+    assert_eq!(status(&gw.url("/a")).await, 200);
+    assert!(
+        gw.stdout
+            .wait_for(&["\"route\":\"a\""], Duration::from_secs(2))
+            .is_none(),
+        "{}",
+        gw.stdout.all()
+    );
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused_across_requests_and_reloads() {
     let up = upstream::start(None).await;
@@ -248,6 +359,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "{}",
         gw.stdout.all()
     );
+    // The admin listener stays up through the drain: readiness says 503, so a load balancer
+    // that polls it learns of the drain instead of meeting a closed port.
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
     assert_eq!(pending.await.unwrap().unwrap(), 200);
     let exit = gw
         .wait_exit(Duration::from_secs(15))
@@ -258,6 +373,32 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let all = gw.stdout.all();
     assert!(all.contains("all connections drained"), "{all}");
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_admin_request_neither_stays_open_nor_holds_up_the_exit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gw = Gw::start(&server_section("header_read_timeout = \"1s\""));
+    // Half a head: the admin listener closes it at the header timeout, as the data plane does.
+    let mut half = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), half.read(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the admin listener kept a half-sent head open"
+    );
+    // Another one left hanging at shutdown: the process still exits, within its grace.
+    let mut held = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    gw.signal("TERM");
+    let exit = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("a half-sent admin request held up the exit");
+    assert_eq!(exit.code(), Some(0));
+    drop(held);
 }
 
 #[tokio::test]

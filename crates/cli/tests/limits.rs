@@ -318,6 +318,22 @@ async fn request_bodies_are_validated_against_the_schema() {
         "malformed-request",
     )
     .await;
+    // Two Content-Type headers: the schema judged the body as the first while an upstream
+    // that reads the last saw a form. One media type per request.
+    for (first, second) in [
+        ("application/json", "application/x-www-form-urlencoded"),
+        ("text/plain", "application/json"),
+    ] {
+        let res = c
+            .post(gw.url("/orders"))
+            .header("content-type", first)
+            .header("content-type", second)
+            .body(r#"{"sku":"A1","qty":2}"#)
+            .send()
+            .await
+            .unwrap();
+        common::assert_problem(res, 400, "malformed-request").await;
+    }
     // A repeated name: serde_json's tree keeps the last "sku", which passes, and a
     // first-wins upstream would act on the first, which does not. Both orders are refused.
     for body in [
@@ -573,6 +589,16 @@ async fn json_structure_limits_refuse_with_pointer_and_rule() {
     let fine = r#"{"a":[1,2,{"b":"short"}],"c":null}"#;
     let res = post("/limited", fine.into(), "application/json").await;
     assert_eq!(res.status(), 200);
+    // A number JSON allows but no checker can represent is refused as such, not as a body
+    // that "could not be read".
+    for body in ["[1e999999]", "{\"n\":-1e400}"] {
+        let res = post("/limited", body.into(), "application/json").await;
+        let v = common::assert_problem(res, 400, "malformed-request").await;
+        assert!(
+            v["detail"].as_str().unwrap().contains("not valid JSON"),
+            "{body}: {v}"
+        );
+    }
     let echoed: serde_json::Value = res.json().await.unwrap();
     assert_eq!(echoed["body_len"], fine.len());
 

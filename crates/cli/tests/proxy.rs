@@ -182,6 +182,42 @@ async fn upstream_failures_map_to_504_and_502_without_detail() {
         .is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_accept_the_connection_in_time_is_a_504() {
+    // A listener whose accept queue is full and never drained: the kernel drops further SYNs,
+    // so the gateway's connect waits until its connect_timeout. That was answered 502 like a
+    // refused connection.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        else {
+            break;
+        };
+        fillers.push(s);
+    }
+    let gw = Gw::start(&format!(
+        "{}{}",
+        server_section(""),
+        route(
+            "full",
+            "[\"GET\"]",
+            "/full",
+            &format!("http://{addr}"),
+            "connect_timeout = \"300ms\"\ntimeout = \"5s\""
+        ),
+    ));
+    let res = client().get(gw.url("/full")).send().await.unwrap();
+    assert_problem(res, 504, "upstream-timeout").await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413_declared_or_streamed() {
     let (_up, gw) = echo_gateway().await;

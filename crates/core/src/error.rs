@@ -32,6 +32,9 @@ pub enum MalformedKind {
     InvalidHeader,
     /// The body ended early or could not be read.
     InvalidBody,
+    /// The body is not JSON the gateway can check: not valid JSON (RFC 8259), or a number
+    /// beyond a 64-bit float's range (`1e400`), which JSON allows but no checker represents.
+    InvalidJson,
 }
 
 impl MalformedKind {
@@ -49,6 +52,9 @@ impl MalformedKind {
             Self::DoubleEncoding => "The request path contains an encoded '%'.",
             Self::InvalidHeader => "A request header is not valid.",
             Self::InvalidBody => "The request body could not be read.",
+            Self::InvalidJson => {
+                "The request body is not valid JSON, or holds a number too large to check."
+            }
         }
     }
 }

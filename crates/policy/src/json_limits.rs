@@ -45,7 +45,7 @@ impl JsonFault {
     /// The gateway error a client gets for this fault (400 either way).
     pub fn into_error(self) -> GatewayError {
         match self {
-            JsonFault::Invalid => GatewayError::Malformed(MalformedKind::InvalidBody),
+            JsonFault::Invalid => GatewayError::Malformed(MalformedKind::InvalidJson),
             JsonFault::Limit {
                 pointer,
                 rule,

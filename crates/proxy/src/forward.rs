@@ -187,6 +187,17 @@ impl Forwarder {
                     return Err(GatewayError::Malformed(MalformedKind::InvalidBody));
                 }
                 let kind = if connect { "connect" } else { "protocol" };
+                // The route's connect_timeout passing is a timeout like the others (504);
+                // a refused or unreachable upstream is a bad gateway (502).
+                let timed_out = find_cause::<std::io::Error>(&*e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if connect && timed_out {
+                    return Err(upstream_failure(
+                        &self.route_id,
+                        kind,
+                        GatewayError::UpstreamTimeout,
+                    ));
+                }
                 Err(upstream_failure(
                     &self.route_id,
                     kind,

@@ -89,7 +89,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
         .flat_map(|v| v.split(','))
         .collect();
     for entry in entries.iter().rev() {
-        let Ok(ip) = entry.trim().parse::<IpAddr>().map(normalise) else {
+        // An entry that is no address (garbage, or an obfuscated `Forwarded`-style name)
+        // ends the walk: nothing left of it can be believed.
+        let Some(ip) = forwarded_ip(entry).map(normalise) else {
             break;
         };
         client = ip;
@@ -187,6 +189,24 @@ fn forwarding_after(
 }
 
 /// `Forwarded` (RFC 7239): the earlier elements, if any, then this hop's.
+/// The address of one `X-Forwarded-For` entry: `ip`, or with the port some load balancers
+/// add, `1.2.3.4:5678`, `[2001:db8::1]:5678` (or `[2001:db8::1]`). Such entries used to end
+/// the walk, so the client was taken to be the trusted proxy itself.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = e.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    e.strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
+}
+
 fn forwarded_value(
     before: &[u8],
     conn: &Connection,
@@ -260,6 +280,32 @@ mod tests {
         // The client prepended a fake entry; the proxy appended the real one.
         let got = client_ip(peer, &xff("6.6.6.6, 198.51.100.7, 10.0.0.1"), &p);
         assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap_or(peer));
+    }
+
+    #[test]
+    fn entries_with_ports_name_their_address() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let p = nets(&["10.0.0.0/8"]);
+        for (v, want) in [
+            ("198.51.100.7:4711", "198.51.100.7"),
+            ("[2001:db8::7]:80", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("[::ffff:198.51.100.7]:80", "198.51.100.7"),
+            ("198.51.100.7, 10.0.0.1:443", "198.51.100.7"),
+        ] {
+            let got = client_ip(peer, &xff(v), &p);
+            assert_eq!(got, want.parse::<IpAddr>().unwrap_or(peer), "{v}");
+        }
+        // Not an address: the walk stops at the trusted proxy.
+        for v in [
+            "garbage",
+            "0127.0.0.066",
+            "2130706498",
+            "1.2.3.4:99999",
+            "[1.2.3.4]",
+        ] {
+            assert_eq!(client_ip(peer, &xff(v), &p), peer, "{v}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 /// Most distinct (method, shape) pairs held between flushes; beyond it hits are counted under
 /// one overflow shape, so a scanner cannot grow memory without bound.
 const MAX_PENDING: usize = 10_000;
-const OVERFLOW_SHAPE: &str = "(other)";
+use portcullis_store::OVERFLOW_SHAPE;
 
 /// A declared route as the inventory shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -259,7 +259,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                 let registration = drain.register();
                 let gateway = gateway.clone();
                 let builders = builders.clone();
-                let head_timeout = server_cfg.header_read_timeout;
+                // Read per connection, so a reload changes it for new connections.
+                let head_timeout = gateway.config().server.header_read_timeout;
                 tokio::spawn(async move {
                     let _slot = slot;
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>, streams: Option<Arc<Streams>>| {
@@ -288,7 +289,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                             match $protocol {
                                 Protocol::Http1 => {
                                     let mut h1 = builders.h1.clone();
-                                    h1.timer(HeadTimer::default());
+                                    h1.timer(HeadTimer::default()).header_read_timeout(head_timeout);
                                     registration.watch(h1.serve_connection($io, service($cert, None))).await
                                 }
                                 Protocol::Http2 => {
@@ -336,8 +337,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
     drop(listener);
     gateway.set_draining();
     let open = drain.count();
-    tracing::info!(open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
-    match tokio::time::timeout(server_cfg.shutdown_grace, drain.shutdown()).await {
+    // The running configuration's grace, reloads included.
+    let grace = gateway.config().server.shutdown_grace;
+    tracing::info!(open_connections = open, grace = ?grace, "draining");
+    match tokio::time::timeout(grace, drain.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
             tracing::warn!("shutdown grace period elapsed; closing the remaining connections")

@@ -46,6 +46,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// Most undeclared endpoint shapes the store keeps; hits on new shapes beyond it are counted
+/// under [`OVERFLOW_SHAPE`] of their method.
+pub const MAX_UNDECLARED_SHAPES: i64 = 10_000;
+/// The shape that counts undeclared hits beyond the bounds (in memory and in the store).
+pub const OVERFLOW_SHAPE: &str = "(other)";
+
 /// Hits on one undeclared endpoint shape, batched in memory before they are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndeclaredHit {

@@ -56,23 +56,53 @@ impl Store for SqliteStore {
     }
 
     async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError> {
+        const UPSERT: &str =
+            "INSERT INTO undeclared_endpoints (method, shape, hits, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (method, shape) DO UPDATE SET
+               hits = hits + excluded.hits,
+               first_seen = MIN(first_seen, excluded.first_seen),
+               last_seen = MAX(last_seen, excluded.last_seen)";
         let mut tx = self.pool.begin().await?;
+        let mut stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM undeclared_endpoints")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
         for h in batch {
-            sqlx::query(
-                "INSERT INTO undeclared_endpoints (method, shape, hits, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (method, shape) DO UPDATE SET
-                   hits = hits + excluded.hits,
-                   first_seen = MIN(first_seen, excluded.first_seen),
-                   last_seen = MAX(last_seen, excluded.last_seen)",
+            let hits = i64::try_from(h.hits).unwrap_or(i64::MAX);
+            let updated = sqlx::query(
+                "UPDATE undeclared_endpoints SET hits = hits + ?3,
+                   first_seen = MIN(first_seen, ?4), last_seen = MAX(last_seen, ?5)
+                 WHERE method = ?1 AND shape = ?2",
             )
             .bind(&h.method)
             .bind(&h.shape)
-            .bind(i64::try_from(h.hits).unwrap_or(i64::MAX))
+            .bind(hits)
             .bind(h.first_seen)
             .bind(h.last_seen)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated > 0 {
+                continue;
+            }
+            // A new shape: stored while there is room, otherwise counted under the overflow
+            // shape of its method, so a scanner's random paths cannot grow the table (and
+            // every inventory report) without bound.
+            let shape = if stored < crate::MAX_UNDECLARED_SHAPES {
+                stored += 1;
+                h.shape.as_str()
+            } else {
+                crate::OVERFLOW_SHAPE
+            };
+            sqlx::query(UPSERT)
+                .bind(&h.method)
+                .bind(shape)
+                .bind(hits)
+                .bind(h.first_seen)
+                .bind(h.last_seen)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -148,6 +178,29 @@ mod tests {
             }
         );
         assert_eq!(all.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn new_shapes_past_the_bound_are_counted_as_other() -> Result<(), StoreError> {
+        let s = SqliteStore::memory().await?;
+        let max = crate::MAX_UNDECLARED_SHAPES as usize;
+        let spray: Vec<UndeclaredHit> = (0..max + 50)
+            .map(|i| hit("GET", &format!("/scan/x{i}"), 1, 5))
+            .collect();
+        s.record_undeclared(&spray[..max - 10]).await?;
+        s.record_undeclared(&spray[max - 10..]).await?;
+        // A shape stored before the bound keeps counting.
+        s.record_undeclared(&[hit("GET", "/scan/x0", 4, 6)]).await?;
+        let all = s.undeclared().await?;
+        assert_eq!(all.len(), max + 1, "the stored shapes and one overflow row");
+        let other = all
+            .iter()
+            .find(|h| h.shape == crate::OVERFLOW_SHAPE)
+            .expect("overflow row");
+        assert_eq!((other.method.as_str(), other.hits), ("GET", 50));
+        let first = all.iter().find(|h| h.shape == "/scan/x0").expect("x0");
+        assert_eq!(first.hits, 5);
         Ok(())
     }
 

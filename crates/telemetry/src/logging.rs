@@ -23,6 +23,9 @@ pub struct LogGuard {
     _writer: crate::writer::WriterGuard,
     filter: reload::Handle<EnvFilter, Registry>,
     redactor: Redactor,
+    /// `PORTCULLIS_LOG` was set at start: it keeps overriding the configured level, reloads
+    /// included.
+    level_from_env: bool,
 }
 
 impl LogGuard {
@@ -31,6 +34,9 @@ impl LogGuard {
     pub fn apply(&self, cfg: &LoggingConfig) {
         self.redactor
             .set_extra(&cfg.redact_headers, &cfg.redact_fields);
+        if self.level_from_env {
+            return;
+        }
         match EnvFilter::try_new(&cfg.level) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
@@ -45,7 +51,9 @@ impl LogGuard {
 /// Installs the global subscriber. `PORTCULLIS_LOG`, when set, overrides the configured level.
 /// Fails if the level is not a valid filter or a subscriber is already installed.
 pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, String> {
-    let level = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let from_env = std::env::var("PORTCULLIS_LOG").ok();
+    let level_from_env = from_env.is_some();
+    let level = from_env.unwrap_or_else(|| cfg.level.clone());
     let filter =
         EnvFilter::try_new(&level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
@@ -86,5 +94,6 @@ pub fn init_logging(cfg: &LoggingConfig, sink: LogSink) -> Result<LogGuard, Stri
         _writer: writer,
         filter: handle,
         redactor,
+        level_from_env,
     })
 }

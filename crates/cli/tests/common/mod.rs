@@ -85,10 +85,16 @@ impl Gw {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Gw {
+        Self::start_in_with_env(dir, &[])
+    }
+
+    /// [`Gw::start_in`] with environment variables set for the gateway.
+    pub fn start_in_with_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Gw {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.path().join("portcullis.toml"))
             .env_remove("PORTCULLIS_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
