@@ -366,3 +366,98 @@ async fn connections_that_never_start_a_request_are_closed_and_free_their_slots(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection_and_slot_after_send_timeout() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("send_timeout = \"1s\""),
+        route(
+            "big",
+            "[\"GET\"]",
+            "/big/{n}",
+            &up.url(),
+            "max_concurrent = 1\ntimeout = \"60s\""
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    // 20 MB asked for and never read: the socket buffers fill, the gateway's write waits,
+    // and the response body (with the route's one slot) used to be held for as long as the
+    // client kept the socket open.
+    let mut stalled = TcpStream::connect(gw.data).await.unwrap();
+    stalled
+        .write_all(b"GET /big/20000000 HTTP/1.1\r\nhost: gateway.test\r\n\r\n")
+        .await
+        .unwrap();
+    let arrived =
+        tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
+    assert_eq!(arrived.unwrap().as_deref(), Some("/big/20000000"));
+    let c = client();
+    let mut served = false;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if c.get(gw.url("/big/10")).send().await.unwrap().status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        served,
+        "the stalled download still holds the route's only slot"
+    );
+    let m = metrics(&gw).await;
+    assert!(m.contains("portcullis_shed_total"), "{m}");
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_never_opens_its_window_loses_the_connection_after_send_timeout() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("send_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+        route(
+            "big",
+            "[\"GET\"]",
+            "/big/{n}",
+            &up.url(),
+            "max_concurrent = 1\ntimeout = \"60s\""
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    // An HTTP/2 client that grants no flow-control window: the gateway can send the head but
+    // not a byte of the body, its socket stays writable, and the stream (with the route's one
+    // slot) used to wait for as long as the connection lived.
+    let stream = TcpStream::connect(gw.data).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/big/100000", gw.data))
+        .body(Empty::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // The body is kept and never read.
+    let _held = res.into_body();
+    let c = client();
+    let mut served = false;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if c.get(gw.url("/big/10")).send().await.unwrap().status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        served,
+        "the zero-window stream still holds the route's only slot"
+    );
+    conn.abort();
+}

@@ -274,6 +274,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How long a client may take to send its request head.
     pub header_read_timeout: Duration,
+    /// How long a response write may wait on a client that does not read before the
+    /// connection is closed, so a client that stops reading cannot hold a connection (and a
+    /// route's concurrency slot) for ever.
+    pub send_timeout: Duration,
     /// Most request headers accepted (431 beyond).
     pub max_header_count: usize,
     /// Most bytes of request headers accepted, names and values together (431 beyond).

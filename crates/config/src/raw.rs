@@ -184,6 +184,7 @@ pub(crate) struct RawServer {
     pub data_dir: Option<PathBuf>,
     pub shutdown_grace: Option<Spanned<HumanDuration>>,
     pub header_read_timeout: Option<Spanned<HumanDuration>>,
+    pub send_timeout: Option<Spanned<HumanDuration>>,
     pub max_header_count: Option<Spanned<usize>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_url_bytes: Option<Spanned<ByteSize>>,

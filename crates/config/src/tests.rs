@@ -894,6 +894,11 @@ fn durations_that_would_switch_a_protection_off_or_overflow_are_refused_where_wr
             "[server]\nshutdown_grace = \"2h\"\n".into(),
             "server.shutdown_grace",
         ),
+        // Zero would cut every response that meets a full socket buffer once.
+        (
+            "[server]\nsend_timeout = \"0s\"\n".into(),
+            "server.send_timeout",
+        ),
         (
             "[auth.oauth2]\ntoken_ttl = \"0s\"\n".into(),
             "auth.oauth2.token_ttl",

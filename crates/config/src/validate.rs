@@ -379,6 +379,13 @@ fn server(c: &mut Checker, raw: RawServer) -> ServerConfig {
             Duration::from_millis(100)..=Duration::from_secs(600),
             "server.header_read_timeout",
         ),
+        send_timeout: duration_within(
+            c,
+            raw.send_timeout,
+            Duration::from_secs(30),
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+            "server.send_timeout",
+        ),
         max_header_count: max_header_count as usize,
         max_header_bytes,
         max_url_bytes,

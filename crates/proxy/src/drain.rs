@@ -121,24 +121,38 @@ impl Registration {
     }
 }
 
-/// Closes an HTTP/2 connection that stays idle, no request running and none begun, for a
-/// whole `period` (checked every `period`, so it closes between one and two periods after it
-/// fell idle). The close is graceful, HTTP/2's two-step GOAWAY; a client that does not take
-/// part in it (it never answers the PING of the first step) is dropped once another period
-/// passes with nothing running. The connection's service counts its requests in
-/// [`Idle::streams`].
+/// Watches an HTTP/2 connection every `period` for two things.
+///
+/// - *Idle*: no request running and none begun for a whole period (so it closes between one
+///   and two periods after it fell idle). The close is graceful, HTTP/2's two-step GOAWAY; a
+///   client that does not take part in it (it never answers the PING of the first step) is
+///   dropped once another period passes with nothing running.
+/// - *Stalled*: a response waits for the client to let it send more (HTTP/2 flow control:
+///   a window the client never opens) and no response body on the connection has been asked
+///   for more data since, for `send_timeout`. The connection is dropped, and with it what its
+///   requests hold (concurrency slots). A socket the client does not read is caught earlier,
+///   by `SendDeadline`; a zero window leaves the socket writable, so only this sees it.
+///
+/// The connection's service counts its requests in [`Idle::streams`].
 pub(crate) struct Idle {
     tick: Pin<Box<Sleep>>,
     period: Duration,
+    send_timeout: Duration,
     streams: Arc<Streams>,
     seen: u64,
+    polls_seen: u64,
+    stalled_since: Option<tokio::time::Instant>,
 }
 
-/// Requests begun and requests running on one connection.
+/// Requests begun and running on one connection, and how their response bodies are drawn.
 #[derive(Default)]
 pub(crate) struct Streams {
     begun: AtomicU64,
     running: AtomicU64,
+    /// Response bodies asked for a frame, in all.
+    polls: AtomicU64,
+    /// Response bodies that handed out a frame and have not been asked for the next yet.
+    waiting: AtomicU64,
 }
 
 impl Streams {
@@ -146,27 +160,65 @@ impl Streams {
     pub(crate) fn enter(self: &Arc<Self>) -> StreamGuard {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.running.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(self.clone())
+        StreamGuard {
+            streams: self.clone(),
+            waiting: false,
+        }
     }
 }
 
 /// One running request of a connection watched by [`Idle`].
-pub(crate) struct StreamGuard(Arc<Streams>);
+pub(crate) struct StreamGuard {
+    streams: Arc<Streams>,
+    waiting: bool,
+}
 
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+impl StreamGuard {
+    /// The response body is asked for its next frame.
+    pub(crate) fn polled(&mut self) {
+        self.streams.polls.fetch_add(1, Ordering::Relaxed);
+        if std::mem::take(&mut self.waiting) {
+            self.streams.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The response body handed out a frame; until it is asked again, it waits on the client.
+    pub(crate) fn handed(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.streams.waiting.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.streams.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.streams.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a tick of [`Idle`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Busy,
+    Idle,
+    Stalled,
+}
+
 impl Idle {
-    /// An idle check every `period`, from now.
-    pub(crate) fn new(period: Duration) -> Idle {
+    /// Checks every `period`, from now.
+    pub(crate) fn new(period: Duration, send_timeout: Duration) -> Idle {
         Idle {
             tick: Box::pin(tokio::time::sleep(period)),
             period,
+            send_timeout,
             streams: Arc::default(),
             seen: 0,
+            polls_seen: 0,
+            stalled_since: None,
         }
     }
 
@@ -175,20 +227,35 @@ impl Idle {
         self.streams.clone()
     }
 
-    /// True once a tick finds nothing running and nothing begun since the last one; the
-    /// next tick is then a period away.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// The first tick's finding that is not [`Verdict::Busy`], if a tick is due.
+    fn check(&mut self, cx: &mut Context<'_>) -> Verdict {
         while self.tick.as_mut().poll(cx).is_ready() {
+            let at = self.tick.deadline();
             let begun = self.streams.begun.load(Ordering::Relaxed);
-            let idle = begun == self.seen && self.streams.running.load(Ordering::Acquire) == 0;
+            let running = self.streams.running.load(Ordering::Acquire);
+            let polls = self.streams.polls.load(Ordering::Relaxed);
+            let idle = begun == self.seen && running == 0;
+            let stuck =
+                self.streams.waiting.load(Ordering::Acquire) > 0 && polls == self.polls_seen;
             self.seen = begun;
-            let next = self.tick.deadline() + self.period;
-            self.tick.as_mut().reset(next);
+            self.polls_seen = polls;
+            self.stalled_since = if stuck {
+                Some(self.stalled_since.unwrap_or(at))
+            } else {
+                None
+            };
+            self.tick.as_mut().reset(at + self.period);
             if idle {
-                return true;
+                return Verdict::Idle;
+            }
+            if self
+                .stalled_since
+                .is_some_and(|since| at.duration_since(since) + self.period >= self.send_timeout)
+            {
+                return Verdict::Stalled;
             }
         }
-        false
+        Verdict::Busy
     }
 }
 
@@ -222,14 +289,21 @@ impl<C: GracefulConnection> Future for Watched<C> {
             // The waker first, then the flag: a drain that begins in between wakes this
             // task, which then sees the flag (the order `AtomicWaker` is made for).
             this.registration.waker.register(cx.waker());
-            let idle = this.idle.as_mut().is_some_and(|i| i.expired(cx));
-            if idle || this.registration.inner.draining.load(Ordering::SeqCst) {
+            let verdict = this.idle.as_mut().map_or(Verdict::Busy, |i| i.check(cx));
+            if verdict == Verdict::Stalled {
+                return Poll::Ready(Ok(()));
+            }
+            if verdict == Verdict::Idle || this.registration.inner.draining.load(Ordering::SeqCst) {
                 *this.shutting_down = true;
                 this.conn.as_mut().graceful_shutdown();
             }
-        } else if this.idle.as_mut().is_some_and(|i| i.expired(cx)) {
-            // Closing, and still open a period later with nothing running: the client is not
-            // finishing the close, so the connection ends here.
+        } else if this
+            .idle
+            .as_mut()
+            .is_some_and(|i| i.check(cx) != Verdict::Busy)
+        {
+            // Closing, and still open a period later with nothing running (or with a stalled
+            // response): the client is not finishing the close, so the connection ends here.
             return Poll::Ready(Ok(()));
         }
         this.conn.poll(cx)

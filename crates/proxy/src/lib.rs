@@ -20,6 +20,7 @@ mod observe;
 mod outbox_worker;
 mod pool;
 mod router;
+mod send_deadline;
 mod server;
 mod template;
 mod tls;

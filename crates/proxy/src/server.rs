@@ -23,6 +23,7 @@
 use crate::{
     drain::{Drain, Idle, StreamGuard, Streams},
     head_timer::HeadTimer,
+    send_deadline::SendDeadline,
     Gateway,
 };
 use http::{header, HeaderValue};
@@ -134,16 +135,13 @@ pin_project_lite::pin_project! {
     struct Guarded<B> {
         #[pin]
         inner: B,
-        _running: StreamGuard,
+        running: StreamGuard,
     }
 }
 
 impl<B> Guarded<B> {
     fn new(inner: B, running: StreamGuard) -> Self {
-        Guarded {
-            inner,
-            _running: running,
-        }
+        Guarded { inner, running }
     }
 }
 
@@ -155,7 +153,13 @@ impl<B: hyper::body::Body> hyper::body::Body for Guarded<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        this.running.polled();
+        let frame = this.inner.poll_frame(cx);
+        if matches!(&frame, std::task::Poll::Ready(Some(Ok(f))) if f.is_data()) {
+            this.running.handed();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -259,8 +263,11 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                 let registration = drain.register();
                 let gateway = gateway.clone();
                 let builders = builders.clone();
-                // Read per connection, so a reload changes it for new connections.
-                let head_timeout = gateway.config().server.header_read_timeout;
+                // Read per connection, so a reload changes them for new connections.
+                let (head_timeout, send_timeout) = {
+                    let server = &gateway.config().server;
+                    (server.header_read_timeout, server.send_timeout)
+                };
                 tokio::spawn(async move {
                     let _slot = slot;
                     let service = |cert: Option<Arc<portcullis_core::ClientCert>>, streams: Option<Arc<Streams>>| {
@@ -293,7 +300,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                                     registration.watch(h1.serve_connection($io, service($cert, None))).await
                                 }
                                 Protocol::Http2 => {
-                                    let idle = Idle::new(head_timeout);
+                                    let idle = Idle::new(head_timeout, send_timeout);
                                     let streams = Some(idle.streams());
                                     registration.watch_idle(builders.h2.serve_connection($io, service($cert, streams)), idle).await
                                 }
@@ -303,6 +310,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     let result = if tls {
                         let Some(config) = gateway.tls_config() else { return };
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        let stream = SendDeadline::new(stream, send_timeout);
                         let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -325,7 +333,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                             tracing::debug!(%peer, "no request within header_read_timeout; closing");
                             return;
                         };
-                        serve_as!(protocol, TokioIo::new(stream), None)
+                        serve_as!(protocol, TokioIo::new(SendDeadline::new(stream, send_timeout)), None)
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

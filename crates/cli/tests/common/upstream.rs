@@ -97,7 +97,15 @@ async fn handle(
         "headers": headers,
         "body_len": body.len(),
     });
-    let mut res = Response::new(Full::new(Bytes::from(echo.to_string())));
+    // `/big/<bytes>` answers with that many bytes (a download a client may not read).
+    let big = path
+        .strip_prefix("/big/")
+        .and_then(|s| s.parse::<usize>().ok());
+    let payload = match big {
+        Some(n) => Bytes::from(vec![b'x'; n]),
+        None => Bytes::from(echo.to_string()),
+    };
+    let mut res = Response::new(Full::new(payload));
     // `/status/<code>...` answers with that status (a failing third party, say).
     *res.status_mut() = path
         .strip_prefix("/status/")
