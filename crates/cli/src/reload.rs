@@ -94,38 +94,44 @@ pub(crate) fn spawn(
             if digest(&path) == last {
                 continue;
             }
-            let Some(settled) = settle(&path, &mut rx).await else {
+            let (settled, hup) = settle(&path, &mut rx).await;
+            let Some(settled) = settled else {
                 tracing::warn!(
                     path = %path.display(),
                     "the configuration file kept changing for 30 s; not reloaded until it settles"
                 );
                 continue;
             };
-            if settled == last {
+            // A SIGHUP that came while the file settled is still honoured.
+            if settled == last && !hup {
                 continue;
             }
             last = settled;
-            reload_once(&path, &gateway, &log, reason);
+            reload_once(&path, &gateway, &log, if hup { "SIGHUP" } else { reason });
         }
     });
     Ok(())
 }
 
 /// Waits until the file reads the same twice [`SETTLE`] apart, and returns that content's
-/// digest; `None` if it is still changing after [`MAX_SETTLING`].
-async fn settle(path: &Path, rx: &mut mpsc::Receiver<&'static str>) -> Option<Option<u64>> {
+/// digest (`None` if it is still changing after [`MAX_SETTLING`]), and whether a SIGHUP came
+/// meanwhile.
+async fn settle(path: &Path, rx: &mut mpsc::Receiver<&'static str>) -> (Option<Option<u64>>, bool) {
     let started = tokio::time::Instant::now();
     let mut seen = digest(path);
+    let mut hup = false;
     while started.elapsed() < MAX_SETTLING {
         tokio::time::sleep(SETTLE).await;
-        while rx.try_recv().is_ok() {}
+        while let Ok(r) = rx.try_recv() {
+            hup |= r == "SIGHUP";
+        }
         let now = digest(path);
         if now == seen {
-            return Some(now);
+            return (Some(now), hup);
         }
         seen = now;
     }
-    None
+    (None, hup)
 }
 
 fn digest(path: &Path) -> Option<u64> {

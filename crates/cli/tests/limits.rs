@@ -334,6 +334,20 @@ async fn request_bodies_are_validated_against_the_schema() {
             .unwrap();
         common::assert_problem(res, 400, "malformed-request").await;
     }
+    // The same two on one line.
+    let res = post(
+        r#"{"sku":"A1","qty":2}"#.into(),
+        "text/plain, application/json",
+    )
+    .await;
+    common::assert_problem(res, 400, "malformed-request").await;
+    // A parameter may quote a comma: one media type.
+    let res = post(
+        r#"{"sku":"A1","qty":2}"#.into(),
+        "application/json; x=\"a,b\"",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
     // A repeated name: serde_json's tree keeps the last "sku", which passes, and a
     // first-wins upstream would act on the first, which does not. Both orders are refused.
     for body in [

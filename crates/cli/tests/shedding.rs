@@ -343,12 +343,19 @@ async fn connections_that_never_start_a_request_are_closed_and_free_their_slots(
     let (said, _) = until_closed(&mut silent).await;
     assert!(said.is_empty(), "{said}");
     until_closed(&mut half).await;
-    // The idle HTTP/2 connection is told to go away (GOAWAY, frame type 7), then closed.
-    let (said, _) = until_closed(&mut idle_h2).await;
-    assert!(
-        said.as_bytes().windows(4).any(|w| w[3] == 0x07),
-        "no GOAWAY frame in {said:?}"
-    );
+    // The idle HTTP/2 connection is told to go away (a GOAWAY frame, type 7), then closed.
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), idle_h2.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the idle HTTP/2 connection stayed open");
+    let mut frame_types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= raw.len() {
+        let len =
+            usize::from(raw[at]) << 16 | usize::from(raw[at + 1]) << 8 | usize::from(raw[at + 2]);
+        frame_types.push(raw[at + 3]);
+        at += 9 + len;
+    }
+    assert!(frame_types.contains(&0x07), "frames {frame_types:?}");
 
     // The slots are free again: a real client is served.
     let res = client().get(gw.url("/items/1")).send().await.unwrap();
@@ -459,5 +466,51 @@ async fn an_http2_client_that_never_opens_its_window_loses_the_connection_after_
         served,
         "the zero-window stream still holds the route's only slot"
     );
+    conn.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_download_read_slowly_but_steadily_is_not_cut() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}",
+        server_section("send_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+        route(
+            "big",
+            "[\"GET\"]",
+            "/big/{n}",
+            &up.url(),
+            "timeout = \"60s\""
+        ),
+    );
+    let gw = Gw::start(&cfg);
+    // 16 KiB of window, opened again only as the client takes each frame, one every 300 ms:
+    // the 256 KiB body takes several seconds, each pause shorter than send_timeout. hyper
+    // draws the response body one buffered chunk at a time, so a watch that judged by those
+    // draws cut such readers; bytes keep going out, so nothing may be cut.
+    let stream = TcpStream::connect(gw.data).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/big/262144", gw.data))
+        .body(Empty::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let mut got = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the download was cut");
+        if let Some(data) = frame.data_ref() {
+            got += data.len();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(got, 262_144);
     conn.abort();
 }

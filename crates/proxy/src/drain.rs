@@ -121,17 +121,23 @@ impl Registration {
     }
 }
 
-/// Watches an HTTP/2 connection every `period` for two things.
+/// Watches an HTTP/2 connection every `period` for two things, both judged by whether bytes
+/// went out on its socket (`written`, counted by `SendDeadline`), not by how its response
+/// bodies are drawn: hyper draws a body a whole buffered chunk at a time, so a slow but steady
+/// reader can go long between draws while bytes keep flowing.
 ///
-/// - *Idle*: no request running and none begun for a whole period (so it closes between one
-///   and two periods after it fell idle). The close is graceful, HTTP/2's two-step GOAWAY; a
-///   client that does not take part in it (it never answers the PING of the first step) is
-///   dropped once another period passes with nothing running.
-/// - *Stalled*: a response waits for the client to let it send more (HTTP/2 flow control:
-///   a window the client never opens) and no response body on the connection has been asked
-///   for more data since, for `send_timeout`. The connection is dropped, and with it what its
-///   requests hold (concurrency slots). A socket the client does not read is caught earlier,
-///   by `SendDeadline`; a zero window leaves the socket writable, so only this sees it.
+/// - *Idle*: no request running, none begun and nothing written for a whole period (so it
+///   closes between one and two periods after it fell idle; a response still draining from
+///   h2's buffers to a slow reader keeps it open). The close is graceful, HTTP/2's two-step
+///   GOAWAY; a client that does not take part in it is dropped once another period passes
+///   with nothing written.
+/// - *Stalled*: a response has handed out a frame that the client has not let out (a
+///   flow-control window it never opens), and nothing was written to the socket for
+///   `send_timeout`. The connection is dropped, and with it what its requests hold
+///   (concurrency slots). A socket the client does not read is caught by `SendDeadline`
+///   itself; a zero window leaves the socket writable, so only this sees it. (A client that
+///   keeps other streams busy on the same connection keeps it alive: progress is counted per
+///   connection.)
 ///
 /// The connection's service counts its requests in [`Idle::streams`].
 pub(crate) struct Idle {
@@ -139,18 +145,17 @@ pub(crate) struct Idle {
     period: Duration,
     send_timeout: Duration,
     streams: Arc<Streams>,
+    written: Arc<AtomicU64>,
     seen: u64,
-    polls_seen: u64,
+    written_seen: u64,
     stalled_since: Option<tokio::time::Instant>,
 }
 
-/// Requests begun and running on one connection, and how their response bodies are drawn.
+/// Requests begun and running on one connection, and responses waiting on the client.
 #[derive(Default)]
 pub(crate) struct Streams {
     begun: AtomicU64,
     running: AtomicU64,
-    /// Response bodies asked for a frame, in all.
-    polls: AtomicU64,
     /// Response bodies that handed out a frame and have not been asked for the next yet.
     waiting: AtomicU64,
 }
@@ -176,7 +181,6 @@ pub(crate) struct StreamGuard {
 impl StreamGuard {
     /// The response body is asked for its next frame.
     pub(crate) fn polled(&mut self) {
-        self.streams.polls.fetch_add(1, Ordering::Relaxed);
         if std::mem::take(&mut self.waiting) {
             self.streams.waiting.fetch_sub(1, Ordering::AcqRel);
         }
@@ -209,15 +213,17 @@ enum Verdict {
 }
 
 impl Idle {
-    /// Checks every `period`, from now.
-    pub(crate) fn new(period: Duration, send_timeout: Duration) -> Idle {
+    /// Checks every `period`, from now; `written` counts the bytes the connection's socket
+    /// has sent.
+    pub(crate) fn new(period: Duration, send_timeout: Duration, written: Arc<AtomicU64>) -> Idle {
         Idle {
             tick: Box::pin(tokio::time::sleep(period)),
             period,
             send_timeout,
             streams: Arc::default(),
+            written,
             seen: 0,
-            polls_seen: 0,
+            written_seen: 0,
             stalled_since: None,
         }
     }
@@ -227,33 +233,38 @@ impl Idle {
         self.streams.clone()
     }
 
-    /// The first tick's finding that is not [`Verdict::Busy`], if a tick is due.
+    /// The verdict of the tick that is due, if one is; the next tick is then a period from
+    /// now (a task that was starved past several ticks judges once, not once per tick).
     fn check(&mut self, cx: &mut Context<'_>) -> Verdict {
-        while self.tick.as_mut().poll(cx).is_ready() {
-            let at = self.tick.deadline();
-            let begun = self.streams.begun.load(Ordering::Relaxed);
-            let running = self.streams.running.load(Ordering::Acquire);
-            let polls = self.streams.polls.load(Ordering::Relaxed);
-            let idle = begun == self.seen && running == 0;
-            let stuck =
-                self.streams.waiting.load(Ordering::Acquire) > 0 && polls == self.polls_seen;
-            self.seen = begun;
-            self.polls_seen = polls;
-            self.stalled_since = if stuck {
-                Some(self.stalled_since.unwrap_or(at))
-            } else {
-                None
-            };
-            self.tick.as_mut().reset(at + self.period);
-            if idle {
-                return Verdict::Idle;
-            }
-            if self
-                .stalled_since
-                .is_some_and(|since| at.duration_since(since) + self.period >= self.send_timeout)
-            {
-                return Verdict::Stalled;
-            }
+        if self.tick.as_mut().poll(cx).is_pending() {
+            return Verdict::Busy;
+        }
+        let now = tokio::time::Instant::now();
+        let begun = self.streams.begun.load(Ordering::Relaxed);
+        let running = self.streams.running.load(Ordering::Acquire);
+        let written = self.written.load(Ordering::Relaxed);
+        let quiet = written == self.written_seen;
+        let idle = begun == self.seen && running == 0 && quiet;
+        let stuck = self.streams.waiting.load(Ordering::Acquire) > 0 && quiet;
+        self.seen = begun;
+        self.written_seen = written;
+        // A quiet period ending now began a period ago.
+        self.stalled_since = if stuck {
+            Some(self.stalled_since.unwrap_or(now - self.period))
+        } else {
+            None
+        };
+        self.tick.as_mut().reset(now + self.period);
+        // Registers the waker for the next tick.
+        let _ = self.tick.as_mut().poll(cx);
+        if idle {
+            return Verdict::Idle;
+        }
+        if self
+            .stalled_since
+            .is_some_and(|since| now.duration_since(since) >= self.send_timeout)
+        {
+            return Verdict::Stalled;
         }
         Verdict::Busy
     }
@@ -291,7 +302,11 @@ impl<C: GracefulConnection> Future for Watched<C> {
             this.registration.waker.register(cx.waker());
             let verdict = this.idle.as_mut().map_or(Verdict::Busy, |i| i.check(cx));
             if verdict == Verdict::Stalled {
+                closed("h2_stalled");
                 return Poll::Ready(Ok(()));
+            }
+            if verdict == Verdict::Idle {
+                closed("h2_idle");
             }
             if verdict == Verdict::Idle || this.registration.inner.draining.load(Ordering::SeqCst) {
                 *this.shutting_down = true;
@@ -302,17 +317,87 @@ impl<C: GracefulConnection> Future for Watched<C> {
             .as_mut()
             .is_some_and(|i| i.check(cx) != Verdict::Busy)
         {
-            // Closing, and still open a period later with nothing running (or with a stalled
-            // response): the client is not finishing the close, so the connection ends here.
+            // Closing, and still open a period later with nothing running and nothing sent
+            // (or with a stalled response): the client is not finishing the close, so the
+            // connection ends here.
+            closed("h2_close_unfinished");
             return Poll::Ready(Ok(()));
         }
         this.conn.poll(cx)
     }
 }
 
+/// Counts a connection the gateway closed on its own account.
+fn closed(reason: &'static str) {
+    metrics::counter!("portcullis_connections_closed_total", "reason" => reason).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the watch's check once, as the connection's poll would.
+    async fn verdict(idle: &mut Idle) -> Verdict {
+        std::future::poll_fn(|cx| Poll::Ready(idle.check(cx))).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_with_nothing_to_do_is_idle_after_a_period() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut idle = Idle::new(Duration::from_secs(1), Duration::from_secs(3), written);
+        assert_eq!(verdict(&mut idle).await, Verdict::Busy, "no tick due yet");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(verdict(&mut idle).await, Verdict::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_steady_reader_is_never_stalled_and_a_stopped_one_is() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut idle = Idle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            written.clone(),
+        );
+        let streams = idle.streams();
+        let mut download = streams.enter();
+        // A body that handed out one big chunk and is not asked again for a long while,
+        // while h2 sends it out a little at a time: bytes keep going out.
+        download.handed();
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            written.fetch_add(16 * 1024, Ordering::Relaxed);
+            assert_eq!(verdict(&mut idle).await, Verdict::Busy);
+        }
+        // The client stops opening its window: nothing more goes out.
+        let mut last = Verdict::Busy;
+        let mut waited = Duration::ZERO;
+        while last == Verdict::Busy && waited < Duration::from_secs(10) {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            waited += Duration::from_millis(500);
+            last = verdict(&mut idle).await;
+        }
+        assert_eq!(last, Verdict::Stalled);
+        assert!(waited >= Duration::from_secs(3), "stalled after {waited:?}");
+        drop(download);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_on_its_upstream_is_neither_idle_nor_stalled() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut idle = Idle::new(Duration::from_secs(1), Duration::from_secs(2), written);
+        let streams = idle.streams();
+        let mut long_poll = streams.enter();
+        // Asked for a frame, which has not come: the wait is on the upstream.
+        long_poll.polled();
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            assert_eq!(verdict(&mut idle).await, Verdict::Busy);
+        }
+        // Done, and the response's last bytes went out: idle a period later.
+        drop(long_poll);
+        tokio::time::advance(Duration::from_millis(2001)).await;
+        assert_eq!(verdict(&mut idle).await, Verdict::Idle);
+    }
 
     #[tokio::test]
     async fn shutdown_waits_for_every_registration_and_counts_them() {

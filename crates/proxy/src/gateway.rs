@@ -203,10 +203,10 @@ impl Gateway {
         if started.shared_state != cfg.shared_state {
             notes.push("shared_state changed: takes effect after a restart".to_string());
         }
-        if started.auth != cfg.auth || o.client_ca != n.client_ca {
+        if started.auth != cfg.auth {
             notes.push(
-                "[auth] (JWT issuers, OAuth2) or server.client_ca changed: identity providers are \
-                 read at start, so the ones the process started with stay trusted until a restart"
+                "[auth] (JWT issuers, OAuth2) changed: identity providers are read at start, so \
+                 the ones the process started with stay trusted until a restart"
                     .to_string(),
             );
         }
@@ -487,6 +487,7 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     let mut hosts = 0usize;
     let mut host = None;
     let mut content_types = 0usize;
+    let mut content_type = None;
     for (n, v) in headers {
         bytes += (n.as_str().len() + v.len() + 4) as u64;
         if n == http::header::HOST {
@@ -494,6 +495,7 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
             host = Some(v);
         } else if n == http::header::CONTENT_TYPE {
             content_types += 1;
+            content_type = Some(v);
         }
     }
     if bytes > limits.header_bytes {
@@ -502,10 +504,29 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     // One Content-Type (RFC 9110 §8.3 has one media type): with two, the body checks judged
     // the first while an upstream that reads the last saw another format (JSON limits
     // skipped for a `text/plain, application/json` pair).
-    if content_types > 1 {
+    if content_types > 1 || content_type.is_some_and(|v| is_list(v.as_bytes())) {
         return Err(GatewayError::Malformed(MalformedKind::InvalidHeader));
     }
     check_host(req, hosts, host)
+}
+
+/// True when a header value is a list: a `,` outside a quoted string (`text/plain,
+/// application/json` is two media types on one line; `boundary="a,b"` is one).
+fn is_list(v: &[u8]) -> bool {
+    if memchr::memchr(b',', v).is_none() {
+        return false;
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in v {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and it must be an authority;
@@ -705,7 +726,21 @@ fn limits(s: &ServerConfig) -> HeadLimits {
 
 #[cfg(test)]
 mod tests {
-    use super::is_host_text;
+    use super::{is_host_text, is_list};
+
+    #[test]
+    fn a_comma_outside_quotes_makes_a_header_value_a_list() {
+        for v in ["text/plain, application/json", "a,b", "x; q=\"a\", y"] {
+            assert!(is_list(v.as_bytes()), "{v}");
+        }
+        for v in [
+            "application/json",
+            "multipart/form-data; boundary=\"a,b\"",
+            "x; p=\"a\\\",b\"",
+        ] {
+            assert!(!is_list(v.as_bytes()), "{v}");
+        }
+    }
 
     #[test]
     fn host_values_are_a_host_and_an_optional_port() {

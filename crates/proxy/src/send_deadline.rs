@@ -15,6 +15,10 @@ use std::{
     future::Future,
     io::{self, IoSlice},
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,6 +36,8 @@ pin_project_lite::pin_project! {
         // Kept across stalls, reset when the next one begins.
         sleep: Option<Pin<Box<Sleep>>>,
         waiting: bool,
+        // Bytes written, for an HTTP/2 connection's idle and stall watch (`drain::Idle`).
+        written: Option<Arc<AtomicU64>>,
     }
 }
 
@@ -42,7 +48,23 @@ impl<T> SendDeadline<T> {
             limit,
             sleep: None,
             waiting: false,
+            written: None,
         }
+    }
+
+    /// The same, counting the bytes written in `written`.
+    pub(crate) fn counting(io: T, limit: Duration, written: Arc<AtomicU64>) -> Self {
+        SendDeadline {
+            written: Some(written),
+            ..Self::new(io, limit)
+        }
+    }
+}
+
+/// Adds a write's bytes to the connection's count, when it keeps one.
+fn count(result: &Poll<io::Result<usize>>, written: &Option<Arc<AtomicU64>>) {
+    if let (Poll::Ready(Ok(n)), Some(w)) = (result, written) {
+        w.fetch_add(*n as u64, Ordering::Relaxed);
     }
 }
 
@@ -65,10 +87,14 @@ fn judge<R>(
         timer.as_mut().reset(Instant::now() + limit);
     }
     match timer.as_mut().poll(cx) {
-        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client stopped reading (server.send_timeout)",
-        ))),
+        Poll::Ready(()) => {
+            metrics::counter!("portcullis_connections_closed_total", "reason" => "send_timeout")
+                .increment(1);
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading (server.send_timeout)",
+            )))
+        }
         Poll::Pending => Poll::Pending,
     }
 }
@@ -91,6 +117,7 @@ impl<T: AsyncWrite> AsyncWrite for SendDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
+        count(&result, this.written);
         judge(result, cx, *this.limit, this.sleep, this.waiting)
     }
 
@@ -101,6 +128,7 @@ impl<T: AsyncWrite> AsyncWrite for SendDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
+        count(&result, this.written);
         judge(result, cx, *this.limit, this.sleep, this.waiting)
     }
 

@@ -35,7 +35,7 @@ use portcullis_core::{problem_response, Connection, GatewayError, RequestId};
 use std::{
     convert::Infallible,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -181,12 +181,17 @@ enum Protocol {
 /// HTTP/2's client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How much of HTTP/2's preface decides: no HTTP/1 method is `PRI`, and h2 checks the rest
+/// of the preface itself (a connection that stalls in it is closed by the HTTP/2 idle watch).
+const PREFACE_DECIDES: usize = 3;
+
 /// Tells from a plaintext connection's first bytes, read without consuming them, whether it
-/// speaks HTTP/2 (the whole preface) or HTTP/1 (anything else); `None` when the client
-/// closes or has not said enough by `deadline`.
+/// speaks HTTP/2 (`PRI`, the preface's start) or HTTP/1 (anything else); `None` when the
+/// client closes or has not said enough by `deadline`.
 async fn sniff(stream: &TcpStream, deadline: Duration) -> Option<Protocol> {
     let decide = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut buf = [0u8; PREFACE_DECIDES];
+        let mut pause = Duration::from_millis(5);
         loop {
             let n = stream.peek(&mut buf).await.ok()?;
             if n == 0 {
@@ -195,12 +200,14 @@ async fn sniff(stream: &TcpStream, deadline: Duration) -> Option<Protocol> {
             if buf[..n] != H2_PREFACE[..n] {
                 return Some(Protocol::Http1);
             }
-            if n == H2_PREFACE.len() {
+            if n == PREFACE_DECIDES {
                 return Some(Protocol::Http2);
             }
-            // Part of a preface: the bytes already there keep the socket readable, so wait a
-            // little before looking again rather than spin on them.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // One or two bytes of `PRI`: the bytes already there keep the socket readable, so
+            // wait before looking again rather than spin on them, longer each time (a client
+            // that sends one byte and stops costs a few peeks, not one every 5 ms).
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     };
     tokio::time::timeout(deadline, decide).await.ok().flatten()
@@ -292,7 +299,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     // from request to request (head_timer.rs), not one registered per request.
                     // HTTP/2 closed once idle for a whole header_read_timeout.
                     macro_rules! serve_as {
-                        ($protocol:expr, $io:expr, $cert:expr) => {
+                        ($protocol:expr, $io:expr, $cert:expr, $written:expr) => {
                             match $protocol {
                                 Protocol::Http1 => {
                                     let mut h1 = builders.h1.clone();
@@ -300,7 +307,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                                     registration.watch(h1.serve_connection($io, service($cert, None))).await
                                 }
                                 Protocol::Http2 => {
-                                    let idle = Idle::new(head_timeout, send_timeout);
+                                    let idle = Idle::new(head_timeout, send_timeout, $written);
                                     let streams = Some(idle.streams());
                                     registration.watch_idle(builders.h2.serve_connection($io, service($cert, streams)), idle).await
                                 }
@@ -310,7 +317,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                     let result = if tls {
                         let Some(config) = gateway.tls_config() else { return };
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                        let stream = SendDeadline::new(stream, send_timeout);
+                        // The protocol is known only after the handshake: count the bytes
+                        // written either way (one relaxed add per write).
+                        let written = Arc::new(AtomicU64::new(0));
+                        let stream = SendDeadline::counting(stream, send_timeout, written.clone());
                         let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -327,13 +337,18 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                             _ => Protocol::Http1,
                         };
                         let cert = crate::tls::client_cert(stream.get_ref().1);
-                        serve_as!(protocol, TokioIo::new(stream), cert)
+                        serve_as!(protocol, TokioIo::new(stream), cert, written)
                     } else {
                         let Some(protocol) = sniff(&stream, head_timeout).await else {
                             tracing::debug!(%peer, "no request within header_read_timeout; closing");
                             return;
                         };
-                        serve_as!(protocol, TokioIo::new(SendDeadline::new(stream, send_timeout)), None)
+                        let written = Arc::new(AtomicU64::new(0));
+                        let stream = match protocol {
+                            Protocol::Http1 => SendDeadline::new(stream, send_timeout),
+                            Protocol::Http2 => SendDeadline::counting(stream, send_timeout, written.clone()),
+                        };
+                        serve_as!(protocol, TokioIo::new(stream), None, written)
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");

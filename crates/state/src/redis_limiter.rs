@@ -29,6 +29,7 @@ use std::{
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long sent data may go unacknowledged before the kernel closes the socket. Well above a
 /// loaded network's retransmission times, well below the kernel's default of many minutes.
+#[cfg(target_os = "linux")]
 const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach Redis.
@@ -75,9 +76,10 @@ impl RedisLimiter {
         let target = info.addr().to_string();
         // No Nagle: decisions from many requests share one connection, and a command held
         // back until the previous one's ACK waits out the server's delayed ACK.
-        let tcp = redis::io::tcp::TcpSettings::default()
-            .set_nodelay(true)
-            .set_user_timeout(USER_TIMEOUT);
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        // TCP_USER_TIMEOUT is Linux's (redis-rs offers it there only).
+        #[cfg(target_os = "linux")]
+        let tcp = tcp.set_user_timeout(USER_TIMEOUT);
         let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(|_| invalid())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.timeout))
