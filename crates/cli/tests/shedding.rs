@@ -474,7 +474,7 @@ async fn an_http2_download_read_slowly_but_steadily_is_not_cut() {
     let up = upstream::start(None).await;
     let cfg = format!(
         "{}{}",
-        server_section("send_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+        server_section("send_timeout = \"2s\"\nheader_read_timeout = \"1s\""),
         route(
             "big",
             "[\"GET\"]",
@@ -485,9 +485,10 @@ async fn an_http2_download_read_slowly_but_steadily_is_not_cut() {
     );
     let gw = Gw::start(&cfg);
     // 16 KiB of window, opened again only as the client takes each frame, one every 300 ms:
-    // the 256 KiB body takes several seconds, each pause shorter than send_timeout. hyper
-    // draws the response body one buffered chunk at a time, so a watch that judged by those
-    // draws cut such readers; bytes keep going out, so nothing may be cut.
+    // the 256 KiB body takes several seconds, at over 8 KiB/s, the least a stream must take
+    // (one 16 KiB piece per send_timeout). hyper draws a response body one buffered chunk at a
+    // time (the whole 256 KiB here), so a watch that judged by the upstream's chunks cut such
+    // readers.
     let stream = TcpStream::connect(gw.data).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

@@ -121,23 +121,19 @@ impl Registration {
     }
 }
 
-/// Watches an HTTP/2 connection every `period` for two things, both judged by whether bytes
-/// went out on its socket (`written`, counted by `SendDeadline`), not by how its response
-/// bodies are drawn: hyper draws a body a whole buffered chunk at a time, so a slow but steady
-/// reader can go long between draws while bytes keep flowing.
+/// Watches an HTTP/2 connection every `period` for two things.
 ///
-/// - *Idle*: no request running, none begun and nothing written for a whole period (so it
-///   closes between one and two periods after it fell idle; a response still draining from
-///   h2's buffers to a slow reader keeps it open). The close is graceful, HTTP/2's two-step
-///   GOAWAY; a client that does not take part in it is dropped once another period passes
-///   with nothing written.
-/// - *Stalled*: a response has handed out a frame that the client has not let out (a
-///   flow-control window it never opens), and nothing was written to the socket for
-///   `send_timeout`. The connection is dropped, and with it what its requests hold
-///   (concurrency slots). A socket the client does not read is caught by `SendDeadline`
-///   itself; a zero window leaves the socket writable, so only this sees it. (A client that
-///   keeps other streams busy on the same connection keeps it alive: progress is counted per
-///   connection.)
+/// - *Idle*: no request running, none begun and nothing written to the socket (`written`,
+///   counted by `SendDeadline`) for a whole period, so it closes between one and two periods
+///   after it fell idle; a response still draining from h2's buffers to a slow reader keeps
+///   it open. The close is graceful, HTTP/2's two-step GOAWAY; a client that does not take
+///   part in it is dropped once another period passes with nothing written.
+/// - *Stalled*: one response has handed out a piece (at most 16 KiB, see `server.rs`) and has
+///   not been asked for the next for `send_timeout`: its client is not opening its
+///   flow-control window. The connection is dropped, and with it what its requests hold
+///   (concurrency slots). Each stream is judged by itself, so other busy streams on the same
+///   connection do not hide a stalled one. A socket the client does not read at all is caught
+///   by `SendDeadline` itself; a zero window leaves the socket writable, so only this sees it.
 ///
 /// The connection's service counts its requests in [`Idle::streams`].
 pub(crate) struct Idle {
@@ -148,58 +144,99 @@ pub(crate) struct Idle {
     written: Arc<AtomicU64>,
     seen: u64,
     written_seen: u64,
-    stalled_since: Option<tokio::time::Instant>,
 }
 
-/// Requests begun and running on one connection, and responses waiting on the client.
+/// Requests begun and running on one connection, and when each response began to wait on
+/// its client.
 #[derive(Default)]
 pub(crate) struct Streams {
     begun: AtomicU64,
     running: AtomicU64,
-    /// Response bodies that handed out a frame and have not been asked for the next yet.
-    waiting: AtomicU64,
+    waiting: Mutex<Waiting>,
+}
+
+/// Per running request, when its response handed out a piece it has not been asked to follow
+/// yet (`None`: not waiting on the client); slots are reused.
+#[derive(Default)]
+struct Waiting {
+    since: Vec<Option<tokio::time::Instant>>,
+    free: Vec<usize>,
 }
 
 impl Streams {
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Counts a request from now until the guard is dropped (with its response body).
     pub(crate) fn enter(self: &Arc<Self>) -> StreamGuard {
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.running.fetch_add(1, Ordering::AcqRel);
+        let mut w = self.waiting();
+        let slot = match w.free.pop() {
+            Some(i) => i,
+            None => {
+                w.since.push(None);
+                w.since.len() - 1
+            }
+        };
+        drop(w);
         StreamGuard {
             streams: self.clone(),
+            slot,
             waiting: false,
         }
+    }
+
+    /// How long the response that has waited longest on its client has waited.
+    fn longest_wait(&self, now: tokio::time::Instant) -> Option<Duration> {
+        let w = self.waiting();
+        w.since
+            .iter()
+            .flatten()
+            .min()
+            .map(|&t| now.duration_since(t))
     }
 }
 
 /// One running request of a connection watched by [`Idle`].
 pub(crate) struct StreamGuard {
     streams: Arc<Streams>,
+    slot: usize,
     waiting: bool,
 }
 
 impl StreamGuard {
-    /// The response body is asked for its next frame.
+    /// The response body is asked for its next piece.
     pub(crate) fn polled(&mut self) {
         if std::mem::take(&mut self.waiting) {
-            self.streams.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.set(None);
         }
     }
 
-    /// The response body handed out a frame; until it is asked again, it waits on the client.
+    /// The response body handed out a piece; until it is asked again, it waits on the client.
     pub(crate) fn handed(&mut self) {
         if !self.waiting {
             self.waiting = true;
-            self.streams.waiting.fetch_add(1, Ordering::AcqRel);
+            self.set(Some(tokio::time::Instant::now()));
+        }
+    }
+
+    fn set(&self, since: Option<tokio::time::Instant>) {
+        if let Some(s) = self.streams.waiting().since.get_mut(self.slot) {
+            *s = since;
         }
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.waiting {
-            self.streams.waiting.fetch_sub(1, Ordering::AcqRel);
+        let mut w = self.streams.waiting();
+        if let Some(s) = w.since.get_mut(self.slot) {
+            *s = None;
         }
+        w.free.push(self.slot);
+        drop(w);
         self.streams.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -224,7 +261,6 @@ impl Idle {
             written,
             seen: 0,
             written_seen: 0,
-            stalled_since: None,
         }
     }
 
@@ -243,17 +279,9 @@ impl Idle {
         let begun = self.streams.begun.load(Ordering::Relaxed);
         let running = self.streams.running.load(Ordering::Acquire);
         let written = self.written.load(Ordering::Relaxed);
-        let quiet = written == self.written_seen;
-        let idle = begun == self.seen && running == 0 && quiet;
-        let stuck = self.streams.waiting.load(Ordering::Acquire) > 0 && quiet;
+        let idle = begun == self.seen && running == 0 && written == self.written_seen;
         self.seen = begun;
         self.written_seen = written;
-        // A quiet period ending now began a period ago.
-        self.stalled_since = if stuck {
-            Some(self.stalled_since.unwrap_or(now - self.period))
-        } else {
-            None
-        };
         self.tick.as_mut().reset(now + self.period);
         // Registers the waker for the next tick.
         let _ = self.tick.as_mut().poll(cx);
@@ -261,8 +289,9 @@ impl Idle {
             return Verdict::Idle;
         }
         if self
-            .stalled_since
-            .is_some_and(|since| now.duration_since(since) >= self.send_timeout)
+            .streams
+            .longest_wait(now)
+            .is_some_and(|w| w >= self.send_timeout)
         {
             return Verdict::Stalled;
         }
@@ -360,15 +389,20 @@ mod tests {
         );
         let streams = idle.streams();
         let mut download = streams.enter();
-        // A body that handed out one big chunk and is not asked again for a long while,
-        // while h2 sends it out a little at a time: bytes keep going out.
-        download.handed();
-        for _ in 0..20 {
-            tokio::time::advance(Duration::from_millis(500)).await;
+        // A client that opens its window for one 16 KiB piece every 2 s: each piece is
+        // drawn within send_timeout of the last.
+        for _ in 0..10 {
+            download.polled();
+            download.handed();
+            for _ in 0..4 {
+                tokio::time::advance(Duration::from_millis(500)).await;
+                assert_eq!(verdict(&mut idle).await, Verdict::Busy);
+            }
             written.fetch_add(16 * 1024, Ordering::Relaxed);
-            assert_eq!(verdict(&mut idle).await, Verdict::Busy);
         }
-        // The client stops opening its window: nothing more goes out.
+        // It stops opening its window: the piece it was handed stays there.
+        download.polled();
+        download.handed();
         let mut last = Verdict::Busy;
         let mut waited = Duration::ZERO;
         while last == Verdict::Busy && waited < Duration::from_secs(10) {
@@ -379,6 +413,38 @@ mod tests {
         assert_eq!(last, Verdict::Stalled);
         assert!(waited >= Duration::from_secs(3), "stalled after {waited:?}");
         drop(download);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_is_found_beside_busy_ones() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut idle = Idle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            written.clone(),
+        );
+        let streams = idle.streams();
+        let mut stalled = streams.enter();
+        stalled.polled();
+        stalled.handed();
+        // Another stream on the connection keeps drawing and sending, and new requests come.
+        let mut stalled_at = None;
+        for i in 0..20 {
+            let mut busy = streams.enter();
+            busy.polled();
+            busy.handed();
+            written.fetch_add(1024, Ordering::Relaxed);
+            tokio::time::advance(Duration::from_millis(500)).await;
+            busy.polled();
+            drop(busy);
+            if verdict(&mut idle).await == Verdict::Stalled {
+                stalled_at = Some(i);
+                break;
+            }
+        }
+        let at = stalled_at.expect("the stalled stream was hidden by the busy ones");
+        assert!(at >= 5, "stalled after {} ms", (at + 1) * 500);
+        drop(stalled);
     }
 
     #[tokio::test(start_paused = true)]

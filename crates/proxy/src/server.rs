@@ -26,11 +26,14 @@ use crate::{
     send_deadline::SendDeadline,
     Gateway,
 };
+use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper::{server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_config::ServerConfig;
+use portcullis_core::Body;
 use portcullis_core::{problem_response, Connection, GatewayError, RequestId};
 use std::{
     convert::Infallible,
@@ -129,45 +132,77 @@ fn http_builders(s: &ServerConfig) -> Builders {
     Builders { h1, h2 }
 }
 
+/// The most response bytes an HTTP/2 stream hands out per draw of its body. hyper draws a
+/// body again only once the last piece has gone out under the client's flow-control window,
+/// so with pieces this small a stream not drawn for `send_timeout` is one whose client took
+/// less than this in that time (0.5 KiB/s at the default 30 s): the stall watch can then
+/// judge each stream by itself.
+const H2_PIECE: usize = 16 * 1024;
+
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as running (see [`Idle`]) until it
-    /// is done or dropped.
-    struct Guarded<B> {
+    /// An HTTP/2 response body that keeps its request counted as running (see [`Idle`]) until
+    /// it is done or dropped, and hands its data out in pieces of at most [`H2_PIECE`].
+    struct Guarded {
         #[pin]
-        inner: B,
+        inner: Body,
+        rest: Bytes,
         running: StreamGuard,
     }
 }
 
-impl<B> Guarded<B> {
-    fn new(inner: B, running: StreamGuard) -> Self {
-        Guarded { inner, running }
+impl Guarded {
+    fn new(inner: Body, running: StreamGuard) -> Self {
+        Guarded {
+            inner,
+            rest: Bytes::new(),
+            running,
+        }
     }
 }
 
-impl<B: hyper::body::Body> hyper::body::Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = portcullis_core::BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
         let this = self.project();
         this.running.polled();
-        let frame = this.inner.poll_frame(cx);
-        if matches!(&frame, std::task::Poll::Ready(Some(Ok(f))) if f.is_data()) {
-            this.running.handed();
+        let mut data = if this.rest.is_empty() {
+            match this.inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                other => return other,
+            }
+        } else {
+            std::mem::take(this.rest)
+        };
+        if data.len() > H2_PIECE {
+            *this.rest = data.split_off(H2_PIECE);
         }
-        frame
+        this.running.handed();
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        // Upper first: a lower bound above the upper one panics.
+        let mut hint = hyper::body::SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint.set_lower(inner.lower() + rest);
+        hint
     }
 }
 
