@@ -2,11 +2,13 @@
 //! unrelated keys rarely meet on a lock, with bounded memory.
 //!
 //! When a shard is full, keys whose bucket has refilled go first (they carry no state), then
-//! the least recently asked about. Not the ones nearest to a full bucket: limits of different
-//! rates share the maps, and an exhausted 10-a-second key's TAT is nearer than a 1-an-hour
-//! key's used once, so spraying slow-limit keys used to evict, and so reset, the fast limits a
-//! flood was being refused by. A key being hammered, refused or not, is recently asked about
-//! and stays.
+//! those that owe the fewest requests (how far the TAT runs ahead of now, in the key's own
+//! emission intervals), and among equals the least recently asked about. Not simply the ones
+//! nearest to a full bucket: limits of different rates share the maps, and an exhausted
+//! 10-a-second key's TAT is nearer than a 1-an-hour key's used once, so spraying slow-limit
+//! keys used to evict, and so reset, the fast limits a flood was being refused by. A spray of
+//! keys used once each owes one request per key, so it can only push out keys that owe as
+//! little; an exhausted limit, asked about or not, owes more and stays.
 
 use crate::{Check, Decision, Limiter, LimiterError, Rate};
 use async_trait::async_trait;
@@ -26,12 +28,21 @@ const MAX_KEYS_PER_SHARD: usize = 16_384;
 type Hasher = foldhash::fast::RandomState;
 type Shard = Mutex<HashMap<Box<str>, Entry, Hasher>>;
 
-/// One key's state: its TAT, and when it was last decided (admitted or refused), both in
-/// nanoseconds since the limiter's epoch.
+/// One key's state: its TAT, when it was last decided (admitted or refused), both in
+/// nanoseconds since the limiter's epoch, and its rate's emission interval.
 #[derive(Clone, Copy)]
 struct Entry {
     tat: u64,
     seen: u64,
+    interval: u64,
+}
+
+impl Entry {
+    /// Eviction order, lowest first: requests owed, then last use.
+    fn rank(&self, now: u64) -> (u64, u64) {
+        let owed = self.tat.saturating_sub(now).div_ceil(self.interval.max(1));
+        (owed, self.seen)
+    }
 }
 
 /// Rate-limit state for one instance, in memory.
@@ -129,7 +140,10 @@ impl MemoryLimiter {
                     e.seen = now;
                     e.tat = tat;
                 }
-                None if d.allowed => store(&mut map, one.key, tat, now, self.max_per_shard),
+                None if d.allowed => {
+                    let interval = params(&one.rate).0;
+                    store(&mut map, one.key, tat, interval, now, self.max_per_shard)
+                }
                 None => {}
             }
             return vec![d];
@@ -165,7 +179,15 @@ impl MemoryLimiter {
         }
         if crate::all_allowed(&decisions) {
             for ((c, &at), tat) in checks.iter().zip(&slots).zip(tats) {
-                store(&mut guards[at].1, c.key, tat, now, self.max_per_shard);
+                let interval = params(&c.rate).0;
+                store(
+                    &mut guards[at].1,
+                    c.key,
+                    tat,
+                    interval,
+                    now,
+                    self.max_per_shard,
+                );
             }
         }
         decisions
@@ -180,32 +202,45 @@ fn refused() -> Decision {
     }
 }
 
-fn store(map: &mut HashMap<Box<str>, Entry, Hasher>, key: &str, tat: u64, now: u64, max: usize) {
+fn store(
+    map: &mut HashMap<Box<str>, Entry, Hasher>,
+    key: &str,
+    tat: u64,
+    interval: u64,
+    now: u64,
+    max: usize,
+) {
+    let entry = Entry {
+        tat,
+        seen: now,
+        interval,
+    };
     if let Some(e) = map.get_mut(key) {
-        *e = Entry { tat, seen: now };
+        *e = entry;
         return;
     }
     if map.len() >= max {
         // Keys whose bucket is full again carry no state worth keeping.
         map.retain(|_, e| e.tat > now);
         if map.len() >= max {
-            // Still full of active keys (a key-spraying flood): drop the eighth of them least
-            // recently asked about. Memory stays bounded and no new key is refused for want
-            // of room. An eighth at once, not one key: each eviction scans the whole shard
-            // under its lock, and one per new key made every request of a flood of fresh keys
-            // cost a scan of ~16k entries. Now the next eighth of new keys find room without
-            // any scan.
-            let mut seen: Vec<u64> = map.values().map(|e| e.seen).collect();
-            let nth = (max / 8).min(seen.len() - 1);
-            let (_, cut, _) = seen.select_nth_unstable(nth);
+            // Still full of active keys (a key-spraying flood): drop the eighth of them that
+            // owe least, least recently asked about first (see the module's doc). Memory
+            // stays bounded and no new key is refused for want of room. An eighth at once,
+            // not one key: each eviction scans the whole shard under its lock, and one per new
+            // key made every request of a flood of fresh keys cost a scan of ~16k entries.
+            // Now the next eighth of new keys find room without any scan.
+            let mut ranks: Vec<(u64, u64)> = map.values().map(|e| e.rank(now)).collect();
+            let nth = (max / 8).min(ranks.len() - 1);
+            let (_, cut, _) = ranks.select_nth_unstable(nth);
             let cut = *cut;
             // Exactly `nth + 1` keys: those below the cut, then as many at it as are needed
-            // (many keys can share one value; dropping all of them could empty the shard).
-            let mut at_cut = nth + 1 - seen.iter().filter(|&&t| t < cut).count();
+            // (many keys can share one rank; dropping all of them could empty the shard).
+            let mut at_cut = nth + 1 - ranks.iter().filter(|&&r| r < cut).count();
             map.retain(|_, e| {
-                if e.seen < cut {
+                let r = e.rank(now);
+                if r < cut {
                     false
-                } else if e.seen == cut && at_cut > 0 {
+                } else if r == cut && at_cut > 0 {
                     at_cut -= 1;
                     false
                 } else {
@@ -214,7 +249,7 @@ fn store(map: &mut HashMap<Box<str>, Entry, Hasher>, key: &str, tat: u64, now: u
             });
         }
     }
-    map.insert(Box::from(key), Entry { tat, seen: now });
+    map.insert(Box::from(key), entry);
 }
 
 #[async_trait]
@@ -239,6 +274,10 @@ mod tests {
             burst,
         }
     }
+
+    /// An emission interval longer than any TAT in these tests: every active key owes one
+    /// request, so last use alone orders them.
+    const SAME_DEBT: u64 = 1 << 40;
 
     fn one<'a>(key: &'a str, r: Rate) -> [Check<'a>; 1] {
         [Check { key, rate: r }]
@@ -375,17 +414,17 @@ mod tests {
         // Key i last asked about at time i, each with a long way to a full bucket, and the
         // oldest holding the most state: the eviction order must not follow the TATs.
         for i in 0..max as u64 {
-            store(&mut map, &format!("k{i}"), 1_000_000 - i, i, max);
+            store(&mut map, &format!("k{i}"), 1_000_000 - i, SAME_DEBT, i, max);
         }
         assert_eq!(map.len(), max);
-        store(&mut map, "new", 5_000, 100, max);
+        store(&mut map, "new", 5_000, SAME_DEBT, 100, max);
         // The nine asked about longest ago (k0-k8) went; the rest and the new key stay.
         assert_eq!(map.len(), max - 9 + 1);
         assert!(!map.contains_key("k0") && !map.contains_key("k8"));
         assert!(map.contains_key("k9") && map.contains_key("k63") && map.contains_key("new"));
         // The next new keys find room without evicting anything.
         for i in 0..8 {
-            store(&mut map, &format!("later{i}"), 6_000, 101, max);
+            store(&mut map, &format!("later{i}"), 6_000, SAME_DEBT, 101, max);
         }
         assert_eq!(map.len(), max);
         assert!(map.contains_key("k9"));
@@ -398,9 +437,9 @@ mod tests {
         for i in 0..max as u64 {
             // Even keys refilled by time 500 (TAT 400), odd ones still active.
             let tat = if i % 2 == 0 { 400 } else { 10_000 };
-            store(&mut map, &format!("k{i}"), tat, i, max);
+            store(&mut map, &format!("k{i}"), tat, SAME_DEBT, i, max);
         }
-        store(&mut map, "new", 10_000, 500, max);
+        store(&mut map, "new", 10_000, SAME_DEBT, 500, max);
         assert_eq!(map.len(), max / 2 + 1);
         assert!((0..max)
             .filter(|i| i % 2 == 1)
@@ -412,9 +451,9 @@ mod tests {
         let mut map = HashMap::with_hasher(Hasher::default());
         let max = 64;
         for i in 0..max {
-            store(&mut map, &format!("k{i}"), 1_000, 0, max);
+            store(&mut map, &format!("k{i}"), 1_000, SAME_DEBT, 0, max);
         }
-        store(&mut map, "new", 1_000, 0, max);
+        store(&mut map, "new", 1_000, SAME_DEBT, 0, max);
         assert_eq!(map.len(), max - 9 + 1);
     }
 
@@ -439,6 +478,27 @@ mod tests {
         // The loop takes far less than the 100 ms a fast-limit request needs to refill on
         // a debug build too, but allow the odd one a slow machine lets through in time.
         assert!(readmitted <= 2, "readmitted {readmitted}");
+    }
+
+    #[test]
+    fn a_spray_of_keys_used_once_cannot_push_out_an_exhausted_limit_nobody_asks_about() {
+        // A 5-an-hour limit used up, then left alone; then a spray of fresh keys of a
+        // 1-an-hour limit, each used once. By last use alone the exhausted key went first and
+        // its allowance came back; it owes five requests, the spray one each.
+        let m = MemoryLimiter::with_max_keys(SHARDS * 8);
+        let five = rate(5, 3600, 0);
+        let admitted = (0..5)
+            .filter(|_| m.decide(&one("account", five))[0].allowed)
+            .count();
+        assert_eq!(admitted, 5);
+        let slow = rate(1, 3600, 0);
+        for i in 0..(SHARDS * 8 * 4) {
+            assert!(m.decide(&one(&format!("h:{i}"), slow))[0].allowed);
+        }
+        assert!(
+            !m.decide(&one("account", five))[0].allowed,
+            "the limit was reset"
+        );
     }
 
     #[test]
