@@ -205,8 +205,9 @@ impl Gateway {
         }
         if started.auth != cfg.auth {
             notes.push(
-                "[auth] (JWT issuers, OAuth2) changed: identity providers are read at start, so \
-                 the ones the process started with stay trusted until a restart"
+                "[auth] changed (JWT issuers, OAuth2, the brute-force lockout): it is read at \
+                 start, so the identity providers and settings the process started with stay in \
+                 force until a restart"
                     .to_string(),
             );
         }
