@@ -374,6 +374,47 @@ async fn connections_that_never_start_a_request_are_closed_and_free_their_slots(
     }
 }
 
+/// Whether a request to the `max_concurrent = 1` route `/big/{n}` is served within 20 s,
+/// once what held its slot has been let go.
+async fn slot_freed(gw: &Gw) -> bool {
+    let c = client();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if c.get(gw.url("/big/10")).send().await.unwrap().status() == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// A GET over a fresh HTTP/2 connection whose client grants `window` bytes of flow control
+/// (per stream and for the connection), opened again only as the body is read.
+async fn h2_get(
+    gw: &Gw,
+    path: &str,
+    window: u32,
+) -> (http::Response<hyper::body::Incoming>, JoinHandle<()>) {
+    let stream = TcpStream::connect(gw.data).await.unwrap();
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.initial_stream_window_size(window);
+    if window > 0 {
+        builder.initial_connection_window_size(window);
+    }
+    let (mut sender, conn) = builder
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(format!("http://{}{path}", gw.data))
+        .body(Empty::new())
+        .unwrap();
+    (sender.send_request(req).await.unwrap(), conn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_connection_and_slot_after_send_timeout() {
     let up = upstream::start(None).await;
@@ -400,18 +441,8 @@ async fn a_client_that_stops_reading_loses_its_connection_and_slot_after_send_ti
     let arrived =
         tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
     assert_eq!(arrived.unwrap().as_deref(), Some("/big/20000000"));
-    let c = client();
-    let mut served = false;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        if c.get(gw.url("/big/10")).send().await.unwrap().status() == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert!(
-        served,
+        slot_freed(&gw).await,
         "the stalled download still holds the route's only slot"
     );
     let m = metrics(&gw).await;
@@ -437,33 +468,12 @@ async fn an_http2_client_that_never_opens_its_window_loses_the_connection_after_
     // An HTTP/2 client that grants no flow-control window: the gateway can send the head but
     // not a byte of the body, its socket stays writable, and the stream (with the route's one
     // slot) used to wait for as long as the connection lived.
-    let stream = TcpStream::connect(gw.data).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}/big/100000", gw.data))
-        .body(Empty::new())
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
+    let (res, conn) = h2_get(&gw, "/big/100000", 0).await;
     assert_eq!(res.status(), 200);
     // The body is kept and never read.
     let _held = res.into_body();
-    let c = client();
-    let mut served = false;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        if c.get(gw.url("/big/10")).send().await.unwrap().status() == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert!(
-        served,
+        slot_freed(&gw).await,
         "the zero-window stream still holds the route's only slot"
     );
     conn.abort();
@@ -489,19 +499,7 @@ async fn an_http2_download_read_slowly_but_steadily_is_not_cut() {
     // (one 16 KiB piece per send_timeout). hyper draws a response body one buffered chunk at a
     // time (the whole 256 KiB here), so a watch that judged by the upstream's chunks cut such
     // readers.
-    let stream = TcpStream::connect(gw.data).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(16 * 1024)
-            .initial_connection_window_size(16 * 1024)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}/big/262144", gw.data))
-        .body(Empty::new())
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
+    let (res, conn) = h2_get(&gw, "/big/262144", 16 * 1024).await;
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
     let mut got = 0usize;

@@ -365,6 +365,17 @@ fn closed(reason: &'static str) {
 mod tests {
     use super::*;
 
+    /// A watch checking every second, with `send_timeout` seconds, and its byte count.
+    fn watch(send_timeout: u64) -> (Idle, Arc<AtomicU64>) {
+        let written = Arc::new(AtomicU64::new(0));
+        let idle = Idle::new(
+            Duration::from_secs(1),
+            Duration::from_secs(send_timeout),
+            written.clone(),
+        );
+        (idle, written)
+    }
+
     /// Runs the watch's check once, as the connection's poll would.
     async fn verdict(idle: &mut Idle) -> Verdict {
         std::future::poll_fn(|cx| Poll::Ready(idle.check(cx))).await
@@ -372,8 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_with_nothing_to_do_is_idle_after_a_period() {
-        let written = Arc::new(AtomicU64::new(0));
-        let mut idle = Idle::new(Duration::from_secs(1), Duration::from_secs(3), written);
+        let (mut idle, _) = watch(3);
         assert_eq!(verdict(&mut idle).await, Verdict::Busy, "no tick due yet");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(verdict(&mut idle).await, Verdict::Idle);
@@ -381,12 +391,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_steady_reader_is_never_stalled_and_a_stopped_one_is() {
-        let written = Arc::new(AtomicU64::new(0));
-        let mut idle = Idle::new(
-            Duration::from_secs(1),
-            Duration::from_secs(3),
-            written.clone(),
-        );
+        let (mut idle, written) = watch(3);
         let streams = idle.streams();
         let mut download = streams.enter();
         // A client that opens its window for one 16 KiB piece every 2 s: each piece is
@@ -417,12 +422,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_stream_is_found_beside_busy_ones() {
-        let written = Arc::new(AtomicU64::new(0));
-        let mut idle = Idle::new(
-            Duration::from_secs(1),
-            Duration::from_secs(3),
-            written.clone(),
-        );
+        let (mut idle, written) = watch(3);
         let streams = idle.streams();
         let mut stalled = streams.enter();
         stalled.polled();
@@ -449,8 +449,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_waiting_on_its_upstream_is_neither_idle_nor_stalled() {
-        let written = Arc::new(AtomicU64::new(0));
-        let mut idle = Idle::new(Duration::from_secs(1), Duration::from_secs(2), written);
+        let (mut idle, _) = watch(2);
         let streams = idle.streams();
         let mut long_poll = streams.enter();
         // Asked for a frame, which has not come: the wait is on the upstream.

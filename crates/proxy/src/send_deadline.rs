@@ -52,6 +52,11 @@ impl<T> SendDeadline<T> {
         }
     }
 
+    /// Stops counting bytes written (an HTTP/1 connection, known once TLS has negotiated it).
+    pub(crate) fn stop_counting(&mut self) {
+        self.written = None;
+    }
+
     /// The same, counting the bytes written in `written`.
     pub(crate) fn counting(io: T, limit: Duration, written: Arc<AtomicU64>) -> Self {
         SendDeadline {

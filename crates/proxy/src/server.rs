@@ -353,10 +353,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                         let Some(config) = gateway.tls_config() else { return };
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
                         // The protocol is known only after the handshake: count the bytes
-                        // written either way (one relaxed add per write).
+                        // written until then, and from then on for HTTP/2 only.
                         let written = Arc::new(AtomicU64::new(0));
                         let stream = SendDeadline::counting(stream, send_timeout, written.clone());
-                        let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
+                        let mut stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -371,6 +371,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: S
                             Some(b"h2") => Protocol::Http2,
                             _ => Protocol::Http1,
                         };
+                        if protocol == Protocol::Http1 {
+                            stream.get_mut().0.stop_counting();
+                        }
                         let cert = crate::tls::client_cert(stream.get_ref().1);
                         serve_as!(protocol, TokioIo::new(stream), cert, written)
                     } else {

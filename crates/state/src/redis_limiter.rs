@@ -204,11 +204,7 @@ fn micros(d: Duration) -> u64 {
 #[async_trait]
 impl Limiter for RedisLimiter {
     async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, LimiterError> {
-        if !self.may_try() {
-            return Err(LimiterError::Unavailable(
-                "failing fast after an error".into(),
-            ));
-        }
+        self.fast_fail()?;
         let mut inv = self.script.prepare_invoke();
         for c in checks {
             // Microseconds keep Lua's doubles exact for centuries of timestamps; an interval
@@ -219,16 +215,9 @@ impl Limiter for RedisLimiter {
                 .arg(interval.saturating_mul(c.rate.capacity()));
         }
         let mut conn = self.conn();
-        let started = Instant::now();
-        let answer =
-            tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
-        metrics::histogram!("portcullis_shared_state_seconds", "op" => "rate_limit")
-            .record(started.elapsed().as_secs_f64());
-        let out = match answer {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(self.error("rate_limit", &e)),
-            Err(_) => return Err(self.timed_out("rate_limit")),
-        };
+        let out = self
+            .call("rate_limit", inv.invoke_async::<Vec<i64>>(&mut conn))
+            .await?;
         if out.len() != 1 + 3 * checks.len() {
             return Err(self.failed("rate_limit", "unexpected script answer"));
         }
@@ -253,11 +242,7 @@ impl Limiter for RedisLimiter {
 #[async_trait]
 impl crate::ReplayCache for RedisLimiter {
     async fn remember(&self, key: &str, ttl: Duration) -> Result<bool, LimiterError> {
-        if !self.may_try() {
-            return Err(LimiterError::Unavailable(
-                "failing fast after an error".into(),
-            ));
-        }
+        self.fast_fail()?;
         let mut conn = self.conn();
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}{key}", self.replay_prefix))
@@ -265,30 +250,20 @@ impl crate::ReplayCache for RedisLimiter {
             .arg("NX")
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-        let started = Instant::now();
-        let answer =
-            tokio::time::timeout(self.timeout, cmd.query_async::<Option<String>>(&mut conn)).await;
-        metrics::histogram!("portcullis_shared_state_seconds", "op" => "replay")
-            .record(started.elapsed().as_secs_f64());
-        match answer {
-            Ok(Ok(v)) => {
-                self.recovered();
-                Ok(v.is_some())
-            }
-            Ok(Err(e)) => Err(self.error("replay", &e)),
-            Err(_) => Err(self.timed_out("replay")),
-        }
+        let seen = self
+            .call("replay", cmd.query_async::<Option<String>>(&mut conn))
+            .await?;
+        self.recovered();
+        Ok(seen.is_some())
     }
 
     async fn forget(&self, key: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn();
         let mut cmd = redis::cmd("DEL");
         cmd.arg(format!("{}{key}", self.replay_prefix));
-        match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.error("replay", &e)),
-            Err(_) => Err(self.timed_out("replay")),
-        }
+        self.call("replay", cmd.query_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -297,24 +272,33 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisLimiter {
-    /// Runs one command for the token cache under the timeout, with the same fail-fast and
-    /// recovery as every other use of this connection.
-    async fn token_op<T: redis::FromRedisValue>(
+    /// Runs one command under the timeout, timed in `portcullis_shared_state_seconds{op}`;
+    /// an error or a timeout is reported (and a timeout replaces the connection). The caller
+    /// marks success with [`RedisLimiter::recovered`] once it has judged the answer.
+    async fn call<T>(
         &self,
+        op: &'static str,
         cmd: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, LimiterError> {
         let started = Instant::now();
         let answer = tokio::time::timeout(self.timeout, cmd).await;
-        metrics::histogram!("portcullis_shared_state_seconds", "op" => "egress_token")
+        metrics::histogram!("portcullis_shared_state_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
         match answer {
-            Ok(Ok(v)) => {
-                self.recovered();
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(self.error("egress_token", &e)),
-            Err(_) => Err(self.timed_out("egress_token")),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(op, &e)),
+            Err(_) => Err(self.timed_out(op)),
         }
+    }
+
+    /// One command for the token cache: [`RedisLimiter::call`], and recovery on an answer.
+    async fn token_op<T>(
+        &self,
+        cmd: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, LimiterError> {
+        let v = self.call("egress_token", cmd).await?;
+        self.recovered();
+        Ok(v)
     }
 
     fn fast_fail(&self) -> Result<(), LimiterError> {
