@@ -11,6 +11,11 @@
 //! them), through the events of the directory a symlinked file really lives in, and by a
 //! comparison of the content every [`POLL`], which catches what events miss: a Kubernetes
 //! ConfigMap swaps a `..data` symlink, not the file.
+//!
+//! The data plane's certificate, key and client CA are files of their own: a renewal
+//! (certbot, cert-manager) rewrites them and leaves the configuration alone. They are
+//! compared every [`POLL`] as well, and a change to one settles and reloads like a change to
+//! the configuration file.
 
 use portcullis_proxy::Gateway;
 use portcullis_telemetry::LogGuard;
@@ -74,7 +79,8 @@ pub(crate) fn spawn(
 
     tokio::spawn(async move {
         let _watcher = watcher;
-        let mut last = digest(&path);
+        let mut deps = dependencies(&gateway.config());
+        let mut last = digest(&read(&path, &deps));
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -87,45 +93,61 @@ pub(crate) fn spawn(
                 // Asked for: what is there now.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
-                last = digest(&path);
-                reload_once(&path, &gateway, &log, reason);
+                let snapshot = read(&path, &deps);
+                reload_once(&path, snapshot.config.clone(), &gateway, &log, reason);
+                (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
                 continue;
             }
-            if digest(&path) == last {
+            if digest(&read(&path, &deps)) == last {
                 continue;
             }
-            let (settled, hup) = settle(&path, &mut rx).await;
-            let Some(settled) = settled else {
+            let (settled, hup) = settle(&path, &deps, &mut rx).await;
+            let Some(snapshot) = settled else {
                 tracing::warn!(
                     path = %path.display(),
-                    "the configuration file kept changing for 30 s; not reloaded until it settles"
+                    "the configuration (or its certificate files) kept changing for 30 s; not \
+                     reloaded until it settles"
                 );
                 continue;
             };
-            // A SIGHUP that came while the file settled is still honoured.
-            if settled == last && !hup {
+            // A SIGHUP that came while the files settled is still honoured.
+            if digest(&snapshot) == last && !hup {
                 continue;
             }
-            last = settled;
-            reload_once(&path, &gateway, &log, if hup { "SIGHUP" } else { reason });
+            let reason = if hup { "SIGHUP" } else { reason };
+            reload_once(&path, snapshot.config.clone(), &gateway, &log, reason);
+            (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
         }
     });
     Ok(())
 }
 
-/// Waits until the file reads the same twice [`SETTLE`] apart, and returns that content's
-/// digest (`None` if it is still changing after [`MAX_SETTLING`]), and whether a SIGHUP came
-/// meanwhile.
-async fn settle(path: &Path, rx: &mut mpsc::Receiver<&'static str>) -> (Option<Option<u64>>, bool) {
+/// Files the running configuration reads besides itself, which are read again on reload:
+/// the data plane's TLS certificate and key, and its client CA.
+fn dependencies(cfg: &portcullis_config::Config) -> Vec<PathBuf> {
+    let s = &cfg.server;
+    let tls = s.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]);
+    tls.chain(s.client_ca.clone()).collect()
+}
+
+/// Waits until the files read the same twice [`SETTLE`] apart, and returns what they held
+/// then (`None` if still changing after [`MAX_SETTLING`]), and whether a SIGHUP came
+/// meanwhile. The configuration returned is what is validated and loaded: the file is not
+/// read again.
+async fn settle(
+    path: &Path,
+    deps: &[PathBuf],
+    rx: &mut mpsc::Receiver<&'static str>,
+) -> (Option<Snapshot>, bool) {
     let started = tokio::time::Instant::now();
-    let mut seen = digest(path);
+    let mut seen = read(path, deps);
     let mut hup = false;
     while started.elapsed() < MAX_SETTLING {
         tokio::time::sleep(SETTLE).await;
         while let Ok(r) = rx.try_recv() {
             hup |= r == "SIGHUP";
         }
-        let now = digest(path);
+        let now = read(path, deps);
         if now == seen {
             return (Some(now), hup);
         }
@@ -134,15 +156,64 @@ async fn settle(path: &Path, rx: &mut mpsc::Receiver<&'static str>) -> (Option<O
     (None, hup)
 }
 
-fn digest(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    Some(h.finish())
+/// A file's bytes, or why it could not be read (comparable, unlike `io::Error`).
+type Content = Result<Vec<u8>, std::io::ErrorKind>;
+
+/// The configuration file and the files it reads, as read at one moment.
+#[derive(PartialEq, Hash)]
+struct Snapshot {
+    config: Content,
+    deps: Vec<Content>,
 }
 
-fn reload_once(path: &Path, gateway: &Gateway, log: &LogGuard, reason: &str) {
-    let loaded = match portcullis_config::load(path) {
+fn read(path: &Path, deps: &[PathBuf]) -> Snapshot {
+    let one = |p: &Path| std::fs::read(p).map_err(|e| e.kind());
+    Snapshot {
+        config: one(path),
+        deps: deps.iter().map(|d| one(d)).collect(),
+    }
+}
+
+fn digest(s: &Snapshot) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// After a reload: the files the configuration now in force reads (it may name other ones),
+/// and the digest the next change is judged against: that of `snapshot`, what was loaded, so
+/// a change made since is still seen.
+fn after_reload(
+    gateway: &Gateway,
+    path: &Path,
+    deps: Vec<PathBuf>,
+    snapshot: &Snapshot,
+) -> (Vec<PathBuf>, u64) {
+    let now = dependencies(&gateway.config());
+    if now == deps {
+        (deps, digest(snapshot))
+    } else {
+        let last = Snapshot {
+            config: snapshot.config.clone(),
+            deps: read(path, &now).deps,
+        };
+        (now, digest(&last))
+    }
+}
+
+/// Validates `content` (the file as last read) and swaps it in, or refuses it and keeps the
+/// running configuration.
+fn reload_once(path: &Path, content: Content, gateway: &Gateway, log: &LogGuard, reason: &str) {
+    let file = path.display().to_string();
+    let loaded = match content.map(String::from_utf8) {
+        Ok(Ok(text)) => portcullis_config::load_text(path, &text),
+        Ok(Err(_)) => Err(portcullis_config::ConfigError::io(
+            &file,
+            &std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
+        )),
+        Err(kind) => Err(portcullis_config::ConfigError::io(&file, &kind.into())),
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
             metrics::counter!("portcullis_config_reloads_total", "result" => "refused")

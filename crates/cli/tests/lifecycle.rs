@@ -212,6 +212,61 @@ async fn a_config_behind_a_swapped_symlink_is_reloaded() {
     );
 }
 
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_or_a_config_change() {
+    // certbot and cert-manager rewrite the certificate and key and leave the configuration
+    // alone: the gateway must notice the files themselves.
+    let (old, new) = (upstream::TestPki::new(), upstream::TestPki::new());
+    let up = upstream::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gw.pem"), &old.leaf_pem).unwrap();
+    std::fs::write(dir.path().join("gw.key"), &old.key_pem).unwrap();
+    let config = format!(
+        "{}{}",
+        server_section("tls = { cert = \"gw.pem\", key = \"gw.key\" }"),
+        route("r", "[\"GET\"]", "/r", &up.url(), ""),
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), config).unwrap();
+    let gw = Gw::start_in(dir);
+    let url = format!("https://localhost:{}/r", gw.data.port());
+    // A new client per call: a pooled TLS connection would keep the old certificate.
+    let status_trusting = |ca: &str| {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let url = url.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(status_trusting(&old.ca_pem).await, 200);
+    assert_eq!(status_trusting(&new.ca_pem).await, 0);
+
+    let root = gw.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(root.join("gw.pem"), &new.leaf_pem).unwrap();
+    std::fs::write(root.join("gw.key"), &new.key_pem).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), async || status_trusting(
+            &new.ca_pem
+        )
+        .await
+            == 200)
+        .await,
+        "{}",
+        gw.stdout.all()
+    );
+    assert_eq!(status_trusting(&old.ca_pem).await, 0);
+    assert!(gw.stdout.all().contains("configuration reloaded"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portcullis_log_keeps_overriding_the_level_across_reloads() {
     let up = upstream::start(None).await;

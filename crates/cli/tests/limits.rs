@@ -436,6 +436,32 @@ async fn cors_preflights_and_responses() {
         .unwrap();
     assert!(res.headers().get("access-control-allow-origin").is_none());
 
+    // A method the path does not take is a 405 the page can read: it carries the route's
+    // CORS headers for an allowed origin (without them the browser reports a CORS failure).
+    let res = c
+        .delete(gw.url("/api"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+    assert_eq!(res.headers()["vary"], "Origin");
+    assert_eq!(res.headers()["allow"], "GET, POST, HEAD");
+    common::assert_problem(res, 405, "method-not-allowed").await;
+    let res = c
+        .delete(gw.url("/api"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(res.status(), 405);
+
     // `*` with credentials is refused by check.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");

@@ -574,6 +574,86 @@ async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_ch
     assert_eq!(res.text().await.unwrap(), "hello");
 }
 
+#[tokio::test]
+async fn a_response_body_cut_short_after_its_head_is_logged_and_counted() {
+    // The access line goes out with the head (status 200), so a body the upstream breaks off
+    // or stops sending needs its own record. A raw upstream: `/cut` promises 100 bytes and
+    // closes after 10; `/stall` sends 10 and then nothing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
+                if head.starts_with(b"GET /stall") {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            });
+        }
+    });
+    let up = format!("http://{addr}");
+    let gw = Gw::start(&format!(
+        "{}{}{}",
+        server_section(""),
+        route("cut", "[\"GET\"]", "/cut", &up, ""),
+        route(
+            "stall",
+            "[\"GET\"]",
+            "/stall",
+            &up,
+            "read_timeout = \"300ms\""
+        )
+    ));
+    for (path, id, kind) in [
+        ("/cut", "cut-1", "body"),
+        ("/stall", "stall-1", "body_timeout"),
+    ] {
+        let res = client()
+            .get(gw.url(path))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.bytes().await.is_err(),
+            "{path}: the client must see the body fail"
+        );
+        let line = gw
+            .stdout
+            .wait_for(
+                &[
+                    "response body cut short",
+                    &format!("\"request_id\":\"{id}\""),
+                ],
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("{path}: no log line for the cut body"));
+        assert!(line.contains(&format!("\"kind\":\"{kind}\"")), "{line}");
+    }
+    let m = gw.metrics().await;
+    for kind in ["body", "body_timeout"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("portcullis_upstream_errors_total")
+                    && l.contains(&format!("kind=\"{kind}\""))
+                    && l.ends_with(" 1")),
+            "{kind} not counted once:\n{m}"
+        );
+    }
+}
+
 /// Sends raw bytes and returns whatever comes back before the server closes (or 5s pass).
 fn raw_request(addr: std::net::SocketAddr, req: &str) -> String {
     use std::io::{Read, Write};

@@ -76,7 +76,8 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn io(file: &str, err: &std::io::Error) -> Self {
+    /// The configuration file could not be read (or is not UTF-8).
+    pub fn io(file: &str, err: &std::io::Error) -> Self {
         Self::single(
             file,
             None,

@@ -42,13 +42,21 @@ pub struct Loaded {
 /// Relative paths inside the file (TLS certificates, data directory) are resolved against the
 /// file's own directory, so the gateway behaves the same whatever directory it starts from.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::io(&path.display().to_string(), &e))?;
+    load_text(path, &text)
+}
+
+/// Parses and validates `text` as the content of the file at `path`, read by the caller. Hot
+/// reload validates the very bytes it saw settle: reading the file again could get a later,
+/// half-written version.
+pub fn load_text(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(&file, &e))?;
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
-    parse(&text, &file, base)
+    parse(text, &file, base)
 }
 
 /// Parses and validates configuration text. `file` names the source in diagnostics; `base` is

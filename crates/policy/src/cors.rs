@@ -105,6 +105,28 @@ pub fn preflight(
     Ok(res)
 }
 
+/// The CORS headers for the answer to an actual (non-preflight) request on a route with
+/// `cfg`: the route's own answers, and the gateway's 405 for a method the path's routes do
+/// not take, which a browser would otherwise hide from the page as a CORS failure.
+pub fn actual_headers(cfg: &CorsConfig, req_headers: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    match allowed_origin(cfg, req_headers.get(header::ORIGIN)) {
+        Some(origin) => {
+            common_headers(cfg, origin, &mut h);
+            if !cfg.expose_headers.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&cfg.expose_headers.join(", ")) {
+                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+                }
+            }
+        }
+        // The answer still depends on the origin: caches must key on it.
+        None => {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    h
+}
+
 /// The CORS policy for actual (non-preflight) requests on one route.
 pub struct Cors {
     cfg: CorsConfig,
@@ -123,21 +145,7 @@ impl Policy for Cors {
     }
 
     fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
-        let mut h = HeaderMap::new();
-        match allowed_origin(&self.cfg, req.headers().get(header::ORIGIN)).cloned() {
-            Some(origin) => {
-                common_headers(&self.cfg, &origin, &mut h);
-                if !self.cfg.expose_headers.is_empty() {
-                    if let Ok(v) = HeaderValue::from_str(&self.cfg.expose_headers.join(", ")) {
-                        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
-                    }
-                }
-            }
-            // The answer still depends on the origin: caches must key on it.
-            None => {
-                h.append(header::VARY, HeaderValue::from_static("Origin"));
-            }
-        }
+        let h = actual_headers(&self.cfg, req.headers());
         req.extensions_mut().insert(ResponseHeaders(h));
         Ok(Flow::Continue(req)).into()
     }

@@ -33,7 +33,7 @@ pub use authorize::Authorize;
 pub use body_limit::{read_limited, BodyLimit, BodyTooLarge};
 pub use chain::{Chain, Flow, HoldUntilSent, Policy, ResponseHeaders, Step, StepFuture, Terminal};
 pub use concurrency::Concurrency;
-pub use cors::{preflight, refused_preflight, Cors};
+pub use cors::{actual_headers as cors_headers, preflight, refused_preflight, Cors};
 pub use deprecation::Deprecation;
 pub use ip_filter::IpFilter;
 pub use json_limits::{check_json, parse_json_within, JsonFault, JsonLimitCheck};

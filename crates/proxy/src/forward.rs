@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use portcullis_config::{RouteConfig, Timeouts, Upstream, UpstreamHeader};
 use portcullis_core::{
     find_cause, Body, BodyTooSlow, BoxError, ClientBodyError, Connection, GatewayError, Identity,
-    MalformedKind, RequestContext, RouteMatch, REQUEST_ID_HEADER,
+    MalformedKind, RequestContext, RequestId, RouteMatch, REQUEST_ID_HEADER,
 };
 use portcullis_identity::TokenIssuer;
 use portcullis_policy::{BodyTooLarge, Terminal};
@@ -291,7 +291,11 @@ impl Terminal for Forwarder {
         let body = if body.is_end_stream() {
             body
         } else {
-            Deadline::new(body, deadline, self.timeouts.read).boxed_unsync()
+            let who = Who {
+                route: self.route_id.clone(),
+                request_id: ctx.request_id.clone(),
+            };
+            Deadline::new(body, deadline, self.timeouts.read, who).boxed_unsync()
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -349,17 +353,48 @@ pin_project_lite::pin_project! {
         idle: Duration,
         // A frame arrived (or none has been waited for yet) since the timer was last set.
         fresh: bool,
+        who: Who,
+    }
+}
+
+/// Whose response a body is: the access line is written when the head goes out, so a body
+/// that fails after it says so in a line of its own, with the request id to match them.
+struct Who {
+    route: Arc<str>,
+    request_id: RequestId,
+}
+
+impl Who {
+    /// The body was cut after the client got a status: counted with the other upstream
+    /// failures (kind `body_timeout` or `body`) and logged, so the access line's status is not
+    /// the only record of the request. The cause names the failure's kind only: an upstream's
+    /// error text can carry what it should not (addresses, its own messages).
+    fn body_failed(&self, kind: &'static str) {
+        metrics::counter!(
+            "portcullis_upstream_errors_total",
+            "route" => self.route.to_string(),
+            "kind" => kind
+        )
+        .increment(1);
+        tracing::warn!(
+            target: "portcullis::upstream",
+            request_id = %self.request_id,
+            route = %self.route,
+            kind,
+            "response body cut short after its head was sent"
+        );
     }
 }
 
 impl Deadline {
-    fn new(inner: Body, deadline: Instant, idle: Duration) -> Self {
+    fn new(inner: Body, deadline: Instant, idle: Duration, who: Who) -> Self {
         Deadline {
             inner,
             timer: None,
             deadline,
             idle,
             fresh: true,
+            who,
         }
     }
 }
@@ -378,7 +413,10 @@ impl HttpBody for Deadline {
                 *this.fresh = true;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                this.who.body_failed("body");
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if std::mem::take(this.fresh) || this.timer.is_none() {
@@ -392,7 +430,10 @@ impl HttpBody for Deadline {
                     Some(Poll::Pending) => Poll::Pending,
                     // `None` cannot happen (set just above); were it to, the body fails
                     // rather than wait with no timer to wake it.
-                    Some(Poll::Ready(())) | None => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                    Some(Poll::Ready(())) | None => {
+                        this.who.body_failed("body_timeout");
+                        Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+                    }
                 }
             }
         }
@@ -432,7 +473,11 @@ mod tests {
     ) -> (Instant, mpsc::UnboundedSender<Bytes>, Deadline) {
         let start = Instant::now();
         let (tx, inner) = channel_body();
-        (start, tx, Deadline::new(inner, start + total, idle))
+        let who = Who {
+            route: Arc::from("r"),
+            request_id: RequestId::generate(),
+        };
+        (start, tx, Deadline::new(inner, start + total, idle, who))
     }
 
     /// Reads `body` to its end or first error: the data frames and, if any, when it failed.

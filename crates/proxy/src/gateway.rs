@@ -458,10 +458,22 @@ impl Gateway {
             }
             Lookup::NoMethod(allow) => {
                 self.inventory.record(req.method(), req.uri().path());
-                return Err((
-                    GatewayError::MethodNotAllowed { allow },
-                    Cow::Borrowed("undeclared"),
-                ));
+                let e = GatewayError::MethodNotAllowed { allow };
+                // On a CORS route's path the 405 carries that route's CORS headers: without
+                // them a browser shows the page a CORS failure, not the 405. Its network
+                // rules hold here as for its preflight.
+                let cors = generation
+                    .routes
+                    .cors_route_at(req.uri().path())
+                    .filter(|r| r.config.ip_rules.admits(&ctx.client_ip))
+                    .and_then(|r| r.config.cors.as_ref());
+                if let Some(cors) = cors {
+                    let mut res = problem_response(&e, &ctx.request_id);
+                    let h = portcullis_policy::cors_headers(cors, req.headers());
+                    res.headers_mut().extend(h);
+                    return Ok((res, Cow::Borrowed("undeclared")));
+                }
+                return Err((e, Cow::Borrowed("undeclared")));
             }
         };
         // 5. The route's policies, then the upstream.
