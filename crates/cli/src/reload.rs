@@ -218,8 +218,16 @@ fn reload_once(path: &Path, content: Content, gateway: &Gateway, log: &LogGuard,
         Err(e) => {
             metrics::counter!("portcullis_config_reloads_total", "result" => "refused")
                 .increment(1);
+            // The errors say why it was refused; the file's warnings are only lint.
             for d in &e.diagnostics {
-                tracing::error!(trigger = reason, diagnostic = %d, "configuration reload refused; the running configuration stays");
+                match d.severity {
+                    portcullis_config::Severity::Error => {
+                        tracing::error!(trigger = reason, diagnostic = %d, "configuration reload refused; the running configuration stays")
+                    }
+                    portcullis_config::Severity::Warning => {
+                        tracing::warn!(config = %d, "configuration lint")
+                    }
+                }
             }
             return;
         }

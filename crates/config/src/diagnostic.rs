@@ -57,14 +57,12 @@ pub struct ConfigError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// Every finding, warnings included: an operator fixing the errors sees the risky settings
+/// in the same round, not only once the file is valid.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for d in self
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-        {
+        for d in &self.diagnostics {
             if !first {
                 writeln!(f)?;
             }

@@ -981,11 +981,16 @@ fn cors_entries_that_could_never_match_are_refused() {
             "origins = [\"https://app.example.com\"], headers = [\"*\"]",
             &["not a header name"][..],
         ),
+        // The route takes GET only: a preflight for POST is answered by no route of it.
+        (
+            "origins = [\"https://app.example.com\"], methods = [\"POST\"]",
+            &["method \"POST\"", "not one of the route's methods (GET)"][..],
+        ),
     ] {
         located_error(&format!("{ROUTE}cors = {{ {cors} }}\n"), words);
     }
     ok(&format!(
-        "{ROUTE}cors = {{ origins = [\"https://app.example.com:8443\", \"http://localhost:3000\", \"https://App.Example.com\"], methods = [\"get\"], headers = [\"content-type\"], expose_headers = [\"*\"] }}\n"
+        "{ROUTE}cors = {{ origins = [\"https://app.example.com:8443\", \"http://localhost:3000\", \"https://App.Example.com\"], methods = [\"get\", \"HEAD\"], headers = [\"content-type\"], expose_headers = [\"*\"] }}\n"
     ));
     let l = ok(&format!(
         "{ROUTE}cors = {{ origins = [\"https://app.example.com\"], max_age = \"2d\" }}\n"
@@ -1125,4 +1130,28 @@ fn a_fleet_is_warned_that_quotas_are_per_instance_and_fallback_needs_its_size() 
     let doc = format!("{redis_fleet}{limited}");
     assert!(warned(&doc, "each instance's own store"));
     assert!(!warned(&doc, "instances = 1"));
+}
+
+#[test]
+fn an_invalid_file_reports_its_warnings_too_in_the_files_order() {
+    // Fixing errors one round at a time must not hide the risky settings until the last one.
+    let text = "[server]\ntrusted_proxies = [\"bogus\", \"0.0.0.0/0\"]\n\n[[routes]]\nid = \"r\"\nmethods = [\"GET\"]\npath = \"r\"\nupstream = \"http://127.0.0.1:7000\"\ncors = { origins = [\"https://a.example\"], max_age = \"2d\" }\n";
+    let e = match parse(text, "test.toml", Path::new(".")) {
+        Ok(_) => panic!("expected an invalid config"),
+        Err(e) => e,
+    };
+    let shown = e.to_string();
+    let at = |w: &str| {
+        shown
+            .find(w)
+            .unwrap_or_else(|| panic!("{w:?} missing from:\n{shown}"))
+    };
+    // Line 2 (an error, then a warning), line 7 (an error), line 9 (a warning).
+    assert!(at("\"bogus\"") < at("0.0.0.0/0 believes"), "{shown}");
+    assert!(
+        at("0.0.0.0/0 believes") < at("must start with '/'"),
+        "{shown}"
+    );
+    assert!(at("must start with '/'") < at("max_age"), "{shown}");
+    assert!(shown.contains("test.toml:9:"), "{shown}");
 }

@@ -156,6 +156,10 @@ pub(crate) fn validate(
         overlaps(&mut c, &routes, &spans);
     }
     crate::validate_limits::fleet(&mut c, &shared_state, &clients, &routes, &spans);
+    // In the file's order, as an editor shows it; findings about the file as a whole last.
+    // (Stable: two findings at one place keep the order they were found in.)
+    c.found
+        .sort_by_key(|d| (d.line.is_none(), d.line, d.column));
     if c.found.iter().any(|d| d.severity == Severity::Error) {
         return Err(ConfigError {
             diagnostics: c.found,
@@ -1217,9 +1221,16 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
                 c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} is never sent that way by a browser, so it would never match; write {sent:?}"));
             }
         }
+        // A preflight is answered by the route that serves the requested method, so a CORS
+        // method the route does not take would be refused at every preflight (GET brings HEAD).
+        let takes = |m: &str| methods.iter().any(|r| r.as_str() == m) || (m == "HEAD" && methods.contains(&http::Method::GET));
         for m in &cr.methods {
-            if !ROUTE_METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+            let upper = m.to_ascii_uppercase();
+            if !ROUTE_METHODS.contains(&upper.as_str()) {
                 c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not allowed; expected some of {}", ROUTE_METHODS.join(", ")));
+            } else if !takes(&upper) {
+                let own: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not one of the route's methods ({}), so every preflight for it would be refused; list only the route's methods", own.join(", ")));
             }
         }
         // `*` is a wildcard browsers honour in expose_headers (without credentials), never in
