@@ -334,6 +334,11 @@ async fn object_and_property_rules_protect_other_tenants_data() {
     )
     .await;
     assert_problem(gw.get_with_key("/search", &key).await, 403, "forbidden").await;
+    // A repeated name: the rule must not judge one copy while the upstream reads another.
+    for q in ["tenant=acme&tenant=globex", "tenant=globex&tenant=acme"] {
+        let res = gw.get_with_key(&format!("/search?{q}"), &key).await;
+        assert_problem(res, 403, "forbidden").await;
+    }
     let own = serde_json::json!({ "customer": { "tenant": "acme" }, "sku": "A1" });
     let res = c
         .post(gw.url("/orders"))
@@ -466,4 +471,52 @@ async fn a_key_in_use_gets_its_last_used_time_recorded_in_the_store() {
     }
     let at = seen[0].expect("last_used_at never recorded");
     assert!(at >= before, "{at} < {before}");
+}
+
+#[tokio::test]
+async fn a_range_request_cannot_cut_a_denied_field_out_of_a_filtered_response() {
+    // An upstream that honours `Range` on its JSON, as static-file handlers do; `/always`
+    // answers 206 whatever was asked.
+    const DOC: &str = r#"{"id":"42","internal_notes":"card ending 4242"}"#;
+    let addr = common::serve_fn(|parts, _| {
+        let range = parts.headers.get("range").is_some();
+        if range || parts.uri.path() == "/always" {
+            let mut res = common::json_response(206, &DOC[17..35]);
+            res.headers_mut().insert(
+                "content-range",
+                http::HeaderValue::from_static("bytes 17-34/48"),
+            );
+            return res;
+        }
+        common::json_response(200, DOC)
+    })
+    .await;
+    let u = format!("http://{addr}");
+    let rules =
+        "auth = [\"api_key\"]\nresponse_fields = { default = { deny = [\"internal_notes\"] } }";
+    let gw = Gw::start(&format!(
+        "{}{CLIENTS}{}{}",
+        server_section(""),
+        route("doc", "[\"GET\"]", "/doc", &u, rules),
+        route("always", "[\"GET\"]", "/always", &u, rules),
+    ));
+    let key = gw.issue_key("billing").await;
+    let res = client()
+        .get(gw.url("/doc"))
+        .bearer_auth(&key)
+        .header("range", "bytes=17-34")
+        .header("if-range", "\"x\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), r#"{"id":"42"}"#);
+    let res = client()
+        .get(gw.url("/always"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let v = assert_problem(res, 502, "upstream-unavailable").await;
+    assert!(!v.to_string().contains("4242"), "{v}");
 }

@@ -519,9 +519,16 @@ async fn a_request_must_name_one_valid_host() {
         "GET /api/orders/1 HTTP/1.1\r\nHost: a b\r\n",
         "GET /api/orders/1 HTTP/1.1\r\nHost: a.example/x\r\n",
         "GET http://evil.example/api/orders/1 HTTP/1.1\r\nHost: a.example\r\n",
+        // Without a Host, the target's authority is the host, and is held to the same rule
+        // (it was forwarded unchecked as Host and X-Forwarded-Host).
+        "GET http://evil.example,gw.example/api/orders/1 HTTP/1.0\r\n",
+        "GET http://user@evil.example:99/api/orders/1 HTTP/1.0\r\n",
     ] {
         let raw = send(head);
-        assert!(raw.starts_with("HTTP/1.1 400"), "{head:?}: {raw}");
+        assert!(
+            raw.starts_with("HTTP/1.1 400") || raw.starts_with("HTTP/1.0 400"),
+            "{head:?}: {raw}"
+        );
         assert!(
             raw.contains("urn:portcullis:problem:malformed-request"),
             "{head:?}: {raw}"
@@ -532,6 +539,7 @@ async fn a_request_must_name_one_valid_host() {
         "GET http://gw.example/api/orders/1 HTTP/1.1\r\nHost: GW.example\r\n",
         // HTTP/1.0 has no Host requirement.
         "GET /api/orders/1 HTTP/1.0\r\n",
+        "GET http://gw.example:8080/api/orders/1 HTTP/1.0\r\n",
     ] {
         let raw = send(head);
         assert!(raw.contains(" 200 "), "{head:?}: {raw}");
@@ -853,10 +861,70 @@ async fn plaintext_http2_prior_knowledge_works() {
         .no_proxy()
         .build()
         .unwrap();
-    let res = c.get(gw.url("/api/orders/7")).send().await.unwrap();
+    let res = c
+        .get(gw.url("/api/orders/7"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     let v: serde_json::Value = res.json().await.unwrap();
     assert_eq!(v["path"], "/v2/orders/7");
+    // HTTP/2's cookie crumbs go on to the HTTP/1.1 upstream as one line (RFC 9113 §8.2.3).
+    assert_eq!(v["headers"]["cookie"], "a=1; b=2", "{v}");
+}
+
+#[tokio::test]
+async fn an_upstreams_protocol_does_not_leak_onto_the_clients_connection() {
+    // A raw upstream: `/v10` answers as HTTP/1.0 (no length, closed to end the body);
+    // `/switch` answers 101 to a request that asked for no upgrade.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"GET /switch") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+                } else {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"
+                };
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let up = format!("http://{addr}");
+    let gw = Gw::start(&format!(
+        "{}{}{}",
+        server_section(""),
+        route("v10", "[\"GET\"]", "/v10", &up, ""),
+        route("switch", "[\"GET\"]", "/switch", &up, "")
+    ));
+    // Two requests on one keep-alive connection: both answered, as HTTP/1.1.
+    let data = gw.data;
+    let raw = tokio::task::spawn_blocking(move || {
+        raw_request(
+            data,
+            "GET /v10 HTTP/1.1\r\nHost: gw\r\n\r\nGET /v10 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(raw.matches("HTTP/1.1 200").count(), 2, "{raw}");
+    assert_eq!(raw.matches("hello").count(), 2, "{raw}");
+    let res = client().get(gw.url("/switch")).send().await.unwrap();
+    assert_problem(res, 502, "upstream-unavailable").await;
 }
 
 #[tokio::test]

@@ -114,10 +114,16 @@ impl ObjectRules {
                     .get::<RouteMatch>()
                     .and_then(|m| m.param(p))
                     .map(str::to_string),
+                // Exactly one value: with `tenant=acme&tenant=evil` the rule would judge the
+                // first while an upstream that reads the last serves another tenant's data.
                 ObjectSource::Query(q) => parts.uri.query().and_then(|qs| {
-                    url::form_urlencoded::parse(qs.as_bytes())
-                        .find(|(k, _)| k == q)
-                        .map(|(_, v)| v.into_owned())
+                    let mut named = url::form_urlencoded::parse(qs.as_bytes())
+                        .filter(|(k, _)| k == q)
+                        .map(|(_, v)| v);
+                    match (named.next(), named.next()) {
+                        (Some(v), None) => Some(v.into_owned()),
+                        _ => None,
+                    }
                 }),
                 ObjectSource::Body(b) => json
                     .as_ref()

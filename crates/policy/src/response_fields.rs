@@ -36,11 +36,16 @@ impl Policy for ResponseFields {
     }
 
     fn on_request(&self, mut req: Request<Body>) -> Step<'_, Flow> {
+        let h = req.headers_mut();
         // Compressed bodies cannot be filtered; ask the upstream for plain ones.
-        req.headers_mut().insert(
+        h.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        // Nor can a part of a document: `Range: bytes=47-78` cut a denied field's value out
+        // of it, and the fragment (a bare string) passed the filter whole.
+        h.remove(header::RANGE);
+        h.remove(header::IF_RANGE);
         Ok(Flow::Continue(req)).into()
     }
 
@@ -82,6 +87,12 @@ impl ResponseFields {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| v != "identity");
+        // An upstream that sends a part anyway (it was not asked for one) is refused too.
+        if parts.status == http::StatusCode::PARTIAL_CONTENT
+            || parts.headers.contains_key(header::CONTENT_RANGE)
+        {
+            return Err(bad_gateway("a partial response cannot be filtered"));
+        }
         let bytes = read_limited(body, MAX_FILTERED_BODY)
             .await
             .map_err(|_| bad_gateway("response body too large or broken for field filtering"))?;

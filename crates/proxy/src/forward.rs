@@ -231,8 +231,13 @@ impl Terminal for Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
+        // HTTP/2 may split `Cookie` into crumbs; HTTP/1.1 has one line (RFC 9113 §8.2.3).
+        let h2 = req.version() == Version::HTTP_2;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if h2 {
+            join_cookie_crumbs(headers);
+        }
         set_forwarding(
             headers,
             &ctx.connection,
@@ -287,6 +292,18 @@ impl Terminal for Forwarder {
             .await?;
 
         let (mut parts, body) = res.into_parts();
+        // The gateway asked for no upgrade (it strips `Upgrade`) and tunnels none: a 101
+        // would leave an HTTP/1 client on a dead connection, and HTTP/2 has no 101 at all.
+        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(upstream_failure(
+                &self.route_id,
+                "protocol",
+                GatewayError::BadGateway("upstream switched protocols unasked".into()),
+            ));
+        }
+        // The client's connection keeps its own protocol: an HTTP/1.0 upstream's version on
+        // the response made the server answer 1.0 and close a keep-alive client.
+        parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         let body = if body.is_end_stream() {
             body
@@ -298,6 +315,24 @@ impl Terminal for Forwarder {
             Deadline::new(body, deadline, self.timeouts.read, who).boxed_unsync()
         };
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Joins several `Cookie` fields into one, `; `-separated, as RFC 9113 §8.2.3 asks before a
+/// request goes on over HTTP/1.1: an upstream reading one line would lose the others.
+fn join_cookie_crumbs(h: &mut http::HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in h.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(mut v) = HeaderValue::from_bytes(&joined) {
+        v.set_sensitive(true);
+        h.insert(header::COOKIE, v);
     }
 }
 

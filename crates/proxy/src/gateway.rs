@@ -6,7 +6,7 @@ use crate::{
     build::route_chain,
     client::ClientCache,
     forward::Forwarder,
-    headers::client_ip,
+    headers::{client_ip, strip_hop_by_hop},
     inventory::{DeclaredRoute, Inventory, InventoryReport},
     observe::{self, Outcome},
     router::{check_path, CompiledRoute, Lookup, RouteTable},
@@ -368,7 +368,14 @@ impl Gateway {
         // no reference count shared by every request on the route is touched.
         let none = || Cow::Borrowed("-");
         // 2. Request head within limits (414, 431) before anything else looks at it.
-        check_head(&req, generation.limits).map_err(|e| (e, none()))?;
+        let hop_by_hop = check_head(&req, generation.limits).map_err(|e| (e, none()))?;
+        // What the policies judge is what the upstream gets: a header the client names in
+        // `Connection` (`Connection: content-type`) went only at the forwarder, after the
+        // body checks had read it, so the upstream saw a body without its validated type.
+        let mut req = req;
+        if hop_by_hop {
+            strip_hop_by_hop(req.headers_mut());
+        }
         // 3. A path every server reads the same way (400 otherwise).
         check_path(req.uri().path()).map_err(|k| (GatewayError::Malformed(k), none()))?;
         // Server-wide client network rules, before anything else is revealed (403).
@@ -485,7 +492,9 @@ impl Gateway {
     }
 }
 
-fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), GatewayError> {
+/// Checks the head against the limits; true when it carries `Connection` (which may name
+/// headers to remove), found in the same pass.
+fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, GatewayError> {
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len as u64 > limits.url_bytes {
         return Err(GatewayError::UriTooLong);
@@ -501,6 +510,7 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     let mut host = None;
     let mut content_types = 0usize;
     let mut content_type = None;
+    let mut connection = false;
     for (n, v) in headers {
         bytes += (n.as_str().len() + v.len() + 4) as u64;
         if n == http::header::HOST {
@@ -509,6 +519,8 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
         } else if n == http::header::CONTENT_TYPE {
             content_types += 1;
             content_type = Some(v);
+        } else if n == http::header::CONNECTION {
+            connection = true;
         }
     }
     if bytes > limits.header_bytes {
@@ -520,7 +532,7 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<(), Gateway
     if content_types > 1 || content_type.is_some_and(|v| is_list(v.as_bytes())) {
         return Err(GatewayError::Malformed(MalformedKind::InvalidHeader));
     }
-    check_host(req, hosts, host)
+    check_host(req, hosts, host).map(|()| connection)
 }
 
 /// True when a header value is a list: a `,` outside a quoted string (`text/plain,
@@ -555,13 +567,22 @@ fn check_host(
     if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
         return Err(bad());
     }
-    let Some(host) = host else { return Ok(()) };
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let Some(host) = host else {
+        // No `Host`: HTTP/2's `:authority` or an HTTP/1.0 absolute-form target names the
+        // host instead, and is forwarded as `Host` and `X-Forwarded-Host` the same way, so it
+        // is held to the same rule (no userinfo, no comma).
+        return match target {
+            Some(t) if !is_host_text(t) => Err(bad()),
+            _ => Ok(()),
+        };
+    };
     let host = host.as_bytes();
     if !is_host_text(host) {
         return Err(bad());
     }
-    match req.uri().authority() {
-        Some(target) if !target.as_str().as_bytes().eq_ignore_ascii_case(host) => Err(bad()),
+    match target {
+        Some(target) if !target.eq_ignore_ascii_case(host) => Err(bad()),
         _ => Ok(()),
     }
 }

@@ -55,19 +55,55 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Headers an upstream may believe about the client or the request target, which only a
-/// trusted proxy may set: client-address headers of nginx, CDNs and load balancers, and the
-/// URL overrides IIS and older Symfony honour (with them a request to a catch-all route
-/// could name a protected path). From an untrusted peer they go with the forwarding headers.
-const UNTRUSTED_ONLY: [HeaderName; 7] = [
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-];
+/// How far a request header that an upstream may act on can be believed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Believed {
+    /// An ordinary header.
+    Yes,
+    /// About the client, its connection or the request target: only a trusted proxy may set
+    /// it. Client-address headers of nginx, CDNs and load balancers; the scheme, port,
+    /// prefix and host overrides frameworks read behind a proxy; client-certificate headers
+    /// (the gateway itself checks certificates); and the URL overrides IIS and older
+    /// Symfony honour (with them a request to a catch-all route could name a protected
+    /// path).
+    FromTrustedProxy,
+    /// Never: a method override makes a POST that the routes authorized as a POST act as a
+    /// DELETE at an upstream that honours it. The gateway authorizes the method it sees, so
+    /// no one may change it behind its back.
+    Never,
+}
+
+/// Classifies `name`. A `match` on the text compiles to a switch on the length, then one
+/// comparison: the names of every request pass through here.
+fn believed(name: &str) -> Believed {
+    match name {
+        "x-http-method-override" | "x-http-method" | "x-method-override" => Believed::Never,
+        "x-real-ip"
+        | "true-client-ip"
+        | "x-client-ip"
+        | "cf-connecting-ip"
+        | "x-cluster-client-ip"
+        | "x-original-url"
+        | "x-rewrite-url"
+        | "x-forwarded-port"
+        | "x-forwarded-prefix"
+        | "x-forwarded-server"
+        | "x-forwarded-ssl"
+        | "x-forwarded-scheme"
+        | "x-forwarded-client-cert"
+        | "x-url-scheme"
+        | "x-scheme"
+        | "front-end-https"
+        | "x-host"
+        | "x-original-host"
+        | "x-ssl-client-cert"
+        | "x-ssl-client-dn"
+        | "x-ssl-client-verify"
+        | "x-client-cert"
+        | "ssl-client-cert" => Believed::FromTrustedProxy,
+        _ => Believed::Yes,
+    }
+}
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|n| n.contains(&ip))
@@ -120,7 +156,7 @@ pub(crate) fn set_forwarding(
             || k == X_FORWARDED_FOR
             || k == X_FORWARDED_PROTO
             || k == X_FORWARDED_HOST
-            || UNTRUSTED_ONLY.contains(k)
+            || believed(k.as_str()) != Believed::Yes
     });
 
     let (xff, forwarded) = if present {
@@ -166,15 +202,25 @@ fn forwarding_after(
     let mut xff: Vec<u8> = Vec::with_capacity(64);
     // What earlier proxies recorded is kept only when a trusted proxy passed it on.
     let mut fwd_before: Vec<u8> = Vec::new();
-    if trusted(conn.peer_ip, proxies) {
+    let from_proxy = trusted(conn.peer_ip, proxies);
+    if from_proxy {
         join_values(h, &X_FORWARDED_FOR, &mut xff);
         join_values(h, &header::FORWARDED, &mut fwd_before);
     } else {
         h.remove(X_FORWARDED_PROTO);
         h.remove(X_FORWARDED_HOST);
-        for n in &UNTRUSTED_ONLY {
-            h.remove(n);
-        }
+    }
+    let dropped: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| match believed(k.as_str()) {
+            Believed::Yes => false,
+            Believed::FromTrustedProxy => !from_proxy,
+            Believed::Never => true,
+        })
+        .cloned()
+        .collect();
+    for n in dropped {
+        h.remove(n);
     }
     h.remove(X_FORWARDED_FOR);
     h.remove(header::FORWARDED);
@@ -380,6 +426,49 @@ mod tests {
         assert!(!h.contains_key("x-real-ip"), "{h:?}");
         assert!(!h.contains_key("x-original-url") && !h.contains_key("true-client-ip"));
         assert_eq!(h["x-forwarded-for"], "::1");
+        // Scheme, port, prefix, host and client-certificate overrides go the same way, and a
+        // method override goes whoever sent it. Ordinary headers stay.
+        let overrides = [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x-forwarded-client-cert",
+            "x-url-scheme",
+            "front-end-https",
+            "x-host",
+            "x-original-host",
+            "x-ssl-client-dn",
+            "ssl-client-cert",
+        ];
+        let overrides_method = [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ];
+        let proxy: SocketAddr = "10.0.0.2:5000"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        for (from, trusted) in [(peer, false), (proxy, true)] {
+            let mut h = HeaderMap::new();
+            for n in overrides.iter().chain(&overrides_method) {
+                h.insert(*n, HeaderValue::from_static("on"));
+            }
+            h.insert("x-ordinary", HeaderValue::from_static("kept"));
+            set_forwarding(
+                &mut h,
+                &Connection::new(from, false, None),
+                None,
+                &nets(&["10.0.0.0/8"]),
+            );
+            for n in overrides {
+                assert_eq!(h.contains_key(n), trusted, "{n} from {from}");
+            }
+            for n in overrides_method {
+                assert!(!h.contains_key(n), "{n} from {from}");
+            }
+            assert_eq!(h["x-ordinary"], "kept");
+        }
     }
     #[test]
     fn a_connections_values_are_reused_only_for_the_same_host() {
