@@ -80,7 +80,10 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let _watcher = watcher;
         let mut deps = dependencies(&gateway.config());
-        let mut last = digest(&read(&path, &deps));
+        let first = read(&path, &deps);
+        let mut last = digest(&first);
+        // The certificate files as the running generation loaded them.
+        let mut loaded_deps = first.deps;
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -94,7 +97,7 @@ pub(crate) fn spawn(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
                 let snapshot = read(&path, &deps);
-                reload_once(&path, snapshot.config.clone(), &gateway, &log, reason);
+                apply(&path, &snapshot, &gateway, &log, reason, &mut loaded_deps);
                 (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
                 continue;
             }
@@ -103,6 +106,13 @@ pub(crate) fn spawn(
             }
             let (settled, hup) = settle(&path, &deps, &mut rx).await;
             let Some(snapshot) = settled else {
+                if hup {
+                    // Asked for: what is there now, settled or not, as any SIGHUP.
+                    let snapshot = read(&path, &deps);
+                    apply(&path, &snapshot, &gateway, &log, "SIGHUP", &mut loaded_deps);
+                    (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
+                    continue;
+                }
                 tracing::warn!(
                     path = %path.display(),
                     "the configuration (or its certificate files) kept changing for 30 s; not \
@@ -115,7 +125,7 @@ pub(crate) fn spawn(
                 continue;
             }
             let reason = if hup { "SIGHUP" } else { reason };
-            reload_once(&path, snapshot.config.clone(), &gateway, &log, reason);
+            apply(&path, &snapshot, &gateway, &log, reason, &mut loaded_deps);
             (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
         }
     });
@@ -201,9 +211,49 @@ fn after_reload(
     }
 }
 
+/// Reloads from `snapshot`. When its configuration is refused but the certificate files
+/// changed, the running configuration is rebuilt with the new certificates: a renewal must
+/// not wait for someone to fix an unrelated edit (the old certificate may be about to
+/// expire).
+fn apply(
+    path: &Path,
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    log: &LogGuard,
+    reason: &str,
+    loaded_deps: &mut Vec<Content>,
+) {
+    if reload_once(path, snapshot.config.clone(), gateway, log, reason) {
+        *loaded_deps = snapshot.deps.clone();
+        return;
+    }
+    if snapshot.deps == *loaded_deps {
+        return;
+    }
+    match gateway.reload(&gateway.config()) {
+        Ok(_) => {
+            *loaded_deps = snapshot.deps.clone();
+            tracing::warn!(
+                trigger = reason,
+                "certificate files changed: loaded with the running configuration, since the \
+                 configuration file was refused"
+            );
+        }
+        Err(e) => {
+            tracing::error!(trigger = reason, error = %e, "certificate files changed but do not load; the running ones stay");
+        }
+    }
+}
+
 /// Validates `content` (the file as last read) and swaps it in, or refuses it and keeps the
-/// running configuration.
-fn reload_once(path: &Path, content: Content, gateway: &Gateway, log: &LogGuard, reason: &str) {
+/// running configuration. True when it was swapped in.
+fn reload_once(
+    path: &Path,
+    content: Content,
+    gateway: &Gateway,
+    log: &LogGuard,
+    reason: &str,
+) -> bool {
     let file = path.display().to_string();
     let loaded = match content.map(String::from_utf8) {
         Ok(Ok(text)) => portcullis_config::load_text(path, &text),
@@ -229,7 +279,7 @@ fn reload_once(path: &Path, content: Content, gateway: &Gateway, log: &LogGuard,
                     }
                 }
             }
-            return;
+            return false;
         }
     };
     match gateway.reload(&loaded.config) {
@@ -247,11 +297,13 @@ fn reload_once(path: &Path, content: Content, gateway: &Gateway, log: &LogGuard,
                 routes = loaded.config.routes.len(),
                 "configuration reloaded"
             );
+            true
         }
         Err(e) => {
             metrics::counter!("portcullis_config_reloads_total", "result" => "refused")
                 .increment(1);
             tracing::error!(trigger = reason, error = %e, "configuration reload refused; the running configuration stays");
+            false
         }
     }
 }

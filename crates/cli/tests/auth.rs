@@ -335,7 +335,12 @@ async fn object_and_property_rules_protect_other_tenants_data() {
     .await;
     assert_problem(gw.get_with_key("/search", &key).await, 403, "forbidden").await;
     // A repeated name: the rule must not judge one copy while the upstream reads another.
-    for q in ["tenant=acme&tenant=globex", "tenant=globex&tenant=acme"] {
+    for q in [
+        "tenant=acme&tenant=globex",
+        "tenant=globex&tenant=acme",
+        "tenant=acme&tenant[]=globex",
+        "tenant=acme&tenant%5B1%5D=globex",
+    ] {
         let res = gw.get_with_key(&format!("/search?{q}"), &key).await;
         assert_problem(res, 403, "forbidden").await;
     }
@@ -362,6 +367,30 @@ async fn object_and_property_rules_protect_other_tenants_data() {
         "forbidden",
     )
     .await;
+
+    // The rules read the body as JSON, so it must be labelled JSON, in UTF-8: a JSON-and-form
+    // polyglot labelled as a form, or UTF-7 (`+AHI-ole` is `role` to a decoder), was passed
+    // while the upstream read another document.
+    for (ct, body) in [
+        (
+            "application/x-www-form-urlencoded",
+            r#"{"customer":{"tenant":"acme"},"x":"&role=admin&y="}"#,
+        ),
+        (
+            "application/json; charset=utf-7",
+            r#"{"customer":{"tenant":"acme"},"+AHI-ole":"admin"}"#,
+        ),
+    ] {
+        let res = c
+            .post(gw.url("/orders"))
+            .bearer_auth(&key)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 415, "unsupported-media-type").await;
+    }
 
     // Mass assignment: fields the caller may not set, at any depth.
     for body in [

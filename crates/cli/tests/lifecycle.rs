@@ -269,6 +269,34 @@ async fn a_renewed_certificate_is_served_without_a_restart_or_a_config_change() 
         .stdout
         .wait_for(&["configuration reloaded"], Duration::from_secs(5))
         .is_some());
+
+    // An edit of the configuration that is refused must not hold the next renewal back.
+    let third = upstream::TestPki::new();
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), format!("{config}\nnot toml [\n")).unwrap();
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reload refused"], Duration::from_secs(20))
+        .is_some());
+    std::fs::write(root.join("gw.pem"), &third.leaf_pem).unwrap();
+    std::fs::write(root.join("gw.key"), &third.key_pem).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), async || status_trusting(
+            &third.ca_pem
+        )
+        .await
+            == 200)
+        .await,
+        "{}",
+        gw.stdout.all()
+    );
+    assert!(gw
+        .stdout
+        .wait_for(
+            &["loaded with the running configuration"],
+            Duration::from_secs(5)
+        )
+        .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

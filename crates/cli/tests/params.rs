@@ -100,6 +100,21 @@ async fn declared_parameters_are_typed_and_checked() {
             "/orders/1?q=a&limit=5&li%6Dit=500",
             vec![pr("/query/limit", "duplicate")],
         ),
+        // qs-style parsers read `limit[]` and `limit[x]` as `limit`, an array or an object.
+        (
+            "/orders/1?q=a&limit=5&limit[]=500",
+            vec![
+                pr("/query/limit", "structured"),
+                pr("/query/limit[]", "unknown"),
+            ],
+        ),
+        (
+            "/orders/1?q=a&limit%5Bx%5D=500",
+            vec![
+                pr("/query/limit", "structured"),
+                pr("/query/limit[x]", "unknown"),
+            ],
+        ),
         (
             "/orders/1?q=a&debug=1&SENTINEL",
             vec![

@@ -642,7 +642,7 @@ async fn a_response_body_cut_short_after_its_head_is_logged_and_counted() {
             .stdout
             .wait_for(
                 &[
-                    "response body cut short",
+                    "upstream response body failed while streaming",
                     &format!("\"request_id\":\"{id}\""),
                 ],
                 Duration::from_secs(5),

@@ -1221,16 +1221,18 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
                 c.error(Some(span.clone()), format!("{ctx}: cors: origin {o:?} is never sent that way by a browser, so it would never match; write {sent:?}"));
             }
         }
-        // A preflight is answered by the route that serves the requested method, so a CORS
-        // method the route does not take would be refused at every preflight (GET brings HEAD).
+        // A preflight is answered by the route that serves the requested method (GET brings
+        // HEAD), so a CORS method the route does not take is not this route's to allow.
         let takes = |m: &str| methods.iter().any(|r| r.as_str() == m) || (m == "HEAD" && methods.contains(&http::Method::GET));
         for m in &cr.methods {
             let upper = m.to_ascii_uppercase();
             if !ROUTE_METHODS.contains(&upper.as_str()) {
                 c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not allowed; expected some of {}", ROUTE_METHODS.join(", ")));
             } else if !takes(&upper) {
+                // A warning: routes sharing a path may share one CORS table, and the route
+                // that takes the method answers its preflight (with its own `cors`).
                 let own: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-                c.error(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not one of the route's methods ({}), so every preflight for it would be refused; list only the route's methods", own.join(", ")));
+                c.warn(Some(span.clone()), format!("{ctx}: cors: method {m:?} is not one of the route's methods ({}): a preflight for it is answered only by a route that takes it and has cors itself", own.join(", ")));
             }
         }
         // `*` is a wildcard browsers honour in expose_headers (without credentials), never in

@@ -15,7 +15,11 @@
 //! extensions as [`ParsedJson`], so the body is parsed once, not twice. The two walks are one
 //! generic visitor: the counting one builds `()` and still allocates nothing.
 
-use crate::{body_limit::read_limited, validate_body::is_json, Flow, Policy, Step};
+use crate::{
+    body_limit::read_limited,
+    validate_body::{json_label, JsonLabel},
+    Flow, Policy, Step,
+};
 use bytes::Bytes;
 use http::{header, Request};
 use portcullis_config::JsonLimits;
@@ -101,10 +105,18 @@ fn walk<B: Build>(bytes: &[u8], limits: &JsonLimits) -> Result<B::Out, JsonFault
         (Err(_), Some(f)) => {
             let mut pointer = String::new();
             for seg in f.path.iter().rev() {
-                pointer.push('/');
                 match seg {
-                    Segment::Index(i) => pointer.push_str(&i.to_string()),
-                    Segment::Key(k) => pointer.push_str(&k.replace('~', "~0").replace('/', "~1")),
+                    Segment::Index(i) => {
+                        pointer.push('/');
+                        pointer.push_str(&i.to_string());
+                    }
+                    // A name is the caller's own text: one longer than schema errors repeat
+                    // back ends the pointer at its object instead.
+                    Segment::Key(k) if k.len() > MAX_NAMED => break,
+                    Segment::Key(k) => {
+                        pointer.push('/');
+                        pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    }
                 }
             }
             if pointer.is_empty() {
@@ -208,6 +220,9 @@ impl Build for TreeBuilder {
         Value::Object(map)
     }
 }
+
+/// Longest member name repeated back in a limit's error pointer (as for schema errors).
+const MAX_NAMED: usize = 64;
 
 /// The document [`JsonLimitCheck`] built, for the later policies of the same request. It
 /// belongs to the exact body bytes it was parsed from: a policy that replaced the body in
@@ -462,18 +477,21 @@ impl<'de> DeserializeSeed<'de> for Overflow<'_> {
 pub struct JsonLimitCheck {
     limits: JsonLimits,
     max_body: u64,
-    any_content_type: bool,
+    require_json: bool,
     keep_tree: bool,
 }
 
 impl JsonLimitCheck {
-    /// Checks bodies with a JSON content type; with `any_content_type`, every body (for a
-    /// route whose later policies parse the body as JSON whatever it is labelled).
-    pub fn new(limits: JsonLimits, max_body: u64, any_content_type: bool) -> Self {
+    /// Checks bodies with a JSON content type and lets others pass; with `require_json`
+    /// (a route whose later policies read the body as JSON), a non-empty body labelled
+    /// otherwise is refused (415): read as JSON here, a JSON-and-form polyglot labelled as
+    /// a form passed the rules while the upstream read `&role=admin` out of it. A JSON type
+    /// with a charset other than UTF-8 is refused either way.
+    pub fn new(limits: JsonLimits, max_body: u64, require_json: bool) -> Self {
         JsonLimitCheck {
             limits,
             max_body,
-            any_content_type,
+            require_json,
             keep_tree: false,
         }
     }
@@ -505,13 +523,21 @@ impl Policy for JsonLimitCheck {
 impl JsonLimitCheck {
     async fn request_phase(&self, req: Request<Body>) -> Result<Flow, GatewayError> {
         use http_body::Body as _;
-        if req.body().is_end_stream()
-            || !(self.any_content_type || is_json(req.headers().get(header::CONTENT_TYPE)))
-        {
+        if req.body().is_end_stream() {
             return Ok(Flow::Continue(req));
+        }
+        let label = json_label(req.headers().get(header::CONTENT_TYPE));
+        match label {
+            JsonLabel::Utf8 => {}
+            JsonLabel::OtherCharset => return Err(GatewayError::UnsupportedMediaType),
+            JsonLabel::Other if !self.require_json => return Ok(Flow::Continue(req)),
+            JsonLabel::Other => {}
         }
         let (mut parts, body) = req.into_parts();
         let bytes = read_limited(body, self.max_body).await?;
+        if !bytes.is_empty() && label == JsonLabel::Other {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
         if !bytes.is_empty() {
             if self.keep_tree {
                 let value =
@@ -568,6 +594,15 @@ mod tests {
             fault(r#"{"a":[1,2,[1,2,3,4]]}"#, &l),
             Some(("/a/2".into(), "max_array"))
         );
+        // A name over 64 bytes on the way to a fault is not repeated back either: the
+        // pointer ends at the object that holds it.
+        let long = format!("SECRET{}", "k".repeat(64));
+        let l = limits(3, 1000, 3, 2);
+        assert_eq!(
+            fault(&format!(r#"{{"a":{{"{long}":[[1]]}}}}"#), &l),
+            Some(("/a".into(), "max_depth"))
+        );
+        let l = limits(3, 8, 3, 2);
         assert_eq!(fault(r#"[1,2,3]"#, &l), None);
         assert_eq!(
             fault(r#"{"a":1,"b":{"c":1,"d":2,"e":3}}"#, &l),

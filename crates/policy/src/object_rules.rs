@@ -78,6 +78,11 @@ impl ObjectRules {
             let bytes = read_limited(body, self.max_body).await?;
             let json = if bytes.is_empty() {
                 serde_json::Value::Null
+            } else if !crate::validate_body::is_json(parts.headers.get(http::header::CONTENT_TYPE))
+            {
+                // Read as JSON here, a body labelled otherwise is read as something else by
+                // the upstream (a form with `&role=admin` inside a JSON string).
+                return Err(GatewayError::UnsupportedMediaType);
             } else if let Some(v) = parts
                 .extensions
                 .get::<crate::json_limits::ParsedJson>()
@@ -116,12 +121,14 @@ impl ObjectRules {
                     .map(str::to_string),
                 // Exactly one value: with `tenant=acme&tenant=evil` the rule would judge the
                 // first while an upstream that reads the last serves another tenant's data.
+                // `tenant[]=` and `tenant[x]=` count as copies too: qs-style parsers read
+                // them as `tenant`.
                 ObjectSource::Query(q) => parts.uri.query().and_then(|qs| {
                     let mut named = url::form_urlencoded::parse(qs.as_bytes())
-                        .filter(|(k, _)| k == q)
-                        .map(|(_, v)| v);
+                        .filter(|(k, _)| k == q || crate::params::is_structured_form(k, q))
+                        .map(|(k, v)| (k == *q).then_some(v));
                     match (named.next(), named.next()) {
-                        (Some(v), None) => Some(v.into_owned()),
+                        (Some(Some(v)), None) => Some(v.into_owned()),
                         _ => None,
                     }
                 }),

@@ -62,6 +62,9 @@ impl Params {
         for (name, rule) in &self.cfg.query {
             let mut found = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
             let failed = match (found.next(), found.next()) {
+                // `limit[]=500`, `limit[x]=500`: qs-style parsers (Express, PHP, Rails) read
+                // them as `limit`, an array or object the rule never saw.
+                _ if pairs.iter().any(|(k, _)| is_structured_form(k, name)) => Some("structured"),
                 (None, _) => rule.required.then_some("required"),
                 (Some(_), Some(_)) => Some("duplicate"),
                 // Invalid UTF-8 decodes to U+FFFD; the upstream may read the raw bytes
@@ -89,6 +92,13 @@ impl Params {
         }
         errors
     }
+}
+
+/// True when `key` is `name[...]`, the form qs-style query parsers read as `name` holding an
+/// array or an object.
+pub(crate) fn is_structured_form(key: &str, name: &str) -> bool {
+    key.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('['))
 }
 
 /// `/section/name` as an RFC 6901 pointer (`/section` without a name).

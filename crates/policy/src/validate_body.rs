@@ -49,8 +49,59 @@ impl ValidateBody {
     }
 }
 
-/// True for `application/json` and `application/*+json` content types.
+/// What a request's `Content-Type` says of its body, for the checks that read it as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonLabel {
+    /// Not a JSON media type (or none).
+    Other,
+    /// `application/json` or `application/*+json`, UTF-8 (the only charset JSON has, RFC
+    /// 8259 §8.1; `charset=utf-8` or none).
+    Utf8,
+    /// A JSON media type with another charset: the checks read the bytes as UTF-8, while an
+    /// upstream that honours `charset=utf-7` decodes `+AHI-ole` to `role`. Refused (415).
+    OtherCharset,
+}
+
+/// Reads `ct` as [`JsonLabel`].
+pub(crate) fn json_label(ct: Option<&http::HeaderValue>) -> JsonLabel {
+    if !is_json_type(ct) {
+        return JsonLabel::Other;
+    }
+    let Some(v) = ct else {
+        return JsonLabel::Other;
+    };
+    let bytes = v.as_bytes();
+    // Most bodies carry no parameter at all: nothing more to read.
+    if memchr::memchr(b';', bytes).is_none() {
+        return JsonLabel::Utf8;
+    }
+    for param in bytes.split(|&b| b == b';').skip(1) {
+        let param = param.trim_ascii();
+        let Some(eq) = memchr::memchr(b'=', param) else {
+            continue;
+        };
+        if !param[..eq].trim_ascii().eq_ignore_ascii_case(b"charset") {
+            continue;
+        }
+        let value = param[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        if !(value.eq_ignore_ascii_case(b"utf-8") || value.eq_ignore_ascii_case(b"utf8")) {
+            return JsonLabel::OtherCharset;
+        }
+    }
+    JsonLabel::Utf8
+}
+
+/// True for `application/json` and `application/*+json` content types in UTF-8.
 pub(crate) fn is_json(ct: Option<&http::HeaderValue>) -> bool {
+    json_label(ct) == JsonLabel::Utf8
+}
+
+/// True for `application/json` and `application/*+json` media types, whatever the charset.
+fn is_json_type(ct: Option<&http::HeaderValue>) -> bool {
     // Compared in place, in any ASCII case: no lowercased copy per request.
     const TYPE: &[u8] = b"application/";
     const SUFFIX: &[u8] = b"+json";
@@ -169,5 +220,28 @@ mod content_type_tests {
         let bytes =
             HeaderValue::from_bytes(b"application/x\xff+json").expect("obs-text is a valid value");
         assert!(!is_json(Some(&bytes)));
+    }
+
+    #[test]
+    fn json_in_another_charset_is_told_apart() {
+        use super::{json_label, JsonLabel};
+        let label = |s: &'static str| json_label(Some(&HeaderValue::from_static(s)));
+        for utf8 in [
+            "application/json; charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/json;charset=utf8; x=1",
+        ] {
+            assert_eq!(label(utf8), JsonLabel::Utf8, "{utf8}");
+        }
+        for other in [
+            "application/json; charset=utf-7",
+            "application/json; x=1; Charset=UTF-16",
+            "application/vnd.x+json; charset=\"iso-8859-1\"",
+            "application/json; charset=",
+        ] {
+            assert_eq!(label(other), JsonLabel::OtherCharset, "{other}");
+            assert!(!is_json(Some(&HeaderValue::from_static(other))), "{other}");
+        }
+        assert_eq!(label("text/plain; charset=utf-7"), JsonLabel::Other);
     }
 }

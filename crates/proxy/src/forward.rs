@@ -32,6 +32,9 @@ use tokio::time::{Instant, Sleep};
 /// Forwards a route's requests to its upstream.
 pub(crate) struct Forwarder {
     route_id: Arc<str>,
+    /// The same id, interned: a body's failure note names it without touching a reference
+    /// count that every response of the route would share across cores.
+    route_name: &'static str,
     upstream: Upstream,
     rewrite: Option<Vec<Part>>,
     preserve_host: bool,
@@ -54,6 +57,7 @@ impl Forwarder {
     ) -> Self {
         Forwarder {
             route_id: Arc::from(route.id.as_str()),
+            route_name: intern(&route.id),
             upstream: route.upstream.clone(),
             rewrite: route.rewrite.as_deref().map(compile_template),
             preserve_host: route.preserve_host,
@@ -309,7 +313,7 @@ impl Terminal for Forwarder {
             body
         } else {
             let who = Who {
-                route: self.route_id.clone(),
+                route: self.route_name,
                 request_id: ctx.request_id.clone(),
             };
             Deadline::new(body, deadline, self.timeouts.read, who).boxed_unsync()
@@ -392,11 +396,29 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Whose response a body is: the access line is written when the head goes out, so a body
+/// Whose response a body is: the access line is written when the head comes back, so a body
 /// that fails after it says so in a line of its own, with the request id to match them.
+/// (A policy that buffers the body, `response_fields`, turns such a failure into a 502; the
+/// line is written then too.)
 struct Who {
-    route: Arc<str>,
+    route: &'static str,
     request_id: RequestId,
+}
+
+/// `id` as text that lives as long as the process, one copy per distinct id ever configured
+/// (route ids are few, and a reload keeps most of them): built when a route is, never per
+/// request.
+fn intern(id: &str) -> &'static str {
+    static IDS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut ids = IDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = ids.iter().find(|k| **k == id) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(id.to_owned().into_boxed_str());
+    ids.push(leaked);
+    leaked
 }
 
 impl Who {
@@ -416,7 +438,7 @@ impl Who {
             request_id = %self.request_id,
             route = %self.route,
             kind,
-            "response body cut short after its head was sent"
+            "upstream response body failed while streaming"
         );
     }
 }
@@ -509,7 +531,7 @@ mod tests {
         let start = Instant::now();
         let (tx, inner) = channel_body();
         let who = Who {
-            route: Arc::from("r"),
+            route: "r",
             request_id: RequestId::generate(),
         };
         (start, tx, Deadline::new(inner, start + total, idle, who))

@@ -43,7 +43,8 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named {
+    // `Connection: host` would take away the request's target: never named away.
+    for n in named.into_iter().filter(|n| *n != header::HOST) {
         h.remove(n);
     }
     for n in HOP_BY_HOP.iter() {
@@ -73,9 +74,13 @@ enum Believed {
     Never,
 }
 
-/// Classifies `name`. A `match` on the text compiles to a switch on the length, then one
-/// comparison: the names of every request pass through here.
+/// Classifies `name`. The names of every request pass through here, so most are let go by
+/// their length and first letter before the text is compared.
 fn believed(name: &str) -> Believed {
+    let b = name.as_bytes();
+    if !(6..=23).contains(&b.len()) || !matches!(b[0], b'x' | b't' | b'c' | b'f' | b's') {
+        return Believed::Yes;
+    }
     match name {
         "x-http-method-override" | "x-http-method" | "x-method-override" => Believed::Never,
         "x-real-ip"
@@ -541,6 +546,25 @@ mod tests {
         assert_eq!(h["x-real-ip"], "198.51.100.7", "a trusted proxy's is kept");
         strip_hop_by_hop(&mut h);
         assert!(!h.contains_key(header::CONNECTION));
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    #[test]
+    fn connection_may_name_headers_away_but_never_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gw.example"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, x-gone, close"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "gw.example");
+        assert!(!h.contains_key("x-gone") && !h.contains_key(header::CONNECTION));
     }
 }
 
