@@ -97,8 +97,16 @@ pub(crate) fn spawn(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
                 let snapshot = read(&path, &deps);
-                apply(&path, &snapshot, &gateway, &log, reason, &mut loaded_deps);
-                (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
+                let now = apply(
+                    &path,
+                    &snapshot,
+                    &deps,
+                    &gateway,
+                    &log,
+                    reason,
+                    &mut loaded_deps,
+                );
+                (deps, last) = after_reload(deps, &snapshot, now);
                 continue;
             }
             if digest(&read(&path, &deps)) == last {
@@ -109,8 +117,16 @@ pub(crate) fn spawn(
                 if hup {
                     // Asked for: what is there now, settled or not, as any SIGHUP.
                     let snapshot = read(&path, &deps);
-                    apply(&path, &snapshot, &gateway, &log, "SIGHUP", &mut loaded_deps);
-                    (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
+                    let now = apply(
+                        &path,
+                        &snapshot,
+                        &deps,
+                        &gateway,
+                        &log,
+                        "SIGHUP",
+                        &mut loaded_deps,
+                    );
+                    (deps, last) = after_reload(deps, &snapshot, now);
                     continue;
                 }
                 tracing::warn!(
@@ -125,8 +141,16 @@ pub(crate) fn spawn(
                 continue;
             }
             let reason = if hup { "SIGHUP" } else { reason };
-            apply(&path, &snapshot, &gateway, &log, reason, &mut loaded_deps);
-            (deps, last) = after_reload(&gateway, &path, deps, &snapshot);
+            let now = apply(
+                &path,
+                &snapshot,
+                &deps,
+                &gateway,
+                &log,
+                reason,
+                &mut loaded_deps,
+            );
+            (deps, last) = after_reload(deps, &snapshot, now);
         }
     });
     Ok(())
@@ -191,44 +215,48 @@ fn digest(s: &Snapshot) -> u64 {
 }
 
 /// After a reload: the files the configuration now in force reads (it may name other ones),
-/// and the digest the next change is judged against: that of `snapshot`, what was loaded, so
-/// a change made since is still seen.
+/// and the digest the next change is judged against: that of what was loaded, so a change
+/// made since is still seen. `loaded` is what [`apply`] swapped in, if anything.
 fn after_reload(
-    gateway: &Gateway,
-    path: &Path,
     deps: Vec<PathBuf>,
     snapshot: &Snapshot,
+    loaded: Option<Loaded>,
 ) -> (Vec<PathBuf>, u64) {
-    let now = dependencies(&gateway.config());
-    if now == deps {
-        (deps, digest(snapshot))
-    } else {
-        let last = Snapshot {
-            config: snapshot.config.clone(),
-            deps: read(path, &now).deps,
-        };
-        (now, digest(&last))
+    match loaded {
+        Some((paths, contents)) => {
+            let last = Snapshot {
+                config: snapshot.config.clone(),
+                deps: contents,
+            };
+            (paths, digest(&last))
+        }
+        None => (deps, digest(snapshot)),
     }
 }
 
-/// Reloads from `snapshot`. When its configuration is refused but the certificate files
-/// changed, the running configuration is rebuilt with the new certificates: a renewal must
-/// not wait for someone to fix an unrelated edit (the old certificate may be about to
-/// expire).
+/// The dependency files of a configuration that was swapped in, and their content as read
+/// just before the swap (so a change that lands after it is judged a change).
+type Loaded = (Vec<PathBuf>, Vec<Content>);
+
+/// Reloads from `snapshot` (`deps`: the files it read beside the configuration). When its
+/// configuration is refused but the certificate files changed, the running configuration is
+/// rebuilt with the new certificates: a renewal must not wait for someone to fix an
+/// unrelated edit (the old certificate may be about to expire).
 fn apply(
     path: &Path,
     snapshot: &Snapshot,
+    deps: &[PathBuf],
     gateway: &Gateway,
     log: &LogGuard,
     reason: &str,
     loaded_deps: &mut Vec<Content>,
-) {
-    if reload_once(path, snapshot.config.clone(), gateway, log, reason) {
-        *loaded_deps = snapshot.deps.clone();
-        return;
+) -> Option<Loaded> {
+    if let Some(loaded) = reload_once(path, snapshot.config.clone(), gateway, log, reason) {
+        loaded_deps.clone_from(&loaded.1);
+        return Some(loaded);
     }
     if snapshot.deps == *loaded_deps {
-        return;
+        return None;
     }
     match gateway.reload(&gateway.config()) {
         Ok(_) => {
@@ -238,22 +266,25 @@ fn apply(
                 "certificate files changed: loaded with the running configuration, since the \
                  configuration file was refused"
             );
+            Some((deps.to_vec(), snapshot.deps.clone()))
         }
         Err(e) => {
             tracing::error!(trigger = reason, error = %e, "certificate files changed but do not load; the running ones stay");
+            None
         }
     }
 }
 
 /// Validates `content` (the file as last read) and swaps it in, or refuses it and keeps the
-/// running configuration. True when it was swapped in.
+/// running configuration. When swapped in: the new configuration's dependency files and
+/// their content, read just before the swap.
 fn reload_once(
     path: &Path,
     content: Content,
     gateway: &Gateway,
     log: &LogGuard,
     reason: &str,
-) -> bool {
+) -> Option<Loaded> {
     let file = path.display().to_string();
     let loaded = match content.map(String::from_utf8) {
         Ok(Ok(text)) => portcullis_config::load_text(path, &text),
@@ -279,9 +310,11 @@ fn reload_once(
                     }
                 }
             }
-            return false;
+            return None;
         }
     };
+    let deps = dependencies(&loaded.config);
+    let contents = read(path, &deps).deps;
     match gateway.reload(&loaded.config) {
         Ok(notes) => {
             log.apply(&loaded.config.logging);
@@ -297,13 +330,13 @@ fn reload_once(
                 routes = loaded.config.routes.len(),
                 "configuration reloaded"
             );
-            true
+            Some((deps, contents))
         }
         Err(e) => {
             metrics::counter!("portcullis_config_reloads_total", "result" => "refused")
                 .increment(1);
             tracing::error!(trigger = reason, error = %e, "configuration reload refused; the running configuration stays");
-            false
+            None
         }
     }
 }
