@@ -396,6 +396,10 @@ async fn object_and_property_rules_protect_other_tenants_data() {
     for body in [
         serde_json::json!({ "customer": { "tenant": "acme" }, "role": "admin" }),
         serde_json::json!({ "customer": { "tenant": "acme" }, "account": { "is_admin": true } }),
+        // As binders read them: in another case (ASP.NET Core), or as a dotted name
+        // (MongoDB's `$set`).
+        serde_json::json!({ "customer": { "tenant": "acme" }, "Role": "admin" }),
+        serde_json::json!({ "customer": { "tenant": "acme" }, "account.is_admin": true }),
     ] {
         assert_problem(
             c.post(gw.url("/orders"))

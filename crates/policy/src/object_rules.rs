@@ -102,7 +102,7 @@ impl ObjectRules {
         };
 
         for field in &self.deny_fields {
-            if json.as_ref().is_some_and(|j| json_path::contains(j, field)) {
+            if json.as_ref().is_some_and(|j| json_path::sets(j, field)) {
                 tracing::info!(target: "portcullis::security", event = "mass_assignment", client = %id.client_id, field = %field, "request sets a field the caller may not set");
                 return Err(GatewayError::Forbidden);
             }
