@@ -79,11 +79,16 @@ pub(crate) fn spawn(
 
     tokio::spawn(async move {
         let _watcher = watcher;
-        let mut deps = dependencies(&gateway.config());
+        let deps = dependencies(&gateway.config());
         let first = read(&path, &deps);
-        let mut last = digest(&first);
-        // The certificate files as the running generation loaded them.
-        let mut loaded_deps = first.deps;
+        let mut w = Watched {
+            last: digest(&first),
+            loaded_deps: first.deps,
+            deps,
+            path,
+            gateway,
+            log,
+        };
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -96,64 +101,68 @@ pub(crate) fn spawn(
                 // Asked for: what is there now.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
-                let snapshot = read(&path, &deps);
-                let now = apply(
-                    &path,
-                    &snapshot,
-                    &deps,
-                    &gateway,
-                    &log,
-                    reason,
-                    &mut loaded_deps,
-                );
-                (deps, last) = after_reload(deps, &snapshot, now);
+                w.reload(&w.read(), reason);
                 continue;
             }
-            if digest(&read(&path, &deps)) == last {
+            if digest(&w.read()) == w.last {
                 continue;
             }
-            let (settled, hup) = settle(&path, &deps, &mut rx).await;
+            let (settled, hup) = settle(&w.path, &w.deps, &mut rx).await;
             let Some(snapshot) = settled else {
                 if hup {
                     // Asked for: what is there now, settled or not, as any SIGHUP.
-                    let snapshot = read(&path, &deps);
-                    let now = apply(
-                        &path,
-                        &snapshot,
-                        &deps,
-                        &gateway,
-                        &log,
-                        "SIGHUP",
-                        &mut loaded_deps,
-                    );
-                    (deps, last) = after_reload(deps, &snapshot, now);
+                    w.reload(&w.read(), "SIGHUP");
                     continue;
                 }
                 tracing::warn!(
-                    path = %path.display(),
+                    path = %w.path.display(),
                     "the configuration (or its certificate files) kept changing for 30 s; not \
                      reloaded until it settles"
                 );
                 continue;
             };
             // A SIGHUP that came while the files settled is still honoured.
-            if digest(&snapshot) == last && !hup {
+            if digest(&snapshot) == w.last && !hup {
                 continue;
             }
-            let reason = if hup { "SIGHUP" } else { reason };
-            let now = apply(
-                &path,
-                &snapshot,
-                &deps,
-                &gateway,
-                &log,
-                reason,
-                &mut loaded_deps,
-            );
-            (deps, last) = after_reload(deps, &snapshot, now);
+            w.reload(&snapshot, if hup { "SIGHUP" } else { reason });
         }
     });
     Ok(())
+}
+
+/// What the watcher knows of the files between changes.
+struct Watched {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    log: Arc<LogGuard>,
+    /// The files the running configuration reads besides itself.
+    deps: Vec<PathBuf>,
+    /// The digest of what was last loaded (or refused), which the next change is judged by.
+    last: u64,
+    /// The certificate files as the running generation loaded them.
+    loaded_deps: Vec<Content>,
+}
+
+impl Watched {
+    fn read(&self) -> Snapshot {
+        read(&self.path, &self.deps)
+    }
+
+    /// Reloads from `snapshot` and moves the watch on to what was loaded.
+    fn reload(&mut self, snapshot: &Snapshot, reason: &str) {
+        let loaded = apply(
+            &self.path,
+            snapshot,
+            &self.deps,
+            &self.gateway,
+            &self.log,
+            reason,
+            &mut self.loaded_deps,
+        );
+        let deps = std::mem::take(&mut self.deps);
+        (self.deps, self.last) = after_reload(deps, snapshot, loaded);
+    }
 }
 
 /// Files the running configuration reads besides itself, which are read again on reload:

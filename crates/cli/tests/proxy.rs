@@ -546,9 +546,10 @@ async fn a_request_must_name_one_valid_host() {
     }
 }
 
-#[tokio::test]
-async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_chunks() {
-    // A raw upstream: hyper would never send both headers.
+/// A raw HTTP/1 upstream on loopback, for answers hyper would never send: for each request
+/// head it writes what `answer` gives (bytes, then how long to hold the connection open before
+/// closing it). Returns its base URL.
+async fn raw_upstream(answer: fn(&[u8]) -> (&'static [u8], Duration)) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -563,16 +564,30 @@ async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_ch
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-                    .await;
+                let (bytes, hold) = answer(&head);
+                let _ = s.write_all(bytes).await;
+                tokio::time::sleep(hold).await;
+                let _ = s.shutdown().await;
             });
         }
     });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_chunks() {
+    // hyper would never send both headers.
+    let up = raw_upstream(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            Duration::ZERO,
+        )
+    })
+    .await;
     let gw = Gw::start(&format!(
         "{}{}",
         server_section(""),
-        route("raw", "[\"GET\"]", "/raw", &format!("http://{addr}"), "")
+        route("raw", "[\"GET\"]", "/raw", &up, "")
     ));
     let res = client().get(gw.url("/raw")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -585,32 +600,20 @@ async fn an_upstream_answer_with_content_length_and_chunking_is_framed_by_its_ch
 #[tokio::test]
 async fn a_response_body_cut_short_after_its_head_is_logged_and_counted() {
     // The access line goes out with the head (status 200), so a body the upstream breaks off
-    // or stops sending needs its own record. A raw upstream: `/cut` promises 100 bytes and
-    // closes after 10; `/stall` sends 10 and then nothing.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-                    .await;
-                if head.starts_with(b"GET /stall") {
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                }
-            });
-        }
-    });
-    let up = format!("http://{addr}");
+    // or stops sending needs its own record. `/cut` promises 100 bytes and closes after 10;
+    // `/stall` sends 10 and then nothing.
+    let up = raw_upstream(|head| {
+        let hold = if head.starts_with(b"GET /stall") {
+            10
+        } else {
+            0
+        };
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            Duration::from_secs(hold),
+        )
+    })
+    .await;
     let gw = Gw::start(&format!(
         "{}{}{}",
         server_section(""),
@@ -877,33 +880,17 @@ async fn plaintext_http2_prior_knowledge_works() {
 
 #[tokio::test]
 async fn an_upstreams_protocol_does_not_leak_onto_the_clients_connection() {
-    // A raw upstream: `/v10` answers as HTTP/1.0 (no length, closed to end the body);
-    // `/switch` answers 101 to a request that asked for no upgrade.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer: &[u8] = if head.starts_with(b"GET /switch") {
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
-                } else {
-                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"
-                };
-                let _ = s.write_all(answer).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    let up = format!("http://{addr}");
+    // `/v10` answers as HTTP/1.0 (no length, closed to end the body); `/switch` answers 101
+    // to a request that asked for no upgrade.
+    let up = raw_upstream(|head| {
+        let answer: &'static [u8] = if head.starts_with(b"GET /switch") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+        } else {
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"
+        };
+        (answer, Duration::ZERO)
+    })
+    .await;
     let gw = Gw::start(&format!(
         "{}{}{}",
         server_section(""),
