@@ -29,6 +29,10 @@ async fn quotas_count_admitted_requests_and_survive_a_restart() {
 
     let first = gw.get_with_key("/b", &key).await;
     assert_eq!(first.status(), 200);
+    // One field line per list: a client reading one line must see every item.
+    for name in ["ratelimit", "ratelimit-policy"] {
+        assert_eq!(first.headers().get_all(name).iter().count(), 1, "{name}");
+    }
     let rl = header(&first, "ratelimit");
     // The rate limit's item and the tightest quota's item, in one list.
     assert!(rl.contains("\"l0\";r=99"), "{rl}");
@@ -43,6 +47,9 @@ async fn quotas_count_admitted_requests_and_survive_a_restart() {
     let retry: u64 = header(&refused, "retry-after").parse().unwrap();
     assert!((1..=86_400).contains(&retry), "{retry}");
     assert!(header(&refused, "ratelimit").contains("\"route-daily\";r=0"));
+    for name in ["ratelimit", "ratelimit-policy"] {
+        assert_eq!(refused.headers().get_all(name).iter().count(), 1, "{name}");
+    }
     let p = assert_problem(refused, 429, "quota-exceeded").await;
     assert!(p["detail"].as_str().unwrap().contains("daily"));
 

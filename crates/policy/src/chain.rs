@@ -165,6 +165,28 @@ pub trait Terminal: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct ResponseHeaders(pub http::HeaderMap);
 
+/// Adds `value` to `h`. The `RateLimit` and `RateLimit-Policy` lists (rate limits and quotas
+/// each add items) stay on one field line: a split list means the same in HTTP, but a client
+/// that reads one line saw only half of it.
+pub(crate) fn add_list_item(
+    h: &mut http::HeaderMap,
+    name: &http::HeaderName,
+    value: &http::HeaderValue,
+) {
+    let list = name.as_str() == "ratelimit" || name.as_str() == "ratelimit-policy";
+    if let Some(old) = list.then(|| h.get(name)).flatten() {
+        let mut joined = Vec::with_capacity(old.len() + 2 + value.len());
+        joined.extend_from_slice(old.as_bytes());
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+        if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+            h.insert(name.clone(), v);
+            return;
+        }
+    }
+    h.append(name.clone(), value.clone());
+}
+
 /// Something a policy needs kept alive until the response body has been sent or dropped (a
 /// concurrency permit, say). Insert it into the request's extensions in `on_request`; the
 /// chain ties it to the response body. A response the gateway made from an error carries no
@@ -267,7 +289,7 @@ impl Chain {
                         extra = h.0;
                     } else {
                         for (name, value) in h.0.iter() {
-                            extra.append(name.clone(), value.clone());
+                            add_list_item(&mut extra, name, value);
                         }
                     }
                 }
@@ -301,7 +323,7 @@ impl Chain {
         // gateway's place (CORS removes the upstream's `Access-Control-*`), never what the
         // gateway adds.
         for (name, value) in extra.iter() {
-            res.headers_mut().append(name.clone(), value.clone());
+            add_list_item(res.headers_mut(), name, value);
         }
         if !holds.is_empty() && res.extensions().get::<ErrorInfo>().is_none() {
             res = res.map(|inner| {

@@ -260,8 +260,7 @@ impl Policy for RateLimit {
         mut res: Response<Body>,
         _ctx: &'a RequestContext,
     ) -> Step<'a, Response<Body>> {
-        res.headers_mut()
-            .append(RATELIMIT_POLICY, self.policy_header.clone());
+        crate::chain::add_list_item(res.headers_mut(), &RATELIMIT_POLICY, &self.policy_header);
         Ok(res).into()
     }
 }
