@@ -100,6 +100,11 @@ async fn declared_parameters_are_typed_and_checked() {
             "/orders/1?q=a&limit=5&li%6Dit=500",
             vec![pr("/query/limit", "duplicate")],
         ),
+        // ASP.NET binds query names in any case: `LIMIT` is another copy of `limit`.
+        (
+            "/orders/1?q=a&limit=5&LIMIT=500",
+            vec![pr("/query/limit", "duplicate")],
+        ),
         // qs-style parsers read `limit[]` and `limit[x]` as `limit`, an array or an object.
         (
             "/orders/1?q=a&limit=5&limit[]=500",

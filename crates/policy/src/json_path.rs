@@ -2,47 +2,70 @@
 
 use serde_json::Value;
 
-/// The value at `path`, when it exists and is not inside an array.
-pub(crate) fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |cur, seg| cur.get(seg))
-}
-
 /// True when a request body sets `path` in a way some upstream reads as `path`: the member
 /// names compared in any ASCII case (ASP.NET Core binds `Role` to `role`), and a literal
 /// dotted name taken as the nested path (`{"account.is_admin": true}` is that field to a
 /// MongoDB `$set` and to binders that expand dots). For `request_deny_fields`: better to
 /// refuse a body an upstream would not misread than to pass one it would.
 pub(crate) fn sets(v: &Value, path: &str) -> bool {
-    fn walk(v: &Value, segs: &[&str]) -> bool {
+    let mut found = Vec::new();
+    read_as(v, path, true, &mut found);
+    !found.is_empty()
+}
+
+/// The one value a body gives `path` as binders read it (see [`sets`]), not inside an array;
+/// `None` when it gives none or several (`{"tenant":"acme","Tenant":"evil"}`, or
+/// `{"account":{"tenant":"acme"},"account.tenant":"evil"}`): an object rule must not judge
+/// one copy while the upstream uses another.
+pub(crate) fn only_value<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut found = Vec::new();
+    read_as(v, path, false, &mut found);
+    match found.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+/// Every value `v` gives `path`: member names in any ASCII case, a member name that spells
+/// several segments joined by dots, and (with `through_arrays`) each element of an array.
+fn read_as<'a>(v: &'a Value, path: &str, through_arrays: bool, found: &mut Vec<&'a Value>) {
+    fn walk<'a>(v: &'a Value, segs: &[&str], arrays: bool, found: &mut Vec<&'a Value>) {
         if segs.is_empty() {
-            return true;
+            found.push(v);
+            return;
         }
         match v {
-            Value::Array(items) => items.iter().any(|i| walk(i, segs)),
-            Value::Object(m) => m.iter().any(|(key, x)| {
-                // `key` may spell the next one or more segments, joined by dots.
-                let mut rest = key.as_str();
-                for (i, seg) in segs.iter().enumerate() {
-                    let Some(after) = strip_prefix_ignore_case(rest, seg) else {
-                        return false;
-                    };
-                    if after.is_empty() {
-                        if walk(x, &segs[i + 1..]) {
-                            return true;
+            Value::Array(items) if arrays => {
+                items.iter().for_each(|i| walk(i, segs, arrays, found))
+            }
+            Value::Object(m) => {
+                for (key, x) in m {
+                    // `key` may spell the next one or more segments, joined by dots.
+                    let mut rest = key.as_str();
+                    for (i, seg) in segs.iter().enumerate() {
+                        let Some(after) = strip_prefix_ignore_case(rest, seg) else {
+                            break;
+                        };
+                        if after.is_empty() {
+                            walk(x, &segs[i + 1..], arrays, found);
+                            break;
                         }
-                        return false;
-                    }
-                    match after.strip_prefix('.') {
-                        Some(more) => rest = more,
-                        None => return false,
+                        match after.strip_prefix('.') {
+                            Some(more) => rest = more,
+                            None => break,
+                        }
                     }
                 }
-                false
-            }),
-            _ => false,
+            }
+            _ => {}
         }
     }
-    walk(v, &path.split('.').collect::<Vec<_>>())
+    walk(
+        v,
+        &path.split('.').collect::<Vec<_>>(),
+        through_arrays,
+        found,
+    )
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -116,9 +139,9 @@ mod tests {
         assert!(sets(&v, "items.user.email"));
         remove(&mut v, "items.user.email");
         assert!(!sets(&v, "items.user.email"));
-        assert_eq!(get(&v, "total"), Some(&serde_json::json!(2)));
+        assert_eq!(only_value(&v, "total"), Some(&serde_json::json!(2)));
         keep_only(&mut v, &["items".into()]);
-        assert!(get(&v, "total").is_none());
+        assert!(only_value(&v, "total").is_none());
     }
 }
 

@@ -125,8 +125,10 @@ impl ObjectRules {
                 // them as `tenant`.
                 ObjectSource::Query(q) => parts.uri.query().and_then(|qs| {
                     let mut named = url::form_urlencoded::parse(qs.as_bytes())
-                        .filter(|(k, _)| k == q || crate::params::is_structured_form(k, q))
-                        .map(|(k, v)| (k == *q).then_some(v));
+                        .filter(|(k, _)| {
+                            k.eq_ignore_ascii_case(q) || crate::params::is_structured_form(k, q)
+                        })
+                        .map(|(k, v)| k.eq_ignore_ascii_case(q).then_some(v));
                     match (named.next(), named.next()) {
                         (Some(Some(v)), None) => Some(v.into_owned()),
                         _ => None,
@@ -134,7 +136,7 @@ impl ObjectRules {
                 }),
                 ObjectSource::Body(b) => json
                     .as_ref()
-                    .and_then(|j| json_path::get(j, b))
+                    .and_then(|j| json_path::only_value(j, b))
                     .and_then(scalar),
             };
             match (expected, actual) {

@@ -60,7 +60,11 @@ impl Params {
             .map(|q| url::form_urlencoded::parse(q.as_bytes()).collect())
             .unwrap_or_default();
         for (name, rule) in &self.cfg.query {
-            let mut found = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+            // Names in any ASCII case: ASP.NET binds `LIMIT=500` to `limit`.
+            let mut found = pairs
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
             let failed = match (found.next(), found.next()) {
                 // `limit[]=500`, `limit[x]=500`: qs-style parsers (Express, PHP, Rails) read
                 // them as `limit`, an array or object the rule never saw.
@@ -79,7 +83,13 @@ impl Params {
         if self.cfg.reject_unknown_query {
             let mut reported: Vec<&str> = Vec::new();
             for (k, _) in &pairs {
-                if self.cfg.query.iter().any(|(n, _)| n == k) || reported.contains(&k.as_ref()) {
+                if self
+                    .cfg
+                    .query
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(k))
+                    || reported.contains(&k.as_ref())
+                {
                     continue;
                 }
                 reported.push(k);
@@ -97,8 +107,9 @@ impl Params {
 /// True when `key` is `name[...]`, the form qs-style query parsers read as `name` holding an
 /// array or an object.
 pub(crate) fn is_structured_form(key: &str, name: &str) -> bool {
-    key.strip_prefix(name)
-        .is_some_and(|rest| rest.starts_with('['))
+    key.get(..name.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(name))
+        && key[name.len()..].starts_with('[')
 }
 
 /// `/section/name` as an RFC 6901 pointer (`/section` without a name).
