@@ -407,6 +407,24 @@ async fn object_and_property_rules_protect_other_tenants_data() {
             .unwrap();
         assert_problem(res, 415, "unsupported-media-type").await;
     }
+    // With a declared length it is refused before it is read: not a 413 after buffering the
+    // route's limit of a body that was never going to be accepted.
+    // (A raw socket: the head promises 2 MiB and no byte of the body is sent.)
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gw.data).await.unwrap();
+        let head = format!(
+            "POST /orders HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: text/plain\r\nContent-Length: 2097152\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    }
 
     // Mass assignment: fields the caller may not set, at any depth.
     for body in [

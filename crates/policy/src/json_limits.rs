@@ -531,6 +531,11 @@ impl JsonLimitCheck {
             JsonLabel::Utf8 => {}
             JsonLabel::OtherCharset => return Err(GatewayError::UnsupportedMediaType),
             JsonLabel::Other if !self.require_json => return Ok(Flow::Continue(req)),
+            // A declared length says the body is not empty: refused before it is read.
+            JsonLabel::Other if req.body().size_hint().lower() > 0 => {
+                return Err(GatewayError::UnsupportedMediaType)
+            }
+            // A chunked body may still turn out empty: read it (within the limit) to see.
             JsonLabel::Other => {}
         }
         let (mut parts, body) = req.into_parts();
