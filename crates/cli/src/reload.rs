@@ -210,11 +210,18 @@ struct Snapshot {
 }
 
 fn read(path: &Path, deps: &[PathBuf]) -> Snapshot {
-    let one = |p: &Path| std::fs::read(p).map_err(|e| e.kind());
     Snapshot {
-        config: one(path),
-        deps: deps.iter().map(|d| one(d)).collect(),
+        config: read_one(path),
+        deps: read_deps(deps),
     }
+}
+
+fn read_deps(deps: &[PathBuf]) -> Vec<Content> {
+    deps.iter().map(|d| read_one(d)).collect()
+}
+
+fn read_one(path: &Path) -> Content {
+    std::fs::read(path).map_err(|e| e.kind())
 }
 
 fn digest(s: &Snapshot) -> u64 {
@@ -323,7 +330,7 @@ fn reload_once(
         }
     };
     let deps = dependencies(&loaded.config);
-    let contents = read(path, &deps).deps;
+    let contents = read_deps(&deps);
     match gateway.reload(&loaded.config) {
         Ok(notes) => {
             log.apply(&loaded.config.logging);

@@ -219,8 +219,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_or_a_config_change() 
     let (old, new) = (upstream::TestPki::new(), upstream::TestPki::new());
     let up = upstream::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gw.pem"), &old.leaf_pem).unwrap();
-    std::fs::write(dir.path().join("gw.key"), &old.key_pem).unwrap();
+    old.write_server_files(dir.path());
     let config = format!(
         "{}{}",
         server_section("tls = { cert = \"gw.pem\", key = \"gw.key\" }"),
@@ -251,8 +250,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_or_a_config_change() 
     assert_eq!(status_trusting(&new.ca_pem).await, 0);
 
     let root = gw.config_path().parent().unwrap().to_path_buf();
-    std::fs::write(root.join("gw.pem"), &new.leaf_pem).unwrap();
-    std::fs::write(root.join("gw.key"), &new.key_pem).unwrap();
+    new.write_server_files(&root);
     assert!(
         eventually(Duration::from_secs(20), async || status_trusting(
             &new.ca_pem
@@ -278,8 +276,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_or_a_config_change() 
         .stdout
         .wait_for(&["configuration reload refused"], Duration::from_secs(20))
         .is_some());
-    std::fs::write(root.join("gw.pem"), &third.leaf_pem).unwrap();
-    std::fs::write(root.join("gw.key"), &third.key_pem).unwrap();
+    third.write_server_files(&root);
     assert!(
         eventually(Duration::from_secs(20), async || status_trusting(
             &third.ca_pem

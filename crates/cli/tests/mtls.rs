@@ -27,8 +27,7 @@ async fn client_certificates_authenticate_bound_clients() {
     let (unbound, _) = pki.client_identity("stranger.clients.test");
     let (foreign, _) = other_ca.client_identity("billing.clients.test");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gw.pem"), &pki.leaf_pem).unwrap();
-    std::fs::write(dir.path().join("gw.key"), &pki.key_pem).unwrap();
+    pki.write_server_files(dir.path());
     std::fs::write(dir.path().join("clients-ca.pem"), &pki.ca_pem).unwrap();
     let fp_colons: Vec<String> = fp
         .as_bytes()

@@ -763,8 +763,7 @@ async fn tls_listener_speaks_http1_and_http2_with_tls12_or_13() {
     let pki = upstream::TestPki::new();
     let up = upstream::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gw.pem"), &pki.leaf_pem).unwrap();
-    std::fs::write(dir.path().join("gw.key"), &pki.key_pem).unwrap();
+    pki.write_server_files(dir.path());
     let config = format!(
         "{}{}",
         server_section("tls = { cert = \"gw.pem\", key = \"gw.key\" }"),
@@ -812,8 +811,7 @@ async fn a_tls_connection_that_sends_no_request_is_closed() {
     use tokio::io::AsyncReadExt;
     let pki = upstream::TestPki::new();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gw.pem"), &pki.leaf_pem).unwrap();
-    std::fs::write(dir.path().join("gw.key"), &pki.key_pem).unwrap();
+    pki.write_server_files(dir.path());
     let config = server_section(
         "tls = { cert = \"gw.pem\", key = \"gw.key\" }\nheader_read_timeout = \"1s\"",
     );

@@ -173,7 +173,8 @@ pub(crate) fn add_list_item(
     name: &http::HeaderName,
     value: &http::HeaderValue,
 ) {
-    let list = name.as_str() == "ratelimit" || name.as_str() == "ratelimit-policy";
+    let list =
+        *name == crate::rate_limit::RATELIMIT || *name == crate::rate_limit::RATELIMIT_POLICY;
     if let Some(old) = list.then(|| h.get(name)).flatten() {
         let mut joined = Vec::with_capacity(old.len() + 2 + value.len());
         joined.extend_from_slice(old.as_bytes());

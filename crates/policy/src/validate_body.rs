@@ -64,10 +64,7 @@ pub(crate) enum JsonLabel {
 
 /// Reads `ct` as [`JsonLabel`].
 pub(crate) fn json_label(ct: Option<&http::HeaderValue>) -> JsonLabel {
-    if !is_json_type(ct) {
-        return JsonLabel::Other;
-    }
-    let Some(v) = ct else {
+    let Some(v) = ct.filter(|_| is_json_type(ct)) else {
         return JsonLabel::Other;
     };
     let bytes = v.as_bytes();

@@ -365,8 +365,13 @@ fn set_identity(h: &mut http::HeaderMap, id: Option<&Identity>) {
 }
 
 fn upstream_failure(route: &str, kind: &'static str, err: GatewayError) -> GatewayError {
-    metrics::counter!("portcullis_upstream_errors_total", "route" => route.to_string(), "kind" => kind).increment(1);
+    count_upstream_error(route, kind);
     err
+}
+
+/// One upstream failure of `kind` on `route`, in `portcullis_upstream_errors_total`.
+fn count_upstream_error(route: &str, kind: &'static str) {
+    metrics::counter!("portcullis_upstream_errors_total", "route" => route.to_string(), "kind" => kind).increment(1);
 }
 
 /// The upstream took longer than the route allows while streaming its body.
@@ -427,12 +432,7 @@ impl Who {
     /// the only record of the request. The cause names the failure's kind only: an upstream's
     /// error text can carry what it should not (addresses, its own messages).
     fn body_failed(&self, kind: &'static str) {
-        metrics::counter!(
-            "portcullis_upstream_errors_total",
-            "route" => self.route.to_string(),
-            "kind" => kind
-        )
-        .increment(1);
+        count_upstream_error(self.route, kind);
         tracing::warn!(
             target: "portcullis::upstream",
             request_id = %self.request_id,

@@ -214,6 +214,13 @@ impl TestPki {
         }
     }
 
+    /// Writes the server certificate and key as `gw.pem` and `gw.key` in `dir`, the files
+    /// `tls = { cert = "gw.pem", key = "gw.key" }` names (a renewal writes over them).
+    pub fn write_server_files(&self, dir: &std::path::Path) {
+        std::fs::write(dir.join("gw.pem"), &self.leaf_pem).unwrap();
+        std::fs::write(dir.join("gw.key"), &self.key_pem).unwrap();
+    }
+
     /// A client certificate for `dns_name`, signed by this CA: (PEM of cert and key, SHA-256
     /// fingerprint in hex).
     pub fn client_identity(&self, dns_name: &str) -> (String, String) {
