@@ -172,14 +172,53 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, each said once: errors that already print their
+/// source (`#[error("database error: {0}")]`) would otherwise repeat it down the chain.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_errors_causes_are_each_said_once() {
+        #[derive(Debug)]
+        struct Wrapping(std::io::Error);
+        impl std::fmt::Display for Wrapping {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "database error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapping {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = anyhow::Error::new(Wrapping(io)).context("opening the store");
+        assert_eq!(
+            super::one_line(&e),
+            "opening the store: database error: refused"
+        );
+    }
+
     /// clap checks the whole command tree (unique flags, valid defaults) only when asked.
     #[test]
     fn the_command_line_is_well_formed() {

@@ -111,3 +111,56 @@ async fn a_refusal_names_the_full_quota_that_resets_last() {
         assert!(p["detail"].as_str().unwrap().contains("monthly"), "{p}");
     }
 }
+
+/// Two gateway processes on one PostgreSQL database (a fresh one on the machine's server):
+/// one quota between them, exact under concurrent requests to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_sharing_postgres_admit_exactly_the_quota() {
+    let db = portcullis_store::testing::TestDb::create().await;
+    let keys = tempfile::tempdir().unwrap();
+    let up = upstream::start(None).await;
+    // One master key for both: the API key pepper and every secret live in the shared vault.
+    let cfg = format!(
+        "{}[store]\nurl = \"{}\"\n\n[vault]\nkey_file = \"{}\"\n\n[[clients]]\nid = \"billing\"\nquota = {{ daily = 6 }}\n\n{}",
+        server_section(""),
+        db.url(),
+        keys.path().join("master.key").display(),
+        route("a", "[\"GET\"]", "/a", &up.url(), "auth = [\"api_key\"]"),
+    );
+    let a = Gw::start(&cfg);
+    let key = a.issue_key("billing").await;
+    let b = Gw::start(&cfg);
+    let c = common::client();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let url = if i % 2 == 0 { a.url("/a") } else { b.url("/a") };
+            let (c, key) = (c.clone(), key.clone());
+            tokio::spawn(async move {
+                let res = c.get(url).bearer_auth(key).send().await.unwrap();
+                res.status().as_u16()
+            })
+        })
+        .collect();
+    let mut by_status = std::collections::BTreeMap::new();
+    for t in tasks {
+        *by_status.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(by_status.get(&200), Some(&6), "{by_status:?}");
+    assert_eq!(by_status.get(&429), Some(&10), "{by_status:?}");
+    // Both see the one count.
+    for gw in [&a, &b] {
+        let res = gw.get_with_key("/a", &key).await;
+        assert!(header(&res, "ratelimit").contains("\"client-daily\";r=0"));
+        assert_problem(res, 429, "quota-exceeded").await;
+    }
+    // `check` does not call these quotas per instance any more.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check"])
+        .arg(a.config_path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("own store"), "{text}");
+}

@@ -13,6 +13,7 @@ mod units;
 mod validate;
 mod validate_integrations;
 mod validate_limits;
+mod validate_store;
 mod validate_webhooks;
 
 pub use diagnostic::{ConfigError, Diagnostic, Severity};

@@ -305,10 +305,31 @@ pub struct TlsFiles {
 }
 
 /// `[store]`: the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// A `sqlite://` URL. PostgreSQL arrives with the scale-out work.
+    /// `sqlite://PATH` (absolute), `sqlite::memory:`, or a `postgres://` URL, which may hold a
+    /// password.
     pub url: String,
+}
+
+impl StoreConfig {
+    /// Whether several instances can share this store (PostgreSQL), rather than it being
+    /// one process's own file.
+    pub fn is_shared(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    // A PostgreSQL URL may carry a password: it never reaches a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = if self.is_shared() {
+            "<postgres url>"
+        } else {
+            &self.url
+        };
+        f.debug_struct("StoreConfig").field("url", &shown).finish()
+    }
 }
 
 /// `[shared_state]`: where counters that instances must agree on live.

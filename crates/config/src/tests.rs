@@ -283,9 +283,44 @@ fn relative_paths_resolve_against_the_config_directory() {
 }
 
 #[test]
-fn postgres_is_refused_until_supported() {
-    let e = errors("[store]\nurl = \"postgres://u@h/db\"");
-    assert!(e[0].message.contains("PostgreSQL"));
+fn a_postgres_store_is_checked_without_repeating_its_password() {
+    let warnings =
+        |doc: &str| -> Vec<String> { ok(doc).warnings.into_iter().map(|w| w.message).collect() };
+    // Loopback, no password in the file: nothing to say, and the URL is kept as written.
+    let local = "[store]\nurl = \"postgres://portcullis@127.0.0.1:5432/gateway\"\n";
+    assert!(warnings(local).is_empty(), "{:?}", warnings(local));
+    let c = ok(local).config;
+    assert_eq!(c.store.url, "postgres://portcullis@127.0.0.1:5432/gateway");
+    assert!(c.store.is_shared());
+    assert!(!ok("").config.store.is_shared());
+
+    let secret = "Sentinel-Pg-Pass-7731";
+    for url in [
+        format!("postgresql://gw:{secret}@db.internal/gateway"),
+        format!("postgres://gw@db.internal/gateway?password={secret}"),
+    ] {
+        let w = warnings(&format!("[store]\nurl = \"{url}\"\n"));
+        assert!(w.iter().any(|m| m.contains("PGPASSWORD")), "{w:?}");
+        assert!(w.iter().any(|m| m.contains("sslmode=verify-full")), "{w:?}");
+        assert!(!w.iter().any(|m| m.contains(secret)), "{w:?}");
+        // Nor in a debug dump of the configuration.
+        let c = ok(&format!("[store]\nurl = \"{url}\"\n")).config;
+        assert!(!format!("{c:?}").contains(secret));
+    }
+    // A verified connection to another machine is fine.
+    let verified = "[store]\nurl = \"postgres://gw@db.internal/gateway?sslmode=verify-full\"\n";
+    assert!(warnings(verified).is_empty(), "{:?}", warnings(verified));
+
+    let bad = format!("[store]\nurl = \"postgres://gw:{secret}@db/x?sslmode=sometimes\"\n");
+    let e = errors(&bad);
+    assert!(e[0].message.contains("sslmode must be one of"), "{e:?}");
+    assert!(e[0].line.is_some());
+    assert!(!e.iter().any(|d| d.message.contains(secret)));
+    let e = errors(&format!(
+        "[store]\nurl = \"postgres://gw:{secret}@[::1/x\"\n"
+    ));
+    assert!(e[0].message.contains("not a valid PostgreSQL URL"), "{e:?}");
+    assert!(!e.iter().any(|d| d.message.contains(secret)));
 }
 
 #[test]
@@ -1136,6 +1171,22 @@ fn a_fleet_is_warned_that_quotas_are_per_instance_and_fallback_needs_its_size() 
     let doc = format!("{redis_fleet}{limited}");
     assert!(warned(&doc, "each instance's own store"));
     assert!(!warned(&doc, "instances = 1"));
+    // A shared PostgreSQL store shares the quotas too.
+    let pg = "[store]\nurl = \"postgres://gw@127.0.0.1/gateway\"\n";
+    let doc = format!("{pg}{redis_fleet}{limited}");
+    assert!(
+        !warned(&doc, "each instance's own store"),
+        "{:?}",
+        ok(&doc).warnings
+    );
+    assert!(!warned(&doc, "[shared_state] is in memory"));
+    // But with limits kept in memory each instance still counts its own rate limits.
+    let doc = format!("{pg}{limited}");
+    assert!(
+        warned(&doc, "[shared_state] is in memory"),
+        "{:?}",
+        ok(&doc).warnings
+    );
 }
 
 #[test]

@@ -155,7 +155,7 @@ pub(crate) fn validate(
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
-    crate::validate_limits::fleet(&mut c, &shared_state, &clients, &routes, &spans);
+    crate::validate_limits::fleet(&mut c, &store, &shared_state, &clients, &routes, &spans);
     // In the file's order, as an editor shows it; findings about the file as a whole last.
     // (Stable: two findings at one place keep the order they were found in.)
     c.found
@@ -540,14 +540,13 @@ fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
         };
     }
     if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-        c.error(
-            Some(url.span()),
-            "store.url: PostgreSQL is not supported by this version yet; use a sqlite:// URL",
-        );
+        if crate::validate_store::postgres_url(c, u, url.span()) {
+            return StoreConfig { url: u.to_string() };
+        }
     } else {
         c.error(
             Some(url.span()),
-            format!("store.url: {u:?} is not a store URL; expected sqlite://PATH"),
+            format!("store.url: {u:?} is not a store URL; expected sqlite://PATH or postgres://HOST/DATABASE"),
         );
     }
     StoreConfig { url: default }

@@ -4,7 +4,7 @@
 use crate::{
     model::{
         ClientConfig, QuotaConfig, RouteConfig, SharedBackend, SharedStateConfig,
-        SharedStateFailure,
+        SharedStateFailure, StoreConfig,
     },
     raw::{RawQuota, RawSharedState},
     validate::Checker,
@@ -82,7 +82,7 @@ pub(crate) fn shared_state(c: &mut Checker, raw: RawSharedState) -> SharedStateC
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .trim_matches(|ch| ch == '[' || ch == ']')
@@ -139,26 +139,37 @@ pub(crate) fn quota(c: &mut Checker, raw: Spanned<RawQuota>, ctx: &str) -> Optio
 }
 
 /// Warnings for a configuration meant for several instances, where counting differs from one
-/// instance's: quotas are kept in each instance's own store, and `fall_back_local` with
-/// `instances = 1` gives every instance the whole limit while Redis is away.
+/// instance's: quotas kept in each instance's own SQLite store, a shared PostgreSQL store
+/// beside limits kept in memory, and `fall_back_local` with `instances = 1`, which gives every
+/// instance the whole limit while Redis is away.
 pub(crate) fn fleet(
     c: &mut Checker,
+    store: &StoreConfig,
     shared: &SharedStateConfig,
     clients: &[Arc<ClientConfig>],
     routes: &[Arc<RouteConfig>],
     spans: &HashMap<String, Range<usize>>,
 ) {
     let redis = matches!(shared.backend, SharedBackend::Redis(_));
-    if redis || shared.instances > 1 {
+    let shared_store = store.is_shared();
+    if (redis || shared.instances > 1) && !shared_store {
         let quota_route = routes.iter().find(|r| r.quota.is_some());
         if quota_route.is_some() || clients.iter().any(|cl| cl.quota.is_some()) {
             c.warn(
                 quota_route.and_then(|r| spans.get(&r.id).cloned()),
                 "quotas are counted in each instance's own store (SQLite): instances that \
                  share rate limits through [shared_state] do not share quota counts, so each \
-                 one admits the whole quota",
+                 one admits the whole quota; use a postgres:// store.url shared by them",
             );
         }
+    }
+    if shared_store && !redis && routes.iter().any(|r| !r.rate_limits.is_empty()) {
+        c.warn(
+            None,
+            "store.url is a database several instances can share, but [shared_state] is in \
+             memory: each instance enforces every rate limit on its own; set shared_state.url \
+             to the fleet's Redis",
+        );
     }
     if redis && shared.instances == 1 {
         if let Some(r) = routes.iter().find(|r| {

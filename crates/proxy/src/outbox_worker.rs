@@ -34,7 +34,7 @@ pub async fn run_outbox(gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
         return;
     };
     let wake = gateway.services().outbox_wake.clone();
-    // SQLite has one gateway process per database: leases left by a crash are ours to end.
+    // Leases a crash left are ours to end on a store of our own; a shared one keeps them.
     if let Err(e) = store.outbox().release_leases().await {
         tracing::warn!(error = %e, "could not release outbox leases; they expire on their own");
     }

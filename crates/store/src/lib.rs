@@ -1,16 +1,19 @@
 //! Persistence behind the [`Store`] trait.
 //!
-//! Callers hold an `Arc<dyn Store>` and never see SQL or a driver type, so the PostgreSQL
-//! backend (for several instances) plugs in as a second implementation chosen by URL in
-//! [`open`]. Each concern gets its own small group of methods; the vault, audit and outbox
-//! issues add theirs beside the inventory ones.
+//! Callers hold an `Arc<dyn Store>` and never see SQL or a driver type. Two implementations,
+//! chosen by URL in [`open`]: embedded SQLite (one instance, zero setup) and PostgreSQL
+//! (several instances sharing one database). Each concern gets its own small group of methods
+//! (inventory, vault, API keys, quotas, outbox), implemented once per backend.
 
 mod fsperm;
 mod keys;
 mod outbox;
+mod postgres;
 mod quotas;
 mod sqlite;
 mod sqlite_vault;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod vault;
 
 use async_trait::async_trait;
@@ -19,6 +22,7 @@ use std::{path::Path, sync::Arc};
 pub use fsperm::{create_private_dir, create_private_file};
 pub use keys::{ApiKeyRecord, ApiKeyStore};
 pub use outbox::{OutboxEvent, OutboxStore};
+pub use postgres::PgStore;
 pub use quotas::{QuotaCharge, QuotaStore};
 pub use sqlite::SqliteStore;
 pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
@@ -27,7 +31,7 @@ pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The URL names a backend this build does not have.
-    #[error("unsupported store URL (expected sqlite://PATH or sqlite::memory:)")]
+    #[error("unsupported store URL (expected sqlite://PATH, sqlite::memory: or postgres://...)")]
     UnsupportedUrl,
     /// Preparing the data directory or database file failed.
     #[error("cannot prepare {path}: {source}")]
@@ -41,6 +45,9 @@ pub enum StoreError {
     /// Schema migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database server did not answer in time.
+    #[error("the database server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The database refused or failed an operation.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -92,11 +99,22 @@ pub trait Store: Send + Sync + 'static {
     fn outbox(&self) -> &dyn OutboxStore;
 }
 
+/// Whether `url` names a database shared by several instances (PostgreSQL), rather than a
+/// store of this process's own.
+pub fn is_shared_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store named by `url`, creating and migrating it as needed. `data_dir` is created
-/// 0700 first; a SQLite file inside it is created 0600.
+/// 0700 first (it holds the master key and admin token whatever the backend); a SQLite file
+/// inside it is created 0600.
 pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     if url == "sqlite::memory:" {
         return Ok(Arc::new(SqliteStore::memory().await?));
+    }
+    if is_shared_url(url) {
+        create_private_dir(data_dir)?;
+        return Ok(Arc::new(PgStore::connect(url).await?));
     }
     let Some(path) = url.strip_prefix("sqlite://") else {
         return Err(StoreError::UnsupportedUrl);

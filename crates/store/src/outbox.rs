@@ -64,8 +64,9 @@ pub trait OutboxStore: Send + Sync {
     async fn drop_dead(&self, id: i64) -> Result<bool, StoreError>;
     /// Events still pending.
     async fn pending_count(&self) -> Result<i64, StoreError>;
-    /// Ends every lease: at start-up, when this process is the only worker on the store, an
-    /// attempt cut short by a crash is due again at once instead of when its lease runs out.
+    /// Ends the leases a crashed predecessor of this process left, at start-up, so its cut
+    /// attempts are due again at once. Only a store with one worker process (SQLite) can tell
+    /// they are not live; a shared one (PostgreSQL) leaves them to run out.
     async fn release_leases(&self) -> Result<(), StoreError>;
 }
 
@@ -203,59 +204,5 @@ impl OutboxStore for SqliteStore {
                 .await?
                 .try_get("n")?,
         )
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn ev(id: &str) -> OutboxEvent {
-        OutboxEvent {
-            id: 0,
-            webhook: "orders".into(),
-            message_id: id.into(),
-            event_type: None,
-            content_type: Some("application/json".into()),
-            body: b"{\"a\":1}\xff".to_vec(),
-            received_at: 100,
-            attempts: 0,
-            next_attempt_at: 100,
-            last_error: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn events_are_claimed_once_retried_and_dead_lettered() {
-        let s = SqliteStore::memory().await.unwrap();
-        assert!(s.enqueue(&ev("m1")).await.unwrap());
-        assert!(
-            !s.enqueue(&ev("m1")).await.unwrap(),
-            "one row per message id"
-        );
-        assert!(s.enqueue(&ev("m2")).await.unwrap());
-        let got = s.claim_due(100, 130, 10).await.unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].body, b"{\"a\":1}\xff".to_vec());
-        assert!(
-            s.claim_due(120, 150, 10).await.unwrap().is_empty(),
-            "leased"
-        );
-        // A crash mid-delivery: the lease is released at the next start.
-        s.release_leases().await.unwrap();
-        assert_eq!(s.claim_due(120, 150, 10).await.unwrap().len(), 2);
-        s.delivered(got[0].id).await.unwrap();
-        s.retry_later(got[1].id, 1, 200, "503").await.unwrap();
-        assert!(s.claim_due(199, 230, 10).await.unwrap().is_empty());
-        let again = s.claim_due(200, 230, 10).await.unwrap();
-        assert_eq!((again.len(), again[0].attempts), (1, 1));
-        s.dead(again[0].id, 2, "max age").await.unwrap();
-        assert_eq!(s.pending_count().await.unwrap(), 0);
-        let dead = s.dead_letters().await.unwrap();
-        assert_eq!(dead[0].last_error.as_deref(), Some("max age"));
-        assert!(s.replay_dead(dead[0].id, 300).await.unwrap());
-        assert_eq!(s.claim_due(300, 330, 10).await.unwrap().len(), 1);
-        assert!(!s.drop_dead(dead[0].id).await.unwrap(), "pending, not dead");
     }
 }

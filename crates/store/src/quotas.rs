@@ -89,32 +89,3 @@ impl QuotaStore for SqliteStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn charge(key: &str, limit: u64) -> QuotaCharge {
-        QuotaCharge {
-            key: key.into(),
-            window: "d:2026-11-23".into(),
-            limit,
-        }
-    }
-
-    #[tokio::test]
-    async fn charges_are_all_or_nothing_and_stop_at_the_limit() {
-        let s = SqliteStore::memory().await.unwrap();
-        let both = [charge("client", 10), charge("route", 2)];
-        assert_eq!(s.charge(&both).await.unwrap(), Ok(vec![1, 1]));
-        assert_eq!(s.charge(&both).await.unwrap(), Ok(vec![2, 2]));
-        assert_eq!(s.charge(&both).await.unwrap(), Err(1));
-        // The refused request did not count against the client-wide quota.
-        assert_eq!(s.quota_used("client", "d:2026-11-23").await.unwrap(), 2);
-        assert_eq!(s.quota_used("route", "d:2026-11-23").await.unwrap(), 2);
-
-        s.prune_quotas(&["d:2026-11-24".into()]).await.unwrap();
-        assert_eq!(s.quota_used("client", "d:2026-11-23").await.unwrap(), 0);
-    }
-}

@@ -161,27 +161,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn undeclared_hits_accumulate() -> Result<(), StoreError> {
-        let s = SqliteStore::memory().await?;
-        s.record_undeclared(&[hit("GET", "/a/{id}", 2, 10), hit("POST", "/b", 1, 11)])
-            .await?;
-        s.record_undeclared(&[hit("GET", "/a/{id}", 3, 20)]).await?;
-        let all = s.undeclared().await?;
-        assert_eq!(
-            all[0],
-            UndeclaredHit {
-                method: "GET".into(),
-                shape: "/a/{id}".into(),
-                hits: 5,
-                first_seen: 10,
-                last_seen: 20
-            }
-        );
-        assert_eq!(all.len(), 2);
-        Ok(())
-    }
-
-    #[tokio::test]
     async fn new_shapes_past_the_bound_are_counted_as_other() -> Result<(), StoreError> {
         let s = SqliteStore::memory().await?;
         let max = crate::MAX_UNDECLARED_SHAPES as usize;

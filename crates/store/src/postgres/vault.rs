@@ -1,0 +1,281 @@
+//! `VaultStore` for PostgreSQL. Every write bumps `vault_meta.epoch` in its transaction, as in
+//! SQLite, so the other instances' one-second poll drops their caches.
+
+use super::PgStore;
+use crate::{
+    vault::{KekRecord, SecretRecord, VaultStore, VersionRecord},
+    StoreError,
+};
+use async_trait::async_trait;
+use sqlx::{postgres::PgRow, Postgres, Row, Transaction};
+
+fn secret_row(r: &PgRow) -> Result<SecretRecord, StoreError> {
+    let consumers: String = r.try_get("consumers")?;
+    Ok(SecretRecord {
+        name: r.try_get("name")?,
+        secret_type: r.try_get("secret_type")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        max_age_secs: r.try_get("max_age_secs")?,
+        consumers: consumers
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        keep_versions: r.try_get("keep_versions")?,
+    })
+}
+
+fn version_row(r: &PgRow) -> Result<VersionRecord, StoreError> {
+    Ok(VersionRecord {
+        name: r.try_get("name")?,
+        version: r.try_get("version")?,
+        state: r.try_get("state")?,
+        created_at: r.try_get("created_at")?,
+        valid_until: r.try_get("valid_until")?,
+        first_used_at: r.try_get("first_used_at")?,
+        kek_id: r.try_get("kek_id")?,
+        wrapped_dek: r.try_get("wrapped_dek")?,
+        ciphertext: r.try_get("ciphertext")?,
+    })
+}
+
+async fn bump(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE vault_meta SET epoch = epoch + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const VERSION_COLUMNS: &str =
+    "name, version, state, created_at, valid_until, first_used_at, kek_id, wrapped_dek, ciphertext";
+
+#[async_trait]
+impl VaultStore for PgStore {
+    async fn keks(&self) -> Result<Vec<KekRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, kcv, state, created_at FROM vault_keks ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KekRecord {
+                    id: r.try_get("id")?,
+                    kcv: r.try_get("kcv")?,
+                    state: r.try_get("state")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_kek(&self, k: &KekRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO vault_keks (id, kcv, state, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+            .bind(&k.id)
+            .bind(&k.kcv)
+            .bind(&k.state)
+            .bind(k.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_kek_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE vault_keks SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn upsert_secret(&self, s: &SecretRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO vault_secrets (name, secret_type, created_at, updated_at, expires_at, max_age_secs, consumers, keep_versions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (name) DO UPDATE SET secret_type = excluded.secret_type, updated_at = excluded.updated_at,
+               expires_at = excluded.expires_at, max_age_secs = excluded.max_age_secs,
+               consumers = excluded.consumers, keep_versions = excluded.keep_versions",
+        )
+        .bind(&s.name)
+        .bind(&s.secret_type)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.expires_at)
+        .bind(s.max_age_secs)
+        .bind(s.consumers.join("\n"))
+        .bind(s.keep_versions)
+        .execute(&mut *tx)
+        .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM vault_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(secret_row).transpose()
+    }
+
+    async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM vault_secrets ORDER BY name COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(secret_row).collect()
+    }
+
+    async fn add_version(
+        &self,
+        v: &VersionRecord,
+        supersede_until: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // SQLite has one writer at a time; here two instances rotating one secret would pick
+        // the same number. Locking the secret's row makes them take turns.
+        sqlx::query("SELECT 1 FROM vault_secrets WHERE name = $1 FOR UPDATE")
+            .bind(&v.name)
+            .execute(&mut *tx)
+            .await?;
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM vault_versions WHERE name = $1",
+        )
+        .bind(&v.name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        match supersede_until {
+            Some(until) => {
+                sqlx::query("UPDATE vault_versions SET valid_until = $2 WHERE name = $1 AND state = 'active' AND (valid_until IS NULL OR valid_until > $2)")
+                    .bind(&v.name)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {
+                sqlx::query("UPDATE vault_versions SET state = 'disabled' WHERE name = $1 AND state = 'active'")
+                    .bind(&v.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(&format!("INSERT INTO vault_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+            .bind(&v.name)
+            .bind(next)
+            .bind(&v.state)
+            .bind(v.created_at)
+            .bind(v.valid_until)
+            .bind(v.first_used_at)
+            .bind(&v.kek_id)
+            .bind(&v.wrapped_dek)
+            .bind(&v.ciphertext)
+            .execute(&mut *tx)
+            .await?;
+        // Keep the newest `keep_versions` with ciphertext; older ones are wiped, not just hidden.
+        sqlx::query(
+            "UPDATE vault_versions SET state = 'destroyed', ciphertext = ''::bytea, wrapped_dek = ''::bytea
+             WHERE name = $1 AND version <= $2 - (SELECT keep_versions FROM vault_secrets WHERE name = $1)",
+        )
+        .bind(&v.name)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM vault_versions WHERE name = $1 ORDER BY version DESC"
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    async fn set_version_state(
+        &self,
+        name: &str,
+        version: i64,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = if state == "destroyed" {
+            "UPDATE vault_versions SET state = $3, ciphertext = ''::bytea, wrapped_dek = ''::bytea WHERE name = $1 AND version = $2"
+        } else {
+            "UPDATE vault_versions SET state = $3 WHERE name = $1 AND version = $2 AND state != 'destroyed'"
+        };
+        let n = sqlx::query(sql)
+            .bind(name)
+            .bind(version)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn mark_first_use(&self, name: &str, version: i64, at: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE vault_versions SET first_used_at = $3 WHERE name = $1 AND version = $2 AND first_used_at IS NULL")
+            .bind(name)
+            .bind(version)
+            .bind(at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn versions_wrapped_by(
+        &self,
+        kek_id: &str,
+        limit: i64,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM vault_versions WHERE kek_id = $1 AND state != 'destroyed' ORDER BY name COLLATE \"C\", version LIMIT $2"
+        ))
+        .bind(kek_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    async fn rewrap(
+        &self,
+        name: &str,
+        version: i64,
+        from_kek: &str,
+        to_kek: &str,
+        wrapped: &[u8],
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE vault_versions SET kek_id = $4, wrapped_dek = $5 WHERE name = $1 AND version = $2 AND kek_id = $3")
+            .bind(name)
+            .bind(version)
+            .bind(from_kek)
+            .bind(to_kek)
+            .bind(wrapped)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn epoch(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT epoch FROM vault_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("epoch")?)
+    }
+}

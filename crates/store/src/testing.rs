@@ -1,0 +1,73 @@
+//! Scratch PostgreSQL databases for tests (the `testing` feature; never in a release build):
+//! each test gets a database of its own on the machine's server, dropped when it ends.
+
+use sqlx::{Connection, Executor};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The server tests create their databases on: the machine's PostgreSQL on 127.0.0.1:5432,
+/// unless `PORTCULLIS_TEST_POSTGRES` names another.
+pub fn admin_url() -> String {
+    std::env::var("PORTCULLIS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of the test's own, dropped (with any connections still open) when this goes.
+pub struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    /// Creates an empty database. Panics when the server is unreachable: tests that need
+    /// PostgreSQL fail loudly rather than pass without it.
+    pub async fn create() -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "pcl_test_{}_{}_{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("CREATE DATABASE");
+        TestDb { name }
+    }
+
+    /// A `postgres://` URL of this database.
+    pub fn url(&self) -> String {
+        let base = admin_url();
+        let cut = base.rfind('/').unwrap_or(base.len());
+        format!("{}/{}", &base[..cut], self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // On a thread and runtime of its own: this also runs while a failed test unwinds,
+        // inside or outside a runtime.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let _ = admin
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
