@@ -173,14 +173,23 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready when the store answers and the gateway is not draining: a load balancer stops
 /// sending new traffic as soon as shutdown begins.
+/// How long readiness waits for the store's ping.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
+
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.gateway.is_draining() {
         return problem(GatewayError::Unavailable { retry_after: None });
     }
-    match s.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => {
+    // Bounded: a database that stopped answering must not hold the probe past its own
+    // timeout (Kubernetes' default is 1 s), or the answer would be the prober's, not ours.
+    match tokio::time::timeout(READY_WAIT, s.store.ping()).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store unavailable");
+            problem(GatewayError::Unavailable { retry_after: None })
+        }
+        Err(_) => {
+            tracing::warn!(wait = ?READY_WAIT, "readiness: store did not answer");
             problem(GatewayError::Unavailable { retry_after: None })
         }
     }

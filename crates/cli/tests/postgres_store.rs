@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{client, route, run_cli, server_section, upstream, Gw};
+use common::{client, postgres::PrivatePostgres, route, run_cli, server_section, upstream, Gw};
 use portcullis_store::testing::TestDb;
 use std::time::Duration;
 
@@ -113,4 +113,50 @@ fn an_unreachable_database_stops_the_start_and_says_why() {
     assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
     assert!(err.contains("opening the store"), "{err}");
     assert!(!format!("{out}{err}").contains(SENTINEL), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_closed_and_the_gateway_recovers_when_it_returns() {
+    let pg = PrivatePostgres::start();
+    let keys = tempfile::tempdir().unwrap();
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}[store]\nurl = \"{}\"\n\n[vault]\nkey_file = \"{}\"\n\n[[clients]]\nid = \"billing\"\nquota = {{ daily = 1000 }}\n\n{}{}",
+        server_section(""),
+        pg.url(),
+        keys.path().join("master.key").display(),
+        route("q", "[\"GET\"]", "/q", &up.url(), "auth = [\"api_key\"]"),
+        route("open", "[\"GET\"]", "/open", &up.url(), ""),
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("billing").await;
+    let c = client();
+    let ready = || async {
+        c.get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(gw.get_with_key("/q", &key).await.status(), 200);
+    assert_eq!(ready().await, 200);
+
+    pg.stop();
+    // A quota that cannot be charged refuses the request rather than letting it through.
+    let res = gw.get_with_key("/q", &key).await;
+    assert!(res.headers().contains_key("retry-after"));
+    common::assert_problem(res, 503, "unavailable").await;
+    assert_eq!(ready().await, 503);
+    // Routes that need nothing from the store keep serving.
+    assert_eq!(c.get(gw.url("/open")).send().await.unwrap().status(), 200);
+    assert!(gw.stdout.all().contains("quota store unavailable"));
+
+    // Back on the same port: the pool reconnects on its own, no restart.
+    pg.start_again();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while gw.get_with_key("/q", &key).await.status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready().await, 200);
 }

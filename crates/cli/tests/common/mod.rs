@@ -2,6 +2,7 @@
 //! ports, and captures its log output for assertions.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod postgres;
 pub mod redis;
 pub mod upstream;
 
