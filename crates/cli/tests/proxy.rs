@@ -702,6 +702,41 @@ async fn malformed_http_gets_400_and_the_gateway_keeps_serving() {
     assert!(gw.child_alive());
 }
 
+/// A transfer coding hyper does not decode would reach the upstream still applied, with the
+/// header that names it dropped as hop-by-hop: RFC 9112 §6.1 says 501.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_is_refused_with_501() {
+    let (_up, gw) = echo_gateway().await;
+    let body = "9\r\n{\"sku\":1}\r\n0\r\n\r\n";
+    let send = |te: &'static str| {
+        let addr = gw.data;
+        tokio::task::spawn_blocking(move || {
+            raw_request(
+                addr,
+                &format!(
+                    "POST /api/orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{te}\r\n{body}"
+                ),
+            )
+        })
+    };
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let raw = send(te).await.unwrap();
+        assert!(raw.starts_with("HTTP/1.1 501"), "{te:?}: {raw}");
+        assert!(
+            raw.contains("urn:portcullis:problem:unsupported-transfer-coding"),
+            "{raw}"
+        );
+    }
+    // chunked alone, in any case, is the one coding every HTTP/1.1 peer reads.
+    let raw = send("Transfer-Encoding: Chunked\r\n").await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"body_len\":9"), "{raw}");
+}
+
 trait Alive {
     fn child_alive(&self) -> bool;
 }

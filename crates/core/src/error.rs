@@ -86,6 +86,10 @@ pub enum GatewayError {
     /// The request target is too long.
     #[error("request target too long")]
     UriTooLong,
+    /// A `Transfer-Encoding` other than `chunked` alone (`gzip, chunked`): the gateway would
+    /// pass the still-encoded body on without the coding that says so (RFC 9112 §6.1: 501).
+    #[error("transfer coding not supported")]
+    UnsupportedTransferCoding,
     /// Too many request headers, or too many header bytes.
     #[error("request headers too large")]
     HeadersTooLarge,
@@ -192,6 +196,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Malformed(_) | Self::JsonLimit { .. } | Self::InvalidParams { .. } => {
                 StatusCode::BAD_REQUEST
@@ -221,6 +226,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "body-too-large",
             Self::RequestTimeout => "request-timeout",
             Self::UriTooLong => "uri-too-long",
+            Self::UnsupportedTransferCoding => "unsupported-transfer-coding",
             Self::HeadersTooLarge => "headers-too-large",
             Self::Malformed(_) => "malformed-request",
             Self::Invalid { .. } => "invalid-body",
@@ -251,6 +257,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "Request body too large",
             Self::RequestTimeout => "Request body too slow",
             Self::UriTooLong => "Request target too long",
+            Self::UnsupportedTransferCoding => "Transfer coding not supported",
             Self::HeadersTooLarge => "Request headers too large",
             Self::Malformed(_) => "Malformed request",
             Self::Invalid { .. } => "Request body does not match the schema",
@@ -286,6 +293,9 @@ impl GatewayError {
             Self::RequestTimeout => {
                 Some("The request body arrived more slowly than this server accepts.".into())
             }
+            Self::UnsupportedTransferCoding => Some(
+                "Only the chunked transfer coding is accepted; send the body uncompressed or use Content-Encoding.".into(),
+            ),
             Self::Overloaded { .. } => Some(
                 "Too many requests or connections are in progress; retry after the time in Retry-After.".into(),
             ),

@@ -511,6 +511,8 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, Gatew
     let mut content_types = 0usize;
     let mut content_type = None;
     let mut connection = false;
+    let mut codings = 0usize;
+    let mut other_coding = false;
     for (n, v) in headers {
         bytes += (n.as_str().len() + v.len() + 4) as u64;
         if n == http::header::HOST {
@@ -521,10 +523,19 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, Gatew
             content_type = Some(v);
         } else if n == http::header::CONNECTION {
             connection = true;
+        } else if n == http::header::TRANSFER_ENCODING {
+            codings += 1;
+            other_coding |= !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
         }
     }
     if bytes > limits.header_bytes {
         return Err(GatewayError::HeadersTooLarge);
+    }
+    // hyper decodes the chunked coding when it comes last and leaves the others (`gzip,
+    // chunked`) in the body. The header goes as hop-by-hop, so the upstream would get
+    // compressed bytes with nothing saying so. A second line is chunked applied twice.
+    if other_coding || codings > 1 {
+        return Err(GatewayError::UnsupportedTransferCoding);
     }
     // One Content-Type (RFC 9110 §8.3 has one media type): with two, the body checks judged
     // the first while an upstream that reads the last saw another format (JSON limits
