@@ -1180,13 +1180,20 @@ fn a_fleet_is_warned_that_quotas_are_per_instance_and_fallback_needs_its_size() 
         ok(&doc).warnings
     );
     assert!(!warned(&doc, "[shared_state] is in memory"));
-    // But with limits kept in memory each instance still counts its own rate limits.
+    // But with limits kept in memory each instance still counts its own rate limits,
+    // and remembers its own webhook message ids.
     let doc = format!("{pg}{limited}");
     assert!(
         warned(&doc, "[shared_state] is in memory"),
         "{:?}",
         ok(&doc).warnings
     );
+    let hook = "[[webhooks]]\nid = \"s\"\npath = \"/h\"\nprovider = \"github\"\nsecrets = [\"{secret:a}\"]\nforward = \"http://127.0.0.1:1/\"\n";
+    assert!(warned(&format!("{pg}{hook}"), "webhook message ids"));
+    assert!(!warned(
+        &format!("{pg}{ROUTE}"),
+        "[shared_state] is in memory"
+    ));
 }
 
 #[test]

@@ -155,7 +155,15 @@ pub(crate) fn validate(
     if !c.found.iter().any(|d| d.severity == Severity::Error) {
         overlaps(&mut c, &routes, &spans);
     }
-    crate::validate_limits::fleet(&mut c, &store, &shared_state, &clients, &routes, &spans);
+    crate::validate_limits::fleet(
+        &mut c,
+        &store,
+        &shared_state,
+        &clients,
+        &routes,
+        !webhooks.is_empty(),
+        &spans,
+    );
     // In the file's order, as an editor shows it; findings about the file as a whole last.
     // (Stable: two findings at one place keep the order they were found in.)
     c.found

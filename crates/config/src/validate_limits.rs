@@ -148,6 +148,7 @@ pub(crate) fn fleet(
     shared: &SharedStateConfig,
     clients: &[Arc<ClientConfig>],
     routes: &[Arc<RouteConfig>],
+    webhooks: bool,
     spans: &HashMap<String, Range<usize>>,
 ) {
     let redis = matches!(shared.backend, SharedBackend::Redis(_));
@@ -163,12 +164,13 @@ pub(crate) fn fleet(
             );
         }
     }
-    if shared_store && !redis && routes.iter().any(|r| !r.rate_limits.is_empty()) {
+    if shared_store && !redis && (webhooks || routes.iter().any(|r| !r.rate_limits.is_empty())) {
         c.warn(
             None,
             "store.url is a database several instances can share, but [shared_state] is in \
-             memory: each instance enforces every rate limit on its own; set shared_state.url \
-             to the fleet's Redis",
+             memory: each instance enforces rate limits and remembers webhook message ids on \
+             its own (a replay sent to another instance passes); set shared_state.url to the \
+             fleet's Redis",
         );
     }
     if redis && shared.instances == 1 {
