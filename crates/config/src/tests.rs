@@ -316,6 +316,19 @@ fn a_postgres_store_is_checked_without_repeating_its_password() {
     assert!(e[0].message.contains("sslmode must be one of"), "{e:?}");
     assert!(e[0].line.is_some());
     assert!(!e.iter().any(|d| d.message.contains(secret)));
+    for url in [
+        format!("postgres://gw@127.0.0.1/x?sslpassword={secret}"),
+        format!("Postgres://gw:{secret}@127.0.0.1/x"),
+        format!("postgresql:/gw:{secret}@127.0.0.1/x"),
+        format!("mysql://gw:{secret}@127.0.0.1/x"),
+    ] {
+        let e = errors(&format!("[store]\nurl = \"{url}\"\n"));
+        assert!(e[0].line.is_some(), "{e:?}");
+        assert!(!e.iter().any(|d| d.message.contains(secret)), "{e:?}");
+    }
+    // A host in the query is where the driver goes: still another machine.
+    let w = warnings("[store]\nurl = \"postgres://gw@127.0.0.1/x?host=db.internal\"\n");
+    assert!(w.iter().any(|m| m.contains("sslmode=verify-full")), "{w:?}");
     let e = errors(&format!(
         "[store]\nurl = \"postgres://gw:{secret}@[::1/x\"\n"
     ));

@@ -547,14 +547,24 @@ fn store(c: &mut Checker, raw: RawStore, data_dir: &Path) -> StoreConfig {
             url: format!("sqlite://{}", path.display()),
         };
     }
+    let scheme = u
+        .split_once(':')
+        .map_or("", |(s, _)| s)
+        .to_ascii_lowercase();
     if u.starts_with("postgres://") || u.starts_with("postgresql://") {
         if crate::validate_store::postgres_url(c, u, url.span()) {
             return StoreConfig { url: u.to_string() };
         }
+    } else if scheme.starts_with("postgres") {
+        // Never echoed: it may hold a password.
+        c.error(
+            Some(url.span()),
+            "store.url: a PostgreSQL URL starts with postgres:// or postgresql:// (lower case)",
+        );
     } else {
         c.error(
             Some(url.span()),
-            format!("store.url: {u:?} is not a store URL; expected sqlite://PATH or postgres://HOST/DATABASE"),
+            "store.url is not a store URL; expected sqlite://PATH or postgres://HOST/DATABASE",
         );
     }
     StoreConfig { url: default }

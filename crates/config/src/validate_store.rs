@@ -25,12 +25,34 @@ pub(crate) fn postgres_url(c: &mut Checker, u: &str, span: Range<usize>) -> bool
     let mut ssl_mode = None;
     let mut socket = false;
     let mut password_param = false;
+    let mut other_host = None;
     for (k, v) in parsed.query_pairs() {
         match &*k {
-            "sslmode" => ssl_mode = Some(v.into_owned()),
-            "host" => socket = v.starts_with('/'),
+            "sslmode" | "ssl-mode" => ssl_mode = Some(v.into_owned()),
+            "host" if v.starts_with('/') => socket = true,
+            "host" | "hostaddr" => other_host = Some(v.into_owned()),
             "password" => password_param = true,
-            _ => {}
+            "sslrootcert"
+            | "ssl-root-cert"
+            | "ssl-ca"
+            | "sslcert"
+            | "ssl-cert"
+            | "sslkey"
+            | "ssl-key"
+            | "statement-cache-capacity"
+            | "port"
+            | "dbname"
+            | "user"
+            | "application_name" => {}
+            // The driver logs a parameter it does not know with its value, which may be a
+            // secret (libpq's `sslpassword`): refused here, named without its value.
+            other => {
+                c.error(
+                    Some(span),
+                    format!("store.url: unknown connection parameter {other:?}; known: sslmode, sslrootcert, sslcert, sslkey, host, hostaddr, port, dbname, user, password, application_name, statement-cache-capacity"),
+                );
+                return false;
+            }
         }
     }
     if let Some(mode) = &ssl_mode {
@@ -49,8 +71,9 @@ pub(crate) fn postgres_url(c: &mut Checker, u: &str, span: Range<usize>) -> bool
              the gateway's user only, or leave it out and set PGPASSWORD",
         );
     }
-    let host = parsed.host_str().unwrap_or("");
-    let local = socket || host.is_empty() || crate::validate_limits::is_loopback(host);
+    // `host=` / `hostaddr=` in the query override the URL's host, as the driver reads them.
+    let host = other_host.unwrap_or_else(|| parsed.host_str().unwrap_or("").to_string());
+    let local = socket || host.is_empty() || crate::validate_limits::is_loopback(&host);
     let verified = matches!(ssl_mode.as_deref(), Some("verify-full"));
     if !local && !verified {
         c.warn(
