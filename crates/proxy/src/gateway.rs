@@ -511,8 +511,6 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, Gatew
     let mut content_types = 0usize;
     let mut content_type = None;
     let mut connection = false;
-    let mut codings = 0usize;
-    let mut other_coding = false;
     for (n, v) in headers {
         bytes += (n.as_str().len() + v.len() + 4) as u64;
         if n == http::header::HOST {
@@ -523,9 +521,6 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, Gatew
             content_type = Some(v);
         } else if n == http::header::CONNECTION {
             connection = true;
-        } else if n == http::header::TRANSFER_ENCODING {
-            codings += 1;
-            other_coding |= !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
         }
     }
     if bytes > limits.header_bytes {
@@ -533,9 +528,19 @@ fn check_head(req: &Request<Incoming>, limits: HeadLimits) -> Result<bool, Gatew
     }
     // hyper decodes the chunked coding when it comes last and leaves the others (`gzip,
     // chunked`) in the body. The header goes as hop-by-hop, so the upstream would get
-    // compressed bytes with nothing saying so. A second line is chunked applied twice.
-    if other_coding || codings > 1 {
-        return Err(GatewayError::UnsupportedTransferCoding);
+    // compressed bytes with nothing saying so. A second line is chunked applied twice. Only
+    // a body of unknown length can be chunked, so bodiless and Content-Length requests skip
+    // the lookup.
+    if hyper::body::Body::size_hint(req.body()).exact().is_none()
+        && !hyper::body::Body::is_end_stream(req.body())
+    {
+        let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+        let first = codings.next();
+        let only_chunked =
+            first.is_none_or(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked || codings.next().is_some() {
+            return Err(GatewayError::UnsupportedTransferCoding);
+        }
     }
     // One Content-Type (RFC 9110 §8.3 has one media type): with two, the body checks judged
     // the first while an upstream that reads the last saw another format (JSON limits

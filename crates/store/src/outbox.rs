@@ -3,10 +3,10 @@
 
 use crate::{SqliteStore, StoreError};
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 /// A verified webhook event waiting for delivery (or dead).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
     /// Row id.
     pub id: i64,
@@ -70,21 +70,6 @@ pub trait OutboxStore: Send + Sync {
     async fn release_leases(&self) -> Result<(), StoreError>;
 }
 
-fn event(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEvent, StoreError> {
-    Ok(OutboxEvent {
-        id: r.try_get("id")?,
-        webhook: r.try_get("webhook")?,
-        message_id: r.try_get("message_id")?,
-        event_type: r.try_get("event_type")?,
-        content_type: r.try_get("content_type")?,
-        body: r.try_get("body")?,
-        received_at: r.try_get("received_at")?,
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
-    })
-}
-
 const COLUMNS: &str = "id, webhook, message_id, event_type, content_type, body, received_at, attempts, next_attempt_at, last_error";
 
 #[async_trait]
@@ -124,7 +109,10 @@ impl OutboxStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<OutboxEvent> = rows.iter().map(event).collect::<Result<_, _>>()?;
+        let mut out: Vec<OutboxEvent> = rows
+            .iter()
+            .map(OutboxEvent::from_row)
+            .collect::<Result<_, _>>()?;
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
@@ -170,7 +158,10 @@ impl OutboxStore for SqliteStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event).collect()
+        Ok(rows
+            .iter()
+            .map(OutboxEvent::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn replay_dead(&self, id: i64, now: i64) -> Result<bool, StoreError> {

@@ -1,43 +1,11 @@
 //! `VaultStore` for SQLite.
 
 use crate::{
-    vault::{KekRecord, SecretRecord, VaultStore, VersionRecord},
+    vault::{secret_row, KekRecord, SecretRecord, VaultStore, VersionRecord},
     SqliteStore, StoreError,
 };
 use async_trait::async_trait;
-use sqlx::{sqlite::SqliteRow, Row, Sqlite, Transaction};
-
-fn secret_row(r: &SqliteRow) -> Result<SecretRecord, StoreError> {
-    let consumers: String = r.try_get("consumers")?;
-    Ok(SecretRecord {
-        name: r.try_get("name")?,
-        secret_type: r.try_get("secret_type")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        expires_at: r.try_get("expires_at")?,
-        max_age_secs: r.try_get("max_age_secs")?,
-        consumers: consumers
-            .split('\n')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        keep_versions: r.try_get("keep_versions")?,
-    })
-}
-
-fn version_row(r: &SqliteRow) -> Result<VersionRecord, StoreError> {
-    Ok(VersionRecord {
-        name: r.try_get("name")?,
-        version: r.try_get("version")?,
-        state: r.try_get("state")?,
-        created_at: r.try_get("created_at")?,
-        valid_until: r.try_get("valid_until")?,
-        first_used_at: r.try_get("first_used_at")?,
-        kek_id: r.try_get("kek_id")?,
-        wrapped_dek: r.try_get("wrapped_dek")?,
-        ciphertext: r.try_get("ciphertext")?,
-    })
-}
+use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 async fn bump(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
     sqlx::query("UPDATE vault_meta SET epoch = epoch + 1 WHERE id = 1")
@@ -56,16 +24,10 @@ impl VaultStore for SqliteStore {
             sqlx::query("SELECT id, kcv, state, created_at FROM vault_keks ORDER BY created_at")
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KekRecord {
-                    id: r.try_get("id")?,
-                    kcv: r.try_get("kcv")?,
-                    state: r.try_get("state")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(KekRecord::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn insert_kek(&self, k: &KekRecord) -> Result<(), StoreError> {
@@ -191,7 +153,10 @@ impl VaultStore for SqliteStore {
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(version_row).collect()
+        Ok(rows
+            .iter()
+            .map(VersionRecord::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn set_version_state(
@@ -241,7 +206,10 @@ impl VaultStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(version_row).collect()
+        Ok(rows
+            .iter()
+            .map(VersionRecord::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn rewrap(

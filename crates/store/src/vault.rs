@@ -2,9 +2,10 @@
 
 use crate::StoreError;
 use async_trait::async_trait;
+use sqlx::FromRow;
 
 /// A key-encryption key known to the vault (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KekRecord {
     /// Identifier derived from the key check value.
     pub id: String,
@@ -37,8 +38,45 @@ pub struct SecretRecord {
     pub keep_versions: i64,
 }
 
+/// A `vault_secrets` row as stored (consumers one per line), read the same way by every
+/// backend.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretRow {
+    name: String,
+    secret_type: String,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: Option<i64>,
+    max_age_secs: Option<i64>,
+    consumers: String,
+    keep_versions: i64,
+}
+
+/// Reads a `vault_secrets` row of any backend.
+pub(crate) fn secret_row<'r, R: sqlx::Row>(r: &'r R) -> Result<SecretRecord, StoreError>
+where
+    SecretRow: sqlx::FromRow<'r, R>,
+{
+    let row = SecretRow::from_row(r)?;
+    Ok(SecretRecord {
+        name: row.name,
+        secret_type: row.secret_type,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        expires_at: row.expires_at,
+        max_age_secs: row.max_age_secs,
+        consumers: row
+            .consumers
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        keep_versions: row.keep_versions,
+    })
+}
+
 /// One encrypted version of a secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct VersionRecord {
     /// Secret name.
     pub name: String,

@@ -4,7 +4,7 @@
 use super::PgStore;
 use crate::{ApiKeyRecord, ApiKeyStore, StoreError};
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 async fn bump(pool: &sqlx::PgPool) -> Result<(), StoreError> {
     sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = 'api_keys'")
@@ -33,19 +33,10 @@ impl ApiKeyStore for PgStore {
         let rows = sqlx::query("SELECT key_id, client_id, hash, created_at, expires_at, revoked_at, last_used_at FROM api_keys ORDER BY client_id, created_at")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApiKeyRecord {
-                    key_id: r.try_get("key_id")?,
-                    client_id: r.try_get("client_id")?,
-                    hash: r.try_get("hash")?,
-                    created_at: r.try_get("created_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(ApiKeyRecord::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn revoke_key(&self, key_id: &str, at: i64) -> Result<bool, StoreError> {

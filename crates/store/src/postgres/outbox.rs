@@ -3,22 +3,7 @@
 use super::PgStore;
 use crate::{OutboxEvent, OutboxStore, StoreError};
 use async_trait::async_trait;
-use sqlx::Row;
-
-fn event(r: &sqlx::postgres::PgRow) -> Result<OutboxEvent, StoreError> {
-    Ok(OutboxEvent {
-        id: r.try_get("id")?,
-        webhook: r.try_get("webhook")?,
-        message_id: r.try_get("message_id")?,
-        event_type: r.try_get("event_type")?,
-        content_type: r.try_get("content_type")?,
-        body: r.try_get("body")?,
-        received_at: r.try_get("received_at")?,
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
-    })
-}
+use sqlx::{FromRow, Row};
 
 const COLUMNS: &str = "id, webhook, message_id, event_type, content_type, body, received_at, attempts, next_attempt_at, last_error";
 
@@ -62,7 +47,10 @@ impl OutboxStore for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<OutboxEvent> = rows.iter().map(event).collect::<Result<_, _>>()?;
+        let mut out: Vec<OutboxEvent> = rows
+            .iter()
+            .map(OutboxEvent::from_row)
+            .collect::<Result<_, _>>()?;
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
@@ -108,7 +96,10 @@ impl OutboxStore for PgStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event).collect()
+        Ok(rows
+            .iter()
+            .map(OutboxEvent::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn replay_dead(&self, id: i64, now: i64) -> Result<bool, StoreError> {
