@@ -2,7 +2,8 @@
 
 use crate::{InvalidConfig, UnusableConfig, EXIT_CONFIG};
 use portcullis_config::{Config, Severity};
-use portcullis_vault::{LogEventSink, Vault, VaultError};
+use portcullis_store::Store;
+use portcullis_vault::{Catalog, LogEventSink, Vault, VaultError};
 use std::{path::Path, process::ExitCode, sync::Arc};
 
 pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
@@ -107,39 +108,68 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
     if shared && refs.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let vault = async {
-        let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
-            .await
-            .map_err(VaultError::from)?;
-        Vault::open(
-            store,
-            crate::secrets::key_provider(cfg, false),
-            Arc::new(LogEventSink),
-        )
-        .await
-    };
-    let vault = match vault.await {
-        Ok(v) => v,
-        Err(e) if shared => {
+    let catalog = if shared {
+        // Read-only sessions and no migration: checking a file must not change a production
+        // database, nor register this machine's master key in it.
+        let store: Arc<dyn Store> =
+            match portcullis_store::PgStore::connect_read_only(&cfg.store.url).await {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    return (
+                        Vec::new(),
+                        vec![format!(
+                            "cannot reach the store, so secret references were not checked: {e}"
+                        )],
+                    )
+                }
+            };
+        if let Err(e) = store.vault().epoch().await {
             return (
                 Vec::new(),
                 vec![format!(
-                    "cannot reach the store, so secret references were not checked: {e}"
+                    "cannot read the vault in the store (not created yet?), so secret references were not checked: {e}"
                 )],
-            )
+            );
         }
-        Err(e) => {
-            return (
-                vec![format!(
-                    "cannot open the vault to check secret references: {e}"
-                )],
-                Vec::new(),
+        let mut warnings = Vec::new();
+        match Vault::verify_key(&store, crate::secrets::key_provider(cfg, false).as_ref()).await {
+            Ok(()) => {}
+            Err(e @ (VaultError::WrongKey | VaultError::Store(_))) => {
+                return (vec![format!("the master key: {e}")], Vec::new())
+            }
+            // The key may live only where the gateway runs: say so, and check the metadata.
+            Err(e) => warnings.push(format!("the master key was not verified here: {e}")),
+        }
+        (Catalog::new(store), warnings)
+    } else {
+        let vault = async {
+            let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
+                .await
+                .map_err(VaultError::from)?;
+            Vault::open(
+                store.clone(),
+                crate::secrets::key_provider(cfg, false),
+                Arc::new(LogEventSink),
             )
+            .await?;
+            Ok::<_, VaultError>(store)
+        };
+        match vault.await {
+            Ok(store) => (Catalog::new(store), Vec::new()),
+            Err(e) => {
+                return (
+                    vec![format!(
+                        "cannot open the vault to check secret references: {e}"
+                    )],
+                    Vec::new(),
+                )
+            }
         }
     };
+    let (catalog, mut warnings) = catalog;
     let mut errors = Vec::new();
     for (consumer, name) in refs {
-        match vault.show(&name).await {
+        match catalog.show(&name).await {
             Err(_) => errors.push(format!(
                 "{consumer} references secret {name:?}, which does not exist"
             )),
@@ -153,9 +183,13 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
             Ok(_) => {}
         }
     }
-    let warnings = vault
-        .findings(cfg.vault.expiry_warning)
-        .await
-        .unwrap_or_default();
+    warnings.extend(
+        catalog
+            .findings(cfg.vault.expiry_warning)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.message),
+    );
     (errors, warnings)
 }

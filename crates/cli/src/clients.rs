@@ -46,10 +46,11 @@ pub(crate) async fn run(config: Option<PathBuf>, cmd: ClientCommand) -> anyhow::
     let _log =
         portcullis_telemetry::init_logging(&cfg.logging, portcullis_telemetry::LogSink::Stderr)
             .map_err(anyhow::Error::msg)?;
-    let (store, vault) = crate::state::open_state(&cfg).await?;
+    let (store, vault, lock) = crate::state::open_state(&cfg).await?;
     let keys = ApiKeys::open(store, &vault)
         .await
         .context("loading API keys")?;
+    crate::state::release(lock).await;
     let known = |c: &str| cfg.clients.iter().any(|k| k.id == c);
     let ClientCommand::Key(cmd) = cmd;
     match cmd {

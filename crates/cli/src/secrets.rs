@@ -143,7 +143,8 @@ async fn open(
     let log =
         portcullis_telemetry::init_logging(&cfg.logging, portcullis_telemetry::LogSink::Stderr)
             .map_err(anyhow::Error::msg)?;
-    let (_, vault) = crate::state::open_state(&cfg).await?;
+    let (_, vault, lock) = crate::state::open_state(&cfg).await?;
+    crate::state::release(lock).await;
     Ok((vault, log))
 }
 

@@ -59,11 +59,12 @@ pub(crate) async fn start(
     let log = Arc::new(init_logging(&cfg.logging, sink).map_err(anyhow::Error::msg)?);
     let metrics = init_metrics();
     // The vault opens before anything listens: a wrong or unsafe master key stops start-up.
-    let (store, vault) = crate::state::open_state(&cfg).await?;
+    let (store, vault, bootstrap) = crate::state::open_state(&cfg).await?;
     let api_keys = ApiKeys::open(store.clone(), &vault)
         .await
         .context("loading API keys")?;
     let mut services = Services::none(&cfg);
+    let mut background = Vec::new();
     if let portcullis_config::SharedBackend::Redis(url) = &cfg.shared_state.backend {
         // Lazy: the gateway starts while Redis is down, and each route applies its
         // shared_state_failure choice until Redis answers.
@@ -99,8 +100,11 @@ pub(crate) async fn start(
         )
         .await
         .context("preparing the OAuth token issuer")?;
+        background.push(issuer.spawn_watch(Duration::from_secs(1)));
         services.oauth = Some(issuer);
     }
+    // Every shared key exists now; the next instance starting on this database reads them.
+    crate::state::release(bootstrap).await;
     if let Some(r) = &cfg.webhook_signing {
         // Fail closed at start: without its own signing secret the gateway would forward
         // webhooks the backend cannot verify.
@@ -191,7 +195,10 @@ pub(crate) async fn start(
         "portcullis started"
     );
     Ok(Running {
-        background: vec![vault_watch, vault_report, keys_watch, jwks_refresh],
+        background: {
+            background.extend([vault_watch, vault_report, keys_watch, jwks_refresh]);
+            background
+        },
         data_addr,
         admin_addr,
         gateway,

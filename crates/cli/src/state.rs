@@ -3,7 +3,7 @@
 use crate::InvalidConfig;
 use anyhow::Context;
 use portcullis_config::Config;
-use portcullis_store::Store;
+use portcullis_store::{BootstrapLock, Store};
 use portcullis_vault::{LogEventSink, Vault};
 use std::{path::PathBuf, sync::Arc};
 
@@ -16,11 +16,20 @@ pub(crate) fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 /// Opens the store and the vault (creating the master key file on first use). A wrong or
-/// unsafe master key is an error here, before anything else runs.
-pub(crate) async fn open_state(cfg: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<Vault>)> {
+/// unsafe master key is an error here, before anything else runs. The returned start-up lock
+/// is held: the caller creates any other shared key it needs (API-key pepper, OAuth signing
+/// key), then calls [`release`], so instances starting together on a new database create each
+/// shared key once.
+pub(crate) async fn open_state(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<Vault>, BootstrapLock)> {
     let store = portcullis_store::open(&cfg.store.url, &cfg.server.data_dir)
         .await
         .context("opening the store")?;
+    let lock = store
+        .bootstrap_lock()
+        .await
+        .context("waiting for another instance's start-up")?;
     let vault = Vault::open(
         store.clone(),
         crate::secrets::key_provider(cfg, true),
@@ -28,5 +37,13 @@ pub(crate) async fn open_state(cfg: &Config) -> anyhow::Result<(Arc<dyn Store>, 
     )
     .await
     .context("opening the vault")?;
-    Ok((store, vault))
+    Ok((store, vault, lock))
+}
+
+/// Ends the start-up lock. A failure is not fatal: the lock's connection is closed instead,
+/// which ends it too.
+pub(crate) async fn release(lock: BootstrapLock) {
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "could not release the start-up lock; its connection was closed instead");
+    }
 }

@@ -10,12 +10,15 @@ use base64::{engine::general_purpose::STANDARD, engine::general_purpose::URL_SAF
 use ed25519_dalek::{Signer, SigningKey};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_config::{ClientConfig, OAuth2Config};
-use portcullis_store::Store;
+use portcullis_store::{Store, StoreError};
 use portcullis_vault::{PutOptions, SecretValue, Vault, VaultError};
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use zeroize::Zeroizing;
 
@@ -67,7 +70,24 @@ pub struct TokenIssuer {
     vault: Arc<Vault>,
     keys: Arc<ApiKeys>,
     store: Arc<dyn Store>,
-    revoked: Mutex<HashSet<String>>,
+    revoked: Mutex<Revoked>,
+    /// The store's token-revocation counter when `revoked` was last read.
+    epoch: AtomicI64,
+}
+
+/// Revoked token ids this process knows of.
+#[derive(Default)]
+struct Revoked {
+    /// As last read from the store.
+    stored: HashSet<String>,
+    /// Revoked here but not persisted (the store failed): kept in this process until expiry.
+    local: HashMap<String, i64>,
+}
+
+impl Revoked {
+    fn contains(&self, jti: &str) -> bool {
+        self.stored.contains(jti) || self.local.contains_key(jti)
+    }
 }
 
 fn signing_key(v: &SecretValue) -> Option<SigningKey> {
@@ -98,19 +118,60 @@ impl TokenIssuer {
             };
             vault.generate(SIGNING_SECRET, "ed25519", &opts).await?;
         }
-        let revoked = store
-            .keys()
-            .revoked_tokens(now())
-            .await?
-            .into_iter()
-            .collect();
-        Ok(Arc::new(TokenIssuer {
+        let issuer = Arc::new(TokenIssuer {
             cfg,
             vault,
             keys,
             store,
-            revoked: Mutex::new(revoked),
-        }))
+            revoked: Mutex::new(Revoked::default()),
+            epoch: AtomicI64::new(0),
+        });
+        issuer.reload_revoked().await?;
+        Ok(issuer)
+    }
+
+    /// Re-reads the revoked token ids from the store.
+    async fn reload_revoked(&self) -> Result<(), StoreError> {
+        let epoch = self.store.keys().tokens_epoch().await?;
+        let t = now();
+        let stored: HashSet<String> = self
+            .store
+            .keys()
+            .revoked_tokens(t)
+            .await?
+            .into_iter()
+            .collect();
+        if let Ok(mut r) = self.revoked.lock() {
+            r.stored = stored;
+            r.local.retain(|_, exp| *exp >= t);
+        }
+        self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reloads the revoked token ids when another process revoked one. Cheap: one small query.
+    pub async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
+        if self.store.keys().tokens_epoch().await? != self.epoch.load(Ordering::SeqCst) {
+            self.reload_revoked().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Polls for revocations by other instances every `every`, so a token revoked on one is
+    /// refused by all within about that time.
+    pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let issuer = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(i) = issuer.upgrade() else { break };
+                if let Err(e) = i.refresh_if_changed().await {
+                    tracing::warn!(error = %e, "token revocation watch failed");
+                }
+            }
+        })
     }
 
     /// Checks a client's credentials: the secret must be a valid API key of that client.
@@ -290,10 +351,18 @@ impl TokenIssuer {
             return;
         }
         if let Ok(mut r) = self.revoked.lock() {
-            r.insert(jti.to_string());
+            r.local.insert(jti.to_string(), exp);
         }
-        if let Err(e) = self.store.keys().revoke_token(jti, exp).await {
-            tracing::error!(error = %e, "could not persist a token revocation; it holds until restart");
+        match self.store.keys().revoke_token(jti, exp).await {
+            Ok(()) => {
+                if let Ok(mut r) = self.revoked.lock() {
+                    r.stored.insert(jti.to_string());
+                    r.local.remove(jti);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not persist a token revocation; it holds in this instance only, until restart");
+            }
         }
         tracing::info!(target: "portcullis::audit", action = "oauth_token_revoked", client = caller, "access token revoked");
     }

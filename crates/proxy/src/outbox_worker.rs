@@ -11,8 +11,11 @@ use bytes::Bytes;
 use portcullis_store::{OutboxEvent, Store};
 use std::{sync::Arc, time::Duration};
 
-/// How long a claimed event is reserved for the attempt in progress.
+/// How long a claimed event is reserved for the attempt in progress, at least: an event's
+/// lease is renewed as its attempt starts, for this or the endpoint's timeout plus a margin,
+/// whichever is longer, so it cannot run out while the attempt is live.
 const LEASE_SECS: i64 = 120;
+const LEASE_MARGIN_SECS: i64 = 30;
 const BASE_BACKOFF_SECS: f64 = 1.0;
 const MAX_BACKOFF_SECS: f64 = 300.0;
 const BATCH: i64 = 16;
@@ -41,7 +44,14 @@ pub async fn run_outbox(gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
     loop {
         loop {
             let now = unix_now();
-            let batch = match store.outbox().claim_due(now, now + LEASE_SECS, BATCH).await {
+            // Random per claim: the outcome of an attempt is recorded only while the event's
+            // lease is still this claim's (another instance may have taken it since).
+            let token = format!("{:016x}", fastrand::u64(..));
+            let batch = match store
+                .outbox()
+                .claim_due(now, now + LEASE_SECS, BATCH, &token)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook outbox unavailable; retrying");
@@ -56,7 +66,7 @@ pub async fn run_outbox(gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
                     // Leased events fall due again after the lease: nothing is lost.
                     return;
                 }
-                deliver(&gateway, &store, event).await;
+                deliver(&gateway, &store, event, &token).await;
             }
         }
         tokio::select! {
@@ -67,9 +77,30 @@ pub async fn run_outbox(gateway: Arc<Gateway>, mut shutdown: ShutdownSignal) {
     }
 }
 
-async fn deliver(gateway: &Gateway, store: &Arc<dyn Store>, e: OutboxEvent) {
+async fn deliver(gateway: &Gateway, store: &Arc<dyn Store>, e: OutboxEvent, token: &str) {
     let attempts = e.attempts + 1;
     let endpoint = gateway.webhook(&e.webhook);
+    // Events late in a batch may have outlived the claim's lease: renew this one's before
+    // its attempt, and leave it to whoever claimed it since if that lease is gone.
+    let timeout = endpoint.as_ref().map_or(0, |ep| {
+        i64::try_from(ep.config().timeout.as_secs()).unwrap_or(i64::MAX / 4)
+    });
+    let lease = LEASE_SECS.max(timeout.saturating_add(LEASE_MARGIN_SECS));
+    match store
+        .outbox()
+        .renew(e.id, token, unix_now().saturating_add(lease))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(webhook = %e.webhook, message_id = %e.message_id, "outbox lease taken over by another worker; skipping");
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(webhook = %e.webhook, error = %err, "could not renew an outbox lease; the event is retried when it runs out");
+            return;
+        }
+    }
     let result = match &endpoint {
         Some(ep) => ep
             .send(
@@ -85,8 +116,14 @@ async fn deliver(gateway: &Gateway, store: &Arc<dyn Store>, e: OutboxEvent) {
     };
     let (why, retry_after) = match result {
         Ok(sent) if sent.status.is_success() => {
-            if let Err(err) = store.outbox().delivered(e.id).await {
-                tracing::warn!(webhook = %e.webhook, error = %err, "delivered, but could not remove the event; it may be delivered again");
+            match store.outbox().delivered(e.id, token).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(webhook = %e.webhook, message_id = %e.message_id, "delivered, but the lease had passed to another worker; it may be delivered again");
+                }
+                Err(err) => {
+                    tracing::warn!(webhook = %e.webhook, error = %err, "delivered, but could not remove the event; it may be delivered again");
+                }
             }
             metrics::counter!("portcullis_webhook_outbox_delivered_total", "webhook" => e.webhook.clone()).increment(1);
             return;
@@ -105,13 +142,22 @@ async fn deliver(gateway: &Gateway, store: &Arc<dyn Store>, e: OutboxEvent) {
         tracing::warn!(webhook = %e.webhook, message_id = %e.message_id, attempts, error = %why, "webhook event moved to the dead-letter list");
         metrics::counter!("portcullis_webhook_dead_total", "webhook" => e.webhook.clone())
             .increment(1);
-        store.outbox().dead(e.id, attempts, &why).await
+        store.outbox().dead(e.id, token, attempts, &why).await
     } else {
         tracing::info!(webhook = %e.webhook, message_id = %e.message_id, attempts, error = %why, retry_in_secs = next - now, "webhook delivery failed; will retry");
-        store.outbox().retry_later(e.id, attempts, next, &why).await
+        store
+            .outbox()
+            .retry_later(e.id, token, attempts, next, &why)
+            .await
     };
-    if let Err(err) = outcome {
-        tracing::warn!(webhook = %e.webhook, error = %err, "could not record a failed delivery; the lease will expire and it will be retried");
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(webhook = %e.webhook, message_id = %e.message_id, "outbox lease passed to another worker; its outcome stands");
+        }
+        Err(err) => {
+            tracing::warn!(webhook = %e.webhook, error = %err, "could not record a failed delivery; the lease will expire and it will be retried");
+        }
     }
 }
 

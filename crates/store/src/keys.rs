@@ -36,15 +36,21 @@ pub trait ApiKeyStore: Send + Sync {
     async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError>;
     /// The change counter for keys.
     async fn keys_epoch(&self) -> Result<i64, StoreError>;
-    /// Records a revoked access token id until its expiry.
+    /// Records a revoked access token id until its expiry (bumping the tokens' counter).
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// The change counter for token revocations.
+    async fn tokens_epoch(&self) -> Result<i64, StoreError>;
     /// Revoked token ids that have not expired yet.
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError>;
 }
 
-async fn bump(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
-    sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = 'api_keys'")
-        .execute(pool)
+async fn bump<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(
+    db: E,
+    counter: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = ?1")
+        .bind(counter)
+        .execute(db)
         .await?;
     Ok(())
 }
@@ -52,6 +58,7 @@ async fn bump(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
 #[async_trait]
 impl ApiKeyStore for SqliteStore {
     async fn insert_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO api_keys (key_id, client_id, hash, created_at, expires_at, revoked_at, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .bind(&k.key_id)
             .bind(&k.client_id)
@@ -60,9 +67,10 @@ impl ApiKeyStore for SqliteStore {
             .bind(k.expires_at)
             .bind(k.revoked_at)
             .bind(k.last_used_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        bump(&self.pool).await
+        bump(&mut *tx, "api_keys").await?;
+        Ok(tx.commit().await?)
     }
 
     async fn all_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -84,12 +92,12 @@ impl ApiKeyStore for SqliteStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        bump(&self.pool).await?;
+        bump(&self.pool, "api_keys").await?;
         Ok(n > 0)
     }
 
     async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET last_used_at = ?2 WHERE key_id = ?1")
+        sqlx::query("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE key_id = ?1")
             .bind(key_id)
             .bind(at)
             .execute(&self.pool)
@@ -98,12 +106,14 @@ impl ApiKeyStore for SqliteStore {
     }
 
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2) ON CONFLICT (jti) DO NOTHING")
             .bind(jti)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        bump(&mut *tx, "revoked_tokens").await?;
+        Ok(tx.commit().await?)
     }
 
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
@@ -120,6 +130,15 @@ impl ApiKeyStore for SqliteStore {
     async fn keys_epoch(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query("SELECT epoch FROM change_counters WHERE name = 'api_keys'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("epoch")?,
+        )
+    }
+
+    async fn tokens_epoch(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT epoch FROM change_counters WHERE name = 'revoked_tokens'")
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("epoch")?,

@@ -5,6 +5,7 @@
 //! (several instances sharing one database). Each concern gets its own small group of methods
 //! (inventory, vault, API keys, quotas, outbox), implemented once per backend.
 
+mod bootstrap;
 mod fsperm;
 mod keys;
 mod outbox;
@@ -19,13 +20,16 @@ mod vault;
 use async_trait::async_trait;
 use std::{path::Path, sync::Arc};
 
+pub use bootstrap::BootstrapLock;
 pub use fsperm::{create_private_dir, create_private_file};
 pub use keys::{ApiKeyRecord, ApiKeyStore};
 pub use outbox::{OutboxEvent, OutboxStore};
 pub use postgres::PgStore;
 pub use quotas::{QuotaCharge, QuotaStore};
 pub use sqlite::SqliteStore;
-pub use vault::{KekRecord, SecretRecord, VaultStore, VersionRecord};
+pub use vault::{
+    KekRecord, SecretRecord, VaultStore, VersionRecord, KEK_NOT_ACTIVE, VERSION_TAKEN,
+};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,13 @@ pub enum StoreError {
     /// The database server did not answer in time.
     #[error("the database server did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// Another process holds what this one waited for.
+    #[error("the store is busy: {0}")]
+    Busy(&'static str),
+    /// A write lost to a concurrent one and changed nothing; reading again and retrying is
+    /// safe.
+    #[error("a concurrent write won: {0}")]
+    Conflict(&'static str),
     /// The database refused or failed an operation.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -85,6 +96,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Running totals of undeclared endpoints, most hit first.
     async fn undeclared(&self) -> Result<Vec<UndeclaredHit>, StoreError>;
+
+    /// Serialises start-up among instances sharing this store (see [`BootstrapLock`]).
+    /// Hold it from opening the vault until the shared keys exist, then release it.
+    async fn bootstrap_lock(&self) -> Result<BootstrapLock, StoreError>;
 
     /// The secrets vault's tables.
     fn vault(&self) -> &dyn VaultStore;

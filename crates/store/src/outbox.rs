@@ -36,25 +36,39 @@ pub trait OutboxStore: Send + Sync {
     /// Adds an event, due now; false when the endpoint already holds this message id.
     async fn enqueue(&self, e: &OutboxEvent) -> Result<bool, StoreError>;
     /// Pending events due at `now` and not leased, oldest first, at most `limit`; each is
-    /// leased until `lease_until` so no other worker takes it meanwhile.
+    /// leased to `token` until `lease_until` so no other worker takes it meanwhile. `token`
+    /// is the claimer's own (random per claim): the outcome calls below take effect only
+    /// while the lease is still that token's.
     async fn claim_due(
         &self,
         now: i64,
         lease_until: i64,
         limit: i64,
+        token: &str,
     ) -> Result<Vec<OutboxEvent>, StoreError>;
-    /// Delivered: removed.
-    async fn delivered(&self, id: i64) -> Result<(), StoreError>;
-    /// Failed: retried at `next_attempt_at`.
+    /// Extends `token`'s lease on a pending event as its attempt starts; false when another
+    /// worker has claimed it since (the first lease ran out), which then delivers it instead.
+    async fn renew(&self, id: i64, token: &str, lease_until: i64) -> Result<bool, StoreError>;
+    /// Delivered: removed. False when the lease was no longer `token`'s.
+    async fn delivered(&self, id: i64, token: &str) -> Result<bool, StoreError>;
+    /// Failed: retried at `next_attempt_at`. False when the lease was no longer `token`'s.
     async fn retry_later(
         &self,
         id: i64,
+        token: &str,
         attempts: i64,
         next_attempt_at: i64,
         error: &str,
-    ) -> Result<(), StoreError>;
-    /// Failed for good: moved to the dead-letter list.
-    async fn dead(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Failed for good: moved to the dead-letter list. False when the lease was no longer
+    /// `token`'s.
+    async fn dead(
+        &self,
+        id: i64,
+        token: &str,
+        attempts: i64,
+        error: &str,
+    ) -> Result<bool, StoreError>;
     /// The dead-letter list, oldest first.
     async fn dead_letters(&self) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Puts a dead event back in the queue, due now, with a fresh age; false if no such
@@ -95,11 +109,12 @@ impl OutboxStore for SqliteStore {
         now: i64,
         lease_until: i64,
         limit: i64,
+        token: &str,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         // A worker that dies mid-delivery leaves the event leased; the lease runs out (or is
         // released at the next start) and the event is due again: never lost.
         let rows = sqlx::query(&format!(
-            "UPDATE webhook_outbox SET lease_until = ?2 WHERE id IN \
+            "UPDATE webhook_outbox SET lease_until = ?2, lease_token = ?4 WHERE id IN \
              (SELECT id FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= ?1 \
               AND (lease_until IS NULL OR lease_until < ?1) ORDER BY id LIMIT ?3) \
              RETURNING {COLUMNS}"
@@ -107,6 +122,7 @@ impl OutboxStore for SqliteStore {
         .bind(now)
         .bind(lease_until)
         .bind(limit)
+        .bind(token)
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<OutboxEvent> = rows
@@ -117,39 +133,61 @@ impl OutboxStore for SqliteStore {
         Ok(out)
     }
 
-    async fn delivered(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM webhook_outbox WHERE id = ?1")
+    async fn renew(&self, id: i64, token: &str, lease_until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_outbox SET lease_until = ?3 WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delivered(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_outbox WHERE id = ?1 AND lease_token = ?2")
             .bind(id)
+            .bind(token)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn retry_later(
         &self,
         id: i64,
+        token: &str,
         attempts: i64,
         next_attempt_at: i64,
         error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, lease_until = NULL WHERE id = ?1")
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_outbox SET attempts = ?3, next_attempt_at = ?4, last_error = ?5, lease_until = NULL, lease_token = NULL WHERE id = ?1 AND lease_token = ?2")
             .bind(id)
+            .bind(token)
             .bind(attempts)
             .bind(next_attempt_at)
             .bind(error)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn dead(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET state = 'dead', attempts = ?2, last_error = ?3, lease_until = NULL WHERE id = ?1")
+    async fn dead(
+        &self,
+        id: i64,
+        token: &str,
+        attempts: i64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_outbox SET state = 'dead', attempts = ?3, last_error = ?4, lease_until = NULL, lease_token = NULL WHERE id = ?1 AND lease_token = ?2")
             .bind(id)
+            .bind(token)
             .bind(attempts)
             .bind(error)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn dead_letters(&self) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -182,7 +220,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn release_leases(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL")
+        sqlx::query("UPDATE webhook_outbox SET lease_until = NULL, lease_token = NULL WHERE lease_until IS NOT NULL")
             .execute(&self.pool)
             .await?;
         Ok(())

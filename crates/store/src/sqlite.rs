@@ -55,6 +55,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn bootstrap_lock(&self) -> Result<crate::BootstrapLock, StoreError> {
+        // One process per SQLite file: nothing to take turns with.
+        Ok(crate::BootstrapLock::uncontended())
+    }
+
     async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError> {
         const UPSERT: &str =
             "INSERT INTO undeclared_endpoints (method, shape, hits, first_seen, last_seen)

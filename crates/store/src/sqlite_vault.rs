@@ -96,8 +96,16 @@ impl VaultStore for SqliteStore {
         &self,
         v: &VersionRecord,
         supersede_until: Option<i64>,
-    ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+    ) -> Result<(), StoreError> {
+        // IMMEDIATE: the write lock from the first read, so the checks below hold until commit.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let kek: Option<String> = sqlx::query_scalar("SELECT state FROM vault_keks WHERE id = ?1")
+            .bind(&v.kek_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if kek.as_deref() != Some("active") {
+            return Err(StoreError::Conflict(crate::vault::KEK_NOT_ACTIVE));
+        }
         let next: i64 = sqlx::query(
             "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM vault_versions WHERE name = ?1",
         )
@@ -105,6 +113,9 @@ impl VaultStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
+        if next != v.version {
+            return Err(StoreError::Conflict(crate::vault::VERSION_TAKEN));
+        }
         match supersede_until {
             Some(until) => {
                 sqlx::query("UPDATE vault_versions SET valid_until = ?2 WHERE name = ?1 AND state = 'active' AND (valid_until IS NULL OR valid_until > ?2)")
@@ -143,7 +154,7 @@ impl VaultStore for SqliteStore {
         .await?;
         bump(&mut tx).await?;
         tx.commit().await?;
-        Ok(next)
+        Ok(())
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {

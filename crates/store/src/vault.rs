@@ -4,6 +4,11 @@ use crate::StoreError;
 use async_trait::async_trait;
 use sqlx::FromRow;
 
+/// [`StoreError::Conflict`] of `add_version` when its KEK is not (or no longer) `active`.
+pub const KEK_NOT_ACTIVE: &str = "the master key is not the vault's active one (was it rotated?)";
+/// [`StoreError::Conflict`] of `add_version` when another write took the version number.
+pub const VERSION_TAKEN: &str = "another write to this secret took the version number";
+
 /// A key-encryption key known to the vault (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KekRecord {
@@ -115,14 +120,18 @@ pub trait VaultStore: Send + Sync {
     /// Every secret's metadata, by name.
     async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
 
-    /// Adds a version as the next number and returns it. When `supersede_until` is set, the
-    /// previously active versions stay active until then (rotation grace); otherwise they
-    /// are disabled. Pruning beyond `keep_versions` happens in the same transaction.
+    /// Adds `v` as version `v.version`, which must be the secret's next number, with its data
+    /// key wrapped by an `active` KEK; otherwise nothing changes and the error is
+    /// [`StoreError::Conflict`] (another writer took the number, or a rotation retired the
+    /// KEK). The caller encrypts for the number first, since the number is bound into the
+    /// ciphertext. When `supersede_until` is set, the previously active versions stay active
+    /// until then (rotation grace); otherwise they are disabled. Pruning beyond
+    /// `keep_versions` happens in the same transaction.
     async fn add_version(
         &self,
         v: &VersionRecord,
         supersede_until: Option<i64>,
-    ) -> Result<i64, StoreError>;
+    ) -> Result<(), StoreError>;
     /// All versions of a secret, newest first.
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError>;
     /// Sets a version's state; `destroyed` also wipes its ciphertext and wrapped key.

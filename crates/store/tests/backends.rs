@@ -7,7 +7,7 @@
 use portcullis_store::testing::TestDb;
 use portcullis_store::{
     ApiKeyRecord, KekRecord, OutboxEvent, PgStore, QuotaCharge, SecretRecord, SqliteStore, Store,
-    UndeclaredHit, VersionRecord,
+    StoreError, UndeclaredHit, VersionRecord, KEK_NOT_ACTIVE,
 };
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -109,7 +109,7 @@ async fn outbox_events_are_claimed_retried_and_dead_lettered(s: Arc<dyn Store>) 
     assert!(o.enqueue(&event("m1")).await.unwrap());
     assert!(!o.enqueue(&event("m1")).await.unwrap(), "one row per id");
     assert!(o.enqueue(&event("m2")).await.unwrap());
-    let got = o.claim_due(100, 130, 10).await.unwrap();
+    let got = o.claim_due(100, 130, 10, "w1").await.unwrap();
     assert_eq!(got.len(), 2);
     assert!(got[0].id < got[1].id);
     assert_eq!(
@@ -119,28 +119,50 @@ async fn outbox_events_are_claimed_retried_and_dead_lettered(s: Arc<dyn Store>) 
     );
     assert_eq!(got[0].event_type.as_deref(), Some("order.paid"));
     assert!(
-        o.claim_due(120, 150, 10).await.unwrap().is_empty(),
+        o.claim_due(120, 150, 10, "w2").await.unwrap().is_empty(),
         "leased"
     );
-    // The lease runs out: due again.
-    assert_eq!(o.claim_due(131, 160, 10).await.unwrap().len(), 2);
-    o.delivered(got[0].id).await.unwrap();
-    o.retry_later(got[1].id, 1, 200, "503").await.unwrap();
-    assert!(o.claim_due(199, 230, 10).await.unwrap().is_empty());
-    let again = o.claim_due(200, 230, 10).await.unwrap();
+    // The lease runs out: due again, now leased to the second claimer.
+    assert_eq!(o.claim_due(131, 160, 10, "w2").await.unwrap().len(), 2);
+    // The first claimer's outcomes no longer count, and its renewal says so.
+    assert!(!o.renew(got[0].id, "w1", 500).await.unwrap());
+    assert!(!o.delivered(got[0].id, "w1").await.unwrap());
+    assert!(!o.retry_later(got[1].id, "w1", 1, 200, "503").await.unwrap());
+    assert!(!o.dead(got[1].id, "w1", 1, "x").await.unwrap());
+    assert_eq!(o.pending_count().await.unwrap(), 2, "nothing changed");
+    assert!(o.renew(got[0].id, "w2", 170).await.unwrap());
+    assert!(o.delivered(got[0].id, "w2").await.unwrap());
+    assert!(o.retry_later(got[1].id, "w2", 1, 200, "503").await.unwrap());
+    assert!(o.claim_due(199, 230, 10, "w3").await.unwrap().is_empty());
+    let again = o.claim_due(200, 230, 10, "w3").await.unwrap();
     assert_eq!((again.len(), again[0].attempts), (1, 1));
-    o.dead(again[0].id, 2, "max age").await.unwrap();
+    // A lease that ran out but was not taken over is still its claimer's.
+    assert!(o.renew(again[0].id, "w3", 400).await.unwrap());
+    assert!(o.dead(again[0].id, "w3", 2, "max age").await.unwrap());
     assert_eq!(o.pending_count().await.unwrap(), 0);
     let dead = o.dead_letters().await.unwrap();
     assert_eq!(dead[0].last_error.as_deref(), Some("max age"));
+    assert!(
+        !o.renew(dead[0].id, "w3", 500).await.unwrap(),
+        "dead is not renewed"
+    );
     assert!(o.replay_dead(dead[0].id, 300).await.unwrap());
     assert!(!o.drop_dead(dead[0].id).await.unwrap(), "pending, not dead");
-    assert_eq!(o.claim_due(300, 330, 10).await.unwrap().len(), 1);
+    assert_eq!(o.claim_due(300, 330, 10, "w4").await.unwrap().len(), 1);
 }
 on_both_backends!(
     outbox_on_both,
     outbox_events_are_claimed_retried_and_dead_lettered
 );
+
+fn kek(id: &str) -> KekRecord {
+    KekRecord {
+        id: id.into(),
+        kcv: vec![0xaa; 32],
+        state: "active".into(),
+        created_at: 1,
+    }
+}
 
 fn secret(name: &str, keep: i64) -> SecretRecord {
     SecretRecord {
@@ -155,10 +177,10 @@ fn secret(name: &str, keep: i64) -> SecretRecord {
     }
 }
 
-fn version(name: &str, kek: &str) -> VersionRecord {
+fn version(name: &str, kek: &str, number: i64) -> VersionRecord {
     VersionRecord {
         name: name.into(),
-        version: 0,
+        version: number,
         state: "active".into(),
         created_at: 5,
         valid_until: None,
@@ -194,19 +216,26 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     assert_eq!(names, ["Alpha", "tok"]);
     assert!(v.secret("none").await.unwrap().is_none());
 
-    assert_eq!(v.add_version(&version("tok", "k1"), None).await.unwrap(), 1);
-    assert_eq!(
-        v.add_version(&version("tok", "k1"), Some(50))
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        v.add_version(&version("tok", "k1"), Some(60))
-            .await
-            .unwrap(),
-        3
-    );
+    v.add_version(&version("tok", "k1", 1), None).await.unwrap();
+    v.add_version(&version("tok", "k1", 2), Some(50))
+        .await
+        .unwrap();
+    // A number another writer took, or a key that is not the active one, changes nothing.
+    let e1 = v.epoch().await.unwrap();
+    for (taken, kek) in [(2, "k1"), (4, "k1"), (3, "unknown")] {
+        assert!(
+            matches!(
+                v.add_version(&version("tok", kek, taken), Some(60)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{taken} {kek}"
+        );
+    }
+    assert_eq!(v.epoch().await.unwrap(), e1);
+    assert_eq!(v.versions("tok").await.unwrap().len(), 2);
+    v.add_version(&version("tok", "k1", 3), Some(60))
+        .await
+        .unwrap();
     let vs = v.versions("tok").await.unwrap();
     assert_eq!(vs.iter().map(|x| x.version).collect::<Vec<_>>(), [3, 2, 1]);
     // Two versions kept with ciphertext; the oldest is wiped, not just hidden.
@@ -241,6 +270,13 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     );
     v.set_kek_state("k1", "retired").await.unwrap();
     assert_eq!(v.keks().await.unwrap()[0].state, "retired");
+    assert!(
+        matches!(
+            v.add_version(&version("tok", "k1", 4), None).await,
+            Err(StoreError::Conflict(why)) if why == KEK_NOT_ACTIVE
+        ),
+        "a retired KEK wraps nothing new"
+    );
     assert!(v.epoch().await.unwrap() > e0, "writes tell other instances");
 }
 on_both_backends!(vault_on_both, vault_versions_rotate_and_wipe);
@@ -268,7 +304,15 @@ async fn api_keys_are_stored_revoked_and_counted(s: Arc<dyn Store>) {
         (Some(20), Some(30))
     );
     assert!(k.keys_epoch().await.unwrap() > e0);
+    let t0 = k.tokens_epoch().await.unwrap();
     k.revoke_token("old", 5).await.unwrap();
+    assert!(
+        k.tokens_epoch().await.unwrap() > t0,
+        "revocations tell other instances"
+    );
+    // Last use never moves back (two instances flush their own times).
+    k.touch_key("abc", 15).await.unwrap();
+    assert_eq!(k.all_keys().await.unwrap()[0].last_used_at, Some(20));
     k.revoke_token("live", 500).await.unwrap();
     k.revoke_token("live", 500).await.unwrap();
     assert_eq!(k.revoked_tokens(100).await.unwrap(), ["live"]);
@@ -337,7 +381,7 @@ async fn two_instances_never_lease_one_outbox_event_twice() {
         tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
-                let batch = s.outbox().claim_due(100, 1000, 7).await.unwrap();
+                let batch = s.outbox().claim_due(100, 1000, 7, "w").await.unwrap();
                 if batch.is_empty() {
                     return ids;
                 }
@@ -354,34 +398,102 @@ async fn two_instances_never_lease_one_outbox_event_twice() {
     b.outbox().release_leases().await.unwrap();
     assert!(a
         .outbox()
-        .claim_due(500, 1000, 10)
+        .claim_due(500, 1000, 10, "w2")
         .await
         .unwrap()
         .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_rotating_one_secret_get_distinct_versions() {
+async fn two_instances_writing_one_secret_all_land_in_turn() {
     let (_db, a, b) = two_instances().await;
     a.vault().upsert_secret(&secret("tok", 100)).await.unwrap();
+    a.vault().insert_kek(&kek("k1")).await.unwrap();
+    // Each writer does what the vault does: read the next number, write it, and on a
+    // conflict read again. Every write lands once, with its own number.
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(async move { s.vault().add_version(&version("tok", "k1"), Some(9)).await })
+            tokio::spawn(async move {
+                loop {
+                    let next = s
+                        .vault()
+                        .versions("tok")
+                        .await
+                        .unwrap()
+                        .first()
+                        .map_or(1, |v| v.version + 1);
+                    let mut v = version("tok", "k1", next);
+                    v.ciphertext = vec![u8::try_from(i).unwrap()];
+                    match s.vault().add_version(&v, None).await {
+                        Ok(()) => return next,
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
         })
         .collect();
     let mut got = BTreeSet::new();
     for t in tasks {
-        got.insert(t.await.unwrap().expect("no version-number clash"));
+        got.insert(t.await.unwrap());
     }
     assert_eq!(got, (1..=40).collect::<BTreeSet<i64>>());
+    let all = a.vault().versions("tok").await.unwrap();
+    let writers: BTreeSet<u8> = all.iter().map(|v| v.ciphertext[0]).collect();
+    assert_eq!(writers.len(), 40, "no write overwrote another");
+    let active: Vec<i64> = all
+        .iter()
+        .filter(|v| v.state == "active")
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(active, [40], "exactly the newest is usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_lock_makes_instances_take_turns_and_ends_with_its_session() {
+    let (_db, a, b) = two_instances().await;
+    let held = a.bootstrap_lock().await.unwrap();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.bootstrap_lock().await.unwrap() }
+    });
+    // Not a timing claim: the lock is held throughout, so the waiter cannot have it yet.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the second instance waits");
+    held.release().await.unwrap();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the second instance goes on once the first releases")
+        .unwrap();
+    // Dropped without release (an error path): its connection closes and the lock with it.
+    drop(second);
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), a.bootstrap_lock())
+        .await
+        .expect("a dropped lock is not held forever")
+        .unwrap();
+    third.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_store_ends_its_own_crashed_leases_at_start() {
     let s = sqlite().await;
     s.outbox().enqueue(&event("m1")).await.unwrap();
-    assert_eq!(s.outbox().claim_due(100, 1000, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.outbox()
+            .claim_due(100, 1000, 10, "w1")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     s.outbox().release_leases().await.unwrap();
-    assert_eq!(s.outbox().claim_due(101, 1000, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.outbox()
+            .claim_due(101, 1000, 10, "w2")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

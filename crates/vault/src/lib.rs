@@ -11,6 +11,7 @@
 //! once, and a background watch of the store's change counter clears it for writes made by
 //! other processes (the CLI).
 
+mod catalog;
 mod crypto;
 mod error;
 mod events;
@@ -19,6 +20,7 @@ mod model;
 mod provider;
 mod vault;
 
+pub use catalog::{Catalog, Finding};
 pub use crypto::{decrypt, encrypt, Kek, Sealed};
 pub use error::VaultError;
 pub use events::{EventSink, LogEventSink, VaultEvent};

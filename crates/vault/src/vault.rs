@@ -2,17 +2,18 @@
 //! (`resolve`), and KEK rotation.
 
 use crate::{
+    catalog::{usable, Catalog},
     crypto::{self, Kek},
     generate::generate,
     EventSink, KeyProvider, PutOptions, SecretInfo, SecretType, SecretValue, VaultError,
-    VaultEvent, VersionInfo,
+    VaultEvent,
 };
 use arc_swap::ArcSwap;
-use portcullis_store::{KekRecord, SecretRecord, Store, VersionRecord};
+use portcullis_store::{KekRecord, SecretRecord, Store, StoreError, VersionRecord, KEK_NOT_ACTIVE};
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -86,6 +87,8 @@ pub struct Vault {
     keys: ArcSwap<Keys>,
     cache: ArcSwap<HashMap<String, Arc<Cached>>>,
     epoch: AtomicI64,
+    /// Counts cache drops, so a fill that raced one is not kept.
+    generation: AtomicU64,
     events: Arc<dyn EventSink>,
 }
 
@@ -105,8 +108,33 @@ impl Vault {
             keys: ArcSwap::from_pointee(keys),
             cache: ArcSwap::from_pointee(HashMap::new()),
             epoch: AtomicI64::new(epoch),
+            generation: AtomicU64::new(0),
             events,
         }))
+    }
+
+    /// Verifies, without writing anything, that `provider`'s current key is the vault's
+    /// active one (a vault with no key registered yet passes). For `check`, which must not
+    /// register its own machine's key in a production database.
+    pub async fn verify_key(
+        store: &Arc<dyn Store>,
+        provider: &dyn KeyProvider,
+    ) -> Result<(), VaultError> {
+        let current = provider.current()?;
+        let records = store.vault().keks().await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        match records
+            .iter()
+            .find(|r| r.id == current.id() && bool::from(r.kcv.ct_eq(current.kcv())))
+        {
+            Some(r) if r.state == "active" || r.state == "next" => Ok(()),
+            Some(_) => Err(VaultError::KeyProvider(
+                "this master key was retired by a KEK rotation; give this process the vault's new key".into(),
+            )),
+            None => Err(VaultError::WrongKey),
+        }
     }
 
     async fn load_keys(
@@ -146,7 +174,12 @@ impl Vault {
                     }
                     vs.set_kek_state(&r.id, "active").await?;
                 }
-                _ => return Err(VaultError::WrongKey),
+                Some(_) => {
+                    return Err(VaultError::KeyProvider(
+                        "this master key was retired by a KEK rotation; give this process the vault's new key".into(),
+                    ))
+                }
+                None => return Err(VaultError::WrongKey),
             }
         }
         if let Some(n) = &next {
@@ -191,6 +224,7 @@ impl Vault {
 
     /// Drops every cached value; the next resolve reads the store.
     pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.store(Arc::new(HashMap::new()));
     }
 
@@ -269,41 +303,65 @@ impl Vault {
                 .max(1),
         };
         vs.upsert_secret(&record).await?;
-        // The version number is assigned inside the store's transaction; encrypt for the number
-        // it will get. Writers of one secret are serialised by the database, and a lost race
-        // fails decryption loudly instead of serving a wrong value.
-        let version = vs
-            .versions(name)
-            .await?
-            .first()
-            .map_or(1, |v| v.version + 1);
-        let kek = self.keys.load().current.clone();
-        let sealed = crypto::encrypt(&kek, name, version, value)?;
-        let row = VersionRecord {
-            name: name.to_string(),
-            version,
-            state: "active".into(),
-            created_at: t,
-            valid_until: None,
-            first_used_at: None,
-            kek_id: kek.id().into(),
-            wrapped_dek: sealed.wrapped_dek,
-            ciphertext: sealed.ciphertext,
-        };
-        let assigned = vs
-            .add_version(&row, opts.grace.map(|g| t.saturating_add(secs(g))))
-            .await?;
-        if assigned != version {
-            vs.set_version_state(name, assigned, "destroyed").await?;
-            self.after_write().await;
-            return Err(VaultError::Invalid(
-                "a concurrent write to this secret won; try again".into(),
-            ));
-        }
+        let supersede = opts.grace.map(|g| t.saturating_add(secs(g)));
+        let version = self.add_version(name, value, t, supersede).await?;
         self.after_write().await;
         let action = if existing.is_some() { "rotate" } else { "put" };
         self.emit(action, name, Some(version), &opts.actor);
         Ok(version)
+    }
+
+    /// Encrypts `value` as the secret's next version and stores it. The number is bound into
+    /// the ciphertext, so it is chosen first and the store refuses it if another writer took
+    /// it meanwhile (or a rotation elsewhere retired this KEK); then it is read again and the
+    /// write retried, so concurrent writers all land, one after the other, and never leave
+    /// the secret without a usable version.
+    async fn add_version(
+        &self,
+        name: &str,
+        value: &[u8],
+        t: i64,
+        supersede: Option<i64>,
+    ) -> Result<i64, VaultError> {
+        let vs = self.store.vault();
+        // Writers of one secret are rare (rotations); the bound only stops a livelock.
+        for attempt in 0..50u32 {
+            let version = vs
+                .versions(name)
+                .await?
+                .first()
+                .map_or(1, |v| v.version + 1);
+            let kek = self.keys.load().current.clone();
+            let sealed = crypto::encrypt(&kek, name, version, value)?;
+            let row = VersionRecord {
+                name: name.to_string(),
+                version,
+                state: "active".into(),
+                created_at: t,
+                valid_until: None,
+                first_used_at: None,
+                kek_id: kek.id().into(),
+                wrapped_dek: sealed.wrapped_dek,
+                ciphertext: sealed.ciphertext,
+            };
+            match vs.add_version(&row, supersede).await {
+                Ok(()) => return Ok(version),
+                Err(StoreError::Conflict(why)) if why == KEK_NOT_ACTIVE => {
+                    // A rotation by another process: take up the key it made active, or fail
+                    // saying this process no longer has the vault's key.
+                    let keys = Self::load_keys(&self.store, self.provider.as_ref()).await?;
+                    self.keys.store(Arc::new(keys));
+                }
+                Err(StoreError::Conflict(_)) => {
+                    let ceiling = 2u64.pow(attempt.min(6)) + 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..ceiling + 1))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VaultError::Invalid(
+            "concurrent writes to this secret kept winning; try again".into(),
+        ))
     }
 
     /// A new version of an existing secret; the previous stays valid for `opts.grace`.
@@ -377,57 +435,12 @@ impl Vault {
 
     /// Metadata of every secret.
     pub async fn list(&self) -> Result<Vec<SecretInfo>, VaultError> {
-        let mut out = Vec::new();
-        for s in self.store.vault().secrets().await? {
-            out.push(self.info(s).await?);
-        }
-        Ok(out)
+        Catalog::new(self.store.clone()).list().await
     }
 
     /// Metadata and versions of one secret; never the value.
     pub async fn show(&self, name: &str) -> Result<SecretInfo, VaultError> {
-        let s = self
-            .store
-            .vault()
-            .secret(name)
-            .await?
-            .ok_or_else(|| VaultError::NotFound(name.into()))?;
-        self.info(s).await
-    }
-
-    async fn info(&self, s: SecretRecord) -> Result<SecretInfo, VaultError> {
-        let t = now();
-        let versions = self.store.vault().versions(&s.name).await?;
-        let current = versions.iter().find(|v| usable(v, t));
-        let rotation_overdue = match (s.max_age_secs, current) {
-            (Some(max), Some(v)) => t - v.created_at > max,
-            _ => false,
-        };
-        Ok(SecretInfo {
-            current_version: current.map(|v| v.version),
-            rotation_overdue,
-            versions: versions
-                .iter()
-                .map(|v| VersionInfo {
-                    version: v.version,
-                    state: if v.state == "active" && v.valid_until.is_some_and(|u| u <= t) {
-                        "expired-grace".into()
-                    } else {
-                        v.state.clone()
-                    },
-                    created_at: v.created_at,
-                    valid_until: v.valid_until,
-                    first_used_at: v.first_used_at,
-                })
-                .collect(),
-            name: s.name,
-            secret_type: s.secret_type,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-            expires_at: s.expires_at,
-            max_age_secs: s.max_age_secs,
-            consumers: s.consumers,
-        })
+        Catalog::new(self.store.clone()).show(name).await
     }
 
     /// The newest usable version of `name` for `consumer`. Served from memory after the first
@@ -477,6 +490,10 @@ impl Vault {
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Cached>, VaultError> {
+        // Taken before reading: if the cache is dropped while this read is in flight (a
+        // revocation here or noticed from another process), what was read may predate it and
+        // serves this call only, never the cache.
+        let seen = self.generation.load(Ordering::SeqCst);
         let vs = self.store.vault();
         let secret = vs
             .secret(name)
@@ -507,7 +524,9 @@ impl Vault {
         });
         self.cache.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(name.to_string(), cached.clone());
+            if self.generation.load(Ordering::SeqCst) == seen {
+                m.insert(name.to_string(), cached.clone());
+            }
             m
         });
         Ok(cached)
@@ -516,31 +535,14 @@ impl Vault {
     /// Secrets that are expired, expire within `within`, or are overdue for rotation; each is
     /// also emitted as an event for alerting.
     pub async fn findings(&self, within: Duration) -> Result<Vec<String>, VaultError> {
-        let t = now();
-        let mut out = Vec::new();
-        for s in self.list().await? {
-            if let Some(e) = s.expires_at {
-                if e <= t {
-                    out.push(format!("secret {:?} has expired and is not served", s.name));
-                    self.emit("expired", &s.name, s.current_version, "gateway");
-                } else if e - t <= secs(within) {
-                    out.push(format!(
-                        "secret {:?} expires in {}h",
-                        s.name,
-                        (e - t) / 3600
-                    ));
-                    self.emit("expiring", &s.name, s.current_version, "gateway");
-                }
-            }
-            if s.rotation_overdue {
-                out.push(format!(
-                    "secret {:?} is older than its max_age; rotate it",
-                    s.name
-                ));
-                self.emit("overdue", &s.name, s.current_version, "gateway");
-            }
-        }
-        Ok(out)
+        let found = Catalog::new(self.store.clone()).findings(within).await?;
+        Ok(found
+            .into_iter()
+            .map(|f| {
+                self.emit(f.action, &f.name, f.version, "gateway");
+                f.message
+            })
+            .collect())
     }
 
     /// Moves every data key to a new KEK without touching secret values. Resumable: the new
@@ -575,31 +577,20 @@ impl Vault {
         };
         let current = keys.current.clone();
         let mut done = 0usize;
-        loop {
-            let rows = vs.versions_wrapped_by(current.id(), 64).await?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in rows {
-                if batch.is_some_and(|b| done >= b) {
-                    return Ok(RotationProgress {
-                        rewrapped: done,
-                        complete: false,
-                        kek_id: current.id().into(),
-                    });
-                }
-                let wrapped = crypto::rewrap(&current, &next, &r.name, r.version, &r.wrapped_dek)?;
-                if vs
-                    .rewrap(&r.name, r.version, current.id(), next.id(), &wrapped)
-                    .await?
-                {
-                    done += 1;
-                }
-            }
+        if !self.rewrap_from(&current, &next, batch, &mut done).await? {
+            return Ok(RotationProgress {
+                rewrapped: done,
+                complete: false,
+                kek_id: current.id().into(),
+            });
         }
         self.provider.promote_next()?;
         vs.set_kek_state(next.id(), "active").await?;
         vs.set_kek_state(current.id(), "retired").await?;
+        // A write by another process that checked the old KEK before it was retired committed
+        // under it (the store makes the retirement wait for it): move those keys too. Writes
+        // after the retirement are refused by the store, so this sweep is the last one.
+        self.rewrap_from(&current, &next, None, &mut done).await?;
         self.keys.store(Arc::new(Keys {
             current: next.clone(),
             next: None,
@@ -613,12 +604,38 @@ impl Vault {
         })
     }
 
+    /// Rewraps data keys from `current` to `next` until none is left (true) or `batch` keys
+    /// were done by this call (false). Each rewrap is a compare-and-set in the store.
+    async fn rewrap_from(
+        &self,
+        current: &Kek,
+        next: &Kek,
+        batch: Option<usize>,
+        done: &mut usize,
+    ) -> Result<bool, VaultError> {
+        let vs = self.store.vault();
+        loop {
+            let rows = vs.versions_wrapped_by(current.id(), 64).await?;
+            if rows.is_empty() {
+                return Ok(true);
+            }
+            for r in rows {
+                if batch.is_some_and(|b| *done >= b) {
+                    return Ok(false);
+                }
+                let wrapped = crypto::rewrap(current, next, &r.name, r.version, &r.wrapped_dek)?;
+                if vs
+                    .rewrap(&r.name, r.version, current.id(), next.id(), &wrapped)
+                    .await?
+                {
+                    *done += 1;
+                }
+            }
+        }
+    }
+
     /// The id of the KEK new secrets are encrypted under.
     pub fn kek_id(&self) -> String {
         self.keys.load().current.id().to_string()
     }
-}
-
-fn usable(v: &VersionRecord, t: i64) -> bool {
-    v.state == "active" && v.valid_until.is_none_or(|u| u > t)
 }

@@ -6,9 +6,13 @@ use crate::{ApiKeyRecord, ApiKeyStore, StoreError};
 use async_trait::async_trait;
 use sqlx::{FromRow, Row};
 
-async fn bump(pool: &sqlx::PgPool) -> Result<(), StoreError> {
-    sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = 'api_keys'")
-        .execute(pool)
+async fn bump<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres>>(
+    db: E,
+    counter: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE change_counters SET epoch = epoch + 1 WHERE name = $1")
+        .bind(counter)
+        .execute(db)
         .await?;
     Ok(())
 }
@@ -16,6 +20,7 @@ async fn bump(pool: &sqlx::PgPool) -> Result<(), StoreError> {
 #[async_trait]
 impl ApiKeyStore for PgStore {
     async fn insert_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO api_keys (key_id, client_id, hash, created_at, expires_at, revoked_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&k.key_id)
             .bind(&k.client_id)
@@ -24,9 +29,10 @@ impl ApiKeyStore for PgStore {
             .bind(k.expires_at)
             .bind(k.revoked_at)
             .bind(k.last_used_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        bump(&self.pool).await
+        bump(&mut *tx, "api_keys").await?;
+        Ok(tx.commit().await?)
     }
 
     async fn all_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -48,26 +54,30 @@ impl ApiKeyStore for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        bump(&self.pool).await?;
+        bump(&self.pool, "api_keys").await?;
         Ok(n > 0)
     }
 
     async fn touch_key(&self, key_id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE key_id = $1")
-            .bind(key_id)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $2) WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
             .bind(jti)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        bump(&mut *tx, "revoked_tokens").await?;
+        Ok(tx.commit().await?)
     }
 
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
@@ -84,6 +94,15 @@ impl ApiKeyStore for PgStore {
     async fn keys_epoch(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query("SELECT epoch FROM change_counters WHERE name = 'api_keys'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("epoch")?,
+        )
+    }
+
+    async fn tokens_epoch(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT epoch FROM change_counters WHERE name = 'revoked_tokens'")
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("epoch")?,

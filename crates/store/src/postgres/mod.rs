@@ -46,19 +46,38 @@ impl PgStore {
         let opts = PgConnectOptions::from_str(url)?
             .application_name("portcullis")
             .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+        let pool = Self::pool(opts, 8).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Connects without migrating, in sessions the server keeps read-only: for `check`, which
+    /// must be able to look at a production database and cannot change it by mistake. A
+    /// database not yet migrated gives errors on the first read.
+    pub async fn connect_read_only(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name("portcullis check")
+            .options([
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                ("default_transaction_read_only", "on"),
+            ]);
+        Ok(PgStore {
+            pool: Self::pool(opts, 2).await?,
+        })
+    }
+
+    async fn pool(opts: PgConnectOptions, max: u32) -> Result<PgPool, StoreError> {
         // One connection first, alone: the pool would report any failure as a bare "timed
         // out", where this says why (refused, unknown host, authentication, TLS).
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts))
             .await
             .map_err(|_| StoreError::Timeout(CONNECT_TIMEOUT))??;
         probe.close().await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
+        Ok(PgPoolOptions::new()
+            .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+            .await?)
     }
 }
 
@@ -67,6 +86,10 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn bootstrap_lock(&self) -> Result<crate::BootstrapLock, StoreError> {
+        crate::BootstrapLock::postgres(&self.pool, crate::bootstrap::BOOTSTRAP_WAIT).await
     }
 
     async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError> {

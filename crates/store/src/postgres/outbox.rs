@@ -30,13 +30,14 @@ impl OutboxStore for PgStore {
         now: i64,
         lease_until: i64,
         limit: i64,
+        token: &str,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         // A worker that dies mid-delivery leaves the event leased; the lease runs out and the
         // event is due again: never lost. SKIP LOCKED lets two instances claim at once without
         // waiting on each other, and the row lock, rechecked after the other's commit, keeps
         // them from leasing one event twice.
         let rows = sqlx::query(&format!(
-            "UPDATE webhook_outbox SET lease_until = $2 WHERE id IN \
+            "UPDATE webhook_outbox SET lease_until = $2, lease_token = $4 WHERE id IN \
              (SELECT id FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= $1 \
               AND (lease_until IS NULL OR lease_until < $1) ORDER BY id LIMIT $3 \
               FOR UPDATE SKIP LOCKED) \
@@ -45,6 +46,7 @@ impl OutboxStore for PgStore {
         .bind(now)
         .bind(lease_until)
         .bind(limit)
+        .bind(token)
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<OutboxEvent> = rows
@@ -55,39 +57,61 @@ impl OutboxStore for PgStore {
         Ok(out)
     }
 
-    async fn delivered(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1")
+    async fn renew(&self, id: i64, token: &str, lease_until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_outbox SET lease_until = $3 WHERE id = $1 AND lease_token = $2 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delivered(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_outbox WHERE id = $1 AND lease_token = $2")
             .bind(id)
+            .bind(token)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn retry_later(
         &self,
         id: i64,
+        token: &str,
         attempts: i64,
         next_attempt_at: i64,
         error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, lease_until = NULL WHERE id = $1")
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_outbox SET attempts = $3, next_attempt_at = $4, last_error = $5, lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2")
             .bind(id)
+            .bind(token)
             .bind(attempts)
             .bind(next_attempt_at)
             .bind(error)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn dead(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET state = 'dead', attempts = $2, last_error = $3, lease_until = NULL WHERE id = $1")
+    async fn dead(
+        &self,
+        id: i64,
+        token: &str,
+        attempts: i64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_outbox SET state = 'dead', attempts = $3, last_error = $4, lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2")
             .bind(id)
+            .bind(token)
             .bind(attempts)
             .bind(error)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn dead_letters(&self) -> Result<Vec<OutboxEvent>, StoreError> {

@@ -98,14 +98,24 @@ impl VaultStore for PgStore {
         &self,
         v: &VersionRecord,
         supersede_until: Option<i64>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        // SQLite has one writer at a time; here two instances rotating one secret would pick
-        // the same number. Locking the secret's row makes them take turns.
+        // SQLite has one writer at a time; here two instances writing one secret would both
+        // see the same next number. Locking the secret's row makes them take turns, and the
+        // second finds its number taken. The KEK's row is share-locked, so a rotation cannot
+        // retire it between this check and the commit (its UPDATE waits for this one).
         sqlx::query("SELECT 1 FROM vault_secrets WHERE name = $1 FOR UPDATE")
             .bind(&v.name)
             .execute(&mut *tx)
             .await?;
+        let kek: Option<String> =
+            sqlx::query_scalar("SELECT state FROM vault_keks WHERE id = $1 FOR SHARE")
+                .bind(&v.kek_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if kek.as_deref() != Some("active") {
+            return Err(StoreError::Conflict(crate::vault::KEK_NOT_ACTIVE));
+        }
         let next: i64 = sqlx::query(
             "SELECT COALESCE(MAX(version), 0) + 1 AS n FROM vault_versions WHERE name = $1",
         )
@@ -113,6 +123,9 @@ impl VaultStore for PgStore {
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
+        if next != v.version {
+            return Err(StoreError::Conflict(crate::vault::VERSION_TAKEN));
+        }
         match supersede_until {
             Some(until) => {
                 sqlx::query("UPDATE vault_versions SET valid_until = $2 WHERE name = $1 AND state = 'active' AND (valid_until IS NULL OR valid_until > $2)")
@@ -151,7 +164,7 @@ impl VaultStore for PgStore {
         .await?;
         bump(&mut tx).await?;
         tx.commit().await?;
-        Ok(next)
+        Ok(())
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {

@@ -1,0 +1,81 @@
+//! The start-up lock. Instances that start together on one new shared database must not
+//! each create what all of them share (the master key's registration, the API-key pepper,
+//! the OAuth signing key): with check-then-write, two would each write their own and end up
+//! with different peppers, or several "active" master keys. Whoever holds this lock creates;
+//! the next one waits, then reads what the first wrote.
+
+use crate::StoreError;
+use sqlx::{pool::PoolConnection, PgPool, Postgres};
+use std::time::{Duration, Instant};
+
+/// The advisory lock id of start-up. Any fixed number unique to this purpose.
+const BOOTSTRAP_LOCK: i64 = 0x7063_6c5f_626f_6f74; // "pcl_boot"
+
+/// How long a start waits for another instance's start-up to finish. Creating the shared
+/// keys takes milliseconds; a holder this slow is stuck, and failing says so.
+pub(crate) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Held while one process creates shared start-up state; [`BootstrapLock::release`] it when
+/// done. Dropped unreleased (an error path), it closes its connection, and the server drops
+/// the lock with the session.
+pub struct BootstrapLock {
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl BootstrapLock {
+    /// The lock of a store with one process (SQLite): there is no one to take turns with.
+    pub(crate) fn uncontended() -> Self {
+        BootstrapLock { conn: None }
+    }
+
+    /// Takes the session-level advisory lock on a connection of its own, polling with
+    /// `pg_try_advisory_lock` so that the wait has a bound (a blocking `pg_advisory_lock`
+    /// would instead meet `statement_timeout` with an unclear error).
+    pub(crate) async fn postgres(pool: &PgPool, wait: Duration) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(BOOTSTRAP_LOCK)
+                .fetch_one(&mut *conn)
+                .await?;
+            if got {
+                return Ok(BootstrapLock { conn: Some(conn) });
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Busy(
+                    "another instance has been starting for too long (it holds the start-up lock)",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ends the lock, so the next starting instance goes on.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        match sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(BOOTSTRAP_LOCK)
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Unknown whether the lock is still held: end the session rather than return
+                // a connection that may hold it to the pool.
+                drop(conn.detach());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for BootstrapLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
