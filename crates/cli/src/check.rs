@@ -134,7 +134,7 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
         match Vault::verify_key(&store, crate::secrets::key_provider(cfg, false).as_ref()).await {
             Ok(()) => {}
-            Err(e @ (VaultError::WrongKey | VaultError::Store(_))) => {
+            Err(e @ (VaultError::WrongKey | VaultError::RetiredKey | VaultError::Store(_))) => {
                 return (vec![format!("the master key: {e}")], Vec::new())
             }
             // The key may live only where the gateway runs: say so, and check the metadata.

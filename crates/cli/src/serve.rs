@@ -65,6 +65,22 @@ pub(crate) async fn start(
         .context("loading API keys")?;
     let mut services = Services::none(&cfg);
     let mut background = Vec::new();
+    if let Some(o) = &cfg.auth.oauth2 {
+        let issuer = portcullis_identity::TokenIssuer::open(
+            o.clone(),
+            vault.clone(),
+            api_keys.clone(),
+            store.clone(),
+        )
+        .await
+        .context("preparing the OAuth token issuer")?;
+        background.push(issuer.spawn_watch(Duration::from_secs(1)));
+        services.oauth = Some(issuer);
+    }
+    // Every shared key exists now; the next instance starting on this database reads them.
+    // Nothing slow (Redis, JWKS fetches) runs while the lock is held: instances wait for it
+    // in turn.
+    crate::state::release(bootstrap).await;
     if let portcullis_config::SharedBackend::Redis(url) = &cfg.shared_state.backend {
         // Lazy: the gateway starts while Redis is down, and each route applies its
         // shared_state_failure choice until Redis answers.
@@ -91,20 +107,6 @@ pub(crate) async fn start(
         .await
         .context("loading JWT issuers")?;
     services.jwt = Some(jwt.clone());
-    if let Some(o) = &cfg.auth.oauth2 {
-        let issuer = portcullis_identity::TokenIssuer::open(
-            o.clone(),
-            vault.clone(),
-            api_keys.clone(),
-            store.clone(),
-        )
-        .await
-        .context("preparing the OAuth token issuer")?;
-        background.push(issuer.spawn_watch(Duration::from_secs(1)));
-        services.oauth = Some(issuer);
-    }
-    // Every shared key exists now; the next instance starting on this database reads them.
-    crate::state::release(bootstrap).await;
     if let Some(r) = &cfg.webhook_signing {
         // Fail closed at start: without its own signing secret the gateway would forward
         // webhooks the backend cannot verify.

@@ -30,6 +30,16 @@ pub(crate) async fn open_state(
         .bootstrap_lock()
         .await
         .context("waiting for another instance's start-up")?;
+    // A vault that exists already was made with some key: a key file missing here is not
+    // created (it could only be the wrong key, left behind with a "back it up" warning).
+    if let portcullis_config::VaultKeyProvider::File(path) = &cfg.vault.key_provider {
+        if !path.exists() && !store.vault().keks().await?.is_empty() {
+            anyhow::bail!(
+                "opening the vault: the master key file {} does not exist, and the vault in this store was created with a key; copy that key file here (or use key_provider = \"env\" with the same key)",
+                path.display()
+            );
+        }
+    }
     let vault = Vault::open(
         store.clone(),
         crate::secrets::key_provider(cfg, true),

@@ -301,6 +301,18 @@ async fn a_wrong_or_exposed_master_key_stops_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("master key does not match"), "{err}");
 
+    // No key file at all: refused, and no new (necessarily wrong) key is made up.
+    std::fs::remove_file(&key).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!key.exists(), "a key file was created");
+
     // The right key with mode 0644: refused too.
     std::fs::write(&key, &original).unwrap();
     use std::os::unix::fs::PermissionsExt;

@@ -80,7 +80,8 @@ pub struct TokenIssuer {
 struct Revoked {
     /// As last read from the store.
     stored: HashSet<String>,
-    /// Revoked here but not persisted (the store failed): kept in this process until expiry.
+    /// Revoked here and not yet seen in a read of the store (just written, or the write
+    /// failed): kept in this process until then, or until expiry.
     local: HashMap<String, i64>,
 }
 
@@ -142,8 +143,11 @@ impl TokenIssuer {
             .into_iter()
             .collect();
         if let Ok(mut r) = self.revoked.lock() {
+            // A revocation made here keeps its local entry until a read of the store has
+            // it: a reload that started before its write would otherwise drop it.
+            r.local
+                .retain(|jti, exp| *exp >= t && !stored.contains(jti));
             r.stored = stored;
-            r.local.retain(|_, exp| *exp >= t);
         }
         self.epoch.store(epoch, Ordering::SeqCst);
         Ok(())
@@ -353,16 +357,8 @@ impl TokenIssuer {
         if let Ok(mut r) = self.revoked.lock() {
             r.local.insert(jti.to_string(), exp);
         }
-        match self.store.keys().revoke_token(jti, exp).await {
-            Ok(()) => {
-                if let Ok(mut r) = self.revoked.lock() {
-                    r.stored.insert(jti.to_string());
-                    r.local.remove(jti);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not persist a token revocation; it holds in this instance only, until restart");
-            }
+        if let Err(e) = self.store.keys().revoke_token(jti, exp).await {
+            tracing::error!(error = %e, "could not persist a token revocation; it holds in this instance only, until restart");
         }
         tracing::info!(target: "portcullis::audit", action = "oauth_token_revoked", client = caller, "access token revoked");
     }

@@ -33,14 +33,35 @@ impl BootstrapLock {
     /// would instead meet `statement_timeout` with an unclear error).
     pub(crate) async fn postgres(pool: &PgPool, wait: Duration) -> Result<Self, StoreError> {
         let mut conn = pool.acquire().await?;
+        // A holder whose machine dies keeps its session, and the lock, until the server
+        // notices the dead peer: with the OS default keepalive that is about two hours of
+        // refused starts. These make it about half a minute.
+        if let Err(e) = sqlx::query(
+            "SELECT set_config('tcp_keepalives_idle', '10', false), \
+                    set_config('tcp_keepalives_interval', '5', false), \
+                    set_config('tcp_keepalives_count', '3', false)",
+        )
+        .execute(&mut *conn)
+        .await
+        {
+            drop(conn.detach());
+            return Err(e.into());
+        }
         let deadline = Instant::now() + wait;
         loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            let got = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
                 .bind(BOOTSTRAP_LOCK)
                 .fetch_one(&mut *conn)
-                .await?;
-            if got {
-                return Ok(BootstrapLock { conn: Some(conn) });
+                .await;
+            match got {
+                Ok(true) => return Ok(BootstrapLock { conn: Some(conn) }),
+                Ok(false) => {}
+                Err(e) => {
+                    // The server may have granted it and the answer been lost: end the session
+                    // rather than pool a connection that might hold it.
+                    drop(conn.detach());
+                    return Err(e.into());
+                }
             }
             if Instant::now() >= deadline {
                 return Err(StoreError::Busy(
@@ -56,12 +77,20 @@ impl BootstrapLock {
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };
-        match sqlx::query("SELECT pg_advisory_unlock($1)")
+        match sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
             .bind(BOOTSTRAP_LOCK)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(true) => Ok(()),
+            // false: this session did not hold it (a pooler between us and the server moved
+            // the session?). Closing ours is all that can be done; say so.
+            Ok(false) => {
+                drop(conn.detach());
+                Err(StoreError::Busy(
+                    "the start-up lock was not held by this session (use a direct connection or a session-mode pooler)",
+                ))
+            }
             Err(e) => {
                 // Unknown whether the lock is still held: end the session rather than return
                 // a connection that may hold it to the pool.

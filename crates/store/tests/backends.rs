@@ -268,6 +268,10 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
         !v.rewrap("tok", 3, "k1", "k2", &[4, 5]).await.unwrap(),
         "from k1 only"
     );
+    assert!(
+        !v.rewrap("tok", 1, "k1", "k2", &[4, 5]).await.unwrap(),
+        "a destroyed version gets no wrapped key back"
+    );
     v.set_kek_state("k1", "retired").await.unwrap();
     assert_eq!(v.keks().await.unwrap()[0].state, "retired");
     assert!(

@@ -11,6 +11,11 @@ pub enum VaultError {
     /// The master key is not the one this vault was created with.
     #[error("the master key does not match this vault (key check value mismatch); refusing to start with the wrong key")]
     WrongKey,
+    /// The master key is one a KEK rotation retired: this process missed the rotation.
+    #[error(
+        "this master key was retired by a KEK rotation; give this process the vault's new key"
+    )]
+    RetiredKey,
     /// Decryption failed: the ciphertext was altered, moved to another row, or the key is wrong.
     #[error(
         "secret {name:?} version {version} could not be decrypted (tampered, moved or wrong key)"

@@ -49,8 +49,13 @@ fn check_name(name: &str) -> Result<(), VaultError> {
 }
 
 struct Keys {
+    /// The provider's current key.
     current: Kek,
+    /// The provider's next key (a rotation staged or in progress).
     next: Option<Kek>,
+    /// The key new data keys are wrapped by: the vault's active one. `current`, except
+    /// between a rotation recording the next key active and promoting it in the provider.
+    write: Kek,
 }
 
 impl Keys {
@@ -125,14 +130,23 @@ impl Vault {
         if records.is_empty() {
             return Ok(());
         }
-        match records
-            .iter()
-            .find(|r| r.id == current.id() && bool::from(r.kcv.ct_eq(current.kcv())))
-        {
-            Some(r) if r.state == "active" || r.state == "next" => Ok(()),
-            Some(_) => Err(VaultError::KeyProvider(
-                "this master key was retired by a KEK rotation; give this process the vault's new key".into(),
-            )),
+        let state = |k: &Kek| {
+            records
+                .iter()
+                .find(|r| r.id == k.id() && bool::from(r.kcv.ct_eq(k.kcv())))
+                .map(|r| r.state.as_str())
+        };
+        match state(&current) {
+            Some("active" | "next") => Ok(()),
+            // Retired, with the next key already active: a rotation in progress.
+            Some(_)
+                if provider
+                    .next()?
+                    .is_some_and(|n| state(&n) == Some("active")) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(VaultError::RetiredKey),
             None => Err(VaultError::WrongKey),
         }
     }
@@ -146,6 +160,7 @@ impl Vault {
         let vs = store.vault();
         let records = vs.keks().await?;
         let matches = |k: &Kek, r: &KekRecord| r.id == k.id() && bool::from(r.kcv.ct_eq(k.kcv()));
+        let mut write = current.clone();
         if records.is_empty() {
             vs.insert_kek(&KekRecord {
                 id: current.id().into(),
@@ -175,9 +190,15 @@ impl Vault {
                     vs.set_kek_state(&r.id, "active").await?;
                 }
                 Some(_) => {
-                    return Err(VaultError::KeyProvider(
-                        "this master key was retired by a KEK rotation; give this process the vault's new key".into(),
-                    ))
+                    // Retired: a rotation that recorded the next key active but has not
+                    // promoted it in the provider yet goes on under it; anything else missed
+                    // the rotation.
+                    match &next {
+                        Some(n) if records.iter().any(|r| matches(n, r) && r.state == "active") => {
+                            write = n.clone();
+                        }
+                        _ => return Err(VaultError::RetiredKey),
+                    }
                 }
                 None => return Err(VaultError::WrongKey),
             }
@@ -197,7 +218,11 @@ impl Vault {
                 .await?;
             }
         }
-        Ok(Keys { current, next })
+        Ok(Keys {
+            current,
+            next,
+            write,
+        })
     }
 
     /// The KEK with `id`, reloading the provider once if a rotation elsewhere introduced it.
@@ -229,9 +254,13 @@ impl Vault {
     }
 
     async fn after_write(&self) {
+        // The counter is read before the cache is dropped: read after, it could include a
+        // write by another process that a fill begun after the drop has missed, and the watch
+        // would then never drop that fill.
+        let e = self.store.vault().epoch().await;
         self.invalidate();
-        if let Ok(e) = self.store.vault().epoch().await {
-            self.epoch.store(e, Ordering::SeqCst);
+        if let Ok(e) = e {
+            self.epoch.fetch_max(e, Ordering::SeqCst);
         }
     }
 
@@ -302,9 +331,17 @@ impl Vault {
                 .unwrap_or(DEFAULT_KEEP)
                 .max(1),
         };
-        vs.upsert_secret(&record).await?;
         let supersede = opts.grace.map(|g| t.saturating_add(secs(g)));
-        let version = self.add_version(name, value, t, supersede).await?;
+        // A new secret needs its row before a version; an existing one takes the new settings
+        // (consumers, expiry) only once the version landed, so a refused write changes nothing.
+        if existing.is_none() {
+            vs.upsert_secret(&record).await?;
+        }
+        let version = self.add_version(name, value, t, supersede).await;
+        if existing.is_some() && version.is_ok() {
+            vs.upsert_secret(&record).await?;
+        }
+        let version = version?;
         self.after_write().await;
         let action = if existing.is_some() { "rotate" } else { "put" };
         self.emit(action, name, Some(version), &opts.actor);
@@ -331,7 +368,7 @@ impl Vault {
                 .await?
                 .first()
                 .map_or(1, |v| v.version + 1);
-            let kek = self.keys.load().current.clone();
+            let kek = self.keys.load().write.clone();
             let sealed = crypto::encrypt(&kek, name, version, value)?;
             let row = VersionRecord {
                 name: name.to_string(),
@@ -571,6 +608,7 @@ impl Vault {
                 self.keys.store(Arc::new(Keys {
                     current: keys.current.clone(),
                     next: Some(n.clone()),
+                    write: keys.write.clone(),
                 }));
                 n
             }
@@ -584,16 +622,25 @@ impl Vault {
                 kek_id: current.id().into(),
             });
         }
-        self.provider.promote_next()?;
+        // Recorded first, promoted in the provider last: until the promotion the old key is
+        // still on hand, so an interruption anywhere here resumes with the next call (the
+        // vault opens with the retired key current and the active next key for writes).
         vs.set_kek_state(next.id(), "active").await?;
         vs.set_kek_state(current.id(), "retired").await?;
+        self.keys.store(Arc::new(Keys {
+            current: current.clone(),
+            next: Some(next.clone()),
+            write: next.clone(),
+        }));
         // A write by another process that checked the old KEK before it was retired committed
         // under it (the store makes the retirement wait for it): move those keys too. Writes
         // after the retirement are refused by the store, so this sweep is the last one.
         self.rewrap_from(&current, &next, None, &mut done).await?;
+        self.provider.promote_next()?;
         self.keys.store(Arc::new(Keys {
             current: next.clone(),
             next: None,
+            write: next.clone(),
         }));
         self.after_write().await;
         self.emit("rotate_kek", "", None, actor);
@@ -636,6 +683,6 @@ impl Vault {
 
     /// The id of the KEK new secrets are encrypted under.
     pub fn kek_id(&self) -> String {
-        self.keys.load().current.id().to_string()
+        self.keys.load().write.id().to_string()
     }
 }

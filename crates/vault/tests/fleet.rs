@@ -76,15 +76,21 @@ async fn an_instance_that_missed_a_kek_rotation_refuses_to_write_under_the_retir
 
     let p = a.rotate_kek(None, "test").await.unwrap();
     assert!(p.complete);
-    let err = b.put("tok", b"after", &opts()).await.unwrap_err();
-    assert!(
-        matches!(&err, VaultError::KeyProvider(m) if m.contains("retired")),
-        "{err}"
-    );
+    let wider = PutOptions {
+        consumers: Some(vec!["route:a".into(), "route:b".into()]),
+        ..opts()
+    };
+    let err = b.put("tok", b"after", &wider).await.unwrap_err();
+    assert!(matches!(&err, VaultError::RetiredKey), "{err}");
     assert_eq!(
         a.show("tok").await.unwrap().versions.len(),
         1,
         "nothing was written under the retired key"
+    );
+    assert_eq!(
+        a.show("tok").await.unwrap().consumers,
+        ["route:a"],
+        "nor the refused write's settings"
     );
     // The rotating instance still writes, under the new key, and reads back.
     a.put("tok", b"after", &opts()).await.unwrap();

@@ -379,3 +379,62 @@ async fn reads_during_kek_rotation_never_see_a_torn_value() {
     }
     assert!(reader.await.unwrap() > 0);
 }
+
+#[tokio::test]
+async fn a_rotation_cut_after_retiring_the_old_key_resumes_and_writes_under_the_new_one() {
+    let env = Env::new().await;
+    let v = env.vault().await.unwrap();
+    v.put("s", b"before", &opts(&["route:r"])).await.unwrap();
+    let old = v.kek_id();
+    // Stage the next key, then stop where a crash after recording the new states (and
+    // before the key file's promotion) would: next active, old retired.
+    let p = v.rotate_kek(Some(0), "test").await.unwrap();
+    assert!(!p.complete);
+    let vs = env.store.vault();
+    let next = vs
+        .keks()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.state == "next")
+        .unwrap()
+        .id;
+    vs.set_kek_state(&next, "active").await.unwrap();
+    vs.set_kek_state(&old, "retired").await.unwrap();
+    drop(v);
+
+    // The key file still holds the old key as current: the vault opens, reads, and writes
+    // under the active next key rather than the retired one.
+    let v = env.vault().await.unwrap();
+    assert_eq!(v.kek_id(), next);
+    assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"before");
+    v.put("s", b"during", &opts(&["route:r"])).await.unwrap();
+    let p = v.rotate_kek(None, "test").await.unwrap();
+    assert!(p.complete);
+    assert!(!env.dir.path().join("master.key.next").exists());
+    drop(v);
+    let v = env.vault().await.unwrap();
+    assert_eq!(v.kek_id(), next);
+    assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"during");
+    assert!(vs.versions_wrapped_by(&old, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_write_leaves_the_secret_settings_unchanged() {
+    let env = Env::new().await;
+    let v = env.vault().await.unwrap();
+    v.put("s", b"one", &opts(&["route:r"])).await.unwrap();
+    // A write that the store refuses (its KEK is no longer active, and this process has no
+    // other key): the consumers asked for are not bound either.
+    env.store
+        .vault()
+        .set_kek_state(&v.kek_id(), "retired")
+        .await
+        .unwrap();
+    let err = v
+        .put("s", b"two", &opts(&["route:r", "route:other"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::RetiredKey), "{err}");
+    assert_eq!(v.show("s").await.unwrap().consumers, ["route:r"]);
+}

@@ -47,7 +47,7 @@ struct Inner {
 /// - Generic HMAC: `None` (no known location).
 ///
 /// `None` also when the body is not JSON, the field is missing or not a string, longer than
-/// 256 bytes, or the header is absent, repeated with different values or not ASCII. An
+/// 256 bytes or holds a control character, or the header is absent, repeated with different values or not ASCII. An
 /// allowlist should treat `None` as "not allowed".
 pub fn event_type(scheme: &Scheme, headers: &HeaderMap, body: &[u8]) -> Option<String> {
     let found = match scheme {
@@ -71,5 +71,9 @@ pub fn event_type(scheme: &Scheme, headers: &HeaderMap, body: &[u8]) -> Option<S
         ),
         Scheme::Hmac(_) => None,
     }?;
-    (!found.is_empty() && found.len() <= MAX_EVENT_TYPE).then_some(found)
+    // Control characters (a JSON "\u0000" among them) are no event type anyone allowlists,
+    // and a NUL cannot be stored in a PostgreSQL TEXT column: the queued event would be
+    // refused by the store on every retry of the sender.
+    (!found.is_empty() && found.len() <= MAX_EVENT_TYPE && !found.chars().any(char::is_control))
+        .then_some(found)
 }

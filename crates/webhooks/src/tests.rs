@@ -1195,6 +1195,13 @@ fn event_types() {
         Some("url_verification")
     );
     assert_eq!(event_type(&Scheme::Slack, &none, SLACK_BODY), None);
+    for odd in [r#"{"type":"a\u0000b"}"#, r#"{"type":"line\nbreak"}"#] {
+        assert_eq!(
+            event_type(&Scheme::Standard, &none, odd.as_bytes()),
+            None,
+            "{odd}"
+        );
+    }
     assert_eq!(
         event_type(&Scheme::Github, &gh_headers(GH_SIG), GH_BODY).as_deref(),
         Some("push")

@@ -45,7 +45,12 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)?
             .application_name("portcullis")
-            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+            .options([
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                // The migrator's `CREATE TABLE IF NOT EXISTS` notices ("already exists")
+                // would otherwise be logged on every start and every CLI command.
+                ("client_min_messages", "warning"),
+            ]);
         let pool = Self::pool(opts, 8).await?;
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { pool })

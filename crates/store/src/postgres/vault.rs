@@ -241,7 +241,7 @@ impl VaultStore for PgStore {
         to_kek: &str,
         wrapped: &[u8],
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("UPDATE vault_versions SET kek_id = $4, wrapped_dek = $5 WHERE name = $1 AND version = $2 AND kek_id = $3")
+        let n = sqlx::query("UPDATE vault_versions SET kek_id = $4, wrapped_dek = $5 WHERE name = $1 AND version = $2 AND kek_id = $3 AND state != 'destroyed'")
             .bind(name)
             .bind(version)
             .bind(from_kek)
