@@ -88,7 +88,10 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
         refs.extend(w.secrets.iter().map(|s| (w.consumer(), s.name.clone())));
     }
     if let Some(s) = &cfg.webhook_signing {
-        refs.push(("gateway:webhook-signing".to_string(), s.name.clone()));
+        refs.push((
+            portcullis_proxy::WEBHOOK_SIGNING_CONSUMER.to_string(),
+            s.name.clone(),
+        ));
     }
     for i in &cfg.integrations {
         if let Some(c) = &i.credential {

@@ -109,12 +109,10 @@ pub(crate) async fn start(
     services.jwt = Some(jwt.clone());
     if let Some(r) = &cfg.webhook_signing {
         // Fail closed at start: without its own signing secret the gateway would forward
-        // webhooks the backend cannot verify.
-        let secret = vault
-            .resolve(&r.name, "gateway:webhook-signing")
+        // webhooks the backend cannot verify. Read again at each delivery, so a rotation
+        // applies without a restart.
+        let signer = portcullis_proxy::WebhookSigner::new(vault.clone(), &r.name)
             .await
-            .with_context(|| format!("webhook_signing.secret {r}"))?;
-        let signer = portcullis_webhooks::StandardSigner::new(secret.expose())
             .map_err(|e| anyhow::anyhow!("webhook_signing.secret {r}: {e}"))?;
         services.webhook_signer = Some(Arc::new(signer));
     }

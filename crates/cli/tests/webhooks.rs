@@ -203,6 +203,40 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The gateway's own signing key rotated in the vault: forwards are signed with the new
+    // one without a restart (until the change is seen, with the old one; never anything else).
+    const NEXT_GATEWAY_SECRET: &str = "whsec_bmV4dC1nYXRld2F5LXNpZ25pbmcta2V5LTEyMzQ1Ng==";
+    put_secret(
+        &gw.config_path(),
+        "pcl-signing",
+        "gateway:webhook-signing",
+        NEXT_GATEWAY_SECRET,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("msg_resign_{n}");
+        let res = post(&gw, &id, ts, body, &sign(NEXT_SECRET, &id, ts, body)).await;
+        assert_eq!(res.status(), 200);
+        let d = next(&mut rx).await;
+        let fwd_ts: i64 = d.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = d.headers["webhook-signature"].to_str().unwrap().to_string();
+        if got == sign(NEXT_GATEWAY_SECRET, &id, fwd_ts, body) {
+            break;
+        }
+        assert_eq!(got, sign(GATEWAY_SECRET, &id, fwd_ts, body));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated signing key was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     assert!(gw
         .stdout
         .wait_for(&["webhook verification failed"], Duration::from_secs(10))

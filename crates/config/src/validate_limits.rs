@@ -158,9 +158,10 @@ pub(crate) fn fleet(
         if quota_route.is_some() || clients.iter().any(|cl| cl.quota.is_some()) {
             c.warn(
                 quota_route.and_then(|r| spans.get(&r.id).cloned()),
-                "quotas are counted in each instance's own store (SQLite): instances that \
-                 share rate limits through [shared_state] do not share quota counts, so each \
-                 one admits the whole quota; use a postgres:// store.url shared by them",
+                "quotas are counted in each instance's own store (SQLite): several instances \
+                 (a Redis [shared_state], or shared_state.instances > 1) do not share quota \
+                 counts, so each one admits the whole quota; use a postgres:// store.url \
+                 shared by them",
             );
         }
     }

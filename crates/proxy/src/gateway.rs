@@ -103,7 +103,7 @@ pub struct Services {
     /// Where accepted webhook messages are remembered (replays and duplicates).
     pub replay: Arc<dyn portcullis_state::ReplayCache>,
     /// Portcullis's own Standard Webhooks signer for forwarded webhooks.
-    pub webhook_signer: Option<Arc<portcullis_webhooks::StandardSigner>>,
+    pub webhook_signer: Option<Arc<crate::WebhookSigner>>,
     /// Wakes the outbox worker when an event is queued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Failed webhook verifications per endpoint and source address.

@@ -26,6 +26,7 @@ mod template;
 mod tls;
 mod webhook;
 mod webhook_failures;
+mod webhook_signer;
 
 pub use gateway::{BuildError, Gateway, Services};
 pub use headers::client_ip;
@@ -35,3 +36,4 @@ pub use router::check_path;
 pub use server::{serve, ShutdownSignal};
 pub use tls::load_server_tls;
 pub use webhook_failures::{FailureCount, WebhookFailures};
+pub use webhook_signer::{WebhookSigner, WEBHOOK_SIGNING_CONSUMER};

@@ -12,9 +12,7 @@ use portcullis_core::{full, Body, GatewayError, RequestContext};
 use portcullis_state::ReplayCache;
 use portcullis_store::{OutboxEvent, Store};
 use portcullis_vault::Vault;
-use portcullis_webhooks::{
-    HmacAlgorithm, HmacScheme, Scheme, SigEncoding, StandardSigner, Verifier,
-};
+use portcullis_webhooks::{HmacAlgorithm, HmacScheme, Scheme, SigEncoding, Verifier};
 use std::{sync::Arc, time::Duration};
 use zeroize::Zeroizing;
 
@@ -26,7 +24,7 @@ pub(crate) struct WebhookEndpoint {
     vault: Option<Arc<Vault>>,
     replay: Arc<dyn ReplayCache>,
     failures: Arc<crate::WebhookFailures>,
-    signer: Option<Arc<StandardSigner>>,
+    signer: Option<Arc<crate::WebhookSigner>>,
     /// The data plane's pooled transport (it never follows redirects), and the forward
     /// target, split into scheme, authority and path once.
     transport: crate::client::Transport,
@@ -154,7 +152,7 @@ impl WebhookEndpoint {
         vault: Option<Arc<Vault>>,
         replay: Arc<dyn ReplayCache>,
         failures: Arc<crate::WebhookFailures>,
-        signer: Option<Arc<StandardSigner>>,
+        signer: Option<Arc<crate::WebhookSigner>>,
         outbox: Option<Outbox>,
         clients: &crate::client::ClientCache,
     ) -> Result<Self, String> {
@@ -452,6 +450,14 @@ impl WebhookEndpoint {
                 retry_after: Some(Duration::from_secs(30)),
             });
         };
+        // Read per delivery (from the vault's memory), so a rotated key applies at once; a
+        // revoked or expired one stops forwarding rather than signing with a stale key.
+        let signer = signer.current().await.map_err(|e| {
+            tracing::error!(webhook = %self.config.id, error = %e, "webhook signing secret unusable; refusing");
+            GatewayError::Unavailable {
+                retry_after: Some(Duration::from_secs(30)),
+            }
+        })?;
         let ts = unix_now();
         let signature = signer.sign(id, ts, &bytes);
         let value =

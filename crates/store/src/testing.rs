@@ -2,7 +2,7 @@
 //! each test gets a database of its own on the machine's server, dropped when it ends.
 
 use sqlx::{Connection, Executor};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// The server tests create their databases on: the machine's PostgreSQL on 127.0.0.1:5432,
 /// unless `PORTCULLIS_TEST_POSTGRES` names another.
@@ -33,6 +33,7 @@ impl TestDb {
         let mut admin = sqlx::PgConnection::connect(&admin_url())
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+        drop_orphans(&mut admin).await;
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
@@ -45,6 +46,36 @@ impl TestDb {
         let base = admin_url();
         let cut = base.rfind('/').unwrap_or(base.len());
         format!("{}/{}", &base[..cut], self.name)
+    }
+}
+
+/// Drops the databases of test processes that are gone (killed before their `Drop` ran), once
+/// per process. The name carries the creating process's id; a live one keeps its databases.
+async fn drop_orphans(admin: &mut sqlx::PgConnection) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let Ok(names) = sqlx::query_scalar::<_, String>(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'pcl\\_test\\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    else {
+        return;
+    };
+    for name in names {
+        let pid = name
+            .strip_prefix("pcl_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Names come from the server and match pcl_test_<digits>_...: quoted anyway.
+            let _ = admin
+                .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                .await;
+        }
     }
 }
 
