@@ -6,7 +6,10 @@
 
 use crate::StoreError;
 use sqlx::{pool::PoolConnection, PgPool, Postgres};
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 /// The advisory lock id of start-up. Any fixed number unique to this purpose.
 const BOOTSTRAP_LOCK: i64 = 0x7063_6c5f_626f_6f74; // "pcl_boot"
@@ -20,12 +23,17 @@ pub(crate) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
 /// the lock with the session.
 pub struct BootstrapLock {
     conn: Option<PoolConnection<Postgres>>,
+    /// SQLite: an exclusive lock on a file beside the database, released when closed.
+    file: Option<std::fs::File>,
 }
 
 impl BootstrapLock {
     /// The lock of a store with one process (SQLite): there is no one to take turns with.
     pub(crate) fn uncontended() -> Self {
-        BootstrapLock { conn: None }
+        BootstrapLock {
+            conn: None,
+            file: None,
+        }
     }
 
     /// Takes the session-level advisory lock on a connection of its own, polling with
@@ -54,7 +62,12 @@ impl BootstrapLock {
                 .fetch_one(&mut *conn)
                 .await;
             match got {
-                Ok(true) => return Ok(BootstrapLock { conn: Some(conn) }),
+                Ok(true) => {
+                    return Ok(BootstrapLock {
+                        conn: Some(conn),
+                        file: None,
+                    })
+                }
                 Ok(false) => {}
                 Err(e) => {
                     // The server may have granted it and the answer been lost: end the session
@@ -72,8 +85,45 @@ impl BootstrapLock {
         }
     }
 
+    /// Takes an exclusive lock on the file at `path` (created 0600), polling so the wait has
+    /// a bound. The operating system releases it when the file is closed, so a process that
+    /// dies holding it holds it no longer.
+    pub(crate) async fn file(path: &Path, wait: Duration) -> Result<Self, StoreError> {
+        crate::create_private_file(path)?;
+        let fs_err = |source| StoreError::Filesystem {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(fs_err)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(BootstrapLock {
+                        conn: None,
+                        file: Some(file),
+                    })
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(fs_err(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Busy(
+                    "another process has been starting on this database for too long (it holds the start-up lock)",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Ends the lock, so the next starting instance goes on.
     pub async fn release(mut self) -> Result<(), StoreError> {
+        // Closing the file ends a file lock.
+        drop(self.file.take());
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };

@@ -6,7 +6,11 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     Row, SqlitePool,
 };
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -14,6 +18,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// Beside the database file: the start-up lock between processes on it (`serve` and the
+    /// CLI). None for an in-memory database, which no other process can open.
+    lock_path: Option<PathBuf>,
 }
 
 impl SqliteStore {
@@ -32,7 +39,12 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        Ok(SqliteStore {
+            pool,
+            lock_path: Some(PathBuf::from(lock_path)),
+        })
     }
 
     /// A private in-memory database, for tests and throwaway runs.
@@ -44,7 +56,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            lock_path: None,
+        })
     }
 }
 
@@ -56,8 +71,12 @@ impl Store for SqliteStore {
     }
 
     async fn bootstrap_lock(&self) -> Result<crate::BootstrapLock, StoreError> {
-        // One process per SQLite file: nothing to take turns with.
-        Ok(crate::BootstrapLock::uncontended())
+        // `serve` and a CLI command (`client key issue`) may both be the first to open a new
+        // file: they take turns through a file lock beside it.
+        match &self.lock_path {
+            Some(p) => crate::BootstrapLock::file(p, crate::bootstrap::BOOTSTRAP_WAIT).await,
+            None => Ok(crate::BootstrapLock::uncontended()),
+        }
     }
 
     async fn record_undeclared(&self, batch: &[UndeclaredHit]) -> Result<(), StoreError> {

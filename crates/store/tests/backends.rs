@@ -501,3 +501,31 @@ async fn a_sqlite_store_ends_its_own_crashed_leases_at_start() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_on_one_sqlite_file_take_turns_at_start_up() {
+    // Two stores on one file stand for `serve` and a CLI command starting together.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let held = a.bootstrap_lock().await.unwrap();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.bootstrap_lock().await.unwrap() }
+    });
+    // Not a timing claim: the lock is held throughout, so the waiter cannot have it yet.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the second process waits");
+    held.release().await.unwrap();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the second goes on once the first releases")
+        .unwrap();
+    drop(second);
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), a.bootstrap_lock())
+        .await
+        .expect("a dropped lock is not held")
+        .unwrap();
+    third.release().await.unwrap();
+}
