@@ -32,17 +32,20 @@ pub(crate) async fn open_state(
         .context("waiting for another instance's start-up")?;
     // A vault that exists already was made with some key: a key file missing here is not
     // created (it could only be the wrong key, left behind with a "back it up" warning).
+    let registered = !store.vault().keks().await?.is_empty();
     if let portcullis_config::VaultKeyProvider::File(path) = &cfg.vault.key_provider {
-        if !path.exists() && !store.vault().keks().await?.is_empty() {
+        if !path.exists() && registered {
             anyhow::bail!(
                 "opening the vault: the master key file {} does not exist, and the vault in this store was created with a key; copy that key file here (or use key_provider = \"env\" with the same key)",
                 path.display()
             );
         }
     }
+    // Only a new vault may create its key file; later reloads of the provider never make up
+    // a key for an existing one.
     let vault = Vault::open(
         store.clone(),
-        crate::secrets::key_provider(cfg, true),
+        crate::secrets::key_provider(cfg, !registered),
         Arc::new(LogEventSink),
     )
     .await

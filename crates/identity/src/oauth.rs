@@ -24,6 +24,8 @@ use zeroize::Zeroizing;
 
 const SIGNING_SECRET: &str = "portcullis.oauth-signing-key";
 const SIGNING_CONSUMER: &str = "gateway:oauth";
+/// Clock skew allowed on `exp`; a revocation is kept this much longer than the token's expiry.
+const LEEWAY_SECS: u64 = 5;
 
 fn now() -> i64 {
     SystemTime::now()
@@ -310,7 +312,7 @@ impl TokenIssuer {
         let mut val = Validation::new(Algorithm::EdDSA);
         val.set_issuer(&[&self.cfg.issuer]);
         val.set_audience(&[&self.cfg.audience]);
-        val.leeway = 5;
+        val.leeway = LEEWAY_SECS;
         val.set_required_spec_claims(&["exp", "iss", "aud"]);
         let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &val)
             .ok()?
@@ -354,6 +356,8 @@ impl TokenIssuer {
         if owner != caller {
             return;
         }
+        // Kept while the token still verifies: until its expiry plus the leeway.
+        let exp = exp.saturating_add(LEEWAY_SECS as i64);
         if let Ok(mut r) = self.revoked.lock() {
             r.local.insert(jti.to_string(), exp);
         }

@@ -452,14 +452,13 @@ impl WebhookEndpoint {
         };
         // Read per delivery (from the vault's memory), so a rotated key applies at once; a
         // revoked or expired one stops forwarding rather than signing with a stale key.
-        let signer = signer.current().await.map_err(|e| {
+        let ts = unix_now();
+        let signature = signer.sign(id, ts, &bytes).await.map_err(|e| {
             tracing::error!(webhook = %self.config.id, error = %e, "webhook signing secret unusable; refusing");
             GatewayError::Unavailable {
                 retry_after: Some(Duration::from_secs(30)),
             }
         })?;
-        let ts = unix_now();
-        let signature = signer.sign(id, ts, &bytes);
         let value =
             |v: &str| HeaderValue::from_str(v).map_err(|e| GatewayError::BadGateway(Box::new(e)));
         // Sized for every header below, so the map never grows and rehashes.

@@ -85,20 +85,35 @@ impl BootstrapLock {
         }
     }
 
-    /// Takes an exclusive lock on the file at `path` (created 0600), polling so the wait has
-    /// a bound. The operating system releases it when the file is closed, so a process that
-    /// dies holding it holds it no longer.
-    pub(crate) async fn file(path: &Path, wait: Duration) -> Result<Self, StoreError> {
-        crate::create_private_file(path)?;
+    /// Takes an exclusive lock on `<database>.lock` beside the SQLite file `db` (created 0600,
+    /// and owned like the database when root creates it, as SQLite does for its `-wal` and
+    /// `-shm` files, so a CLI command run as root cannot lock the service out). Polls, so the
+    /// wait has a bound. The operating system releases the lock when the file is closed, so a
+    /// process that dies holding it holds it no longer.
+    pub(crate) async fn beside(db: &Path, wait: Duration) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let mut name = db.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
         let fs_err = |source| StoreError::Filesystem {
             path: path.display().to_string(),
             source,
         };
+        // Not create_new: two processes creating it at once both get the same file.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(path)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
             .map_err(fs_err)?;
+        if let (Ok(lock), Ok(owner)) = (file.metadata(), std::fs::metadata(db)) {
+            if lock.uid() != owner.uid() {
+                // Succeeds only for root; anyone else made the file theirs and keeps it.
+                let _ = std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()));
+            }
+        }
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {

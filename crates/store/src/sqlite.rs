@@ -18,15 +18,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    /// Beside the database file: the start-up lock between processes on it (`serve` and the
-    /// CLI). None for an in-memory database, which no other process can open.
-    lock_path: Option<PathBuf>,
+    /// The database file, beside which the start-up lock between processes on it (`serve`
+    /// and the CLI) is kept. None for an in-memory database, which no other process opens.
+    path: Option<PathBuf>,
 }
 
 impl SqliteStore {
     /// Opens (creating 0600 if needed) and migrates the database at `path`. SQLite gives its
     /// WAL and shared-memory files the database file's mode, so they are 0600 too.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // Creating and migrating a new file is the first thing two processes starting on it
+        // together would race on: they take turns.
+        let creating = crate::BootstrapLock::beside(path, crate::bootstrap::BOOTSTRAP_WAIT).await?;
         create_private_file(path)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -39,11 +42,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
+        creating.release().await?;
         Ok(SqliteStore {
             pool,
-            lock_path: Some(PathBuf::from(lock_path)),
+            path: Some(path.to_path_buf()),
         })
     }
 
@@ -56,10 +58,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore {
-            pool,
-            lock_path: None,
-        })
+        Ok(SqliteStore { pool, path: None })
     }
 }
 
@@ -73,8 +72,8 @@ impl Store for SqliteStore {
     async fn bootstrap_lock(&self) -> Result<crate::BootstrapLock, StoreError> {
         // `serve` and a CLI command (`client key issue`) may both be the first to open a new
         // file: they take turns through a file lock beside it.
-        match &self.lock_path {
-            Some(p) => crate::BootstrapLock::file(p, crate::bootstrap::BOOTSTRAP_WAIT).await,
+        match &self.path {
+            Some(p) => crate::BootstrapLock::beside(p, crate::bootstrap::BOOTSTRAP_WAIT).await,
             None => Ok(crate::BootstrapLock::uncontended()),
         }
     }

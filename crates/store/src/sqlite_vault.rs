@@ -17,6 +17,31 @@ async fn bump(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
 const VERSION_COLUMNS: &str =
     "name, version, state, created_at, valid_until, first_used_at, kek_id, wrapped_dek, ciphertext";
 
+/// Creates or updates a secret's row, inside the caller's transaction.
+async fn write_secret(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &SecretRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO vault_secrets (name, secret_type, created_at, updated_at, expires_at, max_age_secs, consumers, keep_versions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (name) DO UPDATE SET secret_type = excluded.secret_type, updated_at = excluded.updated_at,
+               expires_at = excluded.expires_at, max_age_secs = excluded.max_age_secs,
+               consumers = excluded.consumers, keep_versions = excluded.keep_versions",
+        )
+        .bind(&s.name)
+        .bind(&s.secret_type)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.expires_at)
+        .bind(s.max_age_secs)
+        .bind(s.consumers.join("\n"))
+        .bind(s.keep_versions)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl VaultStore for SqliteStore {
     async fn keks(&self) -> Result<Vec<KekRecord>, StoreError> {
@@ -55,23 +80,7 @@ impl VaultStore for SqliteStore {
 
     async fn upsert_secret(&self, s: &SecretRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO vault_secrets (name, secret_type, created_at, updated_at, expires_at, max_age_secs, consumers, keep_versions)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (name) DO UPDATE SET secret_type = excluded.secret_type, updated_at = excluded.updated_at,
-               expires_at = excluded.expires_at, max_age_secs = excluded.max_age_secs,
-               consumers = excluded.consumers, keep_versions = excluded.keep_versions",
-        )
-        .bind(&s.name)
-        .bind(&s.secret_type)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .bind(s.expires_at)
-        .bind(s.max_age_secs)
-        .bind(s.consumers.join("\n"))
-        .bind(s.keep_versions)
-        .execute(&mut *tx)
-        .await?;
+        write_secret(&mut tx, s).await?;
         bump(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -94,11 +103,15 @@ impl VaultStore for SqliteStore {
 
     async fn add_version(
         &self,
+        secret: &SecretRecord,
         v: &VersionRecord,
         supersede_until: Option<i64>,
     ) -> Result<(), StoreError> {
         // IMMEDIATE: the write lock from the first read, so the checks below hold until commit.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The settings land with the version, in one transaction: a refused write changes
+        // neither, and the pruning below uses the new `keep_versions`.
+        write_secret(&mut tx, secret).await?;
         let kek: Option<String> = sqlx::query_scalar("SELECT state FROM vault_keks WHERE id = ?1")
             .bind(&v.kek_id)
             .fetch_optional(&mut *tx)

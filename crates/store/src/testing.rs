@@ -26,8 +26,9 @@ impl TestDb {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let name = format!(
-            "pcl_test_{}_{}_{nanos}",
+            "pcl_test_{}_{}_{}_{nanos}",
             std::process::id(),
+            unix_secs(),
             N.fetch_add(1, Ordering::Relaxed)
         );
         let mut admin = sqlx::PgConnection::connect(&admin_url())
@@ -49,8 +50,15 @@ impl TestDb {
     }
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Drops the databases of test processes that are gone (killed before their `Drop` ran), once
-/// per process. The name carries the creating process's id; a live one keeps its databases.
+/// per process.
 async fn drop_orphans(admin: &mut sqlx::PgConnection) {
     static DONE: AtomicBool = AtomicBool::new(false);
     if DONE.swap(true, Ordering::Relaxed) {
@@ -65,12 +73,20 @@ async fn drop_orphans(admin: &mut sqlx::PgConnection) {
         return;
     };
     for name in names {
-        let pid = name
-            .strip_prefix("pcl_test_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // pcl_test_<pid>_<unix seconds>_...: only an hour-old database of a process that is
+        // gone here is dropped (a live test elsewhere, in another PID namespace sharing the
+        // server, keeps its database).
+        let mut parts = name.strip_prefix("pcl_test_").unwrap_or("").split('_');
+        let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+        let born = parts.next().and_then(|t| t.parse::<u64>().ok());
+        let (Some(pid), Some(born)) = (pid, born) else {
+            continue;
+        };
+        let old = unix_secs().saturating_sub(born) > 3600;
+        if old
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
             // Names come from the server and match pcl_test_<digits>_...: quoted anyway.
             let _ = admin
                 .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())

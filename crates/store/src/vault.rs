@@ -120,7 +120,8 @@ pub trait VaultStore: Send + Sync {
     /// Every secret's metadata, by name.
     async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
 
-    /// Adds `v` as version `v.version`, which must be the secret's next number, with its data
+    /// Writes `secret`'s settings (creating it if new) and adds `v` as version `v.version`, in
+    /// one transaction. `v.version` must be the secret's next number, with its data
     /// key wrapped by an `active` KEK; otherwise nothing changes and the error is
     /// [`StoreError::Conflict`] (another writer took the number, or a rotation retired the
     /// KEK). The caller encrypts for the number first, since the number is bound into the
@@ -129,6 +130,7 @@ pub trait VaultStore: Send + Sync {
     /// `keep_versions` happens in the same transaction.
     async fn add_version(
         &self,
+        secret: &SecretRecord,
         v: &VersionRecord,
         supersede_until: Option<i64>,
     ) -> Result<(), StoreError>;

@@ -216,8 +216,10 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     assert_eq!(names, ["Alpha", "tok"]);
     assert!(v.secret("none").await.unwrap().is_none());
 
-    v.add_version(&version("tok", "k1", 1), None).await.unwrap();
-    v.add_version(&version("tok", "k1", 2), Some(50))
+    v.add_version(&secret("tok", 2), &version("tok", "k1", 1), None)
+        .await
+        .unwrap();
+    v.add_version(&secret("tok", 2), &version("tok", "k1", 2), Some(50))
         .await
         .unwrap();
     // A number another writer took, or a key that is not the active one, changes nothing.
@@ -225,15 +227,21 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     for (taken, kek) in [(2, "k1"), (4, "k1"), (3, "unknown")] {
         assert!(
             matches!(
-                v.add_version(&version("tok", kek, taken), Some(60)).await,
+                v.add_version(&secret("tok", 7), &version("tok", kek, taken), Some(60))
+                    .await,
                 Err(StoreError::Conflict(_))
             ),
             "{taken} {kek}"
         );
     }
     assert_eq!(v.epoch().await.unwrap(), e1);
+    assert_eq!(
+        v.secret("tok").await.unwrap().map(|s| s.keep_versions),
+        Some(2),
+        "nor the refused write's settings"
+    );
     assert_eq!(v.versions("tok").await.unwrap().len(), 2);
-    v.add_version(&version("tok", "k1", 3), Some(60))
+    v.add_version(&secret("tok", 2), &version("tok", "k1", 3), Some(60))
         .await
         .unwrap();
     let vs = v.versions("tok").await.unwrap();
@@ -276,7 +284,7 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     assert_eq!(v.keks().await.unwrap()[0].state, "retired");
     assert!(
         matches!(
-            v.add_version(&version("tok", "k1", 4), None).await,
+            v.add_version(&secret("tok", 2), &version("tok", "k1", 4), None).await,
             Err(StoreError::Conflict(why)) if why == KEK_NOT_ACTIVE
         ),
         "a retired KEK wraps nothing new"
@@ -429,7 +437,7 @@ async fn two_instances_writing_one_secret_all_land_in_turn() {
                         .map_or(1, |v| v.version + 1);
                     let mut v = version("tok", "k1", next);
                     v.ciphertext = vec![u8::try_from(i).unwrap()];
-                    match s.vault().add_version(&v, None).await {
+                    match s.vault().add_version(&secret("tok", 100), &v, None).await {
                         Ok(()) => return next,
                         Err(StoreError::Conflict(_)) => continue,
                         Err(e) => panic!("{e}"),
@@ -528,4 +536,23 @@ async fn processes_on_one_sqlite_file_take_turns_at_start_up() {
         .expect("a dropped lock is not held")
         .unwrap();
     third.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_opening_a_new_sqlite_file_together_all_open_it() {
+    // Creating and migrating a new file is where they would race (table exists, file exists,
+    // unique counters): each open takes its turn.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { SqliteStore::open(&path).await.map(|_| ()) })
+            })
+            .collect();
+        for o in opens {
+            o.await.unwrap().expect("every open succeeds");
+        }
+    }
 }

@@ -156,7 +156,16 @@ impl Vault {
         provider: &dyn KeyProvider,
     ) -> Result<Keys, VaultError> {
         let current = provider.current()?;
-        let next = provider.next()?;
+        // A next key equal to the current one (NEXT left set after a rotation was promoted)
+        // is no next key: "rotating" to it would rewrap every key onto itself forever and
+        // retire the vault's only KEK.
+        let next = provider.next()?.filter(|n| {
+            let same = n.id() == current.id();
+            if same {
+                tracing::warn!("the next master key is the current one; ignoring it (remove master.key.next or unset PORTCULLIS_MASTER_KEY_NEXT)");
+            }
+            !same
+        });
         let vs = store.vault();
         let records = vs.keks().await?;
         let matches = |k: &Kek, r: &KekRecord| r.id == k.id() && bool::from(r.kcv.ct_eq(k.kcv()));
@@ -184,10 +193,12 @@ impl Vault {
                             )));
                         }
                     }
+                    // Activated before the old one is retired, so a crash between the two
+                    // never leaves the vault without an active KEK.
+                    vs.set_kek_state(&r.id, "active").await?;
                     for o in old {
                         vs.set_kek_state(&o.id, "retired").await?;
                     }
-                    vs.set_kek_state(&r.id, "active").await?;
                 }
                 Some(_) => {
                     // Retired: a rotation that recorded the next key active but has not
@@ -332,16 +343,9 @@ impl Vault {
                 .max(1),
         };
         let supersede = opts.grace.map(|g| t.saturating_add(secs(g)));
-        // A new secret needs its row before a version; an existing one takes the new settings
-        // (consumers, expiry) only once the version landed, so a refused write changes nothing.
-        if existing.is_none() {
-            vs.upsert_secret(&record).await?;
-        }
-        let version = self.add_version(name, value, t, supersede).await;
-        if existing.is_some() && version.is_ok() {
-            vs.upsert_secret(&record).await?;
-        }
-        let version = version?;
+        // The settings (consumers, expiry, keep) are written with the version, in one
+        // transaction: a refused write changes neither.
+        let version = self.add_version(&record, value, t, supersede).await?;
         self.after_write().await;
         let action = if existing.is_some() { "rotate" } else { "put" };
         self.emit(action, name, Some(version), &opts.actor);
@@ -355,12 +359,13 @@ impl Vault {
     /// the secret without a usable version.
     async fn add_version(
         &self,
-        name: &str,
+        record: &SecretRecord,
         value: &[u8],
         t: i64,
         supersede: Option<i64>,
     ) -> Result<i64, VaultError> {
         let vs = self.store.vault();
+        let name = record.name.as_str();
         // Writers of one secret are rare (rotations); the bound only stops a livelock.
         for attempt in 0..50u32 {
             let version = vs
@@ -381,7 +386,7 @@ impl Vault {
                 wrapped_dek: sealed.wrapped_dek,
                 ciphertext: sealed.ciphertext,
             };
-            match vs.add_version(&row, supersede).await {
+            match vs.add_version(record, &row, supersede).await {
                 Ok(()) => return Ok(version),
                 Err(StoreError::Conflict(why)) if why == KEK_NOT_ACTIVE => {
                     // A rotation by another process: take up the key it made active, or fail

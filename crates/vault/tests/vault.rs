@@ -438,3 +438,56 @@ async fn a_refused_write_leaves_the_secret_settings_unchanged() {
     assert!(matches!(err, VaultError::RetiredKey), "{err}");
     assert_eq!(v.show("s").await.unwrap().consumers, ["route:r"]);
 }
+
+#[tokio::test]
+async fn a_rotation_that_raises_keep_keeps_the_graced_version() {
+    let env = Env::new().await;
+    let v = env.vault().await.unwrap();
+    let mut o = opts(&["route:r"]);
+    o.keep_versions = Some(1);
+    v.put("s", b"one", &o).await.unwrap();
+    // The new keep applies to this very write: v1 is kept through its grace, not wiped by
+    // the old keep of 1.
+    o.keep_versions = Some(3);
+    o.grace = Some(Duration::from_secs(3600));
+    v.rotate("s", b"two", &o).await.unwrap();
+    let values: Vec<Vec<u8>> = v
+        .resolve_all("s", "route:r")
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.expose().to_vec())
+        .collect();
+    assert_eq!(values, [b"two".to_vec(), b"one".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_next_key_equal_to_the_current_one_is_ignored_and_never_retires_the_vault_key() {
+    let env = Env::new().await;
+    let v = env.vault().await.unwrap();
+    v.put("s", b"one", &opts(&["route:r"])).await.unwrap();
+    let kek = v.kek_id();
+    drop(v);
+    // Left behind: the next key file holds the key that is already current.
+    std::fs::copy(env.key_path(), env.dir.path().join("master.key.next")).unwrap();
+    let v = env.vault().await.unwrap();
+    // Rotating does not loop over rewrapping every key onto itself, nor retire the only KEK:
+    // it wants a genuinely new next key, which the leftover file is in the way of.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), v.rotate_kek(None, "test"))
+        .await
+        .expect("rotation ends");
+    assert!(outcome.is_err());
+    let states: Vec<String> = env
+        .store
+        .vault()
+        .keks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.id == kek)
+        .map(|k| k.state)
+        .collect();
+    assert_eq!(states, ["active"]);
+    v.put("s", b"two", &opts(&["route:r"])).await.unwrap();
+    assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"two");
+}

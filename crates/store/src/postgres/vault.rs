@@ -19,6 +19,31 @@ async fn bump(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
 const VERSION_COLUMNS: &str =
     "name, version, state, created_at, valid_until, first_used_at, kek_id, wrapped_dek, ciphertext";
 
+/// Creates or updates a secret's row, inside the caller's transaction.
+async fn write_secret(
+    tx: &mut Transaction<'_, Postgres>,
+    s: &SecretRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO vault_secrets (name, secret_type, created_at, updated_at, expires_at, max_age_secs, consumers, keep_versions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (name) DO UPDATE SET secret_type = excluded.secret_type, updated_at = excluded.updated_at,
+               expires_at = excluded.expires_at, max_age_secs = excluded.max_age_secs,
+               consumers = excluded.consumers, keep_versions = excluded.keep_versions",
+        )
+        .bind(&s.name)
+        .bind(&s.secret_type)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.expires_at)
+        .bind(s.max_age_secs)
+        .bind(s.consumers.join("\n"))
+        .bind(s.keep_versions)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl VaultStore for PgStore {
     async fn keks(&self) -> Result<Vec<KekRecord>, StoreError> {
@@ -57,23 +82,7 @@ impl VaultStore for PgStore {
 
     async fn upsert_secret(&self, s: &SecretRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO vault_secrets (name, secret_type, created_at, updated_at, expires_at, max_age_secs, consumers, keep_versions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (name) DO UPDATE SET secret_type = excluded.secret_type, updated_at = excluded.updated_at,
-               expires_at = excluded.expires_at, max_age_secs = excluded.max_age_secs,
-               consumers = excluded.consumers, keep_versions = excluded.keep_versions",
-        )
-        .bind(&s.name)
-        .bind(&s.secret_type)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .bind(s.expires_at)
-        .bind(s.max_age_secs)
-        .bind(s.consumers.join("\n"))
-        .bind(s.keep_versions)
-        .execute(&mut *tx)
-        .await?;
+        write_secret(&mut tx, s).await?;
         bump(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -96,18 +105,18 @@ impl VaultStore for PgStore {
 
     async fn add_version(
         &self,
+        secret: &SecretRecord,
         v: &VersionRecord,
         supersede_until: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // SQLite has one writer at a time; here two instances writing one secret would both
-        // see the same next number. Locking the secret's row makes them take turns, and the
-        // second finds its number taken. The KEK's row is share-locked, so a rotation cannot
-        // retire it between this check and the commit (its UPDATE waits for this one).
-        sqlx::query("SELECT 1 FROM vault_secrets WHERE name = $1 FOR UPDATE")
-            .bind(&v.name)
-            .execute(&mut *tx)
-            .await?;
+        // see the same next number. The upsert locks the secret's row (for a new secret, its
+        // key) until commit, so they take turns, and the second finds its number taken. The
+        // settings land with the version: a refused write changes neither, and the pruning
+        // below uses the new `keep_versions`. The KEK's row is share-locked, so a rotation
+        // cannot retire it between this check and the commit (its UPDATE waits for this one).
+        write_secret(&mut tx, secret).await?;
         let kek: Option<String> =
             sqlx::query_scalar("SELECT state FROM vault_keks WHERE id = $1 FOR SHARE")
                 .bind(&v.kek_id)
