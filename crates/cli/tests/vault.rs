@@ -290,40 +290,34 @@ async fn a_wrong_or_exposed_master_key_stops_start_up() {
     let key = gw.dir.path().join("state/master.key");
     let original = std::fs::read(&key).unwrap();
 
-    // Another valid key: refused with a clear message, nothing listens.
+    // Each refused start exits 1 and says why; nothing listens.
+    let refused = || {
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(gw.config_path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // Another valid key.
     std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused();
     assert!(err.contains("master key does not match"), "{err}");
 
-    // No key file at all: refused, and no new (necessarily wrong) key is made up.
+    // No key file at all: no new (necessarily wrong) key is made up either.
     std::fs::remove_file(&key).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused();
     assert!(err.contains("does not exist"), "{err}");
     assert!(!key.exists(), "a key file was created");
 
-    // The right key with mode 0644: refused too.
+    // The right key with mode 0644.
     std::fs::write(&key, &original).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    let err = refused();
+    assert!(err.contains("chmod 600"), "{err}");
 }
 
 #[tokio::test]

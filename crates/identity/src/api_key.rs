@@ -137,7 +137,15 @@ pub struct ApiKeys {
     mac: Hmac<Sha256>,
     cache: ArcSwap<HashMap<String, Arc<Entry>>>,
     epoch: AtomicI64,
+    /// Woken by an unknown key id: a key issued through another instance a moment ago is
+    /// loaded at once instead of at the next poll, so its first uses do not pile up 401s
+    /// (and the brute-force lockout with them).
+    miss: Arc<tokio::sync::Notify>,
 }
+
+/// Least time between reloads that unknown key ids trigger: a flood of made-up ids costs
+/// the database a few small queries a second, not one per request.
+const MISS_RELOAD_GAP: Duration = Duration::from_millis(200);
 
 impl ApiKeys {
     /// Loads every key and the pepper (created in the vault on first use).
@@ -169,6 +177,7 @@ impl ApiKeys {
             mac,
             cache: ArcSwap::from_pointee(HashMap::new()),
             epoch: AtomicI64::new(0),
+            miss: Arc::new(tokio::sync::Notify::new()),
         });
         keys.reload().await?;
         Ok(keys)
@@ -241,18 +250,29 @@ impl ApiKeys {
         }
     }
 
-    /// Polls for changes from other processes and writes last-used times.
+    /// Polls for changes from other processes every `every`, and at once (at most every
+    /// 200 ms) when an unknown key id was presented; writes last-used times on the polls.
     pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let keys = Arc::downgrade(self);
+        let miss = self.miss.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let by_miss = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = miss.notified() => true,
+                };
                 let Some(k) = keys.upgrade() else { break };
                 if let Err(e) = k.refresh_if_changed().await {
                     tracing::warn!(error = %e, "API key change watch failed");
                 }
-                k.write_last_used().await;
+                if by_miss {
+                    drop(k);
+                    tokio::time::sleep(MISS_RELOAD_GAP).await;
+                } else {
+                    k.write_last_used().await;
+                }
             }
         })
     }
@@ -271,6 +291,7 @@ impl ApiKeys {
         let Some(entry) = cache.get(id) else {
             // Spend the same work as a known id, so timing does not reveal which ids exist.
             let _ = self.hash(id, secret);
+            self.miss.notify_one();
             return Err(KeyError::Invalid);
         };
         let computed = self.hash(id, secret);
@@ -364,6 +385,40 @@ mod tests {
     use super::*;
     use portcullis_vault::{Kek, LogEventSink, StaticKeyProvider};
     use proptest::prelude::*;
+
+    /// A key issued through another instance is known at its first failed use here, not at
+    /// the next poll: this watch polls once an hour, so only the miss can have loaded it.
+    #[tokio::test]
+    async fn an_unknown_key_id_reloads_the_keys_at_once() {
+        let store: Arc<dyn Store> = Arc::new(
+            portcullis_store::SqliteStore::memory()
+                .await
+                .expect("store"),
+        );
+        let vault = Vault::open(
+            store.clone(),
+            Arc::new(StaticKeyProvider(Kek::from_bytes([9; 32]))),
+            Arc::new(LogEventSink),
+        )
+        .await
+        .expect("vault");
+        let here = ApiKeys::open(store.clone(), &vault).await.expect("keys");
+        let there = ApiKeys::open(store.clone(), &vault).await.expect("keys");
+        let _watch = here.spawn_watch(Duration::from_secs(3600));
+        // The interval's first tick is immediate; let it pass.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let issued = there.issue("client-a", None).await.expect("issue");
+        assert!(here.verify(&issued.key).is_err(), "not loaded yet");
+        let mut known = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if here.verify(&issued.key).is_ok() {
+                known = true;
+                break;
+            }
+        }
+        assert!(known, "the miss never reloaded the keys");
+    }
 
     /// The keyed HMAC kept in `ApiKeys` gives exactly HMAC-SHA256(pepper, "id:secret"), the
     /// hash stored for every key ever issued, and cloning it per hash leaves no state behind.
