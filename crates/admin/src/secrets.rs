@@ -112,6 +112,17 @@ impl IntoResponse for AdminError {
                 "Vault not available",
                 None,
             ),
+            // This process's master key is not (or no longer) the vault's: say so to the
+            // operator, who can act on it; the message carries no key material.
+            AdminError::Vault(e @ (VaultError::RetiredKey | VaultError::WrongKey)) => {
+                tracing::error!(error = %e, "admin vault operation refused");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "vault-key-unusable",
+                    "This instance's master key cannot write to the vault",
+                    Some(e.to_string()),
+                )
+            }
             AdminError::Vault(other) => {
                 tracing::error!(error = %other, "admin vault operation failed");
                 problem(

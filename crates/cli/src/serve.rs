@@ -111,10 +111,9 @@ pub(crate) async fn start(
         // Fail closed at start: without its own signing secret the gateway would forward
         // webhooks the backend cannot verify. Read again at each delivery, so a rotation
         // applies without a restart.
-        let signer = portcullis_proxy::WebhookSigner::new(vault.clone(), &r.name)
+        portcullis_proxy::WebhookSigner::new(vault.clone(), &r.name)
             .await
             .map_err(|e| anyhow::anyhow!("webhook_signing.secret {r}: {e}"))?;
-        services.webhook_signer = Some(Arc::new(signer));
     }
     let gateway = Gateway::new(&cfg, store.clone(), services)?;
     let data = TcpListener::bind(cfg.server.listen)

@@ -32,7 +32,12 @@ pub(crate) async fn open_state(
         .context("waiting for another instance's start-up")?;
     // A vault that exists already was made with some key: a key file missing here is not
     // created (it could only be the wrong key, left behind with a "back it up" warning).
-    let registered = !store.vault().keks().await?.is_empty();
+    let registered = !store
+        .vault()
+        .keks()
+        .await
+        .context("opening the vault")?
+        .is_empty();
     if let portcullis_config::VaultKeyProvider::File(path) = &cfg.vault.key_provider {
         if !path.exists() && registered {
             anyhow::bail!(

@@ -369,3 +369,25 @@ async fn master_key_rotation_from_the_cli_keeps_a_running_gateway_serving() {
     }
     assert!(gw.stdout.all().contains("\"action\":\"first_use\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_master_key_was_retired_answers_admin_writes_with_a_clear_503() {
+    let gw = Gw::start(&server_section(""));
+    // Another process (a rotation this instance missed) retired the key this one holds.
+    let store = portcullis_store::SqliteStore::open(&gw.dir.path().join("state/portcullis.db"))
+        .await
+        .unwrap();
+    use portcullis_store::Store;
+    for k in store.vault().keks().await.unwrap() {
+        store.vault().set_kek_state(&k.id, "retired").await.unwrap();
+    }
+    let res = client()
+        .put(gw.admin_url("/admin/secrets/tok"))
+        .bearer_auth(gw.admin_token())
+        .json(&serde_json::json!({ "value": "v", "consumers": ["route:a"] }))
+        .send()
+        .await
+        .unwrap();
+    let p = assert_problem(res, 503, "vault-key-unusable").await;
+    assert!(p["detail"].as_str().unwrap().contains("retired"), "{p}");
+}

@@ -567,3 +567,36 @@ async fn event_types_and_the_payload_schema_are_checked_after_the_signature() {
     assert_eq!(send("msg_good_2", good).await.status(), 200);
     assert_eq!(next(&mut rx).await.headers["webhook-id"], "msg_good_2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_added_by_a_reload_is_signed_and_delivered_without_a_restart() {
+    let (forward, mut rx) = backend(Arc::new(AtomicU16::new(200))).await;
+    // Started without webhooks (the secrets are already in the vault).
+    let gw = start(&server_section(""));
+    gw.rewrite_config(&config(&forward, ""));
+    assert!(gw
+        .stdout
+        .wait_for(&["configuration reloaded"], Duration::from_secs(10))
+        .is_some());
+    let body: &[u8] = b"{\"type\":\"order.created\"}";
+    let ts = now();
+    let res = post(
+        &gw,
+        "msg_r1",
+        ts,
+        body,
+        &sign(HOOK_SECRET, "msg_r1", ts, body),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let d = next(&mut rx).await;
+    let fwd_ts: i64 = d.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        d.headers["webhook-signature"].to_str().unwrap(),
+        sign(GATEWAY_SECRET, "msg_r1", fwd_ts, body)
+    );
+}

@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicI64, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -137,10 +137,9 @@ pub struct ApiKeys {
     mac: Hmac<Sha256>,
     cache: ArcSwap<HashMap<String, Arc<Entry>>>,
     epoch: AtomicI64,
-    /// Woken by an unknown key id: a key issued through another instance a moment ago is
-    /// loaded at once instead of at the next poll, so its first uses do not pile up 401s
-    /// (and the brute-force lockout with them).
-    miss: Arc<tokio::sync::Notify>,
+    /// When the last reload for an unknown key id started (see [`ApiKeys::verify_fresh`]);
+    /// the lock makes concurrent misses share one reload.
+    miss_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// Least time between reloads that unknown key ids trigger: a flood of made-up ids costs
@@ -177,7 +176,7 @@ impl ApiKeys {
             mac,
             cache: ArcSwap::from_pointee(HashMap::new()),
             epoch: AtomicI64::new(0),
-            miss: Arc::new(tokio::sync::Notify::new()),
+            miss_reload: tokio::sync::Mutex::new(None),
         });
         keys.reload().await?;
         Ok(keys)
@@ -250,31 +249,68 @@ impl ApiKeys {
         }
     }
 
-    /// Polls for changes from other processes every `every`, and at once (at most every
-    /// 200 ms) when an unknown key id was presented; writes last-used times on the polls.
+    /// Polls for changes from other processes and writes last-used times.
     pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let keys = Arc::downgrade(self);
-        let miss = self.miss.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let by_miss = tokio::select! {
-                    _ = tick.tick() => false,
-                    () = miss.notified() => true,
-                };
+                tick.tick().await;
                 let Some(k) = keys.upgrade() else { break };
                 if let Err(e) = k.refresh_if_changed().await {
                     tracing::warn!(error = %e, "API key change watch failed");
                 }
-                if by_miss {
-                    drop(k);
-                    tokio::time::sleep(MISS_RELOAD_GAP).await;
-                } else {
-                    k.write_last_used().await;
-                }
+                k.write_last_used().await;
             }
         })
+    }
+
+    /// [`ApiKeys::verify_parts`], and for a key id this process does not know, once more
+    /// after a reload of the keys that began after this call: a key issued through another
+    /// instance a moment ago is accepted at its first use here, instead of drawing 401s (and
+    /// the brute-force lockout) until the next poll. Such reloads are shared by concurrent
+    /// misses and start at most every 200 ms, so made-up ids cost the database a few small
+    /// queries a second and their requests a short wait.
+    pub async fn verify_fresh(&self, id: &str, secret: &str) -> Result<Verified, KeyError> {
+        match self.verify_parts(id, secret) {
+            Err(KeyError::Invalid) if !self.cache.load().contains_key(id) => {
+                self.reload_after_miss().await;
+                self.verify_parts(id, secret)
+            }
+            other => other,
+        }
+    }
+
+    /// [`ApiKeys::verify_fresh`] for a whole presented key.
+    pub async fn verify_key_fresh(&self, presented: &str) -> Result<Verified, KeyError> {
+        let (id, secret) = parse_key(presented).ok_or(KeyError::Invalid)?;
+        self.verify_fresh(id, secret).await
+    }
+
+    /// True when `id` is a key id this process has loaded (revoked and expired ones too).
+    pub fn knows(&self, id: &str) -> bool {
+        self.cache.load().contains_key(id)
+    }
+
+    async fn reload_after_miss(&self) {
+        let asked = Instant::now();
+        let mut last = self.miss_reload.lock().await;
+        if let Some(started) = *last {
+            // A reload that began after this call has finished meanwhile: it saw every key
+            // committed before the call.
+            if started >= asked {
+                return;
+            }
+            let since = started.elapsed();
+            if since < MISS_RELOAD_GAP {
+                tokio::time::sleep(MISS_RELOAD_GAP - since).await;
+            }
+        }
+        let started = Instant::now();
+        if let Err(e) = self.refresh_if_changed().await {
+            tracing::warn!(error = %e, "API key reload for an unknown key id failed");
+        }
+        *last = Some(started);
     }
 
     /// Verifies a presented key. Every failure is the same `KeyError::Invalid`; the hash
@@ -291,7 +327,6 @@ impl ApiKeys {
         let Some(entry) = cache.get(id) else {
             // Spend the same work as a known id, so timing does not reveal which ids exist.
             let _ = self.hash(id, secret);
-            self.miss.notify_one();
             return Err(KeyError::Invalid);
         };
         let computed = self.hash(id, secret);
@@ -386,10 +421,10 @@ mod tests {
     use portcullis_vault::{Kek, LogEventSink, StaticKeyProvider};
     use proptest::prelude::*;
 
-    /// A key issued through another instance is known at its first failed use here, not at
-    /// the next poll: this watch polls once an hour, so only the miss can have loaded it.
+    /// A key issued through another instance a moment ago is accepted at its first use
+    /// here: nothing polls in this test, so only the reload on a miss can have loaded it.
     #[tokio::test]
-    async fn an_unknown_key_id_reloads_the_keys_at_once() {
+    async fn a_key_issued_elsewhere_is_accepted_at_its_first_use() {
         let store: Arc<dyn Store> = Arc::new(
             portcullis_store::SqliteStore::memory()
                 .await
@@ -404,20 +439,15 @@ mod tests {
         .expect("vault");
         let here = ApiKeys::open(store.clone(), &vault).await.expect("keys");
         let there = ApiKeys::open(store.clone(), &vault).await.expect("keys");
-        let _watch = here.spawn_watch(Duration::from_secs(3600));
-        // The interval's first tick is immediate; let it pass.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let issued = there.issue("client-a", None).await.expect("issue");
         assert!(here.verify(&issued.key).is_err(), "not loaded yet");
-        let mut known = false;
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if here.verify(&issued.key).is_ok() {
-                known = true;
-                break;
-            }
-        }
-        assert!(known, "the miss never reloaded the keys");
+        let v = here.verify_key_fresh(&issued.key).await.expect("found");
+        assert_eq!(v.client_id.as_ref(), "client-a");
+        // A wrong secret for a known id is refused without a reload; an unknown id still
+        // fails after one.
+        let (id, _) = parse_key(&issued.key).expect("well-formed");
+        assert!(here.verify_fresh(id, "wrong").await.is_err());
+        assert!(here.verify_fresh("0000000000000000", "x").await.is_err());
     }
 
     /// The keyed HMAC kept in `ApiKeys` gives exactly HMAC-SHA256(pepper, "id:secret"), the

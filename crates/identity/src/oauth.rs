@@ -180,13 +180,14 @@ impl TokenIssuer {
         })
     }
 
-    /// Checks a client's credentials: the secret must be a valid API key of that client.
-    pub fn authenticate_client(
+    /// Checks a client's credentials: the secret must be a valid API key of that client (one
+    /// issued through another instance a moment ago included).
+    pub async fn authenticate_client(
         &self,
         client: &ClientConfig,
         secret: &str,
     ) -> Result<(), OAuthError> {
-        match self.keys.verify(secret) {
+        match self.keys.verify_key_fresh(secret).await {
             Ok(v) if client.enabled && *v.client_id == *client.id => Ok(()),
             _ => Err(OAuthError::InvalidClient),
         }

@@ -92,6 +92,16 @@ impl Verified {
     }
 }
 
+/// The identity an API key verified.
+fn by_key(v: portcullis_identity::Verified) -> Verified {
+    Verified {
+        client_id: v.client_id,
+        key_id: Some(v.key_id),
+        token: None,
+        kind: AuthKind::ApiKey,
+    }
+}
+
 impl Authenticate {
     /// Authenticates against `clients` with whichever of API keys, JWTs and client
     /// certificates the route's `auth` methods enable. With none, every request is refused.
@@ -135,12 +145,13 @@ impl Authenticate {
     /// None when it is not a valid key of this route.
     fn check_key(&self, id: &str, secret: &str) -> Option<Verified> {
         let v = self.keys.as_ref()?.verify_parts(id, secret).ok()?;
-        Some(Verified {
-            client_id: v.client_id,
-            key_id: Some(v.key_id),
-            token: None,
-            kind: AuthKind::ApiKey,
-        })
+        Some(by_key(v))
+    }
+
+    /// [`Authenticate::check_key`] after a reload, for a key id this process did not know.
+    async fn check_key_fresh(&self, id: &str, secret: &str) -> Option<Verified> {
+        let v = self.keys.as_ref()?.verify_fresh(id, secret).await.ok()?;
+        Some(by_key(v))
     }
 
     /// A bearer token's verification (OAuth first, then JWT), which may wait for keys to be
@@ -211,7 +222,20 @@ impl Policy for Authenticate {
         }
         if key.starts_with(portcullis_identity::KEY_PREFIX) {
             let verified = parts.and_then(|(id, secret)| self.check_key(id, secret));
-            return self.finish(req, ip, verified).into();
+            let unknown = verified.is_none()
+                && parts.is_some_and(|(id, _)| self.keys.as_ref().is_some_and(|k| !k.knows(id)));
+            if !unknown {
+                return self.finish(req, ip, verified).into();
+            }
+            // An id this process has not loaded may be a key issued through another instance
+            // a moment ago: look again after a (shared, rate-limited) reload before refusing.
+            return Step::later(async move {
+                let verified = match presented(&req).and_then(parse_key) {
+                    Some((id, secret)) => self.check_key_fresh(id, secret).await,
+                    None => None,
+                };
+                self.finish(req, ip, verified)
+            });
         }
         Step::later(async move {
             let verified = match presented(&req) {

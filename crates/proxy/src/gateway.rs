@@ -102,8 +102,6 @@ pub struct Services {
     pub store: Option<Arc<dyn Store>>,
     /// Where accepted webhook messages are remembered (replays and duplicates).
     pub replay: Arc<dyn portcullis_state::ReplayCache>,
-    /// Portcullis's own Standard Webhooks signer for forwarded webhooks.
-    pub webhook_signer: Option<Arc<crate::WebhookSigner>>,
     /// Wakes the outbox worker when an event is queued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Failed webhook verifications per endpoint and source address.
@@ -130,7 +128,6 @@ impl Services {
             brute_force: Arc::new(BruteForce::new(bf.max_failures, bf.window, bf.cooldown)),
             store: None,
             replay: Arc::new(portcullis_state::MemoryReplayCache::default()),
-            webhook_signer: None,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_failures: Arc::new(crate::WebhookFailures::default()),
             egress_tokens: None,
@@ -716,13 +713,21 @@ fn build_generation(
         None => previous_tls,
     };
     let mut webhooks = std::collections::HashMap::new();
+    // Per configuration generation, so a reload that adds webhooks (or names another
+    // [webhook_signing] secret) signs with the secret it names; `serve` checks at start that
+    // the first one is usable.
+    let signer = cfg
+        .webhook_signing
+        .as_ref()
+        .zip(services.vault.clone())
+        .map(|(r, vault)| Arc::new(crate::WebhookSigner::lazy(vault, &r.name)));
     for w in &cfg.webhooks {
         let endpoint = crate::webhook::WebhookEndpoint::new(
             w.clone(),
             services.vault.clone(),
             services.replay.clone(),
             services.webhook_failures.clone(),
-            services.webhook_signer.clone(),
+            signer.clone(),
             services.store.clone().map(|store| crate::webhook::Outbox {
                 store,
                 wake: services.outbox_wake.clone(),

@@ -84,7 +84,7 @@ async fn form(
 }
 
 /// (client, used HTTP Basic) for the request's client credentials.
-fn client_auth<'a>(
+async fn client_auth<'a>(
     issuer: &TokenIssuer,
     clients: &'a HashMap<String, Arc<ClientConfig>>,
     parts: &http::request::Parts,
@@ -129,6 +129,7 @@ fn client_auth<'a>(
         .ok_or((OAuthError::InvalidClient, used_basic))?;
     issuer
         .authenticate_client(client, &secret)
+        .await
         .map_err(|e| (e, used_basic))?;
     Ok((client, used_basic))
 }
@@ -168,7 +169,7 @@ pub(crate) async fn handle(
         Ok(f) => f,
         Err(e) => return Ok(oauth_error(&e, false)),
     };
-    let (client, _) = match client_auth(issuer, clients, &parts, &params) {
+    let (client, _) = match client_auth(issuer, clients, &parts, &params).await {
         Ok(c) => c,
         Err((e, basic)) => {
             if e == OAuthError::InvalidClient {

@@ -445,7 +445,7 @@ impl WebhookEndpoint {
     ) -> Result<Sent, GatewayError> {
         // Never forward unsigned: the backend trusts the gateway's signature alone.
         let Some(signer) = &self.signer else {
-            tracing::error!(webhook = %self.config.id, "no webhook signing secret loaded (restart after setting [webhook_signing]); refusing");
+            tracing::error!(webhook = %self.config.id, "no webhook signing secret configured; refusing");
             return Err(GatewayError::Unavailable {
                 retry_after: Some(Duration::from_secs(30)),
             });

@@ -30,13 +30,19 @@ impl WebhookSigner {
     /// Reads the secret once: a missing, unbound or malformed one fails here, at start,
     /// instead of at the first delivery.
     pub async fn new(vault: Arc<Vault>, name: &str) -> Result<Self, String> {
-        let signer = WebhookSigner {
+        let signer = Self::lazy(vault, name);
+        signer.current().await?;
+        Ok(signer)
+    }
+
+    /// A signer that reads the secret at the first delivery (a configuration reload builds
+    /// these; each delivery fails closed while the secret is unusable).
+    pub fn lazy(vault: Arc<Vault>, name: &str) -> Self {
+        WebhookSigner {
             vault,
             name: name.to_string(),
             built: ArcSwapOption::empty(),
-        };
-        signer.current().await?;
-        Ok(signer)
+        }
     }
 
     /// The `webhook-signature` value for `id`, `timestamp` and `body`. Errors (revoked,
