@@ -137,12 +137,12 @@ pub struct ApiKeys {
     mac: Hmac<Sha256>,
     cache: ArcSwap<HashMap<String, Arc<Entry>>>,
     epoch: AtomicI64,
-    /// When the last reload for an unknown key id started (see [`ApiKeys::verify_fresh`]);
-    /// the lock makes concurrent misses share one reload.
+    /// When the last reload for a failed verification started (see
+    /// [`ApiKeys::verify_fresh`]); the lock makes concurrent failures share one reload.
     miss_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
-/// Least time between reloads that unknown key ids trigger: a flood of made-up ids costs
+/// Least time between reloads that failed verifications trigger: a flood of guesses costs
 /// the database a few small queries a second, not one per request.
 const MISS_RELOAD_GAP: Duration = Duration::from_millis(200);
 
@@ -265,15 +265,16 @@ impl ApiKeys {
         })
     }
 
-    /// [`ApiKeys::verify_parts`], and for a key id this process does not know, once more
-    /// after a reload of the keys that began after this call: a key issued through another
-    /// instance a moment ago is accepted at its first use here, instead of drawing 401s (and
-    /// the brute-force lockout) until the next poll. Such reloads are shared by concurrent
-    /// misses and start at most every 200 ms, so made-up ids cost the database a few small
-    /// queries a second and their requests a short wait.
+    /// [`ApiKeys::verify_parts`], and on a failure once more after a reload of the keys that
+    /// began after this call: a key issued through another instance a moment ago is accepted
+    /// at its first use here, instead of drawing 401s (and the brute-force lockout) until the
+    /// next poll. Every failure waits for that reload, known id or not, so the wait does not
+    /// tell which key ids exist. Reloads are shared by concurrent failures and start at most
+    /// every 200 ms: guessing costs the database a few small queries a second, and each wrong
+    /// guess a short wait.
     pub async fn verify_fresh(&self, id: &str, secret: &str) -> Result<Verified, KeyError> {
         match self.verify_parts(id, secret) {
-            Err(KeyError::Invalid) if !self.cache.load().contains_key(id) => {
+            Err(KeyError::Invalid) => {
                 self.reload_after_miss().await;
                 self.verify_parts(id, secret)
             }
@@ -285,11 +286,6 @@ impl ApiKeys {
     pub async fn verify_key_fresh(&self, presented: &str) -> Result<Verified, KeyError> {
         let (id, secret) = parse_key(presented).ok_or(KeyError::Invalid)?;
         self.verify_fresh(id, secret).await
-    }
-
-    /// True when `id` is a key id this process has loaded (revoked and expired ones too).
-    pub fn knows(&self, id: &str) -> bool {
-        self.cache.load().contains_key(id)
     }
 
     async fn reload_after_miss(&self) {
@@ -308,7 +304,7 @@ impl ApiKeys {
         }
         let started = Instant::now();
         if let Err(e) = self.refresh_if_changed().await {
-            tracing::warn!(error = %e, "API key reload for an unknown key id failed");
+            tracing::warn!(error = %e, "API key reload after a failed verification failed");
         }
         *last = Some(started);
     }
