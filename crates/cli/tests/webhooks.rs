@@ -88,6 +88,15 @@ async fn post(gw: &Gw, id: &str, ts: i64, body: &[u8], signature: &str) -> reqwe
         .unwrap()
 }
 
+/// The `webhook-timestamp` the gateway signed a forward with.
+fn forwarded_at(d: &Delivery) -> i64 {
+    d.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -111,11 +120,7 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
     assert_eq!(&d.body[..], body);
     assert_eq!(d.headers["webhook-id"], "msg_1");
     assert_eq!(d.headers["x-portcullis-provider"], "standard");
-    let fwd_ts: i64 = d.headers["webhook-timestamp"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let fwd_ts = forwarded_at(&d);
     assert_eq!(
         d.headers["webhook-signature"].to_str().unwrap(),
         sign(GATEWAY_SECRET, "msg_1", fwd_ts, body),
@@ -220,11 +225,7 @@ async fn standard_webhooks_are_verified_deduplicated_and_forwarded_re_signed() {
         let res = post(&gw, &id, ts, body, &sign(NEXT_SECRET, &id, ts, body)).await;
         assert_eq!(res.status(), 200);
         let d = next(&mut rx).await;
-        let fwd_ts: i64 = d.headers["webhook-timestamp"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let fwd_ts = forwarded_at(&d);
         let got = d.headers["webhook-signature"].to_str().unwrap().to_string();
         if got == sign(NEXT_GATEWAY_SECRET, &id, fwd_ts, body) {
             break;
@@ -590,11 +591,7 @@ async fn a_webhook_added_by_a_reload_is_signed_and_delivered_without_a_restart()
     .await;
     assert_eq!(res.status(), 200);
     let d = next(&mut rx).await;
-    let fwd_ts: i64 = d.headers["webhook-timestamp"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let fwd_ts = forwarded_at(&d);
     assert_eq!(
         d.headers["webhook-signature"].to_str().unwrap(),
         sign(GATEWAY_SECRET, "msg_r1", fwd_ts, body)

@@ -417,10 +417,8 @@ mod tests {
     use portcullis_vault::{Kek, LogEventSink, StaticKeyProvider};
     use proptest::prelude::*;
 
-    /// A key issued through another instance a moment ago is accepted at its first use
-    /// here: nothing polls in this test, so only the reload on a miss can have loaded it.
-    #[tokio::test]
-    async fn a_key_issued_elsewhere_is_accepted_at_its_first_use() {
+    /// A store and a vault in memory, as one gateway process has them.
+    async fn memory_vault() -> (Arc<dyn Store>, Arc<Vault>) {
         let store: Arc<dyn Store> = Arc::new(
             portcullis_store::SqliteStore::memory()
                 .await
@@ -433,14 +431,21 @@ mod tests {
         )
         .await
         .expect("vault");
+        (store, vault)
+    }
+
+    /// A key issued through another instance a moment ago is accepted at its first use
+    /// here: nothing polls in this test, so only the reload on a miss can have loaded it.
+    #[tokio::test]
+    async fn a_key_issued_elsewhere_is_accepted_at_its_first_use() {
+        let (store, vault) = memory_vault().await;
         let here = ApiKeys::open(store.clone(), &vault).await.expect("keys");
         let there = ApiKeys::open(store.clone(), &vault).await.expect("keys");
         let issued = there.issue("client-a", None).await.expect("issue");
         assert!(here.verify(&issued.key).is_err(), "not loaded yet");
         let v = here.verify_key_fresh(&issued.key).await.expect("found");
         assert_eq!(v.client_id.as_ref(), "client-a");
-        // A wrong secret for a known id is refused without a reload; an unknown id still
-        // fails after one.
+        // After the reload, a wrong secret for a known id and an unknown id are still refused.
         let (id, _) = parse_key(&issued.key).expect("well-formed");
         assert!(here.verify_fresh(id, "wrong").await.is_err());
         assert!(here.verify_fresh("0000000000000000", "x").await.is_err());
@@ -450,18 +455,7 @@ mod tests {
     /// hash stored for every key ever issued, and cloning it per hash leaves no state behind.
     #[tokio::test]
     async fn stored_hash_is_the_peppered_hmac_and_verification_repeats() {
-        let store: Arc<dyn Store> = Arc::new(
-            portcullis_store::SqliteStore::memory()
-                .await
-                .expect("store"),
-        );
-        let vault = Vault::open(
-            store.clone(),
-            Arc::new(StaticKeyProvider(Kek::from_bytes([9; 32]))),
-            Arc::new(LogEventSink),
-        )
-        .await
-        .expect("vault");
+        let (store, vault) = memory_vault().await;
         let keys = ApiKeys::open(store.clone(), &vault).await.expect("keys");
         let issued = keys.issue("client-a", None).await.expect("issue");
         let (id, secret) = parse_key(&issued.key).expect("well-formed");

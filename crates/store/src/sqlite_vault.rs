@@ -17,7 +17,7 @@ async fn bump(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
 const VERSION_COLUMNS: &str =
     "name, version, state, created_at, valid_until, first_used_at, kek_id, wrapped_dek, ciphertext";
 
-/// Creates or updates a secret's row, inside the caller's transaction.
+/// Creates or updates a secret's row, inside `add_version`'s transaction.
 async fn write_secret(
     tx: &mut Transaction<'_, Sqlite>,
     s: &SecretRecord,
@@ -73,14 +73,6 @@ impl VaultStore for SqliteStore {
             .bind(state)
             .execute(&mut *tx)
             .await?;
-        bump(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn upsert_secret(&self, s: &SecretRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        write_secret(&mut tx, s).await?;
         bump(&mut tx).await?;
         tx.commit().await?;
         Ok(())

@@ -113,8 +113,6 @@ pub trait VaultStore: Send + Sync {
     /// Changes a KEK's state.
     async fn set_kek_state(&self, id: &str, state: &str) -> Result<(), StoreError>;
 
-    /// Creates or replaces a secret's metadata.
-    async fn upsert_secret(&self, s: &SecretRecord) -> Result<(), StoreError>;
     /// One secret's metadata.
     async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
     /// Every secret's metadata, by name.

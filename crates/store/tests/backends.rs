@@ -203,8 +203,20 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     v.insert_kek(&kek).await.unwrap();
     v.insert_kek(&kek).await.unwrap();
     assert_eq!(v.keks().await.unwrap(), vec![kek.clone()]);
-    v.upsert_secret(&secret("tok", 2)).await.unwrap();
-    v.upsert_secret(&secret("Alpha", 2)).await.unwrap();
+    // Another secret, under another active KEK so that the k1 listings below are tok's.
+    v.insert_kek(&KekRecord {
+        id: "k0".into(),
+        created_at: 2,
+        ..kek.clone()
+    })
+    .await
+    .unwrap();
+    v.add_version(&secret("Alpha", 2), &version("Alpha", "k0", 1), None)
+        .await
+        .unwrap();
+    v.add_version(&secret("tok", 2), &version("tok", "k1", 1), None)
+        .await
+        .unwrap();
     assert_eq!(v.secret("tok").await.unwrap(), Some(secret("tok", 2)));
     let names: Vec<_> = v
         .secrets()
@@ -216,9 +228,6 @@ async fn vault_versions_rotate_and_wipe(s: Arc<dyn Store>) {
     assert_eq!(names, ["Alpha", "tok"]);
     assert!(v.secret("none").await.unwrap().is_none());
 
-    v.add_version(&secret("tok", 2), &version("tok", "k1", 1), None)
-        .await
-        .unwrap();
     v.add_version(&secret("tok", 2), &version("tok", "k1", 2), Some(50))
         .await
         .unwrap();
@@ -419,7 +428,6 @@ async fn two_instances_never_lease_one_outbox_event_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_writing_one_secret_all_land_in_turn() {
     let (_db, a, b) = two_instances().await;
-    a.vault().upsert_secret(&secret("tok", 100)).await.unwrap();
     a.vault().insert_kek(&kek("k1")).await.unwrap();
     // Each writer does what the vault does: read the next number, write it, and on a
     // conflict read again. Every write lands once, with its own number.
