@@ -14,8 +14,12 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     }
     let file = path.display().to_string();
     let (errors, notes) = check_secrets(&loaded.config).await;
-    for e in &errors {
-        eprintln!("{file}: error: {e}");
+    for (e, site) in &errors {
+        // A finding about one reference points at the value that makes it.
+        match site.as_ref().and_then(|(c, n)| loaded.secret_site(c, n)) {
+            Some(at) => eprintln!("{file}:{}:{}: error: {e}", at.line, at.column),
+            None => eprintln!("{file}: error: {e}"),
+        }
     }
     if !errors.is_empty() {
         return Ok(ExitCode::from(EXIT_CONFIG));
@@ -55,6 +59,9 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
 /// CA files, compiled schemas), and the JWT issuers' static keys and CA files are read. `check`
 /// runs it, and so does `serve` before it creates a vault or binds a port. `file` names the
 /// configuration in the message.
+/// An error, and the (consumer, secret) reference it is about when it is about one.
+type Finding = (String, Option<(String, String)>);
+
 pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableConfig> {
     let scratch = portcullis_store::open("sqlite::memory:", Path::new("."))
         .await
@@ -68,8 +75,9 @@ pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableC
 
 /// Checks every `{secret:...}` reference against the vault, when the vault exists: the secret
 /// must exist, be usable, and be bound to the consumer that references it. Returns (errors,
-/// warnings). Never creates state: without a store file or key there is nothing to check.
-async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
+/// each with the (consumer, secret) reference it is about, and warnings). Never creates state:
+/// without a store file or key there is nothing to check.
+async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
     let mut refs: Vec<(String, String)> = cfg
         .routes
         .iter()
@@ -137,11 +145,13 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
         match Vault::verify_key(&store, crate::secrets::key_provider(cfg, false).as_ref()).await {
             Ok(()) => {}
-            Err(e @ (VaultError::WrongKey | VaultError::RetiredKey | VaultError::Store(_))) => {
-                return (vec![format!("the master key: {e}")], Vec::new())
-            }
             // The key may live only where the gateway runs: say so, and check the metadata.
-            Err(e) => warnings.push(format!("the master key was not verified here: {e}")),
+            Err(e @ VaultError::KeyAbsent(_)) => {
+                warnings.push(format!("the master key was not verified here: {e}"))
+            }
+            // A key that is given but malformed, unsafe, wrong or retired would stop the
+            // gateway here too.
+            Err(e) => return (vec![(format!("the master key: {e}"), None)], Vec::new()),
         }
         (Catalog::new(store), warnings)
     } else {
@@ -161,8 +171,9 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
             Ok(store) => (Catalog::new(store), Vec::new()),
             Err(e) => {
                 return (
-                    vec![format!(
-                        "cannot open the vault to check secret references: {e}"
+                    vec![(
+                        format!("cannot open the vault to check secret references: {e}"),
+                        None,
                     )],
                     Vec::new(),
                 )
@@ -172,19 +183,23 @@ async fn check_secrets(cfg: &Config) -> (Vec<String>, Vec<String>) {
     let (catalog, mut warnings) = catalog;
     let mut errors = Vec::new();
     for (consumer, name) in refs {
-        match catalog.show(&name).await {
-            Err(_) => errors.push(format!(
-                "{consumer} references secret {name:?}, which does not exist"
-            )),
-            Ok(info) if !info.consumers.contains(&consumer) => errors.push(format!(
+        let problem = match catalog.show(&name).await {
+            Err(VaultError::NotFound(_)) => {
+                format!("{consumer} references secret {name:?}, which does not exist")
+            }
+            Err(e) => {
+                format!("{consumer} references secret {name:?}, which could not be read: {e}")
+            }
+            Ok(info) if !info.consumers.contains(&consumer) => format!(
                 "{consumer} references secret {name:?}, which is not bound to it (consumers: {})",
                 info.consumers.join(", ")
-            )),
-            Ok(info) if info.current_version.is_none() => errors.push(format!(
-                "secret {name:?} (used by {consumer}) has no usable version"
-            )),
-            Ok(_) => {}
-        }
+            ),
+            Ok(info) if info.current_version.is_none() => {
+                format!("secret {name:?} (used by {consumer}) has no usable version")
+            }
+            Ok(_) => continue,
+        };
+        errors.push((problem, Some((consumer, name))));
     }
     warnings.extend(
         catalog

@@ -188,6 +188,19 @@ async fn check_on_a_shared_database_changes_nothing_in_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("does not match"), "{err}");
 
+    // A key that is there but unusable (not base64, or readable by others) is an error too,
+    // not the "not verified here" of a machine without one: the gateway would not start.
+    let garbled = checker.path().join("garbled.key");
+    std::fs::write(&garbled, "not a key").unwrap();
+    std::fs::set_permissions(&garbled, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = run_cli(&["check", &write("garbled.toml", &garbled)], checker.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not base64"), "{err}");
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run_cli(&["check", &write("open.toml", &other)], checker.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
     // A reference to a missing secret is still an error.
     let missing = std::fs::read_to_string(&gw_cfg)
         .unwrap()

@@ -257,7 +257,11 @@ async fn check_refuses_references_from_consumers_the_secret_is_not_bound_to() {
             "upstream_headers = { x-token = \"{secret:shared}\" }"
         ),
     );
-    std::fs::write(&cfg, config).unwrap();
+    std::fs::write(&cfg, &config).unwrap();
+    // Route b's value: the error points at it, line and column (of its opening quote).
+    let at = config.rfind("\"{secret:shared}\"").unwrap();
+    let line = config[..at].matches('\n').count() + 1;
+    let column = at - config[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
     let (code, _, err) = cli(
         &cfg,
         &["secret", "put", "shared", "--consumer", "route:a"],
@@ -268,7 +272,9 @@ async fn check_refuses_references_from_consumers_the_secret_is_not_bound_to() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("route:b references secret \"shared\", which is not bound to it"),
+        err.contains(&format!(
+            "portcullis.toml:{line}:{column}: error: route:b references secret \"shared\", which is not bound to it"
+        )),
         "{err}"
     );
     assert!(!err.contains("route:a references"), "{err}");

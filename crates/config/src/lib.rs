@@ -36,7 +36,36 @@ pub struct Loaded {
     pub config: Config,
     /// Lints that do not stop the gateway (risky `dangerous_*` switches, plaintext listeners...).
     pub warnings: Vec<Diagnostic>,
+    /// Where each `{secret:...}` reference is written, so a finding about the vault (`check`:
+    /// the secret does not exist, is not bound to its consumer) points at its line.
+    pub secret_sites: Vec<SecretSite>,
 }
+
+impl Loaded {
+    /// The place of the reference to secret `name` made by `consumer`, when the file writes one
+    /// (the default `[webhook_signing]` secret is implied, not written).
+    pub fn secret_site(&self, consumer: &str, name: &str) -> Option<&SecretSite> {
+        self.secret_sites
+            .iter()
+            .find(|s| s.consumer == consumer && s.name == name)
+    }
+}
+
+/// One `{secret:...}` reference in the file: who makes it, what it names, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSite {
+    /// The vault consumer the reference is made for (`route:ID`, `webhook:ID`...).
+    pub consumer: String,
+    /// The secret's name.
+    pub name: String,
+    /// 1-based line of the value that holds the reference.
+    pub line: usize,
+    /// 1-based column of that value.
+    pub column: usize,
+}
+
+/// The consumer the gateway's own webhook signing secret (`[webhook_signing]`) is bound to.
+pub const WEBHOOK_SIGNING_CONSUMER: &str = "gateway:webhook-signing";
 
 /// Reads, parses and validates the configuration file at `path`.
 ///

@@ -124,10 +124,25 @@ pub struct ResponseFilter {
     pub mask_hash: bool,
 }
 
+/// The vault consumer id of route `id`.
+pub(crate) fn route_consumer(id: &str) -> String {
+    format!("route:{id}")
+}
+
+/// The vault consumer id of webhook endpoint `id`.
+pub(crate) fn webhook_consumer(id: &str) -> String {
+    format!("webhook:{id}")
+}
+
+/// The vault consumer id of integration `id`.
+pub(crate) fn integration_consumer(id: &str) -> String {
+    format!("integration:{id}")
+}
+
 impl IntegrationConfig {
     /// The consumer id the vault binds this integration's credential to.
     pub fn consumer(&self) -> String {
-        format!("integration:{}", self.id)
+        integration_consumer(&self.id)
     }
 }
 
@@ -204,7 +219,7 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// The consumer id the vault binds this endpoint's secrets to.
     pub fn consumer(&self) -> String {
-        format!("webhook:{}", self.id)
+        webhook_consumer(&self.id)
     }
 }
 
@@ -829,7 +844,7 @@ pub struct UpstreamTls {
 impl RouteConfig {
     /// The consumer id the vault binds this route's secrets to.
     pub fn consumer(&self) -> String {
-        format!("route:{}", self.id)
+        route_consumer(&self.id)
     }
 
     /// True when `method` is one of the route's methods.

@@ -358,7 +358,7 @@ pub(crate) struct RawRoute {
     pub quota: Option<Spanned<RawQuota>>,
     pub response_fields: Option<Spanned<std::collections::BTreeMap<String, RawFieldRule>>>,
     #[serde(default)]
-    pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub upstream_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     pub dangerous_skip_upstream_tls_verify: Option<Spanned<bool>>,
 }
 

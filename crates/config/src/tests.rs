@@ -1232,3 +1232,47 @@ fn an_invalid_file_reports_its_warnings_too_in_the_files_order() {
     assert!(at("must start with '/'") < at("max_age"), "{shown}");
     assert!(shown.contains("test.toml:9:"), "{shown}");
 }
+
+#[test]
+fn every_written_secret_reference_has_its_consumer_and_place() {
+    let text = format!(
+        "{ROUTE}upstream_headers = {{ x-key = \"{{secret:up}}\", x-env = \"prod\" }}\n\
+         [webhook_signing]\nsecret = \"{{secret:sign}}\"\n\
+         [[webhooks]]\nid = \"s\"\npath = \"/h\"\nprovider = \"github\"\n\
+         secrets = [\"{{secret:a}}\", \"{{secret:b}}\"]\nforward = \"http://127.0.0.1:1/\"\n\
+         [[clients]]\nid = \"wf\"\n\
+         [[integrations]]\nid = \"gh\"\nbase_url = \"https://api.github.com\"\n\
+         allow = [{{ methods = [\"GET\"], path = \"/x\" }}]\nclients = [\"wf\"]\n\
+         credential = {{ type = \"bearer\", secret = \"gh-token\" }}\n"
+    );
+    let l = ok(&text);
+    // The place of each value, found the way an editor would: line and column of its quote.
+    let place = |needle: &str| {
+        let at = text.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        let line = text[..at].matches('\n').count() + 1;
+        (line, at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1)
+    };
+    for (consumer, name, needle) in [
+        ("route:orders", "up", "\"{secret:up}\""),
+        ("gateway:webhook-signing", "sign", "\"{secret:sign}\""),
+        ("webhook:s", "a", "\"{secret:a}\""),
+        ("webhook:s", "b", "\"{secret:b}\""),
+        ("integration:gh", "gh-token", "\"gh-token\""),
+    ] {
+        let site = l
+            .secret_site(consumer, name)
+            .unwrap_or_else(|| panic!("no site for {consumer} {name}"));
+        assert_eq!((site.line, site.column), place(needle), "{consumer} {name}");
+    }
+    assert_eq!(l.secret_sites.len(), 5, "{:?}", l.secret_sites);
+    assert!(l.secret_site("route:orders", "a").is_none());
+}
+
+#[test]
+fn an_upstream_header_value_error_points_at_the_value() {
+    let text = format!("{ROUTE}[routes.upstream_headers]\nx-env = \"prod\"\nx-key = \"{{secret:bad name}}\"\n");
+    let errs = errors(&text);
+    let line = text[..text.find("x-key").unwrap_or(0)].matches('\n').count() + 1;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, Some(line), "{errs:?}");
+}

@@ -35,6 +35,7 @@ pub(crate) struct Checker<'a> {
     file: &'a str,
     base: &'a Path,
     found: Vec<Diagnostic>,
+    sites: Vec<crate::SecretSite>,
 }
 
 impl Checker<'_> {
@@ -53,6 +54,16 @@ impl Checker<'_> {
     }
     pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.push(Severity::Warning, span, message.into());
+    }
+    /// Records where `consumer`'s reference to secret `name` is written.
+    pub(crate) fn secret_site(&mut self, consumer: String, name: &str, span: Range<usize>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.sites.push(crate::SecretSite {
+            consumer,
+            name: name.to_string(),
+            line,
+            column,
+        });
     }
     /// `p` resolved like [`Checker::path`], with a located error when it is not a file.
     fn existing_file(&mut self, p: &Spanned<PathBuf>, what: &str) -> PathBuf {
@@ -85,6 +96,7 @@ pub(crate) fn validate(
         file,
         base,
         found: Vec::new(),
+        sites: Vec::new(),
     };
     let server = server(&mut c, raw.server);
     let store = store(&mut c, raw.store, &server.data_dir);
@@ -188,6 +200,7 @@ pub(crate) fn validate(
             integrations,
         },
         warnings: c.found,
+        secret_sites: c.sites,
     })
 }
 
@@ -1080,8 +1093,9 @@ const CREDENTIAL_HEADERS: &[&str] = &[
 
 fn upstream_headers(
     c: &mut Checker,
-    raw: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    raw: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     ctx: &str,
+    consumer: &str,
 ) -> Vec<UpstreamHeader> {
     let Some(raw) = raw else { return Vec::new() };
     let span = raw.span();
@@ -1111,21 +1125,23 @@ fn upstream_headers(
             );
             continue;
         }
-        match parse_template(&value) {
+        // Keys carry no place of their own in TOML's spans; values do.
+        let at = value.span();
+        match parse_template(value.get_ref()) {
             Ok(t) => {
                 if t.secret.is_none() && CREDENTIAL_HEADERS.contains(&lower.as_str()) {
-                    c.error(Some(span.clone()), format!("{ctx}: upstream_headers: {lower} carries a credential; reference it from the vault as {{secret:NAME}} instead of writing it here"));
+                    c.error(Some(at), format!("{ctx}: upstream_headers: {lower} carries a credential; reference it from the vault as {{secret:NAME}} instead of writing it here"));
                     continue;
+                }
+                if let Some(s) = &t.secret {
+                    c.secret_site(consumer.to_string(), &s.name, at);
                 }
                 out.push(UpstreamHeader {
                     name: header,
                     value: t,
                 });
             }
-            Err(e) => c.error(
-                Some(span.clone()),
-                format!("{ctx}: upstream_headers.{lower}: {e}"),
-            ),
+            Err(e) => c.error(Some(at), format!("{ctx}: upstream_headers.{lower}: {e}")),
         }
     }
     out
@@ -1189,7 +1205,7 @@ fn route(c: &mut Checker, raw: Spanned<RawRoute>) -> Option<RouteConfig> {
     }
 
     let deprecation = r.deprecated.map(|d| deprecation(c, d, &ctx));
-    let headers = upstream_headers(c, r.upstream_headers, &ctx);
+    let headers = upstream_headers(c, r.upstream_headers, &ctx, &route_consumer(&id));
     let auth = route_auth(c, r.auth, &r.scopes, &r.roles, &ctx);
     let object_rules = object_rules(c, r.match_rules, &params, !auth.is_empty(), &ctx);
     let response_fields = response_fields(c, r.response_fields, &ctx);

@@ -88,7 +88,7 @@ pub(crate) fn integrations(
                 );
             }
         }
-        let credential = i.credential.and_then(|cr| credential(c, cr, &ctx));
+        let credential = i.credential.and_then(|cr| credential(c, cr, &ctx, &id));
         let mut dangerous_allow_cidrs = Vec::new();
         for n in &i.dangerous_allow_cidrs {
             match parse_net(n.get_ref().trim()) {
@@ -292,7 +292,12 @@ pub(crate) fn integrations(
     out
 }
 
-fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option<CredentialConfig> {
+fn credential(
+    c: &mut Checker,
+    raw: Spanned<RawCredential>,
+    ctx: &str,
+    id: &str,
+) -> Option<CredentialConfig> {
     let span = raw.span();
     let r = raw.into_inner();
     // The field names a vault secret: `{secret:NAME}` or just `NAME`. A pasted token is
@@ -322,6 +327,11 @@ fn credential(c: &mut Checker, raw: Spanned<RawCredential>, ctx: &str) -> Option
         c.error(Some(r.secret.span()), format!("{ctx}: credential.secret must name a vault secret, such as \"github-token\" or \"{{secret:github-token}}\""));
         return None;
     };
+    c.secret_site(
+        crate::model::integration_consumer(id),
+        &secret,
+        r.secret.span(),
+    );
     let placement = match r.kind.get_ref().as_str() {
         "bearer" => CredentialPlacement::Bearer,
         "basic" => CredentialPlacement::Basic,

@@ -63,6 +63,9 @@ pub(crate) fn webhooks(
         for s in w.secrets.get_ref() {
             match crate::parse_template(s.get_ref()) {
                 Ok(t) if t.prefix.is_empty() && t.suffix.is_empty() && t.secret.as_ref().is_some_and(|r| r.field.is_none()) => {
+                    if let Some(r) = &t.secret {
+                        c.secret_site(crate::model::webhook_consumer(&id), &r.name, s.span());
+                    }
                     secrets.extend(t.secret);
                 }
                 _ => c.error(Some(s.span()), format!("{ctx}: each secret must be exactly a vault reference such as \"{{secret:stripe-webhook}}\"; signing secrets never belong in the config file")),
@@ -292,6 +295,13 @@ pub(crate) fn signing(
                 && t.suffix.is_empty()
                 && t.secret.as_ref().is_some_and(|r| r.field.is_none()) =>
         {
+            if let Some(r) = &t.secret {
+                c.secret_site(
+                    crate::WEBHOOK_SIGNING_CONSUMER.to_string(),
+                    &r.name,
+                    s.span(),
+                );
+            }
             t.secret
         }
         _ => {

@@ -8,8 +8,7 @@ use portcullis_vault::Vault;
 use portcullis_webhooks::StandardSigner;
 use std::sync::Arc;
 
-/// The consumer the signing secret must be bound to.
-pub const WEBHOOK_SIGNING_CONSUMER: &str = "gateway:webhook-signing";
+pub use portcullis_config::WEBHOOK_SIGNING_CONSUMER;
 
 /// Signs forwarded webhooks with every usable version of one vault secret: during a
 /// rotation's grace period, with both the new and the previous key, as space-separated

@@ -8,8 +8,12 @@ pub enum VaultError {
     /// The master key could not be loaded (missing, unreadable, malformed, unsafe permissions).
     #[error("master key: {0}")]
     KeyProvider(String),
+    /// No master key is given here at all (no key file, the variable unset): a machine that
+    /// only checks a configuration may rightly have none, unlike one with a malformed key.
+    #[error("master key: {0}")]
+    KeyAbsent(String),
     /// The master key is not the one this vault was created with.
-    #[error("the master key does not match this vault (key check value mismatch); refusing to start with the wrong key")]
+    #[error("the master key does not match this vault (key check value mismatch): it is not the key this vault was created with")]
     WrongKey,
     /// The master key is one a KEK rotation retired: this process missed the rotation.
     #[error(

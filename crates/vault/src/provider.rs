@@ -73,8 +73,14 @@ impl FileKeyProvider {
     }
 
     fn read(path: &Path) -> Result<Kek, VaultError> {
-        let meta = fs::metadata(path)
-            .map_err(|e| VaultError::KeyProvider(format!("{}: {e}", path.display())))?;
+        let meta = fs::metadata(path).map_err(|e| {
+            let m = format!("{}: {e}", path.display());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                VaultError::KeyAbsent(m)
+            } else {
+                VaultError::KeyProvider(m)
+            }
+        })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(VaultError::KeyProvider(format!(
@@ -150,7 +156,7 @@ impl KeyProvider for EnvKeyProvider {
     fn current(&self) -> Result<Kek, VaultError> {
         let v = Zeroizing::new(
             std::env::var(MASTER_KEY_ENV)
-                .map_err(|_| VaultError::KeyProvider(format!("{MASTER_KEY_ENV} is not set")))?,
+                .map_err(|_| VaultError::KeyAbsent(format!("{MASTER_KEY_ENV} is not set")))?,
         );
         decode_key(&v, MASTER_KEY_ENV)
     }
