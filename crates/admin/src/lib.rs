@@ -171,25 +171,34 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers and the gateway is not draining: a load balancer stops
-/// sending new traffic as soon as shutdown begins.
-/// How long readiness waits for the store's ping.
+/// How long readiness waits for the store's answers.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
 
+/// Ready when the store answers, this instance's master key is still the vault's (a KEK
+/// rotation run elsewhere retires it, and the instance could then neither read rewrapped
+/// secrets nor write new ones), and the gateway is not draining: a load balancer stops
+/// sending new traffic as soon as shutdown begins.
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.gateway.is_draining() {
         return problem(GatewayError::Unavailable { retry_after: None });
     }
+    let checks = async {
+        s.store.ping().await.map_err(|e| e.to_string())?;
+        if let Some(v) = s.gateway.vault() {
+            v.verify_own_key().await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    };
     // Bounded: a database that stopped answering must not hold the probe past its own
     // timeout (Kubernetes' default is 1 s), or the answer would be the prober's, not ours.
-    match tokio::time::timeout(READY_WAIT, s.store.ping()).await {
+    match tokio::time::timeout(READY_WAIT, checks).await {
         Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: store unavailable");
+            tracing::warn!(error = %e, "readiness: not ready");
             problem(GatewayError::Unavailable { retry_after: None })
         }
         Err(_) => {
-            tracing::warn!(wait = ?READY_WAIT, "readiness: store did not answer");
+            tracing::warn!(wait = ?READY_WAIT, "readiness: the store did not answer");
             problem(GatewayError::Unavailable { retry_after: None })
         }
     }

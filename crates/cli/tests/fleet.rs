@@ -214,3 +214,75 @@ async fn check_on_a_shared_database_changes_nothing_in_it() {
     assert_eq!(ro.vault().keks().await.unwrap(), keks, "no key registered");
     assert_eq!(ro.vault().epoch().await.unwrap(), epoch, "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_key_a_rotation_retired_reports_not_ready_until_it_has_the_new_key() {
+    let db = TestDb::create().await;
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}[store]\nurl = \"{}\"\n\n[vault]\nkey_file = \"master.key\"\n\n[[clients]]\nid = \"billing\"\n\n[auth.oauth2]\ntoken_ttl = \"10m\"\n\n{}",
+        server_section(""),
+        db.url(),
+        route(
+            "a",
+            "[\"GET\"]",
+            "/a",
+            &up.url(),
+            "upstream_headers = { authorization = \"Bearer {secret:backend-token}\" }"
+        ),
+    );
+    let start = |key: Option<&[u8]>| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("portcullis.toml"), &cfg).unwrap();
+        if let Some(key) = key {
+            let path = dir.path().join("master.key");
+            std::fs::write(&path, key).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Gw::start_in(dir)
+    };
+    let gw0 = start(None);
+    let key = std::fs::read(gw0.dir.path().join("master.key")).unwrap();
+    let gw1 = start(Some(&key));
+    put_secret(&gw0.config_path(), "backend-token", "route:a", "tok-1");
+    let ready = |gw: &Gw| {
+        let url = gw.admin_url("/readyz");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!((ready(&gw0).await, ready(&gw1).await), (200, 200));
+
+    // The rotation runs with gw0's key files, so gw0 holds the new key and gw1 the old one.
+    let out = gw0.cli(&["vault", "rotate-kek"]);
+    assert!(out.contains("master key rotated"), "{out}");
+    assert_eq!(ready(&gw0).await, 200);
+    let res = client().get(gw1.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/problem+json",
+        "{res:?}"
+    );
+    assert!(
+        gw1.stdout
+            .wait_for(&["retired by a KEK rotation"], Duration::from_secs(5))
+            .is_some(),
+        "the log says why"
+    );
+    // Its route that needs a secret fails closed, as problem+json without detail.
+    let res = client().get(gw1.url("/a")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.text().await.unwrap().contains("credential-unavailable"));
+
+    // Given the new key (no restart), it is ready again.
+    let path = gw1.dir.path().join("master.key");
+    std::fs::write(
+        &path,
+        std::fs::read(gw0.dir.path().join("master.key")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ready(&gw1).await, 200);
+    assert_eq!(
+        client().get(gw1.url("/a")).send().await.unwrap().status(),
+        200
+    );
+}

@@ -1270,9 +1270,14 @@ fn every_written_secret_reference_has_its_consumer_and_place() {
 
 #[test]
 fn an_upstream_header_value_error_points_at_the_value() {
-    let text = format!("{ROUTE}[routes.upstream_headers]\nx-env = \"prod\"\nx-key = \"{{secret:bad name}}\"\n");
+    let text = format!(
+        "{ROUTE}[routes.upstream_headers]\nx-env = \"prod\"\nx-key = \"{{secret:bad name}}\"\n"
+    );
     let errs = errors(&text);
-    let line = text[..text.find("x-key").unwrap_or(0)].matches('\n').count() + 1;
+    let line = text[..text.find("x-key").unwrap_or(0)]
+        .matches('\n')
+        .count()
+        + 1;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].line, Some(line), "{errs:?}");
 }

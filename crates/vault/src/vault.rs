@@ -151,6 +151,13 @@ impl Vault {
         }
     }
 
+    /// [`Vault::verify_key`] for this vault's own provider: fails with
+    /// [`VaultError::RetiredKey`] once a KEK rotation run by another process has retired this
+    /// process's key (and its key was not replaced here), so readiness can say so.
+    pub async fn verify_own_key(&self) -> Result<(), VaultError> {
+        Self::verify_key(&self.store, self.provider.as_ref()).await
+    }
+
     async fn load_keys(
         store: &Arc<dyn Store>,
         provider: &dyn KeyProvider,
