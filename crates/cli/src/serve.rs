@@ -96,6 +96,13 @@ pub(crate) async fn start(
         let redis = Arc::new(redis);
         services.limits.shared = redis.clone();
         services.replay = redis.clone();
+        // Authentication failures are counted across the instances too; the lock-out check
+        // stays in memory.
+        let bf = cfg.auth.brute_force;
+        services.brute_force = Arc::new(
+            portcullis_identity::BruteForce::new(bf.max_failures, bf.window, bf.cooldown)
+                .with_shared(redis.clone()),
+        );
         // Egress OAuth tokens are shared (sealed) only through Redis; the in-memory state
         // keeps them per process as before.
         services.egress_tokens = Some(redis);

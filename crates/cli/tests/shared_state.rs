@@ -173,3 +173,46 @@ async fn the_redis_password_never_reaches_logs_metrics_or_check_output() {
         assert!(!all.contains(SENTINEL), "password leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_spread_over_two_gateways_lock_the_source_out_of_both() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}{}[auth]\nbrute_force = {{ max_failures = 3, window = \"1m\", cooldown = \"1m\" }}\n\n[[clients]]\nid = \"billing\"\n\n{}",
+        server_section(""),
+        shared("redis://127.0.0.1:6379", "instances = 2"),
+        route("orders", "[\"GET\"]", "/orders", &up.url(), "auth = [\"api_key\"]"),
+    );
+    let a = Gw::start(&cfg);
+    let b = Gw::start(&cfg);
+    let bad = format!("pcl_0123456789abcdef_{}", "C".repeat(43));
+    // Four failures, two on each: neither instance has seen more than its three allowed.
+    for gw in [&a, &b, &a, &b] {
+        assert_eq!(gw.get_with_key("/orders", &bad).await.status(), 401);
+    }
+    // A request without a credential counts nothing; it shows the lock-out (429) or not (401).
+    let locked = |gw: &Gw| {
+        let url = gw.url("/orders");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = locked(&b).await;
+        if seen == 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 429, "the shared count locked the source out of b");
+    // a has not failed since the shared count passed the threshold: its next failure is told.
+    assert_eq!(locked(&a).await, 401);
+    assert_eq!(a.get_with_key("/orders", &bad).await.status(), 401);
+    for _ in 0..50 {
+        seen = locked(&a).await;
+        if seen == 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 429, "and out of a at its next failure");
+}

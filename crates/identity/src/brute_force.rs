@@ -1,21 +1,31 @@
 //! Brute-force lockout: authentication failures are counted per source IP and per key id in a
 //! fixed window; past the threshold the source is refused for a cool-down period. Memory is
 //! bounded: at most `MAX_TRACKED` sources of each kind are tracked.
+//!
+//! With a shared counter (Redis, for several instances), each failure is also counted there,
+//! after the refusal is sent: a source over the threshold in the shared count is locked out
+//! by each instance at its next failure there. So spreading guesses over `n` instances buys
+//! at most `n - 1` more than against one, instead of `n` times as many. The lock-out check
+//! itself stays in memory: an authenticated request never waits for Redis because of it.
 
 use portcullis_core::text::client_source;
+use portcullis_state::FailureCounter;
 use std::{
     borrow::Borrow,
     collections::HashMap,
     hash::Hash,
     net::IpAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 const MAX_TRACKED: usize = 100_000;
+/// Shared counts in flight at most; past it (Redis slow under a flood of failures) a failure
+/// is counted locally only, rather than piling up tasks.
+const MAX_SHARED_IN_FLIGHT: usize = 1024;
 
 #[derive(Clone, Copy)]
 struct Window {
@@ -98,6 +108,26 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
         }
         false
     }
+
+    /// Locks `k` out until `until` (or later, if it already is): the shared count said so.
+    fn lock(&self, k: K, now: Instant, until: Instant) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= MAX_TRACKED && !map.contains_key(&k) {
+            map.retain(|_, w| w.locked_until.is_some_and(|u| u > now));
+            if map.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let w = map.entry(k).or_insert(Window {
+            started: now,
+            failures: 0,
+            locked_until: None,
+        });
+        w.locked_until = Some(w.locked_until.map_or(until, |u| u.max(until)));
+        self.horizon.fetch_max(self.nanos(until), Ordering::Release);
+    }
 }
 
 /// The longest lock-out the tracker keeps, whatever it is given (the config allows 7 days).
@@ -108,8 +138,10 @@ pub struct BruteForce {
     max_failures: u32,
     window: Duration,
     cooldown: Duration,
-    ips: Tracker<IpAddr>,
-    keys: Tracker<String>,
+    ips: Arc<Tracker<IpAddr>>,
+    keys: Arc<Tracker<String>>,
+    shared: Option<Arc<dyn FailureCounter>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl BruteForce {
@@ -120,9 +152,17 @@ impl BruteForce {
             max_failures,
             window,
             cooldown: cooldown.min(MAX_COOLDOWN),
-            ips: Tracker::new(),
-            keys: Tracker::new(),
+            ips: Arc::new(Tracker::new()),
+            keys: Arc::new(Tracker::new()),
+            shared: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Also counts every failure in `shared`, the count all instances see.
+    pub fn with_shared(mut self, shared: Arc<dyn FailureCounter>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// How long the source must still wait, if it is locked out.
@@ -152,7 +192,53 @@ impl BruteForce {
                 self.cooldown,
             )
         });
+        self.count_shared(ip, key_id);
         a || b
+    }
+
+    /// Counts the failure in the shared counter in the background (the refusal does not
+    /// wait for it), and applies the lock-out it answers locally. When the counter cannot
+    /// answer, the local count alone applies, as without one.
+    fn count_shared(&self, ip: IpAddr, key_id: Option<&str>) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SHARED_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let (ips, keys, in_flight) = (self.ips.clone(), self.keys.clone(), self.in_flight.clone());
+        let (max, window, cooldown) = (self.max_failures, self.window, self.cooldown);
+        let source = client_source(ip);
+        let key_id = key_id.map(str::to_string);
+        rt.spawn(async move {
+            let count = |key: String| {
+                let shared = shared.clone();
+                async move {
+                    match shared.count_failure(&key, max, window, cooldown).await {
+                        Ok(left) => left,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "authentication failure not counted in the shared state");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(left) = count(format!("ip:{source}")).await {
+                let now = Instant::now();
+                ips.lock(source, now, now + left.min(MAX_COOLDOWN));
+            }
+            if let Some(id) = key_id {
+                if let Some(left) = count(format!("key:{id}")).await {
+                    let now = Instant::now();
+                    keys.lock(id, now, now + left.min(MAX_COOLDOWN));
+                }
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 

@@ -1,7 +1,8 @@
 //! Shared state: where counters live that several requests, or several Portcullis instances,
 //! must agree on. Today that is rate-limit state, in memory for one instance ([`MemoryLimiter`])
 //! or in Redis for several ([`RedisLimiter`]); webhook replay caches ([`ReplayCache`]); and
-//! sealed egress OAuth access tokens with their refresh locks ([`TokenCache`]).
+//! sealed egress OAuth access tokens with their refresh locks ([`TokenCache`]); and
+//! authentication failures counted across instances ([`FailureCounter`]).
 //!
 //! Both limiters implement GCRA (the generic cell rate algorithm): one "theoretical arrival
 //! time" per key, equivalent to a token bucket of `limit + burst` refilled at `limit` per
@@ -10,11 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+mod failures;
 mod memory;
 mod redis_limiter;
 mod replay;
 mod token_cache;
 
+pub use failures::FailureCounter;
 pub use memory::MemoryLimiter;
 pub use redis_limiter::{RedisLimiter, RedisOptions};
 pub use replay::{MemoryReplayCache, ReplayCache};

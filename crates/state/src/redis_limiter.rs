@@ -55,6 +55,8 @@ pub struct RedisLimiter {
     token_prefix: String,
     lock_prefix: String,
     unlock: redis::Script,
+    failure_prefix: String,
+    failures: redis::Script,
     timeout: Duration,
     /// Where Redis is, without credentials, for log lines.
     target: String,
@@ -101,6 +103,8 @@ impl RedisLimiter {
             unlock: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
             ),
+            failure_prefix: format!("{}:auth-failures:", opts.key_prefix),
+            failures: redis::Script::new(include_str!("auth_failures.lua")),
             timeout: opts.timeout,
             target,
             epoch: Instant::now(),
@@ -355,5 +359,35 @@ impl crate::TokenCache for RedisLimiter {
         self.token_op(inv.invoke_async::<i64>(&mut conn))
             .await
             .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl crate::FailureCounter for RedisLimiter {
+    async fn count_failure(
+        &self,
+        key: &str,
+        max: u32,
+        window: Duration,
+        cooldown: Duration,
+    ) -> Result<Option<Duration>, LimiterError> {
+        self.fast_fail()?;
+        let mut conn = self.conn();
+        let mut inv = self.failures.prepare_invoke();
+        // One hash tag for both keys: a Redis Cluster keeps them in one slot, as the script
+        // needs.
+        inv.key(format!("{}{{{key}}}:n", self.failure_prefix))
+            .key(format!("{}{{{key}}}:lock", self.failure_prefix))
+            .arg(max)
+            .arg(millis(window))
+            .arg(millis(cooldown));
+        let left = self
+            .call("auth_failure", inv.invoke_async::<i64>(&mut conn))
+            .await?;
+        self.recovered();
+        Ok(u64::try_from(left)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis))
     }
 }

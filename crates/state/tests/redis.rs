@@ -400,3 +400,63 @@ async fn a_connection_that_goes_silent_is_replaced_once_it_times_out() {
         "still failing 10 s after a fresh connection would have worked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_failures_are_counted_once_for_every_instance() {
+    use portcullis_state::FailureCounter;
+    let o = opts("redis://127.0.0.1:6379");
+    let a = RedisLimiter::new(&o).unwrap();
+    let b = RedisLimiter::new(&o).unwrap();
+    let (window, cooldown) = (Duration::from_secs(60), Duration::from_secs(30));
+    // Three failures allowed, spread over two instances: the fourth locks, whichever counts it.
+    for (i, l) in [&a, &b, &a].into_iter().enumerate() {
+        let left = l.count_failure("ip:192.0.2.1", 3, window, cooldown).await;
+        assert_eq!(left.unwrap(), None, "failure {}", i + 1);
+    }
+    let left = b
+        .count_failure("ip:192.0.2.1", 3, window, cooldown)
+        .await
+        .unwrap();
+    assert_eq!(left, Some(cooldown));
+    // Locked: every instance is told the time still to run, and nothing more is counted.
+    let left = a
+        .count_failure("ip:192.0.2.1", 3, window, cooldown)
+        .await
+        .unwrap();
+    assert!(
+        left.is_some_and(|d| d <= cooldown && d > Duration::from_secs(20)),
+        "{left:?}"
+    );
+    // Another source is counted apart.
+    let other = a
+        .count_failure("ip:192.0.2.2", 3, window, cooldown)
+        .await
+        .unwrap();
+    assert_eq!(other, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_count_runs_out_with_its_window() {
+    use portcullis_state::FailureCounter;
+    let a = RedisLimiter::new(&opts("redis://127.0.0.1:6379")).unwrap();
+    let (window, cooldown) = (Duration::from_millis(300), Duration::from_secs(30));
+    assert_eq!(
+        a.count_failure("key:k1", 1, window, cooldown)
+            .await
+            .unwrap(),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The first failure's window is over: this is the first of a new one, not the second.
+    assert_eq!(
+        a.count_failure("key:k1", 1, window, cooldown)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(a
+        .count_failure("key:k1", 1, window, cooldown)
+        .await
+        .unwrap()
+        .is_some());
+}
