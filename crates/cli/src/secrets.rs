@@ -65,7 +65,8 @@ pub(crate) enum SecretCommand {
         /// webhook_signing, ed25519 or random.
         #[arg(long = "type")]
         kind: String,
-        /// Who may use it (repeatable). Replaces the list; kept when omitted.
+        /// Who may use it: route:ID, webhook:ID, integration:ID, or gateway:webhook-signing
+        /// for `[webhook_signing]` (repeatable). Replaces the list; kept when omitted.
         #[arg(long = "consumer")]
         consumers: Vec<String>,
         /// Expires after this long, e.g. "90d".
@@ -83,7 +84,8 @@ pub(crate) struct PutArgs {
     /// opaque, bearer_token, basic_credentials, oauth2_client, webhook_signing, hmac_key, ed25519_key_pair.
     #[arg(long = "type")]
     secret_type: Option<String>,
-    /// Who may use it: route:ID, webhook:ID, integration:ID (repeatable). Replaces the list.
+    /// Who may use it: route:ID, webhook:ID, integration:ID, or gateway:webhook-signing for
+    /// `[webhook_signing]` (repeatable). Replaces the list.
     #[arg(long = "consumer")]
     consumers: Vec<String>,
     /// Expires after this long, e.g. "90d".

@@ -48,6 +48,27 @@ fn check_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
+/// A consumer is `route:ID`, `webhook:ID`, `integration:ID` or `gateway:NAME` (the gateway's
+/// own secrets), IDs as the configuration allows them. A typo (`rout:a`) would otherwise be
+/// stored and only found when the route's requests fail.
+fn check_consumer(c: &str) -> Result<(), VaultError> {
+    let ok = c.split_once(':').is_some_and(|(kind, id)| {
+        matches!(kind, "route" | "webhook" | "integration" | "gateway")
+            && !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::Invalid(format!(
+            "consumer {c:?}: expected route:ID, webhook:ID, integration:ID or gateway:NAME"
+        )))
+    }
+}
+
 struct Keys {
     /// The provider's current key.
     current: Kek,
@@ -316,6 +337,9 @@ impl Vault {
         opts: &PutOptions,
     ) -> Result<i64, VaultError> {
         check_name(name)?;
+        for c in opts.consumers.iter().flatten() {
+            check_consumer(c)?;
+        }
         let vs = self.store.vault();
         let existing = vs.secret(name).await?;
         let secret_type = match (opts.secret_type, &existing) {

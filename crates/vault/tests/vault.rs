@@ -255,6 +255,25 @@ async fn consumers_expiry_and_types_are_enforced() {
         .await
         .unwrap();
     assert!(v.put("bad name!", b"v", &opts(&[])).await.is_err());
+    // A consumer that no configuration can name (a typo) is refused, and nothing is stored.
+    for bad in ["rout:a", "route:", "route", "route:a b", "*"] {
+        let err = v
+            .put("typo", b"v", &opts(&["route:a", bad]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, VaultError::Invalid(m) if m.contains("expected route:ID")),
+            "{bad}: {err}"
+        );
+    }
+    assert!(matches!(v.show("typo").await, Err(VaultError::NotFound(_))));
+    for good in [
+        "webhook:w-1",
+        "integration:gh.v2",
+        "gateway:webhook-signing",
+    ] {
+        v.put("typo", b"v", &opts(&[good])).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -288,11 +307,11 @@ async fn generated_values_are_shared_once_and_stored() {
         share.as_bytes()
     );
     let (_, pk) = v
-        .generate("signer", "ed25519", &opts(&["oauth:issuer"]))
+        .generate("signer", "ed25519", &opts(&["gateway:oauth"]))
         .await
         .unwrap();
     assert!(pk.unwrap().starts_with("whpk_"));
-    let key = v.resolve("signer", "oauth:issuer").await.unwrap();
+    let key = v.resolve("signer", "gateway:oauth").await.unwrap();
     assert!(key.field("private_key").is_ok());
     let (_, none) = v.generate("pepper", "random", &opts(&[])).await.unwrap();
     assert!(none.is_none());
