@@ -197,6 +197,17 @@ impl Vault {
         let vs = store.vault();
         let records = vs.keks().await?;
         let matches = |k: &Kek, r: &KekRecord| r.id == k.id() && bool::from(r.kcv.ct_eq(k.kcv()));
+        // Nor is a key an earlier rotation retired: rotating "to" it would make a key that was
+        // taken out of use (perhaps because it leaked) the vault's key again.
+        let next = next.filter(|n| {
+            let retired = records
+                .iter()
+                .any(|r| matches(n, r) && r.state == "retired");
+            if retired {
+                tracing::warn!("the next master key is one this vault retired in an earlier rotation; ignoring it (give a new key as master.key.next or PORTCULLIS_MASTER_KEY_NEXT)");
+            }
+            !retired
+        });
         let mut write = current.clone();
         if records.is_empty() {
             vs.insert_kek(&KekRecord {

@@ -510,3 +510,40 @@ async fn a_next_key_equal_to_the_current_one_is_ignored_and_never_retires_the_va
     v.put("s", b"two", &opts(&["route:r"])).await.unwrap();
     assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"two");
 }
+
+#[tokio::test]
+async fn a_next_key_an_earlier_rotation_retired_is_ignored_and_never_made_active_again() {
+    let env = Env::new().await;
+    let v = env.vault().await.unwrap();
+    v.put("s", b"one", &opts(&["route:r"])).await.unwrap();
+    let old_key = std::fs::read(env.key_path()).unwrap();
+    let old = v.kek_id();
+    assert!(v.rotate_kek(None, "test").await.unwrap().complete);
+    let new = v.kek_id();
+    drop(v);
+    // The retired key given as the next one (an old file or variable left in place).
+    let next = env.dir.path().join("master.key.next");
+    std::fs::write(&next, &old_key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let v = env.vault().await.unwrap();
+    assert_eq!(v.kek_id(), new, "writes stay under the active key");
+    assert!(v.rotate_kek(None, "test").await.is_err());
+    let state = |id: String| {
+        let store = env.store.clone();
+        async move {
+            store
+                .vault()
+                .keks()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|k| k.id == id)
+                .map(|k| k.state)
+        }
+    };
+    assert_eq!(state(old).await.as_deref(), Some("retired"));
+    assert_eq!(state(new).await.as_deref(), Some("active"));
+    v.put("s", b"two", &opts(&["route:r"])).await.unwrap();
+    assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"two");
+}
