@@ -201,6 +201,36 @@ async fn check_on_a_shared_database_changes_nothing_in_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("chmod 600"), "{err}");
 
+    // The env provider: a variable set but empty is a CI runner's withheld secret (a
+    // warning), one with a value that is no key is an error.
+    let env_cfg = std::fs::read_to_string(&gw_cfg).unwrap().replace(
+        &format!(
+            "key_file = \"{}\"",
+            gw_keys.path().join("master.key").display()
+        ),
+        "key_provider = \"env\"",
+    );
+    assert!(env_cfg.contains("key_provider = \"env\""), "{env_cfg}");
+    let env_path = checker.path().join("env.toml");
+    std::fs::write(&env_path, env_cfg).unwrap();
+    let check_with = |value: &str| {
+        let out = std::process::Command::new(common::BIN)
+            .args(["check", env_path.to_str().unwrap()])
+            .env("PORTCULLIS_MASTER_KEY", value)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check_with("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("master key was not verified here"), "{err}");
+    let (code, err) = check_with("not-a-key");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not base64"), "{err}");
+
     // A reference to a missing secret is still an error.
     let missing = std::fs::read_to_string(&gw_cfg)
         .unwrap()

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 /// Every Portcullis key starts with this, so secret scanners can recognise a leaked one.
 pub const KEY_PREFIX: &str = "pcl_";
 const PEPPER_SECRET: &str = "portcullis.api-key-pepper";
-const PEPPER_CONSUMER: &str = "gateway:api-keys";
+pub(crate) const PEPPER_CONSUMER: &str = "gateway:api-keys";
 
 fn now() -> i64 {
     SystemTime::now()
@@ -336,6 +336,14 @@ impl ApiKeys {
             key_id: entry.key_id.clone(),
             client_id: entry.client_id.clone(),
         })
+    }
+
+    /// True when `id` is a key id this process holds (revoked or expired ones included): the
+    /// lockout shares failures of such ids across instances, not of made-up ones, which
+    /// would let anyone create shared counters at will. Used after the refusal is sent, so it
+    /// adds nothing to the refusal's timing.
+    pub fn knows(&self, id: &str) -> bool {
+        self.cache.load().contains_key(id)
     }
 
     /// The key id part of a presented key, when it is well-formed (for lockout accounting).

@@ -7,6 +7,12 @@
 //! by each instance at its next failure there. So spreading guesses over `n` instances buys
 //! at most `n - 1` more than against one, instead of `n` times as many. The lock-out check
 //! itself stays in memory: an authenticated request never waits for Redis because of it.
+//!
+//! What reaches Redis is bounded, since every count is a key there: key ids only when they
+//! are ids of real keys (made-up ids are counted locally), and at most
+//! `SHARED_PER_SECOND` counts a second per instance (beyond, locally, and counted in
+//! `portcullis_auth_failures_unshared_total`). So the counters in Redis number at most about
+//! `instances × SHARED_PER_SECOND × window`.
 
 use portcullis_core::text::client_source;
 use portcullis_state::FailureCounter;
@@ -26,6 +32,8 @@ const MAX_TRACKED: usize = 100_000;
 /// Shared counts in flight at most; past it (Redis slow under a flood of failures) a failure
 /// is counted locally only, rather than piling up tasks.
 const MAX_SHARED_IN_FLIGHT: usize = 1024;
+/// Failures counted in the shared state per second per instance, at most.
+const SHARED_PER_SECOND: u32 = 1000;
 
 #[derive(Clone, Copy)]
 struct Window {
@@ -110,12 +118,15 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
     }
 
     /// Locks `k` out until `until` (or later, if it already is): the shared count said so.
-    fn lock(&self, k: K, now: Instant, until: Instant) {
+    fn lock(&self, k: K, now: Instant, until: Instant, window: Duration) {
         let Ok(mut map) = self.map.lock() else {
             return;
         };
         if map.len() >= MAX_TRACKED && !map.contains_key(&k) {
-            map.retain(|_, w| w.locked_until.is_some_and(|u| u > now));
+            // As in `fail`: counts still running are kept, not only lock-outs.
+            map.retain(|_, w| {
+                w.locked_until.is_some_and(|u| u > now) || now.duration_since(w.started) < window
+            });
             if map.len() >= MAX_TRACKED {
                 return;
             }
@@ -142,6 +153,10 @@ pub struct BruteForce {
     keys: Arc<Tracker<String>>,
     shared: Option<Arc<dyn FailureCounter>>,
     in_flight: Arc<AtomicUsize>,
+    /// The second (since `base`) that `shared_this_second` counts, and that count.
+    shared_second: AtomicU64,
+    shared_this_second: std::sync::atomic::AtomicU32,
+    base: Instant,
 }
 
 impl BruteForce {
@@ -156,6 +171,9 @@ impl BruteForce {
             keys: Arc::new(Tracker::new()),
             shared: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            shared_second: AtomicU64::new(0),
+            shared_this_second: std::sync::atomic::AtomicU32::new(0),
+            base: Instant::now(),
         }
     }
 
@@ -173,8 +191,9 @@ impl BruteForce {
         by_ip.max(by_key)
     }
 
-    /// Counts a failure; true when it just caused a lockout.
-    pub fn fail(&self, ip: IpAddr, key_id: Option<&str>) -> bool {
+    /// Counts a failure; true when it just caused a lockout. `key_known`: `key_id` is the id
+    /// of a real key (see the module's doc: only those are counted in the shared state).
+    pub fn fail(&self, ip: IpAddr, key_id: Option<&str>, key_known: bool) -> bool {
         let now = Instant::now();
         let a = self.ips.fail(
             &client_source(ip),
@@ -192,8 +211,24 @@ impl BruteForce {
                 self.cooldown,
             )
         });
-        self.count_shared(ip, key_id);
+        self.count_shared(ip, key_id.filter(|_| key_known));
         a || b
+    }
+
+    /// True while this second's budget of shared counts lasts (a fixed one-second window:
+    /// exact enough for a bound on Redis's memory).
+    fn shared_budget(&self) -> bool {
+        let second = self.base.elapsed().as_secs();
+        let seen = self.shared_second.load(Ordering::Acquire);
+        if seen != second
+            && self
+                .shared_second
+                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.shared_this_second.store(0, Ordering::Release);
+        }
+        self.shared_this_second.fetch_add(1, Ordering::AcqRel) < SHARED_PER_SECOND
     }
 
     /// Counts the failure in the shared counter in the background (the refusal does not
@@ -206,8 +241,13 @@ impl BruteForce {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if !self.shared_budget() {
+            metrics::counter!("portcullis_auth_failures_unshared_total").increment(1);
+            return;
+        }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SHARED_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("portcullis_auth_failures_unshared_total").increment(1);
             return;
         }
         let (ips, keys, in_flight) = (self.ips.clone(), self.keys.clone(), self.in_flight.clone());
@@ -229,12 +269,12 @@ impl BruteForce {
             };
             if let Some(left) = count(format!("ip:{source}")).await {
                 let now = Instant::now();
-                ips.lock(source, now, now + left.min(MAX_COOLDOWN));
+                ips.lock(source, now, now + left.min(MAX_COOLDOWN), window);
             }
             if let Some(id) = key_id {
                 if let Some(left) = count(format!("key:{id}")).await {
                     let now = Instant::now();
-                    keys.lock(id, now, now + left.min(MAX_COOLDOWN));
+                    keys.lock(id, now, now + left.min(MAX_COOLDOWN), window);
                 }
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -251,10 +291,10 @@ mod tests {
         let bf = BruteForce::new(3, Duration::from_secs(60), Duration::from_millis(50));
         let ip = IpAddr::from([192, 0, 2, 1]);
         for _ in 0..3 {
-            assert!(!bf.fail(ip, None));
+            assert!(!bf.fail(ip, None, false));
         }
         assert!(bf.locked(ip, None).is_none());
-        assert!(bf.fail(ip, None));
+        assert!(bf.fail(ip, None, false));
         assert!(bf.locked(ip, None).is_some());
         assert!(bf.locked(IpAddr::from([192, 0, 2, 2]), None).is_none());
         std::thread::sleep(Duration::from_millis(60));
@@ -266,13 +306,13 @@ mod tests {
         let bf = BruteForce::new(2, Duration::from_secs(60), Duration::from_secs(60));
         let v6 = |last: u16, net: u16| IpAddr::from([0x2001, 0xdb8, 1, net, 0, 0, 0, last]);
         for i in 1..=3 {
-            bf.fail(v6(i, 2), None);
+            bf.fail(v6(i, 2), None, false);
         }
         assert!(bf.locked(v6(9_999, 2), None).is_some(), "the same /64");
         assert!(bf.locked(v6(1, 3), None).is_none(), "another /64");
         // IPv4 stays per address.
         for _ in 0..3 {
-            bf.fail(IpAddr::from([192, 0, 2, 1]), None);
+            bf.fail(IpAddr::from([192, 0, 2, 1]), None, false);
         }
         assert!(bf.locked(IpAddr::from([192, 0, 2, 2]), None).is_none());
     }
@@ -285,12 +325,12 @@ mod tests {
         assert!(bf
             .locked(IpAddr::from([192, 0, 2, 1]), Some("k1"))
             .is_none());
-        bf.fail(IpAddr::from([192, 0, 2, 1]), Some("k1"));
+        bf.fail(IpAddr::from([192, 0, 2, 1]), Some("k1"), false);
         std::thread::sleep(Duration::from_millis(40));
         assert!(bf
             .locked(IpAddr::from([192, 0, 2, 9]), Some("k1"))
             .is_none());
-        bf.fail(IpAddr::from([192, 0, 2, 2]), Some("k2"));
+        bf.fail(IpAddr::from([192, 0, 2, 2]), Some("k2"), false);
         assert!(bf
             .locked(IpAddr::from([192, 0, 2, 9]), Some("k2"))
             .is_some());
@@ -304,10 +344,78 @@ mod tests {
     fn key_ids_are_tracked_across_addresses() {
         let bf = BruteForce::new(2, Duration::from_secs(60), Duration::from_secs(60));
         for i in 0..3u8 {
-            bf.fail(IpAddr::from([198, 51, 100, i]), Some("abcd"));
+            bf.fail(IpAddr::from([198, 51, 100, i]), Some("abcd"), false);
         }
         assert!(bf
             .locked(IpAddr::from([203, 0, 113, 9]), Some("abcd"))
             .is_some());
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use portcullis_state::StateError;
+
+    /// Records what reaches the shared state; never locks. (What the counter does with them
+    /// is tested against a real Redis in portcullis-state.)
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl FailureCounter for Recorder {
+        async fn count_failure(
+            &self,
+            key: &str,
+            _max: u32,
+            _window: Duration,
+            _cooldown: Duration,
+        ) -> Result<Option<Duration>, StateError> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key.to_string());
+            Ok(None)
+        }
+    }
+
+    fn guard(rec: &Arc<Recorder>) -> BruteForce {
+        BruteForce::new(1_000_000, Duration::from_secs(60), Duration::from_secs(60))
+            .with_shared(rec.clone())
+    }
+
+    #[tokio::test]
+    async fn only_real_key_ids_reach_the_shared_state() {
+        let rec = Arc::new(Recorder::default());
+        let bf = guard(&rec);
+        let ip = IpAddr::from([192, 0, 2, 7]);
+        bf.fail(ip, Some("madeup0000000000"), false);
+        bf.fail(ip, Some("real000000000000"), true);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let seen = rec.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(
+            seen,
+            ["ip:192.0.2.7", "ip:192.0.2.7", "key:real000000000000"],
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_shared_counts_of_one_instance_are_bounded_per_second() {
+        let rec = Arc::new(Recorder::default());
+        let bf = guard(&rec);
+        for i in 0..2_500u32 {
+            bf.fail(IpAddr::from(i.to_be_bytes()), None, false);
+            // Each count completes before the next failure: only the budget can hold one back.
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let n = rec.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // The loop takes well under two seconds, so at most two seconds' budgets.
+        assert!(n >= 1 && n <= 2 * SHARED_PER_SECOND as usize, "{n}");
     }
 }

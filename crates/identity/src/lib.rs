@@ -11,3 +11,17 @@ pub use api_key::{parse_key, ApiKeys, IssuedKey, KeyError, KeyInfo, Verified, KE
 pub use brute_force::BruteForce;
 pub use jwt::{JwtClaims, JwtError, JwtVerifier};
 pub use oauth::{OAuthError, TokenIssuer};
+
+#[cfg(test)]
+mod consumer_names {
+    /// The vault refuses consumers it does not list; the identity crate's own must be listed.
+    #[test]
+    fn the_vault_accepts_the_consumers_of_identitys_own_secrets() {
+        for c in [
+            crate::api_key::PEPPER_CONSUMER,
+            crate::oauth::SIGNING_CONSUMER,
+        ] {
+            assert!(portcullis_vault::check_consumer(c).is_ok(), "{c}");
+        }
+    }
+}

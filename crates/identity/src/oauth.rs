@@ -23,7 +23,7 @@ use std::{
 use zeroize::Zeroizing;
 
 const SIGNING_SECRET: &str = "portcullis.oauth-signing-key";
-const SIGNING_CONSUMER: &str = "gateway:oauth";
+pub(crate) const SIGNING_CONSUMER: &str = "gateway:oauth";
 /// Clock skew allowed on `exp`; a revocation is kept this much longer than the token's expiry.
 const LEEWAY_SECS: u64 = 5;
 

@@ -293,7 +293,8 @@ impl Authenticate {
             .filter(|p| p.client.enabled);
         let (Some(verified), Some(prepared)) = (verified, prepared) else {
             let key_id = presented(&req).and_then(ApiKeys::key_id_of);
-            let locked = self.guard.fail(ip, key_id);
+            let known = key_id.is_some_and(|id| self.keys.as_ref().is_some_and(|k| k.knows(id)));
+            let locked = self.guard.fail(ip, key_id, known);
             // The key id is public (it is not the secret); logging it lets an operator see
             // which key is being guessed at.
             tracing::warn!(target: "portcullis::security", event = "auth_failure", route = %self.route, client_ip = %ip, key_id, locked, "authentication failed");

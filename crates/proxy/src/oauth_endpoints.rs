@@ -173,7 +173,7 @@ pub(crate) async fn handle(
         Ok(c) => c,
         Err((e, basic)) => {
             if e == OAuthError::InvalidClient {
-                guard.fail(ip, None);
+                guard.fail(ip, None, false);
                 tracing::warn!(target: "portcullis::security", event = "auth_failure", endpoint = %path, client_ip = %ip, "OAuth client authentication failed");
             }
             return Ok(oauth_error(&e, basic));

@@ -91,6 +91,11 @@ mod tests {
     const FIRST: &str = "whsec_Zmlyc3Qtc2lnbmluZy1rZXktMTIzNDU2Nzg5MA==";
     const SECOND: &str = "whsec_c2Vjb25kLXNpZ25pbmcta2V5LTEyMzQ1Njc4OTA=";
 
+    #[test]
+    fn the_vault_accepts_the_webhook_signing_consumer() {
+        assert!(portcullis_vault::check_consumer(WEBHOOK_SIGNING_CONSUMER).is_ok());
+    }
+
     fn sig(secret: &str) -> String {
         StandardSigner::new(secret.as_bytes())
             .map(|s| s.sign("msg_1", 1_700_000_000, b"{}"))

@@ -9,6 +9,7 @@ use std::{
     io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 use zeroize::Zeroizing;
 
@@ -54,7 +55,9 @@ fn encode_key(kek: &Kek) -> Zeroizing<String> {
 /// permissions let anyone but the owner read it.
 pub struct FileKeyProvider {
     path: PathBuf,
-    create_if_missing: bool,
+    /// Cleared by the first read or creation: a key file that disappears later (a readiness
+    /// probe, a reload after a rotation elsewhere) is an error, never replaced by a new key.
+    create_if_missing: AtomicBool,
 }
 
 impl FileKeyProvider {
@@ -62,7 +65,7 @@ impl FileKeyProvider {
     pub fn new(path: impl Into<PathBuf>, create_if_missing: bool) -> Self {
         FileKeyProvider {
             path: path.into(),
-            create_if_missing,
+            create_if_missing: AtomicBool::new(create_if_missing),
         }
     }
 
@@ -114,7 +117,7 @@ impl KeyProvider for FileKeyProvider {
     }
 
     fn current(&self) -> Result<Kek, VaultError> {
-        if !self.path.exists() && self.create_if_missing {
+        if !self.path.exists() && self.create_if_missing.swap(false, Ordering::AcqRel) {
             let kek = Kek::generate()?;
             Self::write_new(&self.path, &kek)?;
             tracing::warn!(
@@ -123,7 +126,9 @@ impl KeyProvider for FileKeyProvider {
             );
             return Ok(kek);
         }
-        Self::read(&self.path)
+        let kek = Self::read(&self.path)?;
+        self.create_if_missing.store(false, Ordering::Release);
+        Ok(kek)
     }
 
     fn next(&self) -> Result<Option<Kek>, VaultError> {
@@ -154,10 +159,21 @@ impl KeyProvider for EnvKeyProvider {
     }
 
     fn current(&self) -> Result<Kek, VaultError> {
-        let v = Zeroizing::new(
-            std::env::var(MASTER_KEY_ENV)
-                .map_err(|_| VaultError::KeyAbsent(format!("{MASTER_KEY_ENV} is not set")))?,
-        );
+        // Set but empty counts as not given: CI systems define a secret's variable empty where
+        // the secret is withheld (pull requests from forks).
+        let v = match std::env::var(MASTER_KEY_ENV) {
+            Ok(v) if !v.trim().is_empty() => Zeroizing::new(v),
+            Ok(_) | Err(std::env::VarError::NotPresent) => {
+                return Err(VaultError::KeyAbsent(format!(
+                    "{MASTER_KEY_ENV} is not set"
+                )))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(VaultError::KeyProvider(format!(
+                    "{MASTER_KEY_ENV} is not base64"
+                )))
+            }
+        };
         decode_key(&v, MASTER_KEY_ENV)
     }
 

@@ -256,13 +256,20 @@ async fn consumers_expiry_and_types_are_enforced() {
         .unwrap();
     assert!(v.put("bad name!", b"v", &opts(&[])).await.is_err());
     // A consumer that no configuration can name (a typo) is refused, and nothing is stored.
-    for bad in ["rout:a", "route:", "route", "route:a b", "*"] {
+    for bad in [
+        "rout:a",
+        "route:",
+        "route",
+        "route:a b",
+        "*",
+        "gateway:webhook-signin",
+    ] {
         let err = v
             .put("typo", b"v", &opts(&["route:a", bad]))
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, VaultError::Invalid(m) if m.contains("expected route:ID")),
+            matches!(&err, VaultError::Invalid(m) if m.contains("expected route:ID") && m.contains("gateway:webhook-signing")),
             "{bad}: {err}"
         );
     }
@@ -546,4 +553,22 @@ async fn a_next_key_an_earlier_rotation_retired_is_ignored_and_never_made_active
     assert_eq!(state(new).await.as_deref(), Some("active"));
     v.put("s", b"two", &opts(&["route:r"])).await.unwrap();
     assert_eq!(v.resolve("s", "route:r").await.unwrap().expose(), b"two");
+}
+
+#[tokio::test]
+async fn a_key_file_removed_after_the_vault_opened_is_never_replaced_by_a_new_key() {
+    let env = Env::new().await;
+    // Allowed to create the key: this is the vault's first start.
+    let v = env.vault().await.unwrap();
+    let key = std::fs::read(env.key_path()).unwrap();
+    std::fs::remove_file(env.key_path()).unwrap();
+    // A readiness probe (and any reload of the provider) now finds no key, and says so.
+    let err = v.verify_own_key().await.unwrap_err();
+    assert!(matches!(err, VaultError::KeyAbsent(_)), "{err}");
+    assert!(!env.key_path().exists(), "a new master key was made up");
+    // Put back, the same process goes on with it.
+    std::fs::write(env.key_path(), &key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.key_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    v.verify_own_key().await.unwrap();
 }
