@@ -250,7 +250,7 @@ async fn an_instance_whose_key_a_rotation_retired_reports_not_ready_until_it_has
     let db = TestDb::create().await;
     let up = upstream::start(None).await;
     let cfg = format!(
-        "{}[store]\nurl = \"{}\"\n\n[vault]\nkey_file = \"master.key\"\n\n[[clients]]\nid = \"billing\"\n\n[auth.oauth2]\ntoken_ttl = \"10m\"\n\n{}",
+        "{}[store]\nurl = \"{}\"\n\n[vault]\nkey_file = \"master.key\"\n\n{}",
         server_section(""),
         db.url(),
         route(
