@@ -27,6 +27,28 @@ pub struct BootstrapLock {
     file: Option<std::fs::File>,
 }
 
+/// Who holds the start-up lock, as the server sees the session: its backend pid, client
+/// address and since when it is connected, for an operator to find (and end, with
+/// `pg_terminate_backend`) a stuck start. Empty when it cannot be read (no rights on
+/// `pg_stat_activity`'s details, or the holder just left).
+async fn holder(conn: &mut PoolConnection<Postgres>) -> String {
+    // A bigint advisory lock is keyed by its high and low 32 bits (classid, objid), objsubid 1.
+    let row = sqlx::query_as::<_, (i32, Option<String>, Option<String>)>(
+        "SELECT a.pid, host(a.client_addr), to_char(a.backend_start AT TIME ZONE 'UTC',                 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1            AND l.classid = (($1 >> 32) & 4294967295)::bigint::oid            AND l.objid = ($1 & 4294967295)::bigint::oid            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())          LIMIT 1",
+    )
+    .bind(BOOTSTRAP_LOCK)
+    .fetch_optional(&mut **conn)
+    .await;
+    match row {
+        Ok(Some((pid, addr, since))) => format!(
+            ": server process {pid}, client {}, connected since {}",
+            addr.as_deref().unwrap_or("local socket"),
+            since.as_deref().unwrap_or("unknown"),
+        ),
+        _ => String::new(),
+    }
+}
+
 impl BootstrapLock {
     /// The lock of a store with one process (SQLite): there is no one to take turns with.
     pub(crate) fn uncontended() -> Self {
@@ -77,9 +99,10 @@ impl BootstrapLock {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(StoreError::Busy(
-                    "another instance has been starting for too long (it holds the start-up lock)",
-                ));
+                let holder = holder(&mut conn).await;
+                return Err(StoreError::Busy(format!(
+                    "another instance has been starting for too long (it holds the start-up lock{holder})"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -128,7 +151,7 @@ impl BootstrapLock {
             }
             if Instant::now() >= deadline {
                 return Err(StoreError::Busy(
-                    "another process has been starting on this database for too long (it holds the start-up lock)",
+                    "another process has been starting on this database for too long (it holds the start-up lock)".into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -153,7 +176,7 @@ impl BootstrapLock {
             Ok(false) => {
                 drop(conn.detach());
                 Err(StoreError::Busy(
-                    "the start-up lock was not held by this session (use a direct connection or a session-mode pooler)",
+                    "the start-up lock was not held by this session (use a direct connection or a session-mode pooler)".into(),
                 ))
             }
             Err(e) => {
@@ -171,5 +194,43 @@ impl Drop for BootstrapLock {
         if let Some(conn) = self.conn.take() {
             drop(conn.detach());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_start_that_waits_too_long_names_the_session_holding_the_lock() {
+        let db = crate::testing::TestDb::create().await;
+        let pool = PgPool::connect(&db.url()).await.expect("connect");
+        let held = BootstrapLock::postgres(&pool, Duration::from_secs(1))
+            .await
+            .expect("first start takes the lock");
+        let holder_pid: i32 = {
+            let mut c = pool.acquire().await.expect("conn");
+            // The session that holds it, as the server reports it.
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = ($1 & 4294967295)::bigint::oid",
+            )
+            .bind(BOOTSTRAP_LOCK)
+            .fetch_one(&mut *c)
+            .await
+            .expect("the lock is visible")
+        };
+        let err = match BootstrapLock::postgres(&pool, Duration::from_millis(300)).await {
+            Ok(_) => panic!("a second start took a held lock"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!(
+                "server process {holder_pid}, client 127.0.0.1, connected since 20"
+            )),
+            "{err}"
+        );
+        held.release().await.expect("release");
+        let again = BootstrapLock::postgres(&pool, Duration::from_secs(1)).await;
+        assert!(again.is_ok(), "free again after the release");
     }
 }

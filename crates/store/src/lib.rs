@@ -54,7 +54,7 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     /// Another process holds what this one waited for.
     #[error("the store is busy: {0}")]
-    Busy(&'static str),
+    Busy(String),
     /// A write lost to a concurrent one and changed nothing; reading again and retrying is
     /// safe.
     #[error("a concurrent write won: {0}")]
