@@ -24,7 +24,7 @@ pub(crate) struct Running {
     admin_shutdown: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
-    _log: Arc<LogGuard>,
+    log: Arc<LogGuard>,
 }
 
 pub(crate) async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -212,7 +212,7 @@ pub(crate) async fn start(
         tasks,
         admin_shutdown,
         admin_task,
-        _log: log,
+        log,
     })
 }
 
@@ -221,10 +221,14 @@ impl Running {
     /// the drain ends the process at once (exit 1), as operators expect of a second Ctrl-C.
     pub(crate) async fn wait_for_signal(self) {
         wait_for_stop_signal().await;
-        tokio::spawn(async {
+        let log = self.log.closer();
+        tokio::spawn(async move {
             wait_for_stop_signal().await;
             eprintln!("portcullis: second stop signal: exiting without waiting for the drain");
             tracing::warn!("second stop signal: exiting without waiting for the drain");
+            // exit() runs no destructor: write out the log lines still queued (access lines
+            // of the requests that did finish, this warning) first.
+            log.close();
             std::process::exit(1);
         });
         self.stop().await;

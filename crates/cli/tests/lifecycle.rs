@@ -754,3 +754,37 @@ async fn demo_commands_work_as_printed() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_second_stop_signal_exits_at_once_and_still_writes_the_queued_log_lines() {
+    let up = upstream::start(None).await;
+    let slow = route("slow", "[\"GET\"]", "/sleep/{ms}", &up.url(), "");
+    let mut gw = Gw::start(&format!(
+        "{}{slow}",
+        server_section("header_read_timeout = \"60s\"")
+    ));
+    // A request the drain would wait for (the tests' grace period is 10 s).
+    let url = gw.url("/sleep/30000");
+    let _pending = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    let arrived =
+        tokio::time::timeout(Duration::from_secs(10), up.arrivals.lock().await.recv()).await;
+    assert!(arrived.is_ok());
+    gw.signal("TERM");
+    assert!(gw
+        .stdout
+        .wait_for(&["draining"], Duration::from_secs(10))
+        .is_some());
+    gw.signal("TERM");
+    let exit = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("a second signal did not end the process");
+    assert_eq!(exit.code(), Some(1));
+    // The warning is logged right before the exit: it reaches the log only if the queued
+    // lines are written out first.
+    let out = gw.stdout.all();
+    assert!(
+        out.lines().any(|l| l.contains("\"level\":\"WARN\"")
+            && l.contains("second stop signal: exiting without waiting for the drain")),
+        "{out}"
+    );
+}

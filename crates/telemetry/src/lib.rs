@@ -15,3 +15,4 @@ pub use access::{log_access, AccessRecord, JsonLine};
 pub use logging::{init_logging, LogGuard, LogSink};
 pub use metrics_export::{init_metrics, method_label, Metrics};
 pub use redact::{Redactor, REDACTED};
+pub use writer::LogCloser;

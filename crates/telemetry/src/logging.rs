@@ -29,6 +29,12 @@ pub struct LogGuard {
 }
 
 impl LogGuard {
+    /// A handle to write out the pending log lines from a task that ends the process at
+    /// once (`std::process::exit` drops no guard).
+    pub fn closer(&self) -> crate::writer::LogCloser {
+        self._writer.closer()
+    }
+
     /// Applies a reloaded `[logging]` section (level and redaction lists; the format is fixed
     /// at start-up).
     pub fn apply(&self, cfg: &LoggingConfig) {

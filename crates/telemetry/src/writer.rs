@@ -152,20 +152,45 @@ pub(crate) struct WriterGuard {
     thread: Option<JoinHandle<()>>,
 }
 
+impl WriterGuard {
+    /// A handle that can write out what is pending from elsewhere (a task that is about to
+    /// end the process, where this guard would never be dropped).
+    pub(crate) fn closer(&self) -> LogCloser {
+        LogCloser {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Writes out every pending line and stops taking new ones; see [`WriterGuard::closer`].
+#[derive(Clone)]
+pub struct LogCloser {
+    shared: Arc<Shared>,
+}
+
+impl LogCloser {
+    /// Closes the writer and waits (at most the shutdown bound) for its last batch. Lines
+    /// logged after this are dropped. True when the last batch was written.
+    pub fn close(&self) -> bool {
+        close(&self.shared)
+    }
+}
+
+fn close(shared: &Shared) -> bool {
+    let mut p = shared.lock();
+    p.closed = true;
+    // The writer and this thread share the condition variable: wake everyone.
+    shared.wake.notify_all();
+    let (p, timeout) = shared
+        .wake
+        .wait_timeout_while(p, shared.limits.shutdown_wait, |p| !p.finished)
+        .unwrap_or_else(PoisonError::into_inner);
+    p.finished && !timeout.timed_out()
+}
+
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        let mut p = self.shared.lock();
-        p.closed = true;
-        // The writer and this thread share the condition variable: wake everyone.
-        self.shared.wake.notify_all();
-        let (p, timeout) = self
-            .shared
-            .wake
-            .wait_timeout_while(p, self.shared.limits.shutdown_wait, |p| !p.finished)
-            .unwrap_or_else(PoisonError::into_inner);
-        let finished = p.finished;
-        drop(p);
-        if let (true, Some(t)) = (finished && !timeout.timed_out(), self.thread.take()) {
+        if let (true, Some(t)) = (close(&self.shared), self.thread.take()) {
             let _ = t.join();
         }
         // Otherwise the thread is left to finish (or block) on its own.
