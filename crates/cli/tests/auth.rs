@@ -235,6 +235,39 @@ async fn api_keys_authenticate_and_scopes_authorize() {
 }
 
 #[tokio::test]
+async fn a_locked_key_id_refuses_guesses_but_not_the_keys_owner() {
+    let up = upstream::start(None).await;
+    let cfg = format!(
+        "{}[auth]\nbrute_force = {{ max_failures = 3, window = \"1m\", cooldown = \"1m\" }}\n",
+        config(&up.url(), "")
+    );
+    let gw = Gw::start(&cfg);
+    let key = gw.issue_key("billing").await;
+    // The id is the public part: pcl_<id>_<secret>.
+    let id = key.split('_').nth(1).unwrap().to_string();
+    let guess = format!("pcl_{id}_{}", "C".repeat(43));
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let get = |c: reqwest::Client, k: String| {
+        let url = gw.url("/orders/1");
+        async move { c.get(url).bearer_auth(k).send().await.unwrap().status().as_u16() }
+    };
+    // Guesses from four addresses: no address reaches its own limit, the key id passes its.
+    for last in 2..=5 {
+        assert_eq!(get(from(last), guess.clone()).await, 401);
+    }
+    // The next guess, from yet another address, is refused as locked out...
+    assert_eq!(get(from(6), guess.clone()).await, 429);
+    // ...but the key's owner, who holds the secret, is not shut out by whoever saw the id.
+    assert_eq!(get(from(7), key.clone()).await, 200);
+    assert_eq!(get(from(6), guess).await, 429);
+}
+
+#[tokio::test]
 async fn repeated_failures_lock_the_source_out() {
     let up = upstream::start(None).await;
     let cfg = format!(

@@ -191,6 +191,11 @@ impl BruteForce {
         by_ip.max(by_key)
     }
 
+    /// How long key id `key_id` alone must still wait, if it is locked out.
+    pub fn locked_key(&self, key_id: &str) -> Option<Duration> {
+        self.keys.locked(key_id, Instant::now())
+    }
+
     /// Counts a failure; true when it just caused a lockout. `key_known`: `key_id` is the id
     /// of a real key (see the module's doc: only those are counted in the shared state).
     pub fn fail(&self, ip: IpAddr, key_id: Option<&str>, key_known: bool) -> bool {

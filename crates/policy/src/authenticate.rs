@@ -215,15 +215,20 @@ impl Policy for Authenticate {
         let Some(key) = presented(&req) else {
             return self.without_credential(req, ip, cert).into();
         };
-        // Split once, for the lockout (by key id) and the verification.
-        let parts = parse_key(key);
-        if let Some(wait) = self.guard.locked(ip, parts.map(|(id, _)| id)) {
+        // A locked-out address is refused outright. A locked-out key id only when the key does
+        // not verify: the id is public (it is printed in key lists and logs), so refusing the
+        // real key too would let anyone who has seen the id shut its workflow out. Guessing
+        // its secret stays refused, and a 256-bit secret is not guessed in a cool-down.
+        if let Some(wait) = self.guard.locked(ip, None) {
             return Err(GatewayError::TooManyRequests { retry_after: wait }).into();
         }
+        // Split once, for the lockout (by key id) and the verification.
+        let parts = parse_key(key);
+        let key_locked = parts.and_then(|(id, _)| self.guard.locked_key(id));
         if key.starts_with(portcullis_identity::KEY_PREFIX) {
             let verified = parts.and_then(|(id, secret)| self.check_key(id, secret));
             if verified.is_some() || parts.is_none() || self.keys.is_none() {
-                return self.finish(req, ip, verified).into();
+                return self.finish(req, ip, verified, key_locked).into();
             }
             // A key that fails here may have been issued (or re-issued) through another
             // instance a moment ago: look again after a shared, rate-limited reload before
@@ -233,7 +238,7 @@ impl Policy for Authenticate {
                     Some((id, secret)) => self.check_key_fresh(id, secret).await,
                     None => None,
                 };
-                self.finish(req, ip, verified)
+                self.finish(req, ip, verified, key_locked)
             });
         }
         Step::later(async move {
@@ -241,7 +246,7 @@ impl Policy for Authenticate {
                 Some(token) => self.check_token(token).await,
                 None => None,
             };
-            self.finish(req, ip, verified)
+            self.finish(req, ip, verified, key_locked)
         })
     }
 }
@@ -280,18 +285,24 @@ impl Authenticate {
         Err(GatewayError::Unauthorized { presented: false })
     }
 
-    /// The request phase once the credential was verified (`verified`) or refused (`None`).
+    /// The request phase once the credential was verified (`verified`) or refused (`None`);
+    /// `key_locked`: the presented key id is locked out for that long.
     fn finish(
         &self,
         mut req: Request<Body>,
         ip: std::net::IpAddr,
         verified: Option<Verified>,
+        key_locked: Option<std::time::Duration>,
     ) -> Result<Flow, GatewayError> {
         let prepared = verified
             .as_ref()
             .and_then(|v| self.prepared.get(v.client_id.as_ref()))
             .filter(|p| p.client.enabled);
         let (Some(verified), Some(prepared)) = (verified, prepared) else {
+            // A locked key id counts no more failures; it answers as locked.
+            if let Some(wait) = key_locked {
+                return Err(GatewayError::TooManyRequests { retry_after: wait });
+            }
             let key_id = presented(&req).and_then(ApiKeys::key_id_of);
             let known = key_id.is_some_and(|id| self.keys.as_ref().is_some_and(|k| k.knows(id)));
             let locked = self.guard.fail(ip, key_id, known);
