@@ -286,6 +286,7 @@ pub(crate) async fn run_vault(
     config: Option<PathBuf>,
     cmd: VaultCommand,
 ) -> anyhow::Result<ExitCode> {
+    let cfg = crate::state::load_config(&config)?;
     let (vault, _log) = open(&config).await?;
     match cmd {
         VaultCommand::RotateKek { batch } => {
@@ -295,6 +296,14 @@ pub(crate) async fn run_vault(
                     "master key rotated: {} data keys rewrapped; now using key {}",
                     p.rewrapped, p.kek_id
                 );
+                // The old key is gone from this machine: say where the new one is and what
+                // the other instances need.
+                if let VaultKeyProvider::File(path) = &cfg.vault.key_provider {
+                    println!(
+                        "{} now holds the new key: back it up, and copy it to every other instance sharing this store (until then their /readyz answers 503)",
+                        path.display()
+                    );
+                }
             } else {
                 println!(
                     "rotation in progress: {} data keys rewrapped this run; run again to continue",

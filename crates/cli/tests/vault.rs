@@ -361,6 +361,12 @@ async fn master_key_rotation_from_the_cli_keeps_a_running_gateway_serving() {
         out.contains("master key rotated: ") && out.contains("data keys rewrapped"),
         "{out}"
     );
+    // It says where the new key now is, and that the other instances need it.
+    assert!(
+        out.contains(&format!("{} now holds the new key", key.display()))
+            && out.contains("every other instance"),
+        "{out}"
+    );
     assert_ne!(std::fs::read(&key).unwrap(), before);
     // The gateway drops its cache (change watch) and decrypts under the new key.
     let deadline = Instant::now() + Duration::from_secs(10);
