@@ -21,14 +21,16 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
             None => eprintln!("{file}: error: {e}"),
         }
     }
-    if !errors.is_empty() {
-        return Ok(ExitCode::from(EXIT_CONFIG));
-    }
+    // Warnings too when there are errors: whoever fixes the errors sees the whole picture in
+    // one round (a key not verified here, say), as for errors in the file itself.
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
     for n in &notes {
         eprintln!("{file}: warning: {n}");
+    }
+    if !errors.is_empty() {
+        return Ok(ExitCode::from(EXIT_CONFIG));
     }
     let warnings = loaded
         .warnings
@@ -151,6 +153,9 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
             }
             // A key that is given but malformed, unsafe, wrong or retired would stop the
             // gateway here too.
+            Err(e @ VaultError::KeyProvider(_)) => {
+                return (vec![(e.to_string(), None)], Vec::new())
+            }
             Err(e) => return (vec![(format!("the master key: {e}"), None)], Vec::new()),
         }
         (Catalog::new(store), warnings)

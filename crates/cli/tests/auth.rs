@@ -254,7 +254,15 @@ async fn a_locked_key_id_refuses_guesses_but_not_the_keys_owner() {
     };
     let get = |c: reqwest::Client, k: String| {
         let url = gw.url("/orders/1");
-        async move { c.get(url).bearer_auth(k).send().await.unwrap().status().as_u16() }
+        async move {
+            c.get(url)
+                .bearer_auth(k)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     // Guesses from four addresses: no address reaches its own limit, the key id passes its.
     for last in 2..=5 {

@@ -240,6 +240,28 @@ async fn check_on_a_shared_database_changes_nothing_in_it() {
     let (code, _, err) = run_cli(&["check", path.to_str().unwrap()], checker.path());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("does not exist"), "{err}");
+    // Without the key and with an error: the warning that the key was not verified is
+    // shown beside the error, not held back until the error is fixed.
+    let both = std::fs::read_to_string(checker.path().join("ci.toml"))
+        .unwrap()
+        .replace("secret:backend-token", "secret:nope");
+    let path = checker.path().join("missing-ci.toml");
+    std::fs::write(&path, both).unwrap();
+    let (code, _, err) = run_cli(&["check", path.to_str().unwrap()], checker.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("master key was not verified here"),
+        "{err}"
+    );
+    // A malformed key's error says "master key" once.
+    let (_, _, err) = run_cli(
+        &[
+            "check",
+            checker.path().join("garbled.toml").to_str().unwrap(),
+        ],
+        checker.path(),
+    );
+    assert!(!err.contains("master key: master key"), "{err}");
 
     assert_eq!(ro.vault().keks().await.unwrap(), keks, "no key registered");
     assert_eq!(ro.vault().epoch().await.unwrap(), epoch, "nothing written");

@@ -173,7 +173,8 @@ impl RedisLimiter {
                 redis = %self.target,
                 error = why,
                 "shared state unreachable: rate limits follow each route's shared_state_failure \
-                 choice, and egress OAuth tokens are cached per instance, until it is back"
+                 choice, egress OAuth tokens are cached and authentication failures counted \
+                 per instance, until it is back"
             );
         }
         LimiterError::Unavailable(why.to_string())

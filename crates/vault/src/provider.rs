@@ -165,7 +165,7 @@ impl KeyProvider for EnvKeyProvider {
             Ok(v) if !v.trim().is_empty() => Zeroizing::new(v),
             Ok(_) | Err(std::env::VarError::NotPresent) => {
                 return Err(VaultError::KeyAbsent(format!(
-                    "{MASTER_KEY_ENV} is not set"
+                    "{MASTER_KEY_ENV} is not set (or is empty)"
                 )))
             }
             Err(std::env::VarError::NotUnicode(_)) => {
