@@ -80,18 +80,21 @@ pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableC
 /// each with the (consumer, secret) reference it is about, and warnings). Never creates state:
 /// without a store file or key there is nothing to check.
 async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
-    let mut refs: Vec<(String, String)> = cfg
-        .routes
-        .iter()
-        .flat_map(|r| {
-            r.upstream_headers.iter().filter_map(|h| {
-                h.value
-                    .secret
-                    .as_ref()
-                    .map(|s| (r.consumer(), s.name.clone()))
-            })
-        })
-        .collect();
+    let mut refs: Vec<(String, String)> = Vec::new();
+    // References to one field of a structured secret: (consumer, name, field).
+    let mut fields: Vec<(String, String, String)> = Vec::new();
+    for r in &cfg.routes {
+        for s in r
+            .upstream_headers
+            .iter()
+            .filter_map(|h| h.value.secret.as_ref())
+        {
+            refs.push((r.consumer(), s.name.clone()));
+            if let Some(f) = &s.field {
+                fields.push((r.consumer(), s.name.clone(), f.clone()));
+            }
+        }
+    }
     // Webhook signing secrets, the gateway's own webhook signing secret, and integration
     // credentials are bound to their consumers the same way.
     for w in &cfg.webhooks {
@@ -205,6 +208,22 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
             Ok(_) => continue,
         };
         errors.push((problem, Some((consumer, name))));
+    }
+    // A field of a value that is no JSON object would fail every request (503) at run time.
+    for (consumer, name, field) in fields {
+        let Ok(info) = catalog.show(&name).await else {
+            continue;
+        };
+        let kind = portcullis_vault::SecretType::parse(&info.secret_type).ok();
+        if kind.and_then(|k| k.has_fields()) == Some(false) {
+            errors.push((
+                format!(
+                    "{consumer} references field {field:?} of secret {name:?}, but a {} secret is not a JSON object and has no fields",
+                    info.secret_type
+                ),
+                Some((consumer, name)),
+            ));
+        }
     }
     warnings.extend(
         catalog

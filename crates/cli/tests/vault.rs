@@ -281,6 +281,70 @@ async fn check_refuses_references_from_consumers_the_secret_is_not_bound_to() {
 }
 
 #[tokio::test]
+async fn check_refuses_a_field_of_a_secret_that_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let config = format!(
+        "{}{}{}",
+        server_section(""),
+        route(
+            "a",
+            "[\"GET\"]",
+            "/a",
+            "http://127.0.0.1:9",
+            "upstream_headers = { x-token = \"{secret:tok#password}\" }"
+        ),
+        route(
+            "b",
+            "[\"GET\"]",
+            "/b",
+            "http://127.0.0.1:9",
+            "upstream_headers = { x-pass = \"{secret:login#password}\" }"
+        ),
+    );
+    std::fs::write(&cfg, &config).unwrap();
+    let put = |args: &[&str], value: &str| {
+        let (code, _, err) = cli(&cfg, args, Some(value));
+        assert_eq!(code, 0, "{err}");
+    };
+    put(
+        &[
+            "secret",
+            "put",
+            "tok",
+            "--type",
+            "bearer_token",
+            "--consumer",
+            "route:a",
+        ],
+        "token-value",
+    );
+    put(
+        &[
+            "secret",
+            "put",
+            "login",
+            "--type",
+            "basic_credentials",
+            "--consumer",
+            "route:b",
+        ],
+        "{\"username\":\"u\",\"password\":\"p\"}",
+    );
+    let out = Command::new(BIN).arg("check").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("route:a references field \"password\" of secret \"tok\", but a bearer_token secret is not a JSON object"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("route:b"),
+        "a structured secret's field is fine: {err}"
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_or_exposed_master_key_stops_start_up() {
     let config = format!(
         "{}{}",

@@ -63,6 +63,16 @@ impl SecretType {
             })
     }
 
+    /// Whether a value of this type is a JSON object, so that `{secret:NAME#field}` can take
+    /// one of its fields: yes for the structured types, no for tokens and keys, and unknown
+    /// for `opaque` (any bytes, a JSON object among them).
+    pub fn has_fields(self) -> Option<bool> {
+        match self {
+            Self::Opaque => None,
+            t => Some(!t.required_fields().is_empty()),
+        }
+    }
+
     fn required_fields(self) -> &'static [&'static str] {
         match self {
             Self::BasicCredentials => &["username", "password"],
