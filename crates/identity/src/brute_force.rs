@@ -1,6 +1,8 @@
 //! Brute-force lockout: authentication failures are counted per source IP and per key id in a
-//! fixed window; past the threshold the source is refused for a cool-down period. Memory is
-//! bounded: at most `MAX_TRACKED` sources of each kind are tracked.
+//! fixed window; past the threshold the source is refused for a cool-down period (an address
+//! for every request; a key id, by the authentication policy, for attempts that do not verify,
+//! so whoever saw a public key id cannot shut its owner out). Memory is bounded: at most
+//! `MAX_TRACKED` sources of each kind are tracked.
 //!
 //! With a shared counter (Redis, for several instances), each failure is also counted there,
 //! after the refusal is sent: a source over the threshold in the shared count is locked out
