@@ -31,6 +31,9 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// Bearer token required by the vault endpoints.
     pub token: Arc<zeroize::Zeroizing<String>>,
+    /// Whether the last readiness probe failed: the log says when readiness is lost and
+    /// when it comes back, not once per probe.
+    pub unready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The admin routes.
@@ -191,17 +194,23 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     };
     // Bounded: a database that stopped answering must not hold the probe past its own
     // timeout (Kubernetes' default is 1 s), or the answer would be the prober's, not ours.
-    match tokio::time::timeout(READY_WAIT, checks).await {
-        Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: not ready");
-            problem(GatewayError::Unavailable { retry_after: None })
+    use std::sync::atomic::Ordering;
+    let why = match tokio::time::timeout(READY_WAIT, checks).await {
+        Ok(Ok(())) => {
+            if s.unready.swap(false, Ordering::AcqRel) {
+                tracing::info!("readiness: ready again");
+            }
+            return Json(serde_json::json!({ "status": "ready" })).into_response();
         }
-        Err(_) => {
-            tracing::warn!(wait = ?READY_WAIT, "readiness: the store did not answer");
-            problem(GatewayError::Unavailable { retry_after: None })
-        }
+        Ok(Err(e)) => e,
+        Err(_) => format!("the store did not answer within {READY_WAIT:?}"),
+    };
+    if s.unready.swap(true, Ordering::AcqRel) {
+        tracing::debug!(error = %why, "readiness: still not ready");
+    } else {
+        tracing::warn!(error = %why, "readiness: not ready");
     }
+    problem(GatewayError::Unavailable { retry_after: None })
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

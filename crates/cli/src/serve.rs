@@ -150,6 +150,7 @@ pub(crate) async fn start(
         store,
         metrics,
         token: Arc::new(token),
+        unready: Arc::default(),
     };
     let (admin_shutdown, admin_signal) = watch::channel(false);
     let limits = AdminLimits {

@@ -325,7 +325,10 @@ async fn an_instance_whose_key_a_rotation_retired_reports_not_ready_until_it_has
     assert_eq!(res.status(), 503);
     assert!(res.text().await.unwrap().contains("credential-unavailable"));
 
-    // Given the new key (no restart), it is ready again.
+    // Probed again meanwhile: still 503, and logged once, not once per probe.
+    assert_eq!((ready(&gw1).await, ready(&gw1).await), (503, 503));
+
+    // Given the new key (no restart), it is ready again, and the log says so.
     let path = gw1.dir.path().join("master.key");
     std::fs::write(
         &path,
@@ -333,6 +336,12 @@ async fn an_instance_whose_key_a_rotation_retired_reports_not_ready_until_it_has
     )
     .unwrap();
     assert_eq!(ready(&gw1).await, 200);
+    assert!(gw1
+        .stdout
+        .wait_for(&["readiness: ready again"], Duration::from_secs(5))
+        .is_some());
+    let all = gw1.stdout.all();
+    assert_eq!(all.matches("readiness: not ready").count(), 1, "{all}");
     assert_eq!(
         client().get(gw1.url("/a")).send().await.unwrap().status(),
         200
