@@ -143,7 +143,7 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
             return (
                 Vec::new(),
                 vec![format!(
-                    "cannot read the vault in the store (not created yet?), so secret references were not checked: {e}"
+                    "the store has no readable vault yet (has a gateway started on this database?), so secret references were not checked (the database said: {e})"
                 )],
             );
         }
