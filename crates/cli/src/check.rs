@@ -209,19 +209,32 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
         };
         errors.push((problem, Some((consumer, name))));
     }
-    // A field of a value that is no JSON object would fail every request (503) at run time.
+    // A field that the value may not have answers 503 on every request at run time. Only the
+    // structured types guarantee their fields; any other value may or may not be a JSON
+    // object with it, which only the decrypted value tells, so these are warnings.
     for (consumer, name, field) in fields {
         let Ok(info) = catalog.show(&name).await else {
             continue;
         };
-        let kind = portcullis_vault::SecretType::parse(&info.secret_type).ok();
-        if kind.and_then(|k| k.has_fields()) == Some(false) {
-            errors.push((
+        let Ok(kind) = portcullis_vault::SecretType::parse(&info.secret_type) else {
+            continue;
+        };
+        let known = kind.fields();
+        let note = if known.is_empty() {
+            (kind != portcullis_vault::SecretType::Opaque)
+                .then(|| format!("a {} secret has no fields of its own", info.secret_type))
+        } else {
+            (!known.contains(&field.as_str())).then(|| {
                 format!(
-                    "{consumer} references field {field:?} of secret {name:?}, but a {} secret is not a JSON object and has no fields",
-                    info.secret_type
-                ),
-                Some((consumer, name)),
+                    "a {} secret's fields are {}",
+                    info.secret_type,
+                    known.join(", ")
+                )
+            })
+        };
+        if let Some(note) = note {
+            warnings.push(format!(
+                "{consumer} references field {field:?} of secret {name:?}, but {note}: unless its value is a JSON object with that field, every request answers 503"
             ));
         }
     }

@@ -272,7 +272,28 @@ async fn a_locked_key_id_refuses_guesses_but_not_the_keys_owner() {
     assert_eq!(get(from(6), guess.clone()).await, 429);
     // ...but the key's owner, who holds the secret, is not shut out by whoever saw the id.
     assert_eq!(get(from(7), key.clone()).await, 200);
-    assert_eq!(get(from(6), guess).await, 429);
+    // Guesses at the locked id still count against the guessing address: its fourth locks it
+    // out, for the real key as well, and every guess is logged.
+    for _ in 0..3 {
+        assert_eq!(get(from(6), guess.clone()).await, 429);
+    }
+    assert_eq!(get(from(6), key.clone()).await, 429);
+    assert_eq!(get(from(7), key).await, 200);
+    // (The log is written in batches: wait for the lines, at most 5 s.)
+    let logged = || {
+        gw.stdout
+            .all()
+            .lines()
+            .filter(|l| l.contains("auth_failure") && l.contains("\"client_ip\":\"127.0.0.6\""))
+            .count()
+    };
+    for _ in 0..50 {
+        if logged() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logged(), 4, "{}", gw.stdout.all());
 }
 
 #[tokio::test]

@@ -299,19 +299,20 @@ impl Authenticate {
             .and_then(|v| self.prepared.get(v.client_id.as_ref()))
             .filter(|p| p.client.enabled);
         let (Some(verified), Some(prepared)) = (verified, prepared) else {
-            // A locked key id counts no more failures; it answers as locked.
-            if let Some(wait) = key_locked {
-                return Err(GatewayError::TooManyRequests { retry_after: wait });
-            }
+            // Counted and logged like any failure, against a locked key id too: a guess at it
+            // still counts against the guessing address (and keeps the id locked).
             let key_id = presented(&req).and_then(ApiKeys::key_id_of);
             let known = key_id.is_some_and(|id| self.keys.as_ref().is_some_and(|k| k.knows(id)));
-            let locked = self.guard.fail(ip, key_id, known);
+            let locked = self.guard.fail(ip, key_id, known) || key_locked.is_some();
             // The key id is public (it is not the secret); logging it lets an operator see
             // which key is being guessed at.
             tracing::warn!(target: "portcullis::security", event = "auth_failure", route = %self.route, client_ip = %ip, key_id, locked, "authentication failed");
             metrics::counter!("portcullis_auth_failures_total", "route" => self.route.to_string())
                 .increment(1);
-            return Err(GatewayError::Unauthorized { presented: true });
+            return Err(match key_locked {
+                Some(wait) => GatewayError::TooManyRequests { retry_after: wait },
+                None => GatewayError::Unauthorized { presented: true },
+            });
         };
         let client = &prepared.client;
         if !client.ip_rules.admits(&ip) {

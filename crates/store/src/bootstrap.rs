@@ -29,8 +29,8 @@ pub struct BootstrapLock {
 
 /// Who holds the start-up lock, as the server sees the session: its backend pid, client
 /// address and since when it is connected, for an operator to find (and end, with
-/// `pg_terminate_backend`) a stuck start. Empty when it cannot be read (no rights on
-/// `pg_stat_activity`'s details, or the holder just left).
+/// `pg_terminate_backend`) a stuck start. The pid alone when this role may not see the
+/// holder's details; empty when it cannot be read at all (the holder just left).
 async fn holder(conn: &mut PoolConnection<Postgres>) -> String {
     // A bigint advisory lock is keyed by its high and low 32 bits (classid, objid), objsubid 1.
     let row = sqlx::query_as::<_, (i32, Option<String>, Option<String>)>(
@@ -40,10 +40,14 @@ async fn holder(conn: &mut PoolConnection<Postgres>) -> String {
     .fetch_optional(&mut **conn)
     .await;
     match row {
-        Ok(Some((pid, addr, since))) => format!(
-            ": server process {pid}, client {}, connected since {}",
+        // Without the rights to see other roles' sessions (pg_read_all_stats), the server
+        // shows the pid only.
+        Ok(Some((pid, _, None))) => {
+            format!(": server process {pid}; its details are not visible to this role")
+        }
+        Ok(Some((pid, addr, Some(since)))) => format!(
+            ": server process {pid}, client {}, connected since {since}",
             addr.as_deref().unwrap_or("local socket"),
-            since.as_deref().unwrap_or("unknown"),
         ),
         _ => String::new(),
     }
@@ -211,8 +215,12 @@ mod tests {
         let holder_pid: i32 = {
             let mut c = pool.acquire().await.expect("conn");
             // The session that holds it, as the server reports it.
+            // Other tests take the same lock in their own databases at the same time.
             sqlx::query_scalar(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = ($1 & 4294967295)::bigint::oid",
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                 AND classid = (($1 >> 32) & 4294967295)::bigint::oid \
+                 AND objid = ($1 & 4294967295)::bigint::oid \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .bind(BOOTSTRAP_LOCK)
             .fetch_one(&mut *c)

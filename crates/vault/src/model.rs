@@ -63,14 +63,10 @@ impl SecretType {
             })
     }
 
-    /// Whether a value of this type is a JSON object, so that `{secret:NAME#field}` can take
-    /// one of its fields: yes for the structured types, no for tokens and keys, and unknown
-    /// for `opaque` (any bytes, a JSON object among them).
-    pub fn has_fields(self) -> Option<bool> {
-        match self {
-            Self::Opaque => None,
-            t => Some(!t.required_fields().is_empty()),
-        }
+    /// The fields every value of this type has (a JSON object's): empty for the types whose
+    /// values are any bytes (`opaque`, tokens, keys), which may still be JSON objects.
+    pub fn fields(self) -> &'static [&'static str] {
+        self.required_fields()
     }
 
     fn required_fields(self) -> &'static [&'static str] {
