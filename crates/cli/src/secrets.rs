@@ -203,10 +203,25 @@ fn print_info(s: &SecretInfo) {
     }
 }
 
+/// Warns (the write still happens: the route may be added next) about consumers that
+/// nothing in this configuration is, which is most often a typo in an id.
+fn warn_undeclared(cfg: &Config, consumers: &[String]) {
+    let declared = |c: &str| {
+        portcullis_vault::GATEWAY_CONSUMERS.contains(&c)
+            || cfg.routes.iter().any(|r| r.consumer() == c)
+            || cfg.webhooks.iter().any(|w| w.consumer() == c)
+            || cfg.integrations.iter().any(|i| i.consumer() == c)
+    };
+    for c in consumers.iter().filter(|c| !declared(c)) {
+        eprintln!("warning: consumer {c:?} is not declared in this configuration (no route, webhook or integration with that id); the secret is stored, but nothing here can use it yet");
+    }
+}
+
 pub(crate) async fn run_secret(
     config: Option<PathBuf>,
     cmd: SecretCommand,
 ) -> anyhow::Result<ExitCode> {
+    let cfg = crate::state::load_config(&config)?;
     let (vault, _log) = open(&config).await?;
     match cmd {
         SecretCommand::Put {
@@ -214,6 +229,7 @@ pub(crate) async fn run_secret(
             opts,
             from_file,
         } => {
+            warn_undeclared(&cfg, &opts.consumers);
             let value = read_value(&from_file)?;
             let v = vault.put(&name, &value, &opts.options(None)?).await?;
             println!("stored {name} version {v}");
@@ -224,6 +240,7 @@ pub(crate) async fn run_secret(
             grace,
             from_file,
         } => {
+            warn_undeclared(&cfg, &opts.consumers);
             let value = read_value(&from_file)?;
             let v = vault
                 .rotate(&name, &value, &opts.options(grace.map(Into::into))?)
@@ -264,6 +281,7 @@ pub(crate) async fn run_secret(
             expires,
             grace,
         } => {
+            warn_undeclared(&cfg, &consumers);
             let opts = PutOptions {
                 consumers: (!consumers.is_empty()).then_some(consumers),
                 expires_in: expires.map(Into::into),

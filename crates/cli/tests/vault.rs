@@ -268,6 +268,19 @@ async fn check_refuses_references_from_consumers_the_secret_is_not_bound_to() {
         Some("value"),
     );
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not declared"), "{err}");
+    // A consumer this configuration does not declare (a typo in the id, most often): stored,
+    // with a warning.
+    let (code, _, err) = cli(
+        &cfg,
+        &["secret", "put", "other", "--consumer", "route:aa"],
+        Some("value"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("consumer \"route:aa\" is not declared in this configuration"),
+        "{err}"
+    );
     let out = Command::new(BIN).arg("check").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
