@@ -61,9 +61,6 @@ pub(crate) async fn run(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
 /// CA files, compiled schemas), and the JWT issuers' static keys and CA files are read. `check`
 /// runs it, and so does `serve` before it creates a vault or binds a port. `file` names the
 /// configuration in the message.
-/// An error, and the (consumer, secret) reference it is about when it is about one.
-type Finding = (String, Option<(String, String)>);
-
 pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableConfig> {
     let scratch = portcullis_store::open("sqlite::memory:", Path::new("."))
         .await
@@ -75,40 +72,44 @@ pub(crate) async fn files_load(cfg: &Config, file: &str) -> Result<(), UnusableC
     Ok(())
 }
 
+/// An error, and the (consumer, secret) reference it is about when it is about one.
+type Finding = (String, Option<(String, String)>);
+
 /// Checks every `{secret:...}` reference against the vault, when the vault exists: the secret
 /// must exist, be usable, and be bound to the consumer that references it. Returns (errors,
 /// each with the (consumer, secret) reference it is about, and warnings). Never creates state:
 /// without a store file or key there is nothing to check.
 async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
-    let mut refs: Vec<(String, String)> = Vec::new();
-    // References to one field of a structured secret: (consumer, name, field).
-    let mut fields: Vec<(String, String, String)> = Vec::new();
+    // (consumer, secret, the field of it a route header takes, if any).
+    let mut refs: Vec<(String, String, Option<String>)> = Vec::new();
     for r in &cfg.routes {
         for s in r
             .upstream_headers
             .iter()
             .filter_map(|h| h.value.secret.as_ref())
         {
-            refs.push((r.consumer(), s.name.clone()));
-            if let Some(f) = &s.field {
-                fields.push((r.consumer(), s.name.clone(), f.clone()));
-            }
+            refs.push((r.consumer(), s.name.clone(), s.field.clone()));
         }
     }
     // Webhook signing secrets, the gateway's own webhook signing secret, and integration
     // credentials are bound to their consumers the same way.
     for w in &cfg.webhooks {
-        refs.extend(w.secrets.iter().map(|s| (w.consumer(), s.name.clone())));
+        refs.extend(
+            w.secrets
+                .iter()
+                .map(|s| (w.consumer(), s.name.clone(), None)),
+        );
     }
     if let Some(s) = &cfg.webhook_signing {
         refs.push((
             portcullis_proxy::WEBHOOK_SIGNING_CONSUMER.to_string(),
             s.name.clone(),
+            None,
         ));
     }
     for i in &cfg.integrations {
         if let Some(c) = &i.credential {
-            refs.push((i.consumer(), c.secret.clone()));
+            refs.push((i.consumer(), c.secret.clone(), None));
         }
     }
     let db = cfg.store.url.strip_prefix("sqlite://").map(Path::new);
@@ -154,12 +155,15 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
             Err(e @ VaultError::KeyAbsent(_)) => {
                 warnings.push(format!("the master key was not verified here: {e}"))
             }
-            // A key that is given but malformed, unsafe, wrong or retired would stop the
-            // gateway here too.
-            Err(e @ VaultError::KeyProvider(_)) => {
-                return (vec![(e.to_string(), None)], Vec::new())
+            Err(e @ VaultError::Store(_)) => {
+                return (
+                    vec![(format!("reading the vault's keys: {e}"), None)],
+                    Vec::new(),
+                )
             }
-            Err(e) => return (vec![(format!("the master key: {e}"), None)], Vec::new()),
+            // A key that is given but malformed, unsafe, wrong or retired would stop the
+            // gateway here too; each of these messages names the master key itself.
+            Err(e) => return (vec![(e.to_string(), None)], Vec::new()),
         }
         (Catalog::new(store), warnings)
     } else {
@@ -190,53 +194,35 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
     };
     let (catalog, mut warnings) = catalog;
     let mut errors = Vec::new();
-    for (consumer, name) in refs {
-        let problem = match catalog.show(&name).await {
-            Err(VaultError::NotFound(_)) => {
-                format!("{consumer} references secret {name:?}, which does not exist")
-            }
+    for (consumer, name, field) in refs {
+        let info = match catalog.show(&name).await {
+            Ok(info) => info,
             Err(e) => {
-                format!("{consumer} references secret {name:?}, which could not be read: {e}")
+                let why = match e {
+                    VaultError::NotFound(_) => "which does not exist".to_string(),
+                    e => format!("which could not be read: {e}"),
+                };
+                errors.push((
+                    format!("{consumer} references secret {name:?}, {why}"),
+                    Some((consumer, name)),
+                ));
+                continue;
             }
-            Ok(info) if !info.consumers.contains(&consumer) => format!(
+        };
+        let problem = if !info.consumers.contains(&consumer) {
+            format!(
                 "{consumer} references secret {name:?}, which is not bound to it (consumers: {})",
                 info.consumers.join(", ")
-            ),
-            Ok(info) if info.current_version.is_none() => {
-                format!("secret {name:?} (used by {consumer}) has no usable version")
+            )
+        } else if info.current_version.is_none() {
+            format!("secret {name:?} (used by {consumer}) has no usable version")
+        } else {
+            if let Some(note) = field.and_then(|f| field_note(&info, &consumer, &name, &f)) {
+                warnings.push(note);
             }
-            Ok(_) => continue,
+            continue;
         };
         errors.push((problem, Some((consumer, name))));
-    }
-    // A field that the value may not have answers 503 on every request at run time. Only the
-    // structured types guarantee their fields; any other value may or may not be a JSON
-    // object with it, which only the decrypted value tells, so these are warnings.
-    for (consumer, name, field) in fields {
-        let Ok(info) = catalog.show(&name).await else {
-            continue;
-        };
-        let Ok(kind) = portcullis_vault::SecretType::parse(&info.secret_type) else {
-            continue;
-        };
-        let known = kind.fields();
-        let note = if known.is_empty() {
-            (kind != portcullis_vault::SecretType::Opaque)
-                .then(|| format!("a {} secret has no fields of its own", info.secret_type))
-        } else {
-            (!known.contains(&field.as_str())).then(|| {
-                format!(
-                    "a {} secret's fields are {}",
-                    info.secret_type,
-                    known.join(", ")
-                )
-            })
-        };
-        if let Some(note) = note {
-            warnings.push(format!(
-                "{consumer} references field {field:?} of secret {name:?}, but {note}: unless its value is a JSON object with that field, every request answers 503"
-            ));
-        }
     }
     warnings.extend(
         catalog
@@ -247,4 +233,33 @@ async fn check_secrets(cfg: &Config) -> (Vec<Finding>, Vec<String>) {
             .map(|f| f.message),
     );
     (errors, warnings)
+}
+
+/// A field reference (`{secret:NAME#field}`) the secret's type does not guarantee: it answers
+/// 503 on every request at run time unless the value happens to be a JSON object with that
+/// field. Only the structured types guarantee their fields; any other value may or may not
+/// be such an object, which only the decrypted value tells, so this is a warning.
+fn field_note(
+    info: &portcullis_vault::SecretInfo,
+    consumer: &str,
+    name: &str,
+    field: &str,
+) -> Option<String> {
+    let kind = portcullis_vault::SecretType::parse(&info.secret_type).ok()?;
+    let known = kind.fields();
+    let why = if known.is_empty() {
+        (kind != portcullis_vault::SecretType::Opaque)
+            .then(|| format!("a {} secret has no fields of its own", info.secret_type))?
+    } else {
+        (!known.contains(&field)).then(|| {
+            format!(
+                "a {} secret's fields are {}",
+                info.secret_type,
+                known.join(", ")
+            )
+        })?
+    };
+    Some(format!(
+        "{consumer} references field {field:?} of secret {name:?}, but {why}: unless its value is a JSON object with that field, every request answers 503"
+    ))
 }

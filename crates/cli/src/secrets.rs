@@ -207,7 +207,7 @@ fn print_info(s: &SecretInfo) {
 /// nothing in this configuration is, which is most often a typo in an id.
 fn warn_undeclared(cfg: &Config, consumers: &[String]) {
     let declared = |c: &str| {
-        portcullis_vault::GATEWAY_CONSUMERS.contains(&c)
+        portcullis_config::GATEWAY_CONSUMERS.contains(&c)
             || cfg.routes.iter().any(|r| r.consumer() == c)
             || cfg.webhooks.iter().any(|w| w.consumer() == c)
             || cfg.integrations.iter().any(|i| i.consumer() == c)

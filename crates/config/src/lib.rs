@@ -67,6 +67,23 @@ pub struct SecretSite {
 /// The consumer the gateway's own webhook signing secret (`[webhook_signing]`) is bound to.
 pub const WEBHOOK_SIGNING_CONSUMER: &str = "gateway:webhook-signing";
 
+/// The consumers of the gateway's own secrets: the API-key pepper and the OAuth signing key
+/// (`portcullis_identity`'s, whose tests check they are listed), and `[webhook_signing]`.
+pub const GATEWAY_CONSUMERS: &[&str] = &[
+    "gateway:api-keys",
+    "gateway:oauth",
+    WEBHOOK_SIGNING_CONSUMER,
+];
+
+/// True when `c` is a consumer a configuration can name: `route:ID`, `webhook:ID` or
+/// `integration:ID` with an id this file format accepts, or one of [`GATEWAY_CONSUMERS`].
+pub fn is_consumer(c: &str) -> bool {
+    GATEWAY_CONSUMERS.contains(&c)
+        || c.split_once(':').is_some_and(|(kind, id)| {
+            matches!(kind, "route" | "webhook" | "integration") && validate::valid_id(id)
+        })
+}
+
 /// Reads, parses and validates the configuration file at `path`.
 ///
 /// Relative paths inside the file (TLS certificates, data directory) are resolved against the

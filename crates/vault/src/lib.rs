@@ -30,4 +30,4 @@ pub use provider::StaticKeyProvider;
 pub use provider::{
     EnvKeyProvider, FileKeyProvider, KeyProvider, MASTER_KEY_ENV, MASTER_KEY_NEXT_ENV,
 };
-pub use vault::{check_consumer, RotationProgress, Vault, GATEWAY_CONSUMERS};
+pub use vault::{check_consumer, RotationProgress, Vault};

@@ -48,35 +48,15 @@ fn check_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
-/// The consumers of the gateway's own secrets: the API-key pepper
-/// (`portcullis_identity`'s), the OAuth signing key, and `[webhook_signing]`
-/// (`portcullis_config::WEBHOOK_SIGNING_CONSUMER`). Tests in those crates check that their
-/// names are listed here.
-pub const GATEWAY_CONSUMERS: &[&str] = &[
-    "gateway:api-keys",
-    "gateway:oauth",
-    "gateway:webhook-signing",
-];
-
-/// A consumer is `route:ID`, `webhook:ID`, `integration:ID` (IDs as the configuration allows
-/// them) or one of [`GATEWAY_CONSUMERS`]. A typo (`rout:a`) would otherwise be stored and only
-/// found when the route's requests fail.
+/// Refuses a consumer no configuration can name ([`portcullis_config::is_consumer`]): a typo
+/// (`rout:a`) would otherwise be stored and only found when the route's requests fail.
 pub fn check_consumer(c: &str) -> Result<(), VaultError> {
-    let ok = GATEWAY_CONSUMERS.contains(&c)
-        || c.split_once(':').is_some_and(|(kind, id)| {
-            matches!(kind, "route" | "webhook" | "integration")
-                && !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
+    if portcullis_config::is_consumer(c) {
         Ok(())
     } else {
         Err(VaultError::Invalid(format!(
             "consumer {c:?}: expected route:ID, webhook:ID, integration:ID or one of {}",
-            GATEWAY_CONSUMERS.join(", ")
+            portcullis_config::GATEWAY_CONSUMERS.join(", ")
         )))
     }
 }
